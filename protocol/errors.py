@@ -1,0 +1,117 @@
+"""Every error the wire can carry: the item's shape, the codes, and how a code is named.
+
+Error items follow the Runware shape: ``code`` (camelCase), ``message``, ``parameter`` (the field at
+fault, as the client spelled its path), ``type`` (the *expected* type of that parameter),
+``taskType`` and ``taskUUID`` (without which no SDK can route the error), plus optional range hints.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "ErrorItem",
+    "TaskFailure",
+    "Code",
+    "code_for",
+]
+
+
+class ErrorItem(msgspec.Struct, omit_defaults=True):
+    """One element of an ``{"errors": [...]}`` frame."""
+
+    code: str
+    message: str
+    parameter: str | None = None
+    type: str | None = None
+    taskType: str | None = None
+    taskUUID: str | None = None
+    min: int | float | None = None
+    max: int | float | None = None
+    default: int | float | str | bool | None = None
+
+
+class Code:
+    """Error codes that are not derived from a parameter name (those come from ``code_for``)."""
+
+    INVALID_JSON = "invalidJSON"
+    INVALID_FRAME = "invalidFrame"
+    INVALID_TASK = "invalidTask"
+    MISSING_TASK_TYPE = "missingTaskType"
+    UNSUPPORTED_TASK_TYPE = "unsupportedTaskType"
+    INVALID_API_KEY = "invalidApiKey"
+    MISSING_API_KEY = "missingApiKey"
+    CONFLICT_TASK_UUID = "conflictTaskUUID"
+    UNSUPPORTED_MODEL = "unsupportedModel"
+    UNKNOWN_IMAGE_UUID = "unknownImageUUID"
+    INVALID_IMAGE = "invalidImage"
+    IMAGE_TOO_LARGE = "imageTooLarge"
+    DOWNLOAD_FAILED = "downloadFailed"
+    FORBIDDEN_URL = "forbiddenURL"
+    TASK_NOT_FOUND = "taskNotFound"
+    INTERNAL = "internalServerError"
+
+
+# Canonical names for parameters whose wire path does not read well as a code suffix: the image of
+# a removal task is "inputImage" whichever of its two spellings the client used.
+_CODE_NAMES = {
+    "inputs.image": "InputImage",
+    "inputImage": "InputImage",
+    "taskUUID": "TaskUUID",
+    "connectionSessionUUID": "ConnectionSessionUUID",
+    "rgba": "Rgba",
+}
+
+
+def code_for(prefix: str, parameter: str) -> str:
+    """``code_for("invalid", "settings.outputQuality") == "invalidOutputQuality"``.
+
+    The code names the parameter's last path segment (``missingInputImage`` for ``inputs.image``).
+    """
+    name = _CODE_NAMES.get(parameter)
+    if name is None:
+        leaf = parameter.rsplit(".", 1)[-1]
+        name = _CODE_NAMES.get(leaf, leaf[:1].upper() + leaf[1:])
+    return prefix + name
+
+
+class TaskFailure(Exception):
+    """Raised anywhere a task cannot be completed; carries what the client is told.
+
+    ``taskType``/``taskUUID`` are filled in by whoever turns it into an ``ErrorItem``.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        parameter: str | None = None,
+        type: str | None = None,
+        min: int | float | None = None,
+        max: int | float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.parameter = parameter
+        self.type = type
+        self.min = min
+        self.max = max
+
+    @classmethod
+    def invalid(cls, parameter: str, type: str, detail: str, **hints: int | float) -> "TaskFailure":
+        return cls(code_for("invalid", parameter),
+                   f"Invalid value for {parameter} parameter. {detail}",
+                   parameter=parameter, type=type, **hints)
+
+    @classmethod
+    def missing(cls, parameter: str, type: str) -> "TaskFailure":
+        return cls(code_for("missing", parameter),
+                   f"Missing required parameter {parameter}.", parameter=parameter, type=type)
+
+    def item(self, task_type: str | None, task_uuid: str | None) -> ErrorItem:
+        return ErrorItem(
+            code=self.code, message=self.message, parameter=self.parameter, type=self.type,
+            taskType=task_type, taskUUID=task_uuid, min=self.min, max=self.max,
+        )

@@ -1,0 +1,195 @@
+"""The messages: wire structs as clients send them, the typed tasks the service runs, and results.
+
+Three layers, each a msgspec struct:
+- ``*Request``: the JSON object of one task as it arrives. Types and ranges are checked here by
+  msgspec; unknown fields are ignored (the SDKs add some, e.g. ``providerSettings``).
+- typed tasks (``Authenticate``, ``Ping``, ``ImageUpload``, ``RemoveBackground``, ``GetResponse``):
+  one normalised shape per kind of work, whatever spelling the client used.
+- results: what goes back under ``data``. ``taskType`` is never given a default, because
+  ``omit_defaults`` would then drop it from the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "TASK_UUID_PATTERN", "OUTPUT_TYPES", "OUTPUT_FORMATS", "DEFAULT_MODEL",
+    "AuthenticationRequest", "PingRequest", "ImageUploadRequest", "GetResponseRequest",
+    "RemoveBackgroundRequest", "BackgroundSettingsFields", "InputsField",
+    "Authenticate", "Ping", "ImageUpload", "GetResponse", "RemoveBackground",
+    "BackgroundSettings", "OutputSpec", "Task",
+    "AuthenticationResult", "PongResult", "ImageUploadResult", "BackgroundRemovalResult",
+    "DataFrame", "ErrorsFrame",
+]
+
+TASK_UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+TaskUUID = Annotated[str, Meta(pattern=TASK_UUID_PATTERN)]
+Threshold = Annotated[int, Meta(ge=1, le=255)]
+Channel = Annotated[int, Meta(ge=0, le=255)]
+Rgba = Annotated[list[Channel], Meta(min_length=4, max_length=4)]
+
+OUTPUT_TYPES = ("URL", "dataURI", "base64Data")
+OUTPUT_FORMATS = ("JPG", "PNG", "WEBP")
+DEFAULT_MODEL = "runware:109@1"  # "RemBG 1.4" on the Runware platform
+
+
+# --------------------------------------------------------------------------- wire requests
+
+
+class AuthenticationRequest(msgspec.Struct):
+    apiKey: str
+    connectionSessionUUID: TaskUUID | None = None
+
+
+class PingRequest(msgspec.Struct):
+    ping: bool | None = None
+
+
+class ImageUploadRequest(msgspec.Struct):
+    taskUUID: TaskUUID
+    image: str
+
+
+class GetResponseRequest(msgspec.Struct):
+    taskUUID: TaskUUID
+
+
+class InputsField(msgspec.Struct):
+    image: str | None = None
+
+
+class BackgroundSettingsFields(msgspec.Struct, kw_only=True):
+    """The settings of a removal; nested under ``settings`` or flattened to the task's top level."""
+
+    rgba: Rgba | None = None
+    postProcessMask: bool | None = None
+    returnOnlyMask: bool | None = None
+    alphaMatting: bool | None = None
+    alphaMattingForegroundThreshold: Threshold | None = None
+    alphaMattingBackgroundThreshold: Threshold | None = None
+    alphaMattingErodeSize: Threshold | None = None
+
+
+class RemoveBackgroundRequest(BackgroundSettingsFields, kw_only=True):
+    """``removeBackground`` (modern or flat form) and ``imageBackgroundRemoval`` (legacy)."""
+
+    taskUUID: TaskUUID
+    model: str | int | None = None
+    inputs: InputsField | None = None
+    inputImage: str | None = None
+    settings: BackgroundSettingsFields | None = None
+    # Literal checks happen after case folding in the codec, so these stay plain strings here.
+    outputType: str | None = None
+    outputFormat: str | None = None
+    outputQuality: Annotated[int, Meta(ge=20, le=99)] | None = None
+    ttl: Annotated[int, Meta(ge=60)] | None = None
+    includeCost: bool | None = None
+    deliveryMethod: str | None = None
+    webhookURL: str | None = None
+    uploadEndpoint: str | None = None
+
+
+# --------------------------------------------------------------------------- typed tasks
+
+
+class Authenticate(msgspec.Struct, frozen=True):
+    api_key: str
+    session_uuid: str | None = None
+    task_type: str = "authentication"
+    task_uuid: None = None
+
+
+class Ping(msgspec.Struct, frozen=True):
+    task_type: str = "ping"
+    task_uuid: None = None
+
+
+class ImageUpload(msgspec.Struct, frozen=True):
+    task_uuid: str
+    image: str
+    task_type: str = "imageUpload"
+
+
+class GetResponse(msgspec.Struct, frozen=True):
+    task_uuid: str
+    task_type: str = "getResponse"
+
+
+class BackgroundSettings(msgspec.Struct, frozen=True):
+    """Defaults are the platform's (and rembg's)."""
+
+    rgba: tuple[int, int, int, int] = (255, 255, 255, 0)
+    post_process_mask: bool = False
+    return_only_mask: bool = False
+    alpha_matting: bool = False
+    foreground_threshold: int = 240
+    background_threshold: int = 10
+    erode_size: int = 10
+
+
+class OutputSpec(msgspec.Struct, frozen=True):
+    type: Literal["URL", "dataURI", "base64Data"] = "URL"
+    format: Literal["JPG", "PNG", "WEBP"] = "JPG"
+    quality: int = 95
+    ttl: int | None = None
+
+
+class RemoveBackground(msgspec.Struct, frozen=True):
+    task_uuid: str
+    task_type: str
+    model: str
+    image: str
+    image_parameter: str  # "inputs.image" or "inputImage": how errors name the input
+    settings: BackgroundSettings
+    output: OutputSpec
+    include_cost: bool = False
+    delivery_method: Literal["sync", "async"] = "sync"
+    webhook_url: str | None = None
+    upload_endpoint: str | None = None
+
+
+Task = Union[Authenticate, Ping, ImageUpload, GetResponse, RemoveBackground]
+
+
+# --------------------------------------------------------------------------- results
+
+
+class AuthenticationResult(msgspec.Struct):
+    taskType: str
+    connectionSessionUUID: str
+
+
+class PongResult(msgspec.Struct):
+    taskType: str
+    pong: bool
+
+
+class ImageUploadResult(msgspec.Struct):
+    taskType: str
+    taskUUID: str
+    imageUUID: str
+    imageURL: str
+
+
+class BackgroundRemovalResult(msgspec.Struct, omit_defaults=True):
+    taskType: str
+    taskUUID: str
+    imageUUID: str
+    inputImageUUID: str
+    imageURL: str | None = None
+    imageBase64Data: str | None = None
+    imageDataURI: str | None = None
+    cost: float | None = None
+    status: str | None = None
+
+
+class DataFrame(msgspec.Struct):
+    data: list[Any]
+
+
+class ErrorsFrame(msgspec.Struct):
+    errors: list[Any]

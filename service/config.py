@@ -1,0 +1,56 @@
+"""The service's configuration: one frozen object, built once by ``__main__`` from flags and env."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Config", "ModelOverride"]
+
+
+@dataclass(frozen=True)
+class ModelOverride:
+    """``--model ID=PATH[:FAMILY]``: an operator-supplied ONNX file served under ``id``."""
+
+    id: str
+    path: Path
+    family: str | None = None  # None: detected from the model's input size
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 7600
+    api_keys: tuple[str, ...] = ()  # empty: any key is accepted (a warning is logged)
+    models: tuple[ModelOverride, ...] = ()
+    models_dir: Path = Path("models")
+    public_url: str | None = None  # base of imageURL; default http://HOST:PORT
+    allow_private_urls: bool = False
+    log_level: str = "INFO"
+    storage_dir: Path = Path(".data/images")
+    default_ttl: int = 86_400  # seconds a stored image lives when the task gives no ttl
+    price_per_image: float = 0.0013  # USD, reported as `cost` when includeCost is set
+    # Micro-batching. None = chosen for the execution provider (see service.models).
+    max_batch: int | None = None
+    max_wait_ms: float = 4.0
+    # Threads for decode/resize/matting/encode; None = one per core.
+    cpu_workers: int | None = None
+    # Threads onnxruntime may use inside one inference; None = one per core.
+    inference_threads: int | None = None
+    max_frame_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_download_bytes: int = 25 * 1024 * 1024
+    download_connect_timeout: float = 5.0
+    download_total_timeout: float = 20.0
+    png_compress_level: int = 3  # zlib level; PIL's default 6 costs ~2x the time for ~3% size
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def worker_count(self) -> int:
+        return self.cpu_workers or os.cpu_count() or 1

@@ -1,0 +1,215 @@
+"""The image pipeline: pure functions from bytes and arrays to arrays and bytes.
+
+Each step reproduces what rembg 2.0.86 does for the same settings (so the alpha equals the
+reference), with one deliberate difference: rembg's naive cutout multiplies RGB by the mask,
+which darkens every soft edge (and darkens it twice once a background colour is composited).
+We keep the source RGB wherever the pixel is at least partly visible and zero it where it is
+fully transparent; the alpha channel is rembg's exactly.
+
+Everything here is CPU-heavy and runs on worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy import ndimage
+
+from protocol.errors import Code, TaskFailure
+from protocol.messages import BackgroundSettings, OutputSpec
+
+from .models import Family
+
+__all__ = [
+    "DecodedImage", "MAGIC_FORMATS", "CONTENT_TYPES", "EXTENSIONS", "sniff_format",
+    "decode_image", "preprocess", "mask_from_prediction", "post_process_mask", "cutout",
+    "apply_background", "encode_image", "render",
+]
+
+# First bytes of the formats we accept as input, and the extension each is stored under.
+MAGIC_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+)
+CONTENT_TYPES = {
+    "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
+    "bmp": "image/bmp",
+}
+EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+_IMAGE_PARAMETER = "inputImage"  # how decode errors name the input when the caller doesn't
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The stored extension of an accepted input format, from its magic bytes; None if unknown."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, extension in MAGIC_FORMATS:
+        if data.startswith(magic):
+            return extension
+    return None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright image as RGB or RGBA (RGBA only when the source has transparency)."""
+
+    image: Image.Image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def decode_image(data: bytes, max_pixels: int, parameter: str = _IMAGE_PARAMETER) -> DecodedImage:
+    """Decode, check the pixel count from the header *before* decoding, apply EXIF orientation.
+
+    Raises TaskFailure (invalidImage / imageTooLarge) naming ``parameter``.
+    """
+    if sniff_format(data) is None:
+        raise TaskFailure(Code.INVALID_IMAGE,
+                          "The image is not a JPEG, PNG, WEBP, GIF or BMP file.",
+                          parameter=parameter, type="string")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise TaskFailure(Code.IMAGE_TOO_LARGE,
+                              f"The image has {width}x{height} pixels; the limit is "
+                              f"{max_pixels:,} pixels.", parameter=parameter, type="string",
+                              max=max_pixels)
+        image = ImageOps.exif_transpose(image)
+        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            image.mode == "P" and "transparency" in image.info)
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    except TaskFailure:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise TaskFailure(Code.INVALID_IMAGE, f"The image could not be decoded: {error}.",
+                          parameter=parameter, type="string") from None
+    return DecodedImage(image)
+
+
+def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
+    """The model input for one image: float32[3, S, S], as rembg's ``normalize`` makes it."""
+    small = decoded.image.convert("RGB").resize((family.size, family.size), Image.Resampling.LANCZOS)
+    pixels = np.asarray(small, dtype=np.float32)
+    scale = max(float(pixels.max()), 1e-6) if family.divide_by_max else 255.0
+    pixels = (pixels / scale - np.asarray(family.mean, np.float32)) / np.asarray(family.std, np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def mask_from_prediction(prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8[H, W] mask at the image's size from one image's raw model output.
+
+    Min-max normalisation is per image (in a batch, one image's range must not distort its
+    neighbours); a uniform prediction yields an all-zero mask instead of dividing by zero.
+    """
+    high, low = float(prediction.max()), float(prediction.min())
+    if high > low:
+        scaled = (prediction - np.float32(low)) / np.float32(high - low)
+    else:
+        scaled = np.zeros_like(prediction)
+    mask = Image.fromarray((scaled * 255).astype(np.uint8), mode="L")
+    return np.asarray(mask.resize(size, Image.Resampling.LANCZOS))
+
+
+# Radius-1 disk: the 3x3 cross rembg's skimage `disk(1)` is.
+_DISK_1 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+
+def post_process_mask(mask: np.ndarray) -> np.ndarray:
+    """rembg's post_process: opening with a radius-1 disk, Gaussian sigma 2, threshold at 127."""
+    opened = ndimage.grey_opening(mask, footprint=_DISK_1)
+    blurred = ndimage.gaussian_filter(opened.astype(np.float64), sigma=2)
+    return np.where(blurred < 127, 0, 255).astype(np.uint8)
+
+
+def _mul255(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a*b/255 rounded the way Pillow blends (so alpha matches rembg's composite bit for bit)."""
+    product = a.astype(np.uint32) * b.astype(np.uint32) + 128
+    return ((product + (product >> 8)) >> 8).astype(np.uint8)
+
+
+def _naive_cutout(image: Image.Image, mask: np.ndarray) -> np.ndarray:
+    rgba = np.asarray(image.convert("RGBA")).copy()
+    alpha = mask if image.mode == "RGB" else _mul255(rgba[..., 3], mask)
+    rgba[..., 3] = alpha
+    rgba[alpha == 0, :3] = 0
+    return rgba
+
+
+def _alpha_matting_cutout(image: Image.Image, mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
+    """rembg's alpha_matting_cutout: trimap from thresholds + erosion, closed-form alpha, ML foreground."""
+    from pymatting.alpha.estimate_alpha_cf import estimate_alpha_cf
+    from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
+
+    structure = np.ones((settings.erode_size, settings.erode_size), dtype=np.uint8)
+    is_foreground = ndimage.binary_erosion(mask > settings.foreground_threshold, structure=structure)
+    is_background = ndimage.binary_erosion(mask < settings.background_threshold, structure=structure,
+                                           border_value=1)
+    trimap = np.full(mask.shape, 128, dtype=np.uint8)
+    trimap[is_foreground] = 255
+    trimap[is_background] = 0
+
+    pixels = np.asarray(image.convert("RGB")) / 255.0
+    alpha = estimate_alpha_cf(pixels, trimap / 255.0)
+    foreground = estimate_foreground_ml(pixels, alpha)
+    stacked = np.concatenate([foreground, alpha[:, :, np.newaxis]], axis=2)
+    return np.clip(stacked * 255, 0, 255).astype(np.uint8)
+
+
+def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings) -> Image.Image:
+    """The RGBA cutout (or the L mask alone with returnOnlyMask), before any background colour."""
+    if settings.post_process_mask:
+        mask = post_process_mask(mask)
+    if settings.return_only_mask:
+        return Image.fromarray(mask, mode="L")
+    if settings.alpha_matting:
+        try:
+            return Image.fromarray(_alpha_matting_cutout(decoded.image, mask, settings), mode="RGBA")
+        except ValueError:
+            pass  # rembg falls back to the naive cutout when matting cannot solve the trimap
+    return Image.fromarray(_naive_cutout(decoded.image, mask), mode="RGBA")
+
+
+def apply_background(image: Image.Image, rgba: tuple[int, int, int, int], output_format: str) -> Image.Image:
+    """Composite the cutout onto the background colour.
+
+    PNG/WEBP keep transparency: the colour is alpha-composited under the cutout as rembg does
+    (a fully transparent colour, the default, changes nothing). JPG has no alpha channel, so
+    the cutout is flattened onto the colour's RGB, opaque.
+    """
+    if image.mode != "RGBA":
+        return image  # a mask is returned as it is
+    if output_format == "JPG":
+        background = Image.new("RGBA", image.size, (*rgba[:3], 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    if rgba[3] == 0:
+        return image
+    return Image.alpha_composite(Image.new("RGBA", image.size, tuple(rgba)), image)
+
+
+def encode_image(image: Image.Image, output: OutputSpec, png_compress_level: int) -> bytes:
+    buffer = io.BytesIO()
+    if output.format == "PNG":
+        image.save(buffer, format="PNG", compress_level=png_compress_level)
+    elif output.format == "JPG":
+        image.save(buffer, format="JPEG", quality=output.quality)
+    else:
+        image.save(buffer, format="WEBP", quality=output.quality)
+    return buffer.getvalue()
+
+
+def render(decoded: DecodedImage, prediction: np.ndarray, settings: BackgroundSettings,
+           output: OutputSpec, png_compress_level: int) -> bytes:
+    """From the model's raw output for one image to the encoded result file."""
+    mask = mask_from_prediction(prediction, decoded.size)
+    image = apply_background(cutout(decoded, mask, settings), settings.rgba, output.format)
+    return encode_image(image, output, png_compress_level)

@@ -1,0 +1,98 @@
+"""Runs one typed work task to its typed result, whatever transport it came by.
+
+The steps of a removal, each where it belongs: resolve the input (I/O, event loop) -> decode and
+preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, background, encode
+(worker thread) -> store -> result. Failures are raised as TaskFailure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from concurrent.futures import Executor
+
+from protocol.errors import Code, TaskFailure
+from protocol.messages import (
+    BackgroundRemovalResult, ImageUpload, ImageUploadResult, RemoveBackground,
+)
+
+from . import pipeline
+from .batcher import MicroBatcher
+from .config import Config
+from .inputs import InputResolver
+from .models import LoadedModel, ModelRegistry
+from .storage import ImageStore, StoredImage
+
+__all__ = ["Processor"]
+
+log = logging.getLogger(__name__)
+
+
+class Processor:
+    def __init__(self, config: Config, registry: ModelRegistry, batchers: dict[str, MicroBatcher],
+                 store: ImageStore, inputs: InputResolver, cpu: Executor) -> None:
+        self._config = config
+        self._registry = registry
+        self._batchers = batchers  # by model id
+        self._store = store
+        self._inputs = inputs
+        self._cpu = cpu
+
+    def image_url(self, stored: StoredImage) -> str:
+        return f"{self._config.base_url()}/images/{stored.filename}"
+
+    async def _on_cpu(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, function, *args)
+
+    async def upload(self, task: ImageUpload) -> ImageUploadResult:
+        resolved = await self._inputs.resolve(task.image, "image")
+        # Refuse what could never be processed now, rather than at the first removal.
+        await self._on_cpu(pipeline.decode_image, resolved.data, self._config.max_image_pixels, "image")
+        return ImageUploadResult(taskType="imageUpload", taskUUID=task.task_uuid,
+                                 imageUUID=resolved.stored.uuid,
+                                 imageURL=self.image_url(resolved.stored))
+
+    def _model(self, task: RemoveBackground) -> tuple[LoadedModel, MicroBatcher]:
+        model = self._registry.get(task.model)
+        if model is None:
+            raise TaskFailure(Code.UNSUPPORTED_MODEL,
+                              f"Unknown model {task.model!r}. Available: "
+                              + ", ".join(self._registry.ids()) + ".",
+                              parameter="model", type="string")
+        return model, self._batchers[task.model]
+
+    async def remove_background(self, task: RemoveBackground) -> BackgroundRemovalResult:
+        model, batcher = self._model(task)
+        resolved = await self._inputs.resolve(task.image, task.image_parameter)
+        decoded, tensor = await self._on_cpu(_prepare, resolved.data, model,
+                                             self._config.max_image_pixels, task.image_parameter)
+        prediction = await batcher.submit(tensor)
+        encoded = await self._on_cpu(pipeline.render, decoded, prediction, task.settings,
+                                     task.output, self._config.png_compress_level)
+        extension = pipeline.EXTENSIONS[task.output.format]
+        stored = await self._store.put(encoded, extension, task.output.ttl)
+        result = BackgroundRemovalResult(
+            taskType="imageBackgroundRemoval", taskUUID=task.task_uuid, imageUUID=stored.uuid,
+            inputImageUUID=resolved.stored.uuid,
+            cost=self._config.price_per_image if task.include_cost else None,
+        )
+        if task.output.type == "URL":
+            result.imageURL = self.image_url(stored)
+        else:
+            encoded_text = await self._on_cpu(_base64, encoded)
+            if task.output.type == "base64Data":
+                result.imageBase64Data = encoded_text
+            else:
+                content_type = pipeline.CONTENT_TYPES[extension]
+                result.imageDataURI = f"data:{content_type};base64,{encoded_text}"
+        return result
+
+
+def _prepare(data: bytes, model: LoadedModel, max_pixels: int, parameter: str):
+    decoded = pipeline.decode_image(data, max_pixels, parameter)
+    return decoded, pipeline.preprocess(decoded, model.family)
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
