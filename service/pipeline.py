@@ -45,6 +45,10 @@ EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
 _IMAGE_PARAMETER = "inputImage"  # how decode errors name the input when the caller doesn't
 
+# Our own header check in decode_image, with the configured limit, replaces Pillow's global
+# decompression-bomb guard (which would warn, or refuse at its own fixed size).
+Image.MAX_IMAGE_PIXELS = None
+
 
 def sniff_format(data: bytes) -> str | None:
     """The stored extension of an accepted input format, from its magic bytes; None if unknown."""

@@ -15,9 +15,11 @@ import http
 import logging
 import re
 import signal
+import time
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
+from typing import Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -63,12 +65,13 @@ class SessionDirectory:
 class App:
     """Everything a connection needs, built once at start-up."""
 
-    def __init__(self, config: Config, registry: ModelRegistry) -> None:
+    def __init__(self, config: Config, registry: ModelRegistry,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.registry = registry
         self.sessions = SessionDirectory()
         self.cpu = ThreadPoolExecutor(config.worker_count(), thread_name_prefix="cpu")
-        self.store = ImageStore(config.storage_dir, config.default_ttl)
+        self.store = ImageStore(config.storage_dir, config.default_ttl, clock)
         self.fetcher = UrlFetcher(
             allow_private=config.allow_private_urls, max_bytes=config.max_download_bytes,
             connect_timeout=config.download_connect_timeout,

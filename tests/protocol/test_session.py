@@ -1,0 +1,70 @@
+"""protocol.session: what a socket may do before and after authenticating."""
+
+from __future__ import annotations
+
+from protocol.messages import (
+    Authenticate, AuthenticationResult, GetResponse, ImageUpload, Ping, RemoveBackground,
+    BackgroundSettings, OutputSpec,
+)
+from protocol.session import Session, SessionState
+
+U1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
+S1 = "5bedeed1-b86d-4b18-8ced-05682ec000d6"
+
+
+def removal(task_uuid: str = U1) -> RemoveBackground:
+    return RemoveBackground(task_uuid=task_uuid, task_type="removeBackground", model="u2netp",
+                            image="x", image_parameter="inputs.image",
+                            settings=BackgroundSettings(), output=OutputSpec())
+
+
+def open_session(keys=("good",)) -> Session:
+    session = Session(lambda key: key in keys)
+    assert isinstance(session.authenticate(Authenticate(api_key="good"), lambda r, k: S1),
+                      AuthenticationResult)
+    return session
+
+
+def test_pings_and_authentication_are_admitted_before_authentication():
+    session = Session(lambda key: True)
+    assert session.admit(Ping()) is None
+    assert session.admit(Authenticate(api_key="k")) is None
+
+
+def test_work_before_authentication_is_refused_with_the_tasks_uuid():
+    session = Session(lambda key: True)
+    error = session.admit(removal())
+    assert (error.code, error.taskUUID, error.taskType) == ("missingApiKey", U1, "removeBackground")
+    error = session.admit(ImageUpload(task_uuid=U1, image="x"))
+    assert error.taskType == "imageUpload"
+
+
+def test_a_wrong_key_is_refused_with_task_type_authentication_and_no_task_uuid():
+    session = Session(lambda key: key == "good")
+    asked = []
+    error = session.authenticate(Authenticate(api_key="bad"), lambda r, k: asked.append(k) or S1)
+    assert (error.code, error.taskType, error.parameter, error.taskUUID) == \
+        ("invalidApiKey", "authentication", "apiKey", None)
+    assert asked == [] and session.state is SessionState.AWAITING_AUTH
+
+
+def test_authentication_returns_the_session_uuid_chosen_by_the_directory():
+    session = Session(lambda key: True)
+    reply = session.authenticate(Authenticate(api_key="k", session_uuid=S1), lambda r, k: r)
+    assert reply == AuthenticationResult(taskType="authentication", connectionSessionUUID=S1)
+    assert session.state is SessionState.OPEN
+
+
+def test_a_task_uuid_in_flight_conflicts_until_finished():
+    session = open_session()
+    assert session.admit(removal()) is None
+    error = session.admit(removal())
+    assert (error.code, error.taskUUID) == ("conflictTaskUUID", U1)
+    session.finish(U1)
+    assert session.admit(removal()) is None
+
+
+def test_get_response_never_conflicts_with_the_task_it_polls():
+    session = open_session()
+    assert session.admit(removal()) is None
+    assert session.admit(GetResponse(task_uuid=U1)) is None

@@ -1,0 +1,203 @@
+"""service.pipeline (+ the real u2netp runtime): equal to rembg's reference output.
+
+Golden files under tests/fixtures/golden were produced by rembg 2.0.86 itself with the same
+u2netp file (see tests/fixtures/golden/README.md for the command).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from protocol.errors import TaskFailure
+from protocol.messages import BackgroundSettings, OutputSpec
+from service import pipeline
+from service.models import FAMILIES
+from service.runtime import OnnxModel
+
+from tests.support import FIXTURES, MODEL, fixture_bytes, open_image, shared_image
+
+U2NET = FAMILIES["u2net"]
+GOLDEN = FIXTURES / "golden"
+MAX_PIXELS = 40_000_000
+
+
+@pytest.fixture(scope="module")
+def model() -> OnnxModel:
+    return OnnxModel(MODEL, use_cuda=False)
+
+
+def predict(model: OnnxModel, decoded: pipeline.DecodedImage) -> np.ndarray:
+    return model.infer_batch(pipeline.preprocess(decoded, U2NET)[None])[0]
+
+
+def render(model: OnnxModel, data: bytes, settings: BackgroundSettings = BackgroundSettings(),
+           output: OutputSpec = OutputSpec(format="PNG")) -> Image.Image:
+    decoded = pipeline.decode_image(data, MAX_PIXELS)
+    return open_image(pipeline.render(decoded, predict(model, decoded), settings, output, 3))
+
+
+def alpha_of(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGBA"))[..., 3].astype(np.int16)
+
+
+def test_cutout_alpha_equals_rembgs_reference(model):
+    ours = render(model, fixture_bytes("anime-girl-1.jpg"))
+    reference = Image.open(FIXTURES / "anime-girl-1.u2netp.png")
+    assert ours.mode == "RGBA" and ours.size == reference.size
+    difference = np.abs(alpha_of(ours) - alpha_of(reference))
+    assert difference.mean() < 0.5  # within 0.5/255 on average (alpha in 0..255 here)
+    assert difference.max() <= 2
+
+
+def test_rgb_keeps_source_colours_where_visible_and_is_black_where_transparent(model):
+    data = fixture_bytes("anime-girl-1.jpg")
+    source = np.asarray(open_image(data).convert("RGB"))
+    ours = np.asarray(render(model, data))
+    visible = ours[..., 3] > 0
+    assert np.array_equal(ours[visible][:, :3], source[visible])
+    assert not ours[~visible][:, :3].any()
+    assert 0 < visible.mean() < 1
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("car-1.post-process.png", BackgroundSettings(post_process_mask=True)),
+    ("car-1.only-mask.png", BackgroundSettings(return_only_mask=True)),
+    ("car-1.alpha-matting.png", BackgroundSettings(alpha_matting=True)),
+    ("car-1.alpha-matting-seed.png", BackgroundSettings(alpha_matting=True, post_process_mask=True,
+                                                        foreground_threshold=230,
+                                                        background_threshold=15, erode_size=8)),
+])
+def test_each_setting_equals_rembgs_output(model, name, settings):
+    ours = render(model, fixture_bytes("car-1.jpg"), settings)
+    golden = Image.open(GOLDEN / name)
+    assert ours.size == golden.size
+    if settings.return_only_mask:
+        assert ours.mode == "L"
+        difference = np.abs(np.asarray(ours, np.int16) - np.asarray(golden.convert("L"), np.int16))
+    else:
+        difference = np.abs(alpha_of(ours) - alpha_of(golden))
+    assert difference.mean() <= 1.0, difference.mean()
+
+
+def test_alpha_matting_foreground_colours_equal_rembgs(model):
+    ours = np.asarray(render(model, fixture_bytes("car-1.jpg"), BackgroundSettings(alpha_matting=True)))
+    golden = np.asarray(Image.open(GOLDEN / "car-1.alpha-matting.png").convert("RGBA"))
+    visible = (ours[..., 3] > 0) & (golden[..., 3] > 0)
+    difference = np.abs(ours[visible][:, :3].astype(np.int16) - golden[visible][:, :3])
+    assert difference.mean() <= 1.0
+
+
+def test_post_processed_mask_is_binary(model):
+    alpha = alpha_of(render(model, fixture_bytes("car-1.jpg"), BackgroundSettings(post_process_mask=True)))
+    assert set(np.unique(alpha)) <= {0, 255}
+
+
+def test_batched_inference_equals_one_image_at_a_time(model):
+    images = [pipeline.decode_image(fixture_bytes(n), MAX_PIXELS)
+              for n in ("car-1.jpg", "anime-girl-1.jpg", "car-1.jpg")]
+    tensors = np.stack([pipeline.preprocess(d, U2NET) for d in images])
+    together = model.infer_batch(tensors)
+    for decoded, tensor, row in zip(images, tensors, together):
+        alone = model.infer_batch(tensor[None])[0]
+        assert np.abs(alone - row).max() < 1e-4
+        masks = [pipeline.mask_from_prediction(p, decoded.size).astype(np.int16) for p in (alone, row)]
+        assert np.abs(masks[0] - masks[1]).max() <= 1
+
+
+def test_uniform_prediction_gives_an_empty_mask_not_nan():
+    mask = pipeline.mask_from_prediction(np.full((320, 320), 0.7, np.float32), (40, 30))
+    assert mask.shape == (30, 40) and not mask.any()
+
+
+def test_alpha_of_a_transparent_source_is_multiplied_like_pillows_composite():
+    source = open_image(fixture_bytes("car-1.jpg")).convert("RGBA").resize((64, 48))
+    rng = np.random.default_rng(1)
+    rgba = np.asarray(source).copy()
+    rgba[..., 3] = rng.integers(0, 256, rgba.shape[:2], dtype=np.uint8)
+    source = Image.fromarray(rgba, "RGBA")
+    mask = rng.integers(0, 256, (48, 64), dtype=np.uint8)
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG")
+    decoded = pipeline.decode_image(buffer.getvalue(), MAX_PIXELS)
+    assert decoded.image.mode == "RGBA"
+    ours = pipeline.cutout(decoded, mask, BackgroundSettings())
+    rembg_way = Image.composite(source, Image.new("RGBA", source.size, 0), Image.fromarray(mask, "L"))
+    assert np.array_equal(alpha_of(ours), alpha_of(rembg_way))
+
+
+def test_a_png_named_jpg_with_alpha_decodes_as_rgba():
+    decoded = pipeline.decode_image(shared_image("plants-1.jpg").read_bytes(), MAX_PIXELS)
+    assert decoded.image.mode == "RGBA" and decoded.size == (987, 1481)
+
+
+def test_exif_orientation_is_applied():
+    source = open_image(fixture_bytes("car-1.jpg"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    source.save(buffer, "JPEG", exif=exif)
+    decoded = pipeline.decode_image(buffer.getvalue(), MAX_PIXELS)
+    assert decoded.size == (360, 480)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that claims a huge size: signature + IHDR + an empty IDAT + IEND."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_a_huge_image_is_refused_from_its_header():
+    with pytest.raises(TaskFailure) as refused:
+        pipeline.decode_image(_png_header_only(10_000, 10_000), MAX_PIXELS, "inputs.image")
+    assert refused.value.code == "imageTooLarge" and refused.value.parameter == "inputs.image"
+
+
+@pytest.mark.parametrize("data", [
+    b"not an image at all",
+    b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,
+    fixture_bytes("car-1.jpg")[:2000],
+    b"",
+])
+def test_undecodable_images_are_invalid_image(data):
+    with pytest.raises(TaskFailure) as refused:
+        pipeline.decode_image(data, MAX_PIXELS)
+    assert refused.value.code == "invalidImage"
+
+
+def test_jpg_output_is_flattened_onto_the_background_colour():
+    cut = Image.new("RGBA", (4, 2), (0, 0, 0, 0))
+    cut.putpixel((0, 0), (10, 20, 30, 255))
+    flat = pipeline.apply_background(cut, (255, 0, 0, 0), "JPG")
+    assert flat.mode == "RGB"
+    assert flat.getpixel((0, 0)) == (10, 20, 30) and flat.getpixel((3, 1)) == (255, 0, 0)
+
+
+def test_png_background_colour_is_alpha_composited_and_transparent_default_changes_nothing():
+    cut = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
+    cut.putpixel((0, 0), (10, 20, 30, 255))
+    assert pipeline.apply_background(cut, (255, 255, 255, 0), "PNG") is cut
+    opaque = pipeline.apply_background(cut, (0, 128, 0, 255), "WEBP")
+    assert opaque.getpixel((1, 0)) == (0, 128, 0, 255) and opaque.getpixel((0, 0)) == (10, 20, 30, 255)
+
+
+def test_isnet_preprocessing_divides_by_255_and_centres_on_half():
+    image = Image.new("RGB", (50, 50), (255, 0, 51))
+    tensor = pipeline.preprocess(pipeline.DecodedImage(image), FAMILIES["isnet"])
+    assert tensor.shape == (3, 1024, 1024) and tensor.dtype == np.float32
+    assert np.allclose(tensor[:, 0, 0], [0.5, -0.5, 0.2 - 0.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "RGBA"), ("WEBP", "RGBA"), ("JPG", "RGB")])
+def test_each_output_format_encodes(model, fmt, mode):
+    image = render(model, fixture_bytes("car-1.jpg"), output=OutputSpec(format=fmt, quality=80))
+    assert image.format == {"JPG": "JPEG"}.get(fmt, fmt) and image.mode == mode
+    assert image.size == (480, 360)

@@ -1,0 +1,49 @@
+"""service.runtime and service.fetch_model: the model file and its batch dimension."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+
+from service.fetch_model import MD5
+from service.models import FAMILIES, load_registry
+from service.config import Config, ModelOverride
+from service.runtime import OnnxModel, cuda_usable, with_symbolic_batch
+from tests.support import MODEL, build_isnet_test_model
+
+
+def test_the_embedded_model_is_the_pinned_file():
+    assert hashlib.md5(MODEL.read_bytes()).hexdigest() == MD5
+
+
+def test_symbolic_batch_replaces_the_fixed_one(tmp_path):
+    path = build_isnet_test_model(tmp_path / "m.onnx")
+    model = with_symbolic_batch(onnx.load(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_a_fixed_batch_model_runs_batches_of_any_size(tmp_path):
+    runtime = OnnxModel(build_isnet_test_model(tmp_path / "m.onnx"), use_cuda=False)
+    batch = np.random.default_rng(0).standard_normal((3, 3, 1024, 1024)).astype(np.float32)
+    out = runtime.infer_batch(batch)
+    assert out.shape == (3, 1024, 1024)
+    assert np.allclose(out, 1 / (1 + np.exp(-batch.mean(axis=1))), atol=1e-5)
+    assert runtime.input_size == (1024, 1024)
+
+
+def test_cuda_detection_answers_without_raising_and_cpu_is_the_fallback():
+    assert isinstance(cuda_usable(), bool)
+    assert OnnxModel(MODEL, use_cuda=False).provider == "CPUExecutionProvider"
+
+
+def test_registry_serves_rembg_1_4_by_the_embedded_model_and_detects_families(tmp_path):
+    extra = build_isnet_test_model(tmp_path / "rmbg.onnx")
+    registry = load_registry(Config(models_dir=MODEL.parent,
+                                    models=(ModelOverride("rmbg-test", extra),)))
+    assert registry.get("runware:109@1").runtime is registry.get("u2netp").runtime
+    assert registry.get("u2netp").family is FAMILIES["u2net"]
+    assert registry.get("rmbg-test").family is FAMILIES["isnet"]
+    assert registry.get("nope") is None

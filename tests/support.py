@@ -1,0 +1,203 @@
+"""Test helpers: fixture paths, a real server process on a free port, a small client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED_IMAGES = ROOT.parent / "shared" / "fixtures" / "images"
+MODEL = ROOT / "models" / "u2netp.onnx"
+
+# Time unit for waits on real events; scale it up on a slow machine.
+UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+def shared_image(name: str) -> Path:
+    path = SHARED_IMAGES / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the shared fixtures must sit beside the repository")
+    return path
+
+
+def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def open_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10 * UNIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start ``python -m service`` for real and wait until /healthz answers."""
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+               "--storage-dir", str(tmp / f"storage-{port}"), "--models-dir", str(MODEL.parent),
+               "--log-level", "DEBUG", *args]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+    server = ServerProcess(process, port, log_path)
+    deadline = time.monotonic() + 60 * UNIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+
+
+def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def build_isnet_test_model(path: Path) -> Path:
+    """A tiny stand-in with RMBG-1.4's interface: float32[1,3,1024,1024] -> [1,1,1024,1024].
+
+    Output = sigmoid(mean over channels), so the mask depends on the family's preprocessing.
+    The batch dimension is fixed to 1, as in the real exported files.
+    """
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
+         helper.make_node("Sigmoid", ["mean"], ["output"])],
+        "isnet_test",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 1024, 1024])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 1024, 1024])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+class FakeClock:
+    """Seconds since the epoch, moved by the test."""
+
+    def __init__(self, now: float = 2_000_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Client:
+    """A real websockets client with helpers that read like the protocol."""
+
+    def __init__(self, websocket) -> None:
+        self.ws = websocket
+
+    async def send(self, *tasks: dict) -> None:
+        await self.ws.send(json.dumps(list(tasks)))
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        await self.ws.send(frame)
+
+    async def recv(self, timeout: float = 60) -> dict:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout * UNIT))
+
+    async def authenticate(self, api_key: str = "test-key") -> str:
+        await self.send({"taskType": "authentication", "apiKey": api_key})
+        reply = await self.recv()
+        return reply["data"][0]["connectionSessionUUID"]
+
+    async def collect(self, task_uuids: list[str], timeout: float = 120) -> dict[str, dict]:
+        """Read frames until every UUID has one item (data or error); keyed by taskUUID.
+        Fails on a duplicate or an unexpected UUID."""
+        found: dict[str, dict] = {}
+        deadline = asyncio.get_running_loop().time() + timeout * UNIT
+        while len(found) < len(task_uuids):
+            frame = await self.recv(max(0.1, deadline - asyncio.get_running_loop().time()))
+            for key in ("data", "errors"):
+                for item in frame.get(key, []):
+                    task_uuid = item.get("taskUUID")
+                    assert task_uuid in task_uuids, f"unexpected item {item}"
+                    assert task_uuid not in found, f"second answer for {task_uuid}: {item}"
+                    found[task_uuid] = {"kind": key, **item}
+        return found
+
+    async def run(self, task: dict, timeout: float = 120) -> dict:
+        """Send one task, return its one answer (with "kind": "data" or "errors")."""
+        task.setdefault("taskUUID", new_uuid())
+        await self.send(task)
+        return (await self.collect([task["taskUUID"]], timeout))[task["taskUUID"]]
+
+    async def ping(self) -> bool:
+        await self.send({"taskType": "ping", "ping": True})
+        reply = await self.recv()
+        return reply["data"][0]["pong"] is True
