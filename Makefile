@@ -6,7 +6,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 7600
 MODEL  := models/u2netp.onnx
 
-.PHONY: install run test clean
+JS_SDK := tests/js/node_modules/.installed
+
+.PHONY: install run test schema clean
 
 install: $(VENV)/.installed $(MODEL)
 
@@ -15,8 +17,13 @@ install: $(VENV)/.installed $(MODEL)
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e .
 	$(PY) -c "import pymatting"
+	touch $@
+
+# Test-only Python packages (pytest, hypothesis, the official runware SDK).
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 $(MODEL): | $(VENV)/.installed
@@ -25,8 +32,17 @@ $(MODEL): | $(VENV)/.installed
 run: install
 	$(PY) -m service --host $(HOST) --port $(PORT)
 
-test: install
+# The official JS SDK, exactly as pinned in tests/js/package-lock.json (tests only).
+$(JS_SDK): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install $(VENV)/.installed-test $(JS_SDK)
 	$(PY) -m pytest
 
+# Regenerate protocol/schema/ from the structs (a test fails when it drifts).
+schema: install
+	$(PY) -m service.publish_schema
+
 clean:
-	rm -rf $(VENV) .data .pytest_cache
+	rm -rf $(VENV) .data .pytest_cache tests/js/node_modules

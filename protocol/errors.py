@@ -49,6 +49,8 @@ class Code:
     DOWNLOAD_FAILED = "downloadFailed"
     FORBIDDEN_URL = "forbiddenURL"
     TASK_NOT_FOUND = "taskNotFound"
+    UPLOAD_FAILED = "uploadFailed"
+    WEBHOOK_FAILED = "webhookFailed"
     INTERNAL = "internalServerError"
 
 

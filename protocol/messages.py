@@ -23,7 +23,8 @@ __all__ = [
     "Authenticate", "Ping", "ImageUpload", "GetResponse", "RemoveBackground",
     "BackgroundSettings", "OutputSpec", "Task",
     "AuthenticationResult", "PongResult", "ImageUploadResult", "BackgroundRemovalResult",
-    "DataFrame", "ErrorsFrame",
+    "TaskAcknowledgement", "TaskStatusItem",
+    "DataFrame", "ErrorsFrame", "REQUEST_TYPES", "RESULT_TYPES",
 ]
 
 TASK_UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -41,20 +42,32 @@ DEFAULT_MODEL = "runware:109@1"  # "RemBG 1.4" on the Runware platform
 
 
 class AuthenticationRequest(msgspec.Struct):
+    """The first frame on a connection; answered with a connectionSessionUUID."""
+
+    taskType: Literal["authentication"]
     apiKey: str
     connectionSessionUUID: TaskUUID | None = None
 
 
 class PingRequest(msgspec.Struct):
+    """Heartbeat; answered with pong, also before authentication."""
+
+    taskType: Literal["ping"]
     ping: bool | None = None
 
 
 class ImageUploadRequest(msgspec.Struct):
+    """Store an image (data URI, bare base64 or http(s) URL) for use by UUID."""
+
+    taskType: Literal["imageUpload"]
     taskUUID: TaskUUID
     image: str
 
 
 class GetResponseRequest(msgspec.Struct):
+    """Poll the outcome of an earlier task by its taskUUID."""
+
+    taskType: Literal["getResponse"]
     taskUUID: TaskUUID
 
 
@@ -77,6 +90,7 @@ class BackgroundSettingsFields(msgspec.Struct, kw_only=True):
 class RemoveBackgroundRequest(BackgroundSettingsFields, kw_only=True):
     """``removeBackground`` (modern or flat form) and ``imageBackgroundRemoval`` (legacy)."""
 
+    taskType: Literal["removeBackground", "imageBackgroundRemoval"]
     taskUUID: TaskUUID
     model: str | int | None = None
     inputs: InputsField | None = None
@@ -159,23 +173,45 @@ Task = Union[Authenticate, Ping, ImageUpload, GetResponse, RemoveBackground]
 
 
 class AuthenticationResult(msgspec.Struct):
+    """Never carries a taskUUID (the JS SDK would no longer recognise it)."""
+
     taskType: str
     connectionSessionUUID: str
 
 
 class PongResult(msgspec.Struct):
+    """Always alone, first in its frame's data array."""
+
     taskType: str
     pong: bool
 
 
-class ImageUploadResult(msgspec.Struct):
+class ImageUploadResult(msgspec.Struct, omit_defaults=True):
     taskType: str
     taskUUID: str
     imageUUID: str
     imageURL: str
+    status: str | None = None  # only in getResponse replies
+
+
+class TaskAcknowledgement(msgspec.Struct):
+    """Sent at once for async and webhook deliveries: the task was accepted."""
+
+    taskType: str
+    taskUUID: str
+
+
+class TaskStatusItem(msgspec.Struct):
+    """A getResponse reply for a task still running."""
+
+    taskType: str
+    taskUUID: str
+    status: str
 
 
 class BackgroundRemovalResult(msgspec.Struct, omit_defaults=True):
+    """One cutout: imageURL, imageDataURI or imageBase64Data per the task's outputType."""
+
     taskType: str
     taskUUID: str
     imageUUID: str
@@ -193,3 +229,9 @@ class DataFrame(msgspec.Struct):
 
 class ErrorsFrame(msgspec.Struct):
     errors: list[Any]
+
+
+REQUEST_TYPES = (AuthenticationRequest, PingRequest, ImageUploadRequest, GetResponseRequest,
+                 RemoveBackgroundRequest)
+RESULT_TYPES = (AuthenticationResult, PongResult, ImageUploadResult, BackgroundRemovalResult,
+                TaskAcknowledgement, TaskStatusItem)

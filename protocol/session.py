@@ -1,7 +1,7 @@
-"""One socket's protocol state: authenticated or not, and which of its tasks are in flight.
+"""One socket's protocol state: whether it has authenticated, and with which key.
 
-Pure bookkeeping, no I/O: the transport asks ``admit`` before running a task and calls ``finish``
-when the task's result or error has been produced.
+Pure bookkeeping, no I/O: the transport asks ``admit`` before running a task. (Which taskUUIDs
+are known is the service's results book's business: it outlives sockets.)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import enum
 from typing import Callable
 
 from .errors import Code, ErrorItem
-from .messages import Authenticate, AuthenticationResult, GetResponse, Ping, Task
+from .messages import Authenticate, AuthenticationResult, Ping, Task
 
 __all__ = ["SessionState", "Session"]
 
@@ -30,7 +30,6 @@ class Session:
         self.state = SessionState.AWAITING_AUTH
         self.api_key: str | None = None
         self.session_uuid: str | None = None
-        self.in_flight: set[str] = set()
 
     def authenticate(self, task: Authenticate,
                      session_for: Callable[[str | None, str], str]) -> AuthenticationResult | ErrorItem:
@@ -52,7 +51,7 @@ class Session:
         """None when ``task`` may run now; otherwise the error to send instead.
 
         Pings and authentication are always admitted (the Python SDK pings before its auth reply
-        arrives). Work tasks need an open session and a taskUUID not already in flight here.
+        arrives). Everything else needs an open session.
         """
         if isinstance(task, (Ping, Authenticate)):
             return None
@@ -63,15 +62,4 @@ class Session:
                                      "apiKey before any other task.",
                              parameter="apiKey", type="string",
                              taskType=task.task_type, taskUUID=task.task_uuid)
-        if isinstance(task, GetResponse):
-            return None  # a poll names another task's UUID; it starts nothing of its own
-        if task.task_uuid in self.in_flight:
-            return ErrorItem(code=Code.CONFLICT_TASK_UUID,
-                             message="A task with this taskUUID is already running.",
-                             parameter="taskUUID", type="string",
-                             taskType=task.task_type, taskUUID=task.task_uuid)
-        self.in_flight.add(task.task_uuid)
         return None
-
-    def finish(self, task_uuid: str) -> None:
-        self.in_flight.discard(task_uuid)

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from .config import Config, ModelOverride
 from .models import FAMILIES
@@ -44,6 +45,33 @@ def parse_model(spec: str) -> ModelOverride:
     return ModelOverride(model_id, Path(rest))
 
 
+# (flag, value type, help) for every scalar setting; the Config field is the flag's name with
+# "_" for "-", the environment variable RBG_ + that name in capitals.
+_SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    ("--host", str, "address to listen on"),
+    ("--port", int, "port (WebSocket and HTTP)"),
+    ("--models-dir", Path, "every <name>.onnx here is served as model id <name>"),
+    ("--public-url", str, "base URL of imageURL results (default: http://HOST:PORT)"),
+    ("--storage-dir", Path, "where stored inputs and outputs live"),
+    ("--default-ttl", int, "seconds a stored image lives when the task sets no ttl"),
+    ("--result-retention", int, "seconds getResponse answers for a finished task (at least its ttl)"),
+    ("--webhook-attempts", int, "tries per webhook delivery"),
+    ("--webhook-backoff", float, "seconds before the second webhook try, doubled after each"),
+    ("--price-per-image", float, "cost reported per image with includeCost"),
+    ("--max-batch", int, "most images per inference call (default: 16 on CUDA, 1 on CPU)"),
+    ("--max-wait-ms", float, "milliseconds a batch waits to fill"),
+    ("--cpu-workers", int, "threads for decode/matting/encode (default: one per core)"),
+    ("--inference-threads", int, "onnxruntime intra-op threads (default: one per core)"),
+    ("--max-frame-bytes", int, "largest incoming WebSocket frame"),
+    ("--max-image-pixels", int, "largest image accepted, in pixels, checked before decoding"),
+    ("--max-download-bytes", int, "largest URL input downloaded"),
+)
+
+
+def _field(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
@@ -52,61 +80,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Every flag can also be set by an environment variable: {ENV_PREFIX}<FLAG> "
                f"(e.g. {ENV_PREFIX}PORT, {ENV_PREFIX}API_KEY=k1,k2, {ENV_PREFIX}ALLOW_PRIVATE_URLS=1).",
     )
-    add = parser.add_argument
-    add("--host", default=_env("HOST") or defaults.host, help="address to listen on (default %(default)s)")
-    add("--port", type=int, default=int(_env("PORT") or defaults.port), help="port (default %(default)s)")
-    add("--api-key", action="append", dest="api_keys", metavar="KEY",
-        help="accepted API key; repeat for several. None given: any key is accepted")
-    add("--model", action="append", dest="models", type=parse_model, metavar="ID=PATH[:FAMILY]",
-        help="serve an ONNX file under a model id, e.g. runware:109@1=/models/rmbg-1.4.onnx")
-    add("--models-dir", type=Path, default=Path(_env("MODELS_DIR") or defaults.models_dir),
-        help="every <name>.onnx here is served as model id <name> (default %(default)s)")
-    add("--public-url", default=_env("PUBLIC_URL"),
-        help="base URL of imageURL results (default http://HOST:PORT)")
-    add("--allow-private-urls", action="store_true", default=_env_flag("ALLOW_PRIVATE_URLS"),
-        help="let URL inputs, webhooks and uploads reach loopback/private addresses")
-    add("--log-level", default=_env("LOG_LEVEL") or defaults.log_level,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
-    add("--storage-dir", type=Path, default=Path(_env("STORAGE_DIR") or defaults.storage_dir),
-        help="where stored inputs and outputs live (default %(default)s)")
-    add("--default-ttl", type=int, default=int(_env("DEFAULT_TTL") or defaults.default_ttl),
-        help="seconds a stored image lives when the task sets no ttl (default %(default)s)")
-    add("--price-per-image", type=float,
-        default=float(_env("PRICE_PER_IMAGE") or defaults.price_per_image),
-        help="cost reported per image with includeCost (default %(default)s)")
-    add("--max-batch", type=int, default=int(_env("MAX_BATCH") or 0) or None,
-        help="most images per inference call (default: 16 on CUDA, 1 on CPU)")
-    add("--max-wait-ms", type=float, default=float(_env("MAX_WAIT_MS") or defaults.max_wait_ms),
-        help="how long a batch waits to fill (default %(default)s ms)")
-    add("--cpu-workers", type=int, default=int(_env("CPU_WORKERS") or 0) or None,
-        help="threads for decode/matting/encode (default: one per core)")
-    add("--inference-threads", type=int, default=int(_env("INFERENCE_THREADS") or 0) or None,
-        help="onnxruntime intra-op threads (default: one per core)")
-    add("--max-frame-bytes", type=int, default=int(_env("MAX_FRAME_BYTES") or defaults.max_frame_bytes),
-        help="largest incoming WebSocket frame (default %(default)s)")
-    add("--max-image-pixels", type=int,
-        default=int(_env("MAX_IMAGE_PIXELS") or defaults.max_image_pixels),
-        help="largest image accepted, in pixels, checked before decoding (default %(default)s)")
-    add("--max-download-bytes", type=int,
-        default=int(_env("MAX_DOWNLOAD_BYTES") or defaults.max_download_bytes),
-        help="largest URL input downloaded (default %(default)s)")
+    for flag, kind, help_text in _SCALAR_FLAGS:
+        field = _field(flag)
+        from_env = _env(field.upper())
+        default = kind(from_env) if from_env is not None else getattr(defaults, field)
+        shown = "" if default is None else " (default %(default)s)"
+        parser.add_argument(flag, type=kind, default=default, dest=field, help=help_text + shown)
+    parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
+                        help="accepted API key; repeat for several. None given: any key is accepted")
+    parser.add_argument("--model", action="append", dest="models", type=parse_model,
+                        metavar="ID=PATH[:FAMILY]",
+                        help="serve an ONNX file under a model id, e.g. runware:109@1=/m/rmbg-1.4.onnx")
+    parser.add_argument("--allow-private-urls", action="store_true",
+                        default=_env_flag("ALLOW_PRIVATE_URLS"),
+                        help="let URL inputs, webhooks and uploads reach loopback/private addresses")
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL") or defaults.log_level,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     return parser
 
 
 def config_from_args(argv: list[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
-    api_keys = args.api_keys if args.api_keys is not None else _env_list("API_KEY")
-    models = args.models if args.models is not None else [parse_model(s) for s in _env_list("MODEL")]
-    return Config(
-        host=args.host, port=args.port, api_keys=tuple(api_keys), models=tuple(models),
-        models_dir=args.models_dir, public_url=args.public_url,
-        allow_private_urls=args.allow_private_urls, log_level=args.log_level,
-        storage_dir=args.storage_dir, default_ttl=args.default_ttl,
-        price_per_image=args.price_per_image, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, cpu_workers=args.cpu_workers,
-        inference_threads=args.inference_threads, max_frame_bytes=args.max_frame_bytes,
-        max_image_pixels=args.max_image_pixels, max_download_bytes=args.max_download_bytes,
-    )
+    values = vars(build_parser().parse_args(argv))
+    if values["api_keys"] is None:
+        values["api_keys"] = _env_list("API_KEY")
+    if values["models"] is None:
+        values["models"] = [parse_model(spec) for spec in _env_list("MODEL")]
+    values["api_keys"], values["models"] = tuple(values["api_keys"]), tuple(values["models"])
+    return Config(**values)
 
 
 def main(argv: list[str] | None = None) -> None:

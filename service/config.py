@@ -30,6 +30,9 @@ class Config:
     log_level: str = "INFO"
     storage_dir: Path = Path(".data/images")
     default_ttl: int = 86_400  # seconds a stored image lives when the task gives no ttl
+    result_retention: int = 3600  # seconds getResponse answers for a finished task (>= its ttl)
+    webhook_attempts: int = 4
+    webhook_backoff: float = 1.0  # seconds before the 2nd webhook try, doubled after each
     price_per_image: float = 0.0013  # USD, reported as `cost` when includeCost is set
     # Micro-batching. None = chosen for the execution provider (see service.models).
     max_batch: int | None = None

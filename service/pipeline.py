@@ -11,6 +11,7 @@ Everything here is CPU-heavy and runs on worker threads, never on the event loop
 
 from __future__ import annotations
 
+import base64
 import io
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from .models import Family
 __all__ = [
     "DecodedImage", "MAGIC_FORMATS", "CONTENT_TYPES", "EXTENSIONS", "sniff_format",
     "decode_image", "preprocess", "mask_from_prediction", "post_process_mask", "cutout",
-    "apply_background", "encode_image", "render",
+    "apply_background", "encode_image", "render", "payload_fields",
 ]
 
 # First bytes of the formats we accept as input, and the extension each is stored under.
@@ -209,6 +210,14 @@ def encode_image(image: Image.Image, output: OutputSpec, png_compress_level: int
     else:
         image.save(buffer, format="WEBP", quality=output.quality)
     return buffer.getvalue()
+
+
+def payload_fields(encoded: bytes, extension: str, output_type: str) -> dict[str, str]:
+    """The result field carrying the image inline: imageBase64Data or imageDataURI."""
+    text = base64.b64encode(encoded).decode("ascii")
+    if output_type == "base64Data":
+        return {"imageBase64Data": text}
+    return {"imageDataURI": f"data:{CONTENT_TYPES[extension]};base64,{text}"}
 
 
 def render(decoded: DecodedImage, prediction: np.ndarray, settings: BackgroundSettings,

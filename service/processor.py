@@ -8,9 +8,10 @@ preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, backgro
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from concurrent.futures import Executor
+
+import msgspec
 
 from protocol.errors import Code, TaskFailure
 from protocol.messages import (
@@ -20,7 +21,9 @@ from protocol.messages import (
 from . import pipeline
 from .batcher import MicroBatcher
 from .config import Config
+from .delivery import put_to_upload_endpoint
 from .inputs import InputResolver
+from .outbound import OutboundHttp
 from .models import LoadedModel, ModelRegistry
 from .storage import ImageStore, StoredImage
 
@@ -31,8 +34,9 @@ log = logging.getLogger(__name__)
 
 class Processor:
     def __init__(self, config: Config, registry: ModelRegistry, batchers: dict[str, MicroBatcher],
-                 store: ImageStore, inputs: InputResolver, cpu: Executor) -> None:
+                 store: ImageStore, inputs: InputResolver, http: OutboundHttp, cpu: Executor) -> None:
         self._config = config
+        self._http = http
         self._registry = registry
         self._batchers = batchers  # by model id
         self._store = store
@@ -62,8 +66,16 @@ class Processor:
                               parameter="model", type="string")
         return model, self._batchers[task.model]
 
+    def check_destinations(self, task: RemoveBackground) -> None:
+        """Refuse forbidden webhook/upload URLs before any work is done (or acknowledged)."""
+        if task.webhook_url is not None:
+            self._http.check_url(task.webhook_url, "webhookURL")
+        if task.upload_endpoint is not None:
+            self._http.check_url(task.upload_endpoint, "uploadEndpoint")
+
     async def remove_background(self, task: RemoveBackground) -> BackgroundRemovalResult:
         model, batcher = self._model(task)
+        self.check_destinations(task)
         resolved = await self._inputs.resolve(task.image, task.image_parameter)
         decoded, tensor = await self._on_cpu(_prepare, resolved.data, model,
                                              self._config.max_image_pixels, task.image_parameter)
@@ -71,6 +83,9 @@ class Processor:
         encoded = await self._on_cpu(pipeline.render, decoded, prediction, task.settings,
                                      task.output, self._config.png_compress_level)
         extension = pipeline.EXTENSIONS[task.output.format]
+        if task.upload_endpoint is not None:
+            await put_to_upload_endpoint(self._http, task.upload_endpoint, encoded,
+                                         pipeline.CONTENT_TYPES[extension])
         stored = await self._store.put(encoded, extension, task.output.ttl)
         result = BackgroundRemovalResult(
             taskType="imageBackgroundRemoval", taskUUID=task.task_uuid, imageUUID=stored.uuid,
@@ -79,20 +94,11 @@ class Processor:
         )
         if task.output.type == "URL":
             result.imageURL = self.image_url(stored)
-        else:
-            encoded_text = await self._on_cpu(_base64, encoded)
-            if task.output.type == "base64Data":
-                result.imageBase64Data = encoded_text
-            else:
-                content_type = pipeline.CONTENT_TYPES[extension]
-                result.imageDataURI = f"data:{content_type};base64,{encoded_text}"
-        return result
+            return result
+        fields = await self._on_cpu(pipeline.payload_fields, encoded, extension, task.output.type)
+        return msgspec.structs.replace(result, **fields)
 
 
 def _prepare(data: bytes, model: LoadedModel, max_pixels: int, parameter: str):
     decoded = pipeline.decode_image(data, max_pixels, parameter)
     return decoded, pipeline.preprocess(decoded, model.family)
-
-
-def _base64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")

@@ -26,12 +26,15 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .batcher import MicroBatcher
+from .delivery import WebhookSender
 from .config import Config
 from .connection import Connection
-from .inputs import InputResolver, UrlFetcher
+from .inputs import InputResolver
+from .outbound import OutboundHttp
 from .models import ModelRegistry, load_registry
 from .pipeline import CONTENT_TYPES
 from .processor import Processor
+from .results import ResultsBook
 from .storage import ImageStore
 
 __all__ = ["App", "SessionDirectory", "build_app", "run"]
@@ -72,14 +75,17 @@ class App:
         self.sessions = SessionDirectory()
         self.cpu = ThreadPoolExecutor(config.worker_count(), thread_name_prefix="cpu")
         self.store = ImageStore(config.storage_dir, config.default_ttl, clock)
-        self.fetcher = UrlFetcher(
-            allow_private=config.allow_private_urls, max_bytes=config.max_download_bytes,
+        self.http = OutboundHttp(
+            allow_private=config.allow_private_urls, max_download_bytes=config.max_download_bytes,
             connect_timeout=config.download_connect_timeout,
             total_timeout=config.download_total_timeout,
         )
         self.batchers = self._batchers()
         self.processor = Processor(config, registry, self.batchers, self.store,
-                                   InputResolver(self.store, self.fetcher), self.cpu)
+                                   InputResolver(self.store, self.http), self.http, self.cpu)
+        self.results = ResultsBook(self.store, config.result_retention, clock=clock)
+        self.webhooks = WebhookSender(self.http, attempts=config.webhook_attempts,
+                                      backoff=config.webhook_backoff)
         self._keys = tuple(key.encode() for key in config.api_keys)
 
     def _batchers(self) -> dict[str, MicroBatcher]:
@@ -98,6 +104,15 @@ class App:
             by_id[model.id] = shared[key]
         return by_id
 
+    async def housekeeping(self, interval: float = 30.0) -> None:
+        """Forget expired results and delete expired images, forever."""
+        while True:
+            await asyncio.sleep(interval)
+            self.results.sweep()
+            removed = await self.store.sweep()
+            if removed:
+                log.debug("removed %d expired images", removed)
+
     def key_is_valid(self, api_key: str) -> bool:
         if not self._keys:
             return True
@@ -106,9 +121,10 @@ class App:
         return any([hmac.compare_digest(offered, key) for key in self._keys])
 
     async def close(self) -> None:
+        await self.webhooks.close()
         for batcher in set(self.batchers.values()):
             await batcher.stop()
-        await self.fetcher.close()
+        await self.http.close()
         self.cpu.shutdown(wait=False, cancel_futures=True)
 
 
@@ -178,7 +194,7 @@ async def run(config: Config) -> None:
         log.warning("no --api-key given: any API key is accepted")
     app = await asyncio.to_thread(build_app, config)
     server = await start_server(app)
-    sweeper = asyncio.create_task(app.store.sweep_forever(), name="storage-sweeper")
+    sweeper = asyncio.create_task(app.housekeeping(), name="housekeeping")
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
         log.info("listening on ws://%s:%s (images at %s/images/)",

@@ -90,13 +90,6 @@ class ImageStore:
         await asyncio.to_thread(_unlink_all, [stored.path for stored in expired])
         return len(expired)
 
-    async def sweep_forever(self, interval: float = 30.0) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            removed = await self.sweep()
-            if removed:
-                log.debug("storage sweeper removed %d expired images", removed)
-
 
 def _unlink_all(paths: list[Path]) -> None:
     for path in paths:

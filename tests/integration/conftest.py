@@ -23,7 +23,7 @@ def isnet_model(tmp_path_factory) -> Path:
 def server(tmp_path_factory, isnet_model) -> ServerProcess:
     """Open server: any key, private URLs allowed (for the local image host), batches of 4."""
     process = start_server(tmp_path_factory.mktemp("open"), "--allow-private-urls",
-                           "--max-batch", "4", "--max-wait-ms", "20",
+                           "--max-batch", "4", "--max-wait-ms", "20", "--webhook-backoff", "0.05",
                            "--model", f"isnet-test={isnet_model}")
     yield process
     process.stop()

@@ -55,16 +55,7 @@ def test_authentication_returns_the_session_uuid_chosen_by_the_directory():
     assert session.state is SessionState.OPEN
 
 
-def test_a_task_uuid_in_flight_conflicts_until_finished():
-    session = open_session()
-    assert session.admit(removal()) is None
-    error = session.admit(removal())
-    assert (error.code, error.taskUUID) == ("conflictTaskUUID", U1)
-    session.finish(U1)
-    assert session.admit(removal()) is None
-
-
-def test_get_response_never_conflicts_with_the_task_it_polls():
-    session = open_session()
-    assert session.admit(removal()) is None
-    assert session.admit(GetResponse(task_uuid=U1)) is None
+def test_get_response_needs_authentication_too():
+    session = Session(lambda key: True)
+    assert session.admit(GetResponse(task_uuid=U1)).code == "missingApiKey"
+    assert open_session().admit(GetResponse(task_uuid=U1)) is None

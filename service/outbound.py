@@ -1,0 +1,175 @@
+"""Every HTTP request the service makes (URL inputs, webhooks, upload endpoints), under one
+address policy.
+
+Unless ``allow_private`` is set, only http/https URLs to public addresses are reached: IP literals
+are checked before connecting, and names are resolved once by a resolver that hands aiohttp only
+public addresses, so the connection goes to the address that was checked (no DNS rebinding).
+Redirects are followed by hand (GET only) and each hop is checked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from yarl import URL
+
+from protocol.errors import Code, TaskFailure
+
+__all__ = ["OutboundHttp", "is_public_address"]
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 5
+
+
+def is_public_address(text: str) -> bool:
+    """True for globally routable unicast addresses (IPv4-mapped IPv6 judged by its IPv4)."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+class _ForbiddenAddress(OSError):
+    pass
+
+
+class _PublicOnlyResolver(AbstractResolver):
+    """Resolves once and returns only public addresses."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+        answers = await self._inner.resolve(host, port, family)
+        public = [answer for answer in answers if is_public_address(answer["host"])]
+        if not public:
+            raise _ForbiddenAddress(f"{host} resolves to no public address")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _failure(code: str, message: str, parameter: str, **hints: int) -> TaskFailure:
+    return TaskFailure(code, message, parameter=parameter, type="string", **hints)
+
+
+class OutboundHttp:
+    """Args:
+        allow_private: reach loopback/private addresses too (trusted deployments, tests).
+        max_download_bytes: the most a GET may return.
+        connect_timeout / total_timeout: seconds, for every request.
+    """
+
+    def __init__(self, *, allow_private: bool, max_download_bytes: int, connect_timeout: float,
+                 total_timeout: float) -> None:
+        self.allow_private = allow_private
+        self.max_download_bytes = max_download_bytes
+        self._timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            resolver = None if self.allow_private else _PublicOnlyResolver()
+            connector = aiohttp.TCPConnector(resolver=resolver, limit=128)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def check_url(self, url: str, parameter: str) -> None:
+        """Refuse other schemes and non-public IP literals (names are checked when resolved).
+
+        Raises TaskFailure (forbiddenURL / invalid<Parameter>)."""
+        try:
+            parsed = URL(url)
+        except ValueError:
+            raise TaskFailure.invalid(parameter, "string", "The URL is malformed.") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise _failure(Code.FORBIDDEN_URL, "Only http and https URLs are accepted.", parameter)
+        host = parsed.host.strip("[]")
+        if not self.allow_private and _is_ip_literal(host) and not is_public_address(host):
+            raise _failure(Code.FORBIDDEN_URL,
+                           f"The URL points to a non-public address ({host}).", parameter)
+
+    async def get(self, url: str, parameter: str) -> bytes:
+        """GET ``url`` (following up to 5 checked redirects), at most max_download_bytes."""
+        async def attempt() -> bytes:
+            nonlocal url
+            for _ in range(_MAX_REDIRECTS + 1):
+                self.check_url(url, parameter)
+                async with self._client().get(url, allow_redirects=False) as response:
+                    if response.status in _REDIRECTS and "Location" in response.headers:
+                        url = urljoin(url, response.headers["Location"])
+                        continue
+                    if response.status != 200:
+                        raise _failure(Code.DOWNLOAD_FAILED,
+                                       f"Fetching the image answered HTTP {response.status}.",
+                                       parameter)
+                    return await self._read_capped(response, parameter)
+            raise _failure(Code.DOWNLOAD_FAILED, f"More than {_MAX_REDIRECTS} redirects.", parameter)
+
+        return await self._guarded(attempt(), parameter, Code.DOWNLOAD_FAILED, "Fetching the image")
+
+    async def send(self, method: str, url: str, body: bytes, content_type: str, parameter: str,
+                   failure_code: str) -> int:
+        """POST/PUT ``body``; returns the HTTP status. Redirects are not followed (a redirected
+        POST/PUT would lose or change its body). Raises TaskFailure(failure_code) on no answer."""
+        self.check_url(url, parameter)
+
+        async def attempt() -> int:
+            async with self._client().request(method, url, data=body, allow_redirects=False,
+                                              headers={"Content-Type": content_type}) as response:
+                await response.read()
+                return response.status
+
+        return await self._guarded(attempt(), parameter, failure_code, f"{method} {parameter}")
+
+    async def _guarded(self, request, parameter: str, failure_code: str, what: str):
+        """Run ``request``, turning every client-side failure into a TaskFailure."""
+        try:
+            return await request
+        except aiohttp.ClientConnectorError as error:
+            if isinstance(error.os_error, _ForbiddenAddress) or isinstance(error.__cause__, _ForbiddenAddress):
+                raise _failure(Code.FORBIDDEN_URL, "The URL points to a non-public address.",
+                               parameter) from None
+            raise _failure(failure_code, f"{what} failed: could not connect ({error}).",
+                           parameter) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            reason = "timed out" if isinstance(error, asyncio.TimeoutError) else str(error)
+            raise _failure(failure_code, f"{what} failed: {reason}.", parameter) from None
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, parameter: str) -> bytes:
+        cap = self.max_download_bytes
+        too_large = _failure(Code.IMAGE_TOO_LARGE,
+                             f"The image at the URL is larger than {cap:,} bytes.", parameter, max=cap)
+        if response.content_length is not None and response.content_length > cap:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > cap:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
