@@ -58,8 +58,12 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--webhook-attempts", int, "tries per webhook delivery"),
     ("--webhook-backoff", float, "seconds before the second webhook try, doubled after each"),
     ("--price-per-image", float, "cost reported per image with includeCost"),
-    ("--max-batch", int, "most images per inference call (default: 16 on CUDA, 1 on CPU)"),
+    ("--runtime", str, "auto, onnxruntime or openvino (auto: onnxruntime+CUDA on a GPU host, "
+                       "else OpenVINO)"),
+    ("--max-batch", int, "most images per inference call (default: what the runtime prefers: "
+                         "16 on CUDA, one per OpenVINO stream, 1 for onnxruntime on CPU)"),
     ("--max-wait-ms", float, "milliseconds a batch waits to fill"),
+    ("--socket-concurrency", int, "images of one socket in the pipeline at once (default: 2 x max batch, at least 4)"),
     ("--cpu-workers", int, "threads for decode/matting/encode (default: one per core)"),
     ("--inference-threads", int, "onnxruntime intra-op threads (default: one per core)"),
     ("--max-frame-bytes", int, "largest incoming WebSocket frame"),

@@ -1,17 +1,22 @@
-"""The micro-batcher: one queue per model runtime, one future per image, one batch at a time.
+"""The micro-batcher: one per model runtime, one future per image, one batch at a time, fair.
 
 A batch forms from whatever is queued, up to ``max_batch`` images; when fewer are waiting it
-waits at most ``max_wait`` seconds for more. Inference runs on the batcher's own thread (the
-runtime parallelises inside one call); the event loop only moves arrays and futures.
+waits at most ``max_wait`` seconds for more. Images are taken round-robin across their owners
+(sockets), one per owner per turn, so a socket that queued 100 images delays another socket's
+single image by at most one batch. Inference runs on the batcher's own thread (the runtime
+parallelises inside one call); the event loop only moves arrays and futures.
+
+Time is injectable (``clock`` and ``sleep``) so that tests drive max_wait without real waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict, deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable, Hashable
 
 import numpy as np
 
@@ -34,19 +39,30 @@ class MicroBatcher:
         max_batch: the most images one call receives.
         max_wait: seconds to wait for a batch to fill once one image is queued.
         executor: where ``infer`` runs; by default a thread of its own.
+        clock / sleep: the event loop's time and asyncio.sleep unless a test injects others.
     """
 
     def __init__(self, infer: InferBatch, *, max_batch: int, max_wait: float,
-                 executor: Executor | None = None, name: str = "model") -> None:
+                 executor: Executor | None = None, name: str = "model",
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._infer = infer
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._clock = clock
+        self._sleep = sleep
+        # owner -> its waiting images; the order of owners is the round-robin order
+        self._queues: OrderedDict[Hashable, deque[_Pending]] = OrderedDict()
+        self._arrived = asyncio.Event()
         self._runner: asyncio.Task | None = None
         self.batches_run = 0
+        self.images_run = 0
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     def start(self) -> None:
         if self._runner is None:
@@ -60,32 +76,55 @@ class MicroBatcher:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return sum(len(q) for q in self._queues.values())
 
-    async def submit(self, tensor: np.ndarray) -> np.ndarray:
-        """Queue one input; resolves to its own output row once its batch has run."""
+    async def submit(self, tensor: np.ndarray, owner: Hashable = None) -> np.ndarray:
+        """Queue one input for ``owner``; resolves to its own output row once its batch ran."""
         self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(tensor, future))
+        self._queues.setdefault(owner, deque()).append(_Pending(tensor, future))
+        self._arrived.set()
         return await future
 
-    async def _collect(self) -> list[_Pending]:
-        batch = [await self._queue.get()]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
-        while len(batch) < self.max_batch:
-            if self._queue.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
+    def _take_round_robin(self, limit: int) -> list[_Pending]:
+        """Up to ``limit`` images, one per owner per turn, in round-robin order."""
+        taken: list[_Pending] = []
+        while len(taken) < limit and self._queues:
+            owner, queue = next(iter(self._queues.items()))
+            pending = queue.popleft()
+            if queue:
+                self._queues.move_to_end(owner)  # its next image waits for the others' turn
             else:
-                batch.append(self._queue.get_nowait())
-        # A caller that went away (cancelled) needs no inference.
-        return [pending for pending in batch if not pending.future.done()]
+                del self._queues[owner]
+            if not pending.future.done():  # a caller that went away needs no inference
+                taken.append(pending)
+        return taken
+
+    async def _wait_for_arrival(self, timeout: float) -> bool:
+        """True when an image arrived within ``timeout`` seconds."""
+        self._arrived.clear()
+        arrival = asyncio.ensure_future(self._arrived.wait())
+        timer = asyncio.ensure_future(self._sleep(timeout))
+        try:
+            await asyncio.wait((arrival, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrival.cancel()
+            timer.cancel()
+        return self._arrived.is_set()
+
+    async def _collect(self) -> list[_Pending]:
+        while not self._queues:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = self._take_round_robin(self.max_batch)
+        deadline = self._now() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queues:
+                remaining = deadline - self._now()
+                if remaining <= 0 or not await self._wait_for_arrival(remaining):
+                    break
+            batch.extend(self._take_round_robin(self.max_batch - len(batch)))
+        return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -105,6 +144,7 @@ class MicroBatcher:
                         pending.future.set_exception(error)
                 continue
             self.batches_run += 1
+            self.images_run += len(batch)
             for pending, output in zip(batch, outputs):
                 if not pending.future.done():
                     pending.future.set_result(output)

@@ -34,9 +34,14 @@ class Config:
     webhook_attempts: int = 4
     webhook_backoff: float = 1.0  # seconds before the 2nd webhook try, doubled after each
     price_per_image: float = 0.0013  # USD, reported as `cost` when includeCost is set
-    # Micro-batching. None = chosen for the execution provider (see service.models).
+    runtime: str = "auto"  # auto | onnxruntime | openvino (see service.runtime)
+    # Micro-batching. None = what the runtime prefers (1 for onnxruntime on CPU, one image per
+    # stream for OpenVINO, 16 on CUDA).
     max_batch: int | None = None
     max_wait_ms: float = 4.0
+    # Images of one socket in the pipeline at once; more wait their turn in the socket's own
+    # queue, so one busy socket cannot fill the CPU pool ahead of everybody else.
+    socket_concurrency: int | None = None  # None = 2 x max batch, at least 4
     # Threads for decode/resize/matting/encode; None = one per core.
     cpu_workers: int | None = None
     # Threads onnxruntime may use inside one inference; None = one per core.
@@ -46,7 +51,7 @@ class Config:
     max_download_bytes: int = 25 * 1024 * 1024
     download_connect_timeout: float = 5.0
     download_total_timeout: float = 20.0
-    png_compress_level: int = 3  # zlib level; PIL's default 6 costs ~2x the time for ~3% size
+    png_compress_level: int = 1  # zlib level (with the RLE strategy, see pipeline.encode_image)
 
     def base_url(self) -> str:
         if self.public_url:

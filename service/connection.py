@@ -57,6 +57,8 @@ class Connection:
         self._session = Session(app.key_is_valid)
         self._owner = b""
         self._running: set[asyncio.Task] = set()
+        # Tasks of this socket in the pipeline at once; the rest wait here, not in shared queues.
+        self._active = asyncio.Semaphore(app.socket_concurrency)
 
     async def serve(self) -> None:
         try:
@@ -175,6 +177,7 @@ class Connection:
 
     async def _execute(self, task: WorkTask) -> Any:
         processor = self._app.processor
-        if isinstance(task, ImageUpload):
-            return await processor.upload(task)
-        return await processor.remove_background(task)
+        async with self._active:
+            if isinstance(task, ImageUpload):
+                return await processor.upload(task)
+            return await processor.remove_background(task, owner=id(self))

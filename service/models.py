@@ -18,7 +18,7 @@ from pathlib import Path
 from protocol.messages import DEFAULT_MODEL
 
 from .config import Config
-from .runtime import OnnxModel, cuda_usable
+from .runtime import Runtime, cuda_usable, load_runtime
 
 __all__ = ["Family", "FAMILIES", "LoadedModel", "ModelRegistry", "load_registry", "EMBEDDED_ID"]
 
@@ -46,7 +46,7 @@ _FAMILY_BY_SIZE = {family.size: family for family in FAMILIES.values()}
 @dataclass(frozen=True)
 class LoadedModel:
     id: str
-    runtime: OnnxModel
+    runtime: Runtime
     family: Family
 
 
@@ -60,7 +60,7 @@ class ModelRegistry:
     def ids(self) -> list[str]:
         return sorted(self._models)
 
-    def runtimes(self) -> list[OnnxModel]:
+    def runtimes(self) -> list[Runtime]:
         """Each distinct runtime once (several ids may share one file)."""
         return list({id(m.runtime): m.runtime for m in self._models.values()}.values())
 
@@ -72,7 +72,7 @@ class ModelLoadError(RuntimeError):
     pass
 
 
-def _family(runtime: OnnxModel, requested: str | None, model_id: str) -> Family:
+def _family(runtime: Runtime, requested: str | None, model_id: str) -> Family:
     if requested is not None:
         if requested not in FAMILIES:
             raise ModelLoadError(f"model {model_id}: unknown family {requested!r} "
@@ -103,15 +103,15 @@ def load_registry(config: Config) -> ModelRegistry:
                     DEFAULT_MODEL, EMBEDDED_ID, DEFAULT_MODEL)
         specs[DEFAULT_MODEL] = specs[EMBEDDED_ID]
 
-    runtimes: dict[Path, OnnxModel] = {}
+    runtimes: dict[Path, Runtime] = {}
     models: dict[str, LoadedModel] = {}
     for model_id, (path, family_name) in specs.items():
         resolved = path.resolve()
         if not resolved.is_file():
             raise ModelLoadError(f"model {model_id}: no file at {path}")
         if resolved not in runtimes:
-            runtimes[resolved] = OnnxModel(resolved, use_cuda=use_cuda,
-                                           threads=config.inference_threads)
+            runtimes[resolved] = load_runtime(resolved, config.runtime, use_cuda=use_cuda,
+                                              threads=config.inference_threads)
         runtime = runtimes[resolved]
         family = _family(runtime, family_name, model_id)
         models[model_id] = LoadedModel(model_id, runtime, family)

@@ -43,6 +43,7 @@ CONTENT_TYPES = {
     "bmp": "image/bmp",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
+_Z_RLE = 3  # zlib.Z_RLE
 
 _IMAGE_PARAMETER = "inputImage"  # how decode errors name the input when the caller doesn't
 
@@ -204,7 +205,10 @@ def apply_background(image: Image.Image, rgba: tuple[int, int, int, int], output
 def encode_image(image: Image.Image, output: OutputSpec, png_compress_level: int) -> bytes:
     buffer = io.BytesIO()
     if output.format == "PNG":
-        image.save(buffer, format="PNG", compress_level=png_compress_level)
+        # zlib's run-length strategy on PNG-filtered rows: on cutouts (large zeroed areas) it
+        # was both faster and smaller than the default strategy at levels 1-6 (18 ms/240 KB
+        # against 23 ms/261 KB at level 3, and 197 ms at rembg's level 6, for 850x601).
+        image.save(buffer, format="PNG", compress_level=png_compress_level, compress_type=_Z_RLE)
     elif output.format == "JPG":
         image.save(buffer, format="JPEG", quality=output.quality)
     else:

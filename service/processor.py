@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
+from typing import Hashable
 
 import msgspec
 
@@ -73,13 +74,14 @@ class Processor:
         if task.upload_endpoint is not None:
             self._http.check_url(task.upload_endpoint, "uploadEndpoint")
 
-    async def remove_background(self, task: RemoveBackground) -> BackgroundRemovalResult:
+    async def remove_background(self, task: RemoveBackground, owner: Hashable = None) -> BackgroundRemovalResult:
+        """``owner`` (the socket) is whom the batcher takes turns between."""
         model, batcher = self._model(task)
         self.check_destinations(task)
         resolved = await self._inputs.resolve(task.image, task.image_parameter)
         decoded, tensor = await self._on_cpu(_prepare, resolved.data, model,
                                              self._config.max_image_pixels, task.image_parameter)
-        prediction = await batcher.submit(tensor)
+        prediction = await batcher.submit(tensor, owner)
         encoded = await self._on_cpu(pipeline.render, decoded, prediction, task.settings,
                                      task.output, self._config.png_compress_level)
         extension = pipeline.EXTENSIONS[task.output.format]

@@ -87,6 +87,8 @@ class App:
         self.webhooks = WebhookSender(self.http, attempts=config.webhook_attempts,
                                       backoff=config.webhook_backoff)
         self._keys = tuple(key.encode() for key in config.api_keys)
+        largest_batch = max((b.max_batch for b in self.batchers.values()), default=1)
+        self.socket_concurrency = config.socket_concurrency or max(4, 2 * largest_batch)
 
     def _batchers(self) -> dict[str, MicroBatcher]:
         """One batcher per distinct (runtime, family); model ids sharing both share it."""
@@ -95,10 +97,9 @@ class App:
         for model in self.registry:
             key = (id(model.runtime), model.family.name)
             if key not in shared:
-                on_gpu = model.runtime.provider == "CUDAExecutionProvider"
                 shared[key] = MicroBatcher(
                     model.runtime.infer_batch,
-                    max_batch=self.config.max_batch or default_max_batch(on_gpu),
+                    max_batch=self.config.max_batch or model.runtime.preferred_batch,
                     max_wait=self.config.max_wait_ms / 1000, name=model.id,
                 )
             by_id[model.id] = shared[key]
@@ -126,12 +127,6 @@ class App:
             await batcher.stop()
         await self.http.close()
         self.cpu.shutdown(wait=False, cancel_futures=True)
-
-
-def default_max_batch(on_gpu: bool) -> int:
-    """On a GPU, large batches fill the device. On CPU, batching u2netp made it slower here
-    (4.4 img/s at batch 1, 2.7 at batch 4, 2 cores), so a batch is one image unless configured."""
-    return 16 if on_gpu else 1
 
 
 def build_app(config: Config) -> App:

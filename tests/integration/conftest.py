@@ -31,8 +31,10 @@ def server(tmp_path_factory, isnet_model) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def keyed_server(tmp_path_factory) -> ServerProcess:
-    """Keys required (given by the environment variable), private URLs refused."""
-    process = start_server(tmp_path_factory.mktemp("keyed"), env={"RBG_API_KEY": ",".join(API_KEYS)})
+    """Keys required (given by the environment variable), private URLs refused, and the
+    onnxruntime runtime (the open server runs the default, OpenVINO on this CPU)."""
+    process = start_server(tmp_path_factory.mktemp("keyed"), "--runtime", "onnxruntime",
+                           env={"RBG_API_KEY": ",".join(API_KEYS)})
     yield process
     process.stop()
 

@@ -304,9 +304,10 @@ async def test_an_isnet_family_model_is_served_with_its_own_preprocessing(client
     assert np.abs(np.asarray(result_image(u2net)).astype(np.int16) - mask).mean() > 10
 
 
-def test_start_up_logs_models_providers_and_url(server):
+def test_start_up_logs_models_providers_and_url(server, keyed_server):
+    assert "family=u2net provider=CPUExecutionProvider" in keyed_server.log()
     log = server.log()
-    assert "model u2netp: file=" in log and "family=u2net provider=CPUExecutionProvider" in log
+    assert "model u2netp: file=" in log and "family=u2net provider=OpenVINO CPU" in log
     assert "model isnet-test:" in log and "family=isnet" in log
     assert "runware:109@1 is served by the embedded u2netp model" in log
     assert f"listening on ws://127.0.0.1:{server.port}" in log

@@ -93,3 +93,89 @@ async def test_cancelled_callers_are_left_out_of_the_batch():
     assert float((await kept)[0]) == 2.0
     assert model.calls == [1, 1]
     await batcher.stop()
+
+
+class FakeTime:
+    """An injected clock and sleep: sleeps end only when the test moves time past them."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleepers: list[tuple[float, asyncio.Future]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.now + seconds, future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for wake_at, future in list(self.sleepers):
+            if wake_at <= self.now and not future.done():
+                future.set_result(None)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_a_partial_batch_waits_max_wait_then_runs():
+    time = FakeTime()
+    calls = []
+    batcher = MicroBatcher(lambda b: calls.append(len(b)) or b, max_batch=4, max_wait=0.010,
+                           clock=time.clock, sleep=time.sleep)
+    first = asyncio.create_task(batcher.submit(np.zeros(1)))
+    await settle()
+    await time.advance(0.005)
+    second = asyncio.create_task(batcher.submit(np.ones(1)))
+    await settle()
+    assert calls == []  # still inside the 10 ms window, and not full
+    await time.advance(0.005)  # the window closes at 10 ms from the first image, not the second
+    await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert calls == [2]
+    await batcher.stop()
+
+
+async def test_round_robin_across_owners_bounds_the_wait_of_a_small_socket():
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch=2, max_wait=0.0)
+    order: list[str] = []
+
+    async def submit(owner: str, value: float):
+        await batcher.submit(np.full(1, value), owner=owner)
+        order.append(owner)
+
+    heavy = [asyncio.create_task(submit("heavy", i)) for i in range(100)]
+    await wait_entered(model)  # batch 1: two of heavy's images
+    light = asyncio.create_task(submit("light", -1))
+    await settle()
+    model.gate.set()
+    await asyncio.gather(light, *heavy)
+    # light's one image went into the very next batch, beside one of heavy's
+    assert order.index("light") <= 3
+    assert model.calls[:2] == [2, 2] and sum(model.calls) == 101
+    await batcher.stop()
+
+
+async def test_owners_take_turns_within_a_batch():
+    model = GatedModel()
+    model.gate.set()
+    batcher = MicroBatcher(model, max_batch=4, max_wait=0.001)
+    seen: list[float] = []
+    original = model.__call__
+
+    def record(batch):
+        seen.extend(float(v[0]) for v in batch)
+        return original(batch)
+
+    batcher._infer = record
+    tasks = [asyncio.create_task(batcher.submit(np.full(1, v), owner=o))
+             for o, v in [("a", 1), ("a", 2), ("a", 3), ("b", 10), ("c", 20)]]
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert seen[:4] == [1, 10, 20, 2] and seen[4] == 3
+    await batcher.stop()

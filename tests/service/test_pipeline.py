@@ -19,7 +19,7 @@ from protocol.errors import TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
 from service import pipeline
 from service.models import FAMILIES
-from service.runtime import OnnxModel
+from service.runtime import load_runtime
 
 from tests.support import FIXTURES, MODEL, fixture_bytes, open_image, shared_image
 
@@ -28,16 +28,17 @@ GOLDEN = FIXTURES / "golden"
 MAX_PIXELS = 40_000_000
 
 
-@pytest.fixture(scope="module")
-def model() -> OnnxModel:
-    return OnnxModel(MODEL, use_cuda=False)
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def model(request):
+    """Both CPU runtimes must give rembg's output."""
+    return load_runtime(MODEL, request.param, use_cuda=False, threads=None)
 
 
-def predict(model: OnnxModel, decoded: pipeline.DecodedImage) -> np.ndarray:
+def predict(model, decoded: pipeline.DecodedImage) -> np.ndarray:
     return model.infer_batch(pipeline.preprocess(decoded, U2NET)[None])[0]
 
 
-def render(model: OnnxModel, data: bytes, settings: BackgroundSettings = BackgroundSettings(),
+def render(model, data: bytes, settings: BackgroundSettings = BackgroundSettings(),
            output: OutputSpec = OutputSpec(format="PNG")) -> Image.Image:
     decoded = pipeline.decode_image(data, MAX_PIXELS)
     return open_image(pipeline.render(decoded, predict(model, decoded), settings, output, 3))

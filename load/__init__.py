@@ -1,0 +1,1 @@
+"""Load harness and benchmark for the background-removal service."""
