@@ -8,7 +8,7 @@ MODEL  := models/u2netp.onnx
 
 JS_SDK := tests/js/node_modules/.installed
 
-.PHONY: install run test schema clean
+.PHONY: install run test schema bench clean
 
 install: $(VENV)/.installed $(MODEL)
 
@@ -40,9 +40,13 @@ $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 test: install $(VENV)/.installed-test $(JS_SDK)
 	$(PY) -m pytest
 
+# Ratios against raw onnxruntime/OpenVINO and rembg's own server, measured in one run.
+bench: install
+	$(PY) -m load.bench
+
 # Regenerate protocol/schema/ from the structs (a test fails when it drifts).
 schema: install
 	$(PY) -m service.publish_schema
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache tests/js/node_modules
+	rm -rf $(VENV) .data .bench .pytest_cache tests/js/node_modules

@@ -51,7 +51,7 @@ class Config:
     max_download_bytes: int = 25 * 1024 * 1024
     download_connect_timeout: float = 5.0
     download_total_timeout: float = 20.0
-    png_compress_level: int = 1  # zlib level (with the RLE strategy, see pipeline.encode_image)
+    png_compress_level: int = 1  # ISA-L deflate level 0-3 (see pipeline.encode_png)
 
     def base_url(self) -> str:
         if self.public_url:

