@@ -29,6 +29,7 @@ class ErrorItem(msgspec.Struct, omit_defaults=True):
     min: int | float | None = None
     max: int | float | None = None
     default: int | float | str | bool | None = None
+    retryAfterMs: int | None = None  # with overloaded: when trying again makes sense
 
 
 class Code:
@@ -50,6 +51,12 @@ class Code:
     FORBIDDEN_URL = "forbiddenURL"
     TASK_NOT_FOUND = "taskNotFound"
     UPLOAD_FAILED = "uploadFailed"
+    FRAME_TOO_LARGE = "frameTooLarge"
+    TOO_MANY_TASKS = "tooManyTasks"
+    TOO_MANY_TASKS_IN_FLIGHT = "tooManyTasksInFlight"
+    TOO_MANY_CONNECTIONS = "tooManyConnections"
+    OVERLOADED = "overloaded"
+    SHUTTING_DOWN = "shuttingDown"
     WEBHOOK_FAILED = "webhookFailed"
     INTERNAL = "internalServerError"
 

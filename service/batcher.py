@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,12 +41,14 @@ class MicroBatcher:
         max_wait: seconds to wait for a batch to fill once one image is queued.
         executor: where ``infer`` runs; by default a thread of its own.
         clock / sleep: the event loop's time and asyncio.sleep unless a test injects others.
+        on_batch: called with (images, seconds) after each inference call (metrics).
     """
 
     def __init__(self, infer: InferBatch, *, max_batch: int, max_wait: float,
                  executor: Executor | None = None, name: str = "model",
                  clock: Callable[[], float] | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._infer = infer
@@ -54,6 +57,7 @@ class MicroBatcher:
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._clock = clock
         self._sleep = sleep
+        self._on_batch = on_batch  # (images, seconds) after each inference call
         # owner -> its waiting images; the order of owners is the round-robin order
         self._queues: OrderedDict[Hashable, deque[_Pending]] = OrderedDict()
         self._arrived = asyncio.Event()
@@ -134,7 +138,10 @@ class MicroBatcher:
                 continue
             try:
                 stacked = np.stack([pending.tensor for pending in batch])
+                started = time.perf_counter()
                 outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), time.perf_counter() - started)
                 if len(outputs) != len(batch):
                     raise RuntimeError(f"inference returned {len(outputs)} outputs for {len(batch)} inputs")
             except Exception as error:  # one failed batch fails its own futures, not the batcher

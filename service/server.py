@@ -1,10 +1,13 @@
-"""The server: WebSocket and plain HTTP on one port, and the application objects they share.
+"""The server: WebSocket and plain HTTP on one port, the application objects they share, and
+the process's life (start, housekeeping, drain on SIGTERM).
 
 HTTP routes (answered before any WebSocket upgrade):
 - ``GET /images/<uuid>.<ext>``: a stored image (404 once its ttl has passed);
-- ``GET /healthz``: the process is alive.
+- ``GET /healthz``: the process is alive;
+- ``GET /readyz``: 200 when the models are loaded and the server is not draining, else 503;
+- ``GET /metrics``: Prometheus text format.
 Every other request is a WebSocket handshake, on any path and with any query string (the JS SDK
-appends ``?sdk=js&version=...``).
+appends ``?sdk=js&version=...``), refused with 503 while draining.
 """
 
 from __future__ import annotations
@@ -16,9 +19,7 @@ import logging
 import re
 import signal
 import time
-import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
-from collections import OrderedDict
 from typing import Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -26,43 +27,24 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from .batcher import MicroBatcher
-from .delivery import WebhookSender
 from .config import Config
 from .connection import Connection
+from .delivery import WebhookSender
 from .inputs import InputResolver
-from .outbound import OutboundHttp
+from .metrics import Metrics
 from .models import ModelRegistry, load_registry
+from .outbound import OutboundHttp
 from .pipeline import CONTENT_TYPES
 from .processor import Processor
 from .results import ResultsBook
+from .sessions import SessionDirectory
 from .storage import ImageStore
 
-__all__ = ["App", "SessionDirectory", "build_app", "run"]
+__all__ = ["App", "build_app", "start_server", "run"]
 
 log = logging.getLogger(__name__)
 
 _IMAGE_PATH = re.compile(r"^/images/(?P<uuid>[0-9a-f-]{36})\.(?P<ext>[a-z]{3,4})$")
-
-
-class SessionDirectory:
-    """connectionSessionUUID -> the API key that opened it, so a session is only resumed by its
-    own key (a guessed UUID under another key gets a fresh session). Keeps the newest
-    ``capacity`` sessions."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._owners: OrderedDict[str, bytes] = OrderedDict()
-        self._capacity = capacity
-
-    def resume_or_create(self, requested: str | None, api_key: str) -> str:
-        owner = self._owners.get(requested) if requested is not None else None
-        if owner is not None and hmac.compare_digest(owner, api_key.encode()):
-            self._owners.move_to_end(requested)
-            return requested
-        session_uuid = str(uuidlib.uuid4())
-        self._owners[session_uuid] = api_key.encode()
-        if len(self._owners) > self._capacity:
-            self._owners.popitem(last=False)
-        return session_uuid
 
 
 class App:
@@ -72,7 +54,8 @@ class App:
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.registry = registry
-        self.sessions = SessionDirectory()
+        self.metrics = Metrics()
+        self.sessions = SessionDirectory(linger=config.session_linger)
         self.cpu = ThreadPoolExecutor(config.worker_count(), thread_name_prefix="cpu")
         self.store = ImageStore(config.storage_dir, config.default_ttl, clock)
         self.http = OutboundHttp(
@@ -80,6 +63,7 @@ class App:
             connect_timeout=config.download_connect_timeout,
             total_timeout=config.download_total_timeout,
         )
+        self.seconds_per_image = 0.25  # running estimate, for the overloaded retry hint
         self.batchers = self._batchers()
         self.processor = Processor(config, registry, self.batchers, self.store,
                                    InputResolver(self.store, self.http), self.http, self.cpu)
@@ -89,6 +73,9 @@ class App:
         self._keys = tuple(key.encode() for key in config.api_keys)
         largest_batch = max((b.max_batch for b in self.batchers.values()), default=1)
         self.socket_concurrency = config.socket_concurrency or max(4, 2 * largest_batch)
+        self.connections: set[Connection] = set()
+        self.queued_tasks = 0
+        self.draining = False
 
     def _batchers(self) -> dict[str, MicroBatcher]:
         """One batcher per distinct (runtime, family); model ids sharing both share it."""
@@ -101,18 +88,34 @@ class App:
                     model.runtime.infer_batch,
                     max_batch=self.config.max_batch or model.runtime.preferred_batch,
                     max_wait=self.config.max_wait_ms / 1000, name=model.id,
+                    on_batch=self._batch_observer(model.id),
                 )
             by_id[model.id] = shared[key]
         return by_id
 
-    async def housekeeping(self, interval: float = 30.0) -> None:
-        """Forget expired results and delete expired images, forever."""
-        while True:
-            await asyncio.sleep(interval)
-            self.results.sweep()
-            removed = await self.store.sweep()
-            if removed:
-                log.debug("removed %d expired images", removed)
+    def _batch_observer(self, model_id: str) -> Callable[[int, float], None]:
+        def observe(images: int, seconds: float) -> None:
+            self.metrics.observe_batch(model_id, images, seconds)
+            self.seconds_per_image = 0.9 * self.seconds_per_image + 0.1 * seconds / images
+        return observe
+
+    def retry_hint_ms(self) -> int:
+        """Roughly when the queue will have room again."""
+        return max(500, int(1000 * self.seconds_per_image * self.queued_tasks / 2))
+
+    # ---- connections
+
+    def connection_opened(self, connection: Connection) -> None:
+        self.connections.add(connection)
+        self.metrics.sockets.set(len(self.connections))
+
+    def connection_closed(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        self.metrics.sockets.set(len(self.connections))
+
+    def may_open_socket(self, api_key: str, connection: Connection) -> bool:
+        others = sum(1 for c in self.connections if c is not connection and c.api_key == api_key)
+        return others < self.config.max_sockets_per_key
 
     def key_is_valid(self, api_key: str) -> bool:
         if not self._keys:
@@ -120,6 +123,35 @@ class App:
         offered = api_key.encode()
         # compare_digest against every key, so the time taken says nothing about which matched
         return any([hmac.compare_digest(offered, key) for key in self._keys])
+
+    # ---- background work
+
+    async def housekeeping(self, interval: float = 5.0) -> None:
+        """Close silent sockets (zombies left by reconnecting clients included), forget
+        sessions nobody resumed, expired results and images. Forever."""
+        last_storage_sweep = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            silent_since = time.monotonic() - self.config.idle_timeout
+            for connection in [c for c in self.connections if c.last_heard < silent_since]:
+                log.info("closing a socket silent for %.0f s", self.config.idle_timeout)
+                asyncio.create_task(connection.close(1000, "idle"))
+            self.sessions.sweep()
+            if time.monotonic() - last_storage_sweep >= 30:
+                last_storage_sweep = time.monotonic()
+                self.results.sweep()
+                removed = await self.store.sweep()
+                if removed:
+                    log.debug("removed %d expired images", removed)
+
+    async def drain(self) -> None:
+        """Stop accepting, let accepted tasks finish (within the grace period)."""
+        self.draining = True
+        deadline = time.monotonic() + self.config.drain_grace
+        while self.queued_tasks > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.queued_tasks:
+            log.warning("drain grace over with %d tasks unfinished", self.queued_tasks)
 
     async def close(self) -> None:
         await self.webhooks.close()
@@ -144,25 +176,36 @@ def _text(status: http.HTTPStatus, text: str) -> Response:
     return _response(status, (text + "\n").encode(), "text/plain; charset=utf-8")
 
 
-async def _http_route(app: App, request: Request) -> Response | None:
-    """Answer plain HTTP requests; None lets a WebSocket handshake proceed."""
-    if "upgrade" in request.headers.get("Connection", "").lower():
-        return None
-    path = request.path.split("?", 1)[0]
-    if path == "/healthz":
-        return _text(http.HTTPStatus.OK, "ok")
+async def _image(app: App, path: str) -> Response | None:
     match = _IMAGE_PATH.match(path)
     if match is None:
-        return _text(http.HTTPStatus.NOT_FOUND, "not found")
+        return None
     stored = app.store.get(match["uuid"])
-    if stored is None or stored.extension != match["ext"]:
-        return _text(http.HTTPStatus.NOT_FOUND, "no such image (unknown or expired)")
-    data = await app.store.read(stored.uuid)
+    data = await app.store.read(stored.uuid) if stored and stored.extension == match["ext"] else None
     if data is None:
         return _text(http.HTTPStatus.NOT_FOUND, "no such image (unknown or expired)")
     return _response(http.HTTPStatus.OK, data,
                      CONTENT_TYPES.get(stored.extension, "application/octet-stream"),
                      {"Cache-Control": "private, max-age=60"})
+
+
+async def _http_route(app: App, request: Request) -> Response | None:
+    """Answer plain HTTP requests; None lets a WebSocket handshake proceed."""
+    if "upgrade" in request.headers.get("Connection", "").lower():
+        if app.draining:
+            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+        return None
+    path = request.path.split("?", 1)[0]
+    if path == "/healthz":
+        return _text(http.HTTPStatus.OK, "ok")
+    if path == "/readyz":
+        if app.draining:
+            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining")
+        return _text(http.HTTPStatus.OK, "ready")
+    if path == "/metrics":
+        return _response(http.HTTPStatus.OK, app.metrics.exposition(),
+                         "text/plain; version=0.0.4; charset=utf-8")
+    return await _image(app, path) or _text(http.HTTPStatus.NOT_FOUND, "not found")
 
 
 async def start_server(app: App) -> Server:
@@ -177,19 +220,19 @@ async def start_server(app: App) -> Server:
         process_request=process_request,
         # permessage-deflate costs far more CPU than it saves on base64 image payloads.
         compression=None,
-        max_size=app.config.max_frame_bytes,
-        ping_interval=20, ping_timeout=20,
+        max_size=app.config.max_frame_bytes,  # beyond it websockets closes with 1009
+        ping_interval=app.config.ping_interval, ping_timeout=app.config.ping_timeout,
         server_header="rembg-stream",
     )
 
 
 async def run(config: Config) -> None:
-    """Load the models, serve until SIGINT/SIGTERM, then close sockets (1001) and exit."""
+    """Load the models, serve until SIGINT/SIGTERM, drain, close sockets (1001), exit."""
     if not config.api_keys:
         log.warning("no --api-key given: any API key is accepted")
     app = await asyncio.to_thread(build_app, config)
     server = await start_server(app)
-    sweeper = asyncio.create_task(app.housekeeping(), name="housekeeping")
+    housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
         log.info("listening on ws://%s:%s (images at %s/images/)",
@@ -199,8 +242,10 @@ async def run(config: Config) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down: draining %d tasks (up to %.0f s)", app.queued_tasks, config.drain_grace)
+    await app.drain()
     server.close()  # closes open sockets with 1001 (going away)
     await server.wait_closed()
-    sweeper.cancel()
+    housekeeping.cancel()
     await app.close()
+    log.info("stopped")

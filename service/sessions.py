@@ -1,0 +1,109 @@
+"""Client sessions: what outlives a socket.
+
+A session is opened by ``authentication`` and named by its connectionSessionUUID. Results are
+delivered to the session, which passes them to its current socket; while it has none (the client
+is reconnecting) they wait in its outbox, and a socket that authenticates with the same
+connectionSessionUUID and API key gets them. A detached session is forgotten ``linger`` seconds
+after its last socket went away. Sessions never share results: each belongs to one API key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid as uuidlib
+from collections import deque
+from typing import Awaitable, Callable
+
+__all__ = ["ClientSession", "SessionDirectory", "Sender"]
+
+log = logging.getLogger(__name__)
+
+Sender = Callable[[bytes], Awaitable[bool]]  # True when the frame went out on the socket
+
+
+class ClientSession:
+    def __init__(self, session_uuid: str, api_key: bytes, now: float, max_buffered: int) -> None:
+        self.uuid = session_uuid
+        self.api_key = api_key
+        self._sender: Sender | None = None
+        self._outbox: deque[bytes] = deque()
+        self._max_buffered = max_buffered
+        self.detached_since: float | None = now
+        self.dropped = 0
+
+    @property
+    def attached(self) -> bool:
+        return self._sender is not None
+
+    async def attach(self, sender: Sender) -> None:
+        """Route this session's results to ``sender`` from now on, after what waited."""
+        self._sender = sender
+        self.detached_since = None
+        while self._outbox and self._sender is sender:
+            frame = self._outbox.popleft()
+            if not await sender(frame):
+                self._outbox.appendleft(frame)
+                break
+
+    def detach(self, sender: Sender, now: float) -> None:
+        """The socket behind ``sender`` is gone (a newer socket may have taken over already)."""
+        if self._sender is sender:
+            self._sender = None
+            self.detached_since = now
+
+    async def deliver(self, frame: bytes) -> None:
+        sender = self._sender
+        if sender is not None and await sender(frame):
+            return
+        if len(self._outbox) >= self._max_buffered:
+            self._outbox.popleft()
+            self.dropped += 1
+            log.warning("session %s: outbox full, dropped its oldest result", self.uuid)
+        self._outbox.append(frame)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._outbox)
+
+
+class SessionDirectory:
+    """Args:
+        linger: seconds a session without a socket keeps its results (at least 120, the
+            platform's documented buffering time).
+        max_buffered: frames a detached session holds; beyond it the oldest go.
+        clock: seconds (monotonic or epoch; only differences matter).
+    """
+
+    def __init__(self, linger: float = 120.0, max_buffered: int = 1000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.linger = linger
+        self._max_buffered = max_buffered
+        self._clock = clock
+        self._sessions: dict[str, ClientSession] = {}
+
+    def resume_or_create(self, requested: str | None, api_key: str) -> ClientSession:
+        """The session ``requested`` names if it exists under this API key; else a new one."""
+        key = api_key.encode()
+        known = self._sessions.get(requested) if requested is not None else None
+        if known is not None and hmac.compare_digest(known.api_key, key):
+            return known
+        session = ClientSession(str(uuidlib.uuid4()), key, self._clock(), self._max_buffered)
+        self._sessions[session.uuid] = session
+        return session
+
+    def now(self) -> float:
+        return self._clock()
+
+    def sweep(self) -> int:
+        """Forget sessions detached for longer than ``linger``; returns how many."""
+        limit = self._clock() - self.linger
+        gone = [s.uuid for s in self._sessions.values()
+                if s.detached_since is not None and s.detached_since <= limit]
+        for session_uuid in gone:
+            del self._sessions[session_uuid]
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
