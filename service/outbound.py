@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urljoin
 
 import aiohttp
@@ -21,47 +21,78 @@ from yarl import URL
 
 from protocol.errors import Code, TaskFailure
 
-__all__ = ["OutboundHttp", "is_public_address"]
+__all__ = ["OutboundHttp", "is_public_address", "literal_address"]
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 5
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for: mapped, 6to4, NAT64 or Teredo (client)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in network for network in _NAT64):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_public_address(text: str) -> bool:
-    """True for globally routable unicast addresses (IPv4-mapped IPv6 judged by its IPv4)."""
+    """True only for globally routable unicast addresses.
+
+    Refuses loopback, private, link-local, CGNAT 100.64.0.0/10 (where some clouds keep their
+    metadata service), multicast, reserved and unspecified addresses, IPv6 ULA and link-local,
+    and the IPv4-mapped, 6to4, NAT64 and Teredo forms of any refused IPv4 address.
+    """
     try:
         address = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return is_public_address(str(embedded))
     return address.is_global and not address.is_multicast
 
 
-def _is_ip_literal(host: str) -> bool:
+def literal_address(host: str) -> str | None:
+    """The address a URL host spells, in any of its forms (decimal ``2130706433``, hex
+    ``0x7f000001``, octal ``0177.0.0.1``, short ``127.1``, IPv6 in brackets), or None for a name."""
+    bare = host.strip("[]").split("%", 1)[0]
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
+        return str(ipaddress.ip_address(bare))
     except ValueError:
-        return False
-    return True
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(bare))  # the C library's liberal IPv4 parser
+    except OSError:
+        return None
 
 
 class _ForbiddenAddress(OSError):
     pass
 
 
-class _PublicOnlyResolver(AbstractResolver):
-    """Resolves once and returns only public addresses."""
+class _PolicyResolver(AbstractResolver):
+    """Resolves once and returns only the addresses the policy allows: aiohttp connects to one
+    of those, so a second, different DNS answer (rebinding) never comes into play."""
 
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
+    def __init__(self, inner: AbstractResolver, allowed: Callable[[str], bool]) -> None:
+        self._inner = inner
+        self._allowed = allowed
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
         answers = await self._inner.resolve(host, port, family)
-        public = [answer for answer in answers if is_public_address(answer["host"])]
-        if not public:
+        permitted = [answer for answer in answers if self._allowed(answer["host"])]
+        if not permitted:
             raise _ForbiddenAddress(f"{host} resolves to no public address")
-        return public
+        return permitted
 
     async def close(self) -> None:
         await self._inner.close()
@@ -76,19 +107,27 @@ class OutboundHttp:
         allow_private: reach loopback/private addresses too (trusted deployments, tests).
         max_download_bytes: the most a GET may return.
         connect_timeout / total_timeout: seconds, for every request.
+        resolver: how names are looked up (aiohttp's threaded getaddrinfo by default; tests
+            point names at chosen addresses).
+        address_allowed: the policy for one address (``is_public_address`` by default).
     """
 
     def __init__(self, *, allow_private: bool, max_download_bytes: int, connect_timeout: float,
-                 total_timeout: float) -> None:
+                 total_timeout: float, resolver: AbstractResolver | None = None,
+                 address_allowed: Callable[[str], bool] = is_public_address) -> None:
         self.allow_private = allow_private
         self.max_download_bytes = max_download_bytes
+        self._resolver = resolver
+        self._allowed = (lambda address: True) if allow_private else address_allowed
         self._timeout = aiohttp.ClientTimeout(total=total_timeout, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            resolver = None if self.allow_private else _PublicOnlyResolver()
-            connector = aiohttp.TCPConnector(resolver=resolver, limit=128)
+            inner = self._resolver or aiohttp.ThreadedResolver()
+            # No DNS cache: each connection is made to an answer checked for that connection.
+            connector = aiohttp.TCPConnector(resolver=_PolicyResolver(inner, self._allowed),
+                                             limit=128, use_dns_cache=False)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
@@ -107,10 +146,10 @@ class OutboundHttp:
             raise TaskFailure.invalid(parameter, "string", "The URL is malformed.") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise _failure(Code.FORBIDDEN_URL, "Only http and https URLs are accepted.", parameter)
-        host = parsed.host.strip("[]")
-        if not self.allow_private and _is_ip_literal(host) and not is_public_address(host):
+        address = literal_address(parsed.host)
+        if address is not None and not self._allowed(address):
             raise _failure(Code.FORBIDDEN_URL,
-                           f"The URL points to a non-public address ({host}).", parameter)
+                           f"The URL points to a non-public address ({address}).", parameter)
 
     async def get(self, url: str, parameter: str) -> bytes:
         """GET ``url`` (following up to 5 checked redirects), at most max_download_bytes."""
