@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--settings", type=json.loads, default={}, help='settings object as JSON, e.g. \'{"alphaMatting": true}\'')
     add("--output-type", default="base64Data", choices=["URL", "dataURI", "base64Data"])
     add("--output-format", default="PNG", choices=["JPG", "PNG", "WEBP"])
+    add("--model", default=None, help="model id to ask for (default: the server's runware:109@1)")
     add("--api-key", default="load-test")
     add("--task-timeout", type=float, default=120.0,
         help="seconds to wait for answers after the last send (default %(default)s)")
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             None if args.duration else 10),
         duration=args.duration, rate=args.rate, window=args.window, frame_size=args.frame_size,
         settings=args.settings, output_type=args.output_type, output_format=args.output_format,
+        model=args.model,
         api_key=args.api_key, task_timeout=args.task_timeout, server_pid=args.server_pid,
         progress=not args.no_progress and not args.json,
     )

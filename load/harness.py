@@ -43,6 +43,7 @@ class LoadConfig:
     settings: dict[str, Any] = field(default_factory=dict)
     output_type: str = "base64Data"
     output_format: str = "PNG"
+    model: str | None = None  # None: the server's default (runware:109@1)
     api_key: str = "load-test"
     task_timeout: float = 120.0
     server_pid: int | None = None
@@ -198,6 +199,7 @@ async def _one_connection(config: LoadConfig, stats: ConnectionStats, stop_at: f
                         "inputs": {"image": images[index % len(images)]},
                         "outputType": config.output_type, "outputFormat": config.output_format,
                         **({"settings": config.settings} if config.settings else {}),
+                        **({"model": config.model} if config.model else {}),
                     })
                     index += 1
                     pending[task_uuid] = time.monotonic()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +77,7 @@ class Connection:
         # Tasks of this socket in the pipeline at once; the rest wait here, not in shared queues.
         self._active = asyncio.Semaphore(app.socket_concurrency)
         self.last_heard = time.monotonic()
+        self.closing = False
 
     @property
     def api_key(self) -> str | None:
@@ -96,8 +99,25 @@ class Connection:
         # Tasks already accepted run to completion: their answers wait in the client session
         # for a resume, and the results book keeps them for getResponse.
 
-    async def close(self, code: int, reason: str) -> None:
-        await self._websocket.close(code, reason)
+    async def close(self, code: int, reason: str, grace: float = 5.0) -> None:
+        """Close politely; a peer that does not complete the closing handshake in ``grace``
+        seconds (it stopped reading) loses its TCP connection instead."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._websocket.close(code, reason), grace)
+        except asyncio.TimeoutError:
+            self._reset()
+
+    def _reset(self) -> None:
+        """Drop the TCP connection at once, with an RST: a peer that does not read would
+        otherwise keep megabytes queued in the kernel while it trickles them out."""
+        self.closing = True
+        sock = self._websocket.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._websocket.transport.abort()
 
     async def _send(self, payload: bytes) -> bool:
         """True when the frame went out. A client that does not read within the send timeout is
@@ -107,9 +127,10 @@ class Connection:
         except ConnectionClosed:
             return False
         except asyncio.TimeoutError:
-            log.warning("cutting off %s: it has not read for %.0f s",
-                        self._websocket.remote_address, self._config.send_timeout)
-            asyncio.create_task(self._websocket.close(1008, "send timeout"))
+            if not self.closing:
+                log.warning("cutting off %s: it has not read for %.0f s",
+                            self._websocket.remote_address, self._config.send_timeout)
+                self._reset()
             return False
         self._app.metrics.bytes_out.inc(len(payload))
         return True

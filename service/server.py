@@ -126,14 +126,16 @@ class App:
 
     # ---- background work
 
-    async def housekeeping(self, interval: float = 5.0) -> None:
+    async def housekeeping(self) -> None:
         """Close silent sockets (zombies left by reconnecting clients included), forget
         sessions nobody resumed, expired results and images. Forever."""
+        interval = min(5.0, self.config.idle_timeout / 4)
         last_storage_sweep = 0.0
         while True:
             await asyncio.sleep(interval)
             silent_since = time.monotonic() - self.config.idle_timeout
-            for connection in [c for c in self.connections if c.last_heard < silent_since]:
+            for connection in [c for c in self.connections
+                               if c.last_heard < silent_since and not c.closing]:
                 log.info("closing a socket silent for %.0f s", self.config.idle_timeout)
                 asyncio.create_task(connection.close(1000, "idle"))
             self.sessions.sweep()
@@ -222,6 +224,7 @@ async def start_server(app: App) -> Server:
         compression=None,
         max_size=app.config.max_frame_bytes,  # beyond it websockets closes with 1009
         ping_interval=app.config.ping_interval, ping_timeout=app.config.ping_timeout,
+        close_timeout=3,  # a peer that ignores our close frame is dropped after this
         server_header="rembg-stream",
     )
 

@@ -126,18 +126,20 @@ def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
         return error.code, dict(error.headers), error.read()
 
 
-def build_isnet_test_model(path: Path) -> Path:
-    """A tiny stand-in with RMBG-1.4's interface: float32[1,3,1024,1024] -> [1,1,1024,1024].
+def build_isnet_test_model(path: Path, size: int = 1024) -> Path:
+    """A tiny stand-in with RMBG-1.4's interface: float32[1,3,S,S] -> [1,1,S,S] (S = 1024).
 
     Output = sigmoid(mean over channels), so the mask depends on the family's preprocessing.
-    The batch dimension is fixed to 1, as in the real exported files.
+    The batch dimension is fixed to 1, as in the real exported files. With ``size=320`` it is
+    a u2net-family stand-in whose inference costs nothing: the tests of scheduling, limits and
+    load use it so that they measure the service, not the model.
     """
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
          helper.make_node("Sigmoid", ["mean"], ["output"])],
         "isnet_test",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 1024, 1024])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, 1024, 1024])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -20,11 +20,17 @@ def isnet_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, isnet_model) -> ServerProcess:
+def fast_model(tmp_path_factory) -> Path:
+    """A u2net-family (320 px) stand-in whose inference costs nothing."""
+    return build_isnet_test_model(tmp_path_factory.mktemp("models") / "fast.onnx", size=320)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, isnet_model, fast_model) -> ServerProcess:
     """Open server: any key, private URLs allowed (for the local image host), batches of 4."""
     process = start_server(tmp_path_factory.mktemp("open"), "--allow-private-urls",
                            "--max-batch", "4", "--max-wait-ms", "20", "--webhook-backoff", "0.05",
-                           "--model", f"isnet-test={isnet_model}")
+                           "--model", f"isnet-test={isnet_model}", "--model", f"fast={fast_model}")
     yield process
     process.stop()
 

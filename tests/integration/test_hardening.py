@@ -1,0 +1,412 @@
+"""Hostile input, limits, overload, dead and slow peers, reconnects, shutdown: the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import websockets
+from PIL import Image
+
+from tests.support import (
+    ROOT, UNIT, Client, b64, data_uri, fixture_bytes, http_get, new_uuid, start_server,
+)
+
+
+def small_png(width: int = 64, height: int = 48, noise: bool = False) -> bytes:
+    rng = np.random.default_rng(width * height)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8) if noise else \
+        np.full((height, width, 3), 120, np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+SMALL = b64(small_png())
+
+
+def fast(image: str = SMALL, **fields) -> dict:
+    """A removal on the stand-in model: costs next to nothing."""
+    return {"taskType": "removeBackground", "taskUUID": new_uuid(), "model": "fast",
+            "inputs": {"image": image}, "outputType": "base64Data", "outputFormat": "PNG", **fields}
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+
+
+U = "9ad4918a-e9d0-440a-ac59-057a966cd421"
+
+# (name, task-or-raw-frame, expected code). Tasks are sent beside a good sibling in one frame.
+BAD_TASKS = [
+    ("missing taskType", {"taskUUID": new_uuid()}, "missingTaskType"),
+    ("unknown taskType", {"taskType": "imageInference", "taskUUID": new_uuid()}, "unsupportedTaskType"),
+    ("taskType not a string", {"taskType": 5, "taskUUID": new_uuid()}, "unsupportedTaskType"),
+    ("missing taskUUID", {"taskType": "removeBackground", "inputImage": SMALL}, "missingTaskUUID"),
+    ("taskUUID not a UUID", fast(taskUUID="1234"), "invalidTaskUUID"),
+    ("no image", {"taskType": "removeBackground", "taskUUID": new_uuid(), "settings": {}}, "missingInputImage"),
+    ("empty image", fast(""), "invalidInputImage"),
+    ("image is a number", {**fast(), "inputs": {"image": 42}}, "invalidInputImage"),
+    ("inputs not an object", {**fast(), "inputs": "x"}, "invalidInputs"),
+    ("not base64", fast("!!!not base64!!!"), "invalidInputImage"),
+    ("data URI without base64", fast("data:image/png,rawbytes"), "invalidInputImage"),
+    ("text as base64", fast(b64(b"hello world, not an image")), "invalidImage"),
+    ("truncated JPEG", fast(b64(fixture_bytes("car-1.jpg")[:3000])), "invalidImage"),
+    ("PNG bomb header", fast(b64(png_claiming(10_000, 10_000))), "imageTooLarge"),
+    ("TIFF is not accepted", fast(b64(b"II*\x00" + b"\x00" * 100)), "invalidImage"),
+    ("unknown image UUID", fast(U), "unknownImageUUID"),
+    ("ftp URL", fast("ftp://example.com/a.png"), "forbiddenURL"),
+    ("file URL", fast("file:///etc/passwd"), "forbiddenURL"),
+    ("quality too low", fast(outputQuality=19), "invalidOutputQuality"),
+    ("quality not an int", fast(outputQuality=80.5), "invalidOutputQuality"),
+    ("bad outputType", fast(outputType="file"), "invalidOutputType"),
+    ("bad outputFormat", fast(outputFormat="TIFF"), "invalidOutputFormat"),
+    ("ttl under 60", fast(ttl=10), "invalidTtl"),
+    ("rgba of 3", fast(settings={"rgba": [1, 2, 3]}), "invalidRgba"),
+    ("rgba over 255", fast(settings={"rgba": [1, 2, 3, 256]}), "invalidRgba"),
+    ("threshold 0", fast(settings={"alphaMattingBackgroundThreshold": 0}), "invalidAlphaMattingBackgroundThreshold"),
+    ("erode 256", fast(alphaMattingErodeSize=256), "invalidAlphaMattingErodeSize"),
+    ("alphaMatting a string", fast(alphaMatting="yes"), "invalidAlphaMatting"),
+    ("settings not an object", fast(settings=[1]), "invalidSettings"),
+    ("unknown model", fast(model="no-such-model"), "unsupportedModel"),
+    ("bad deliveryMethod", fast(deliveryMethod="carrier-pigeon"), "invalidDeliveryMethod"),
+    ("webhook not http", fast(webhookURL="ftp://example.com/hook"), "forbiddenURL"),
+    ("uploadEndpoint to a file", fast(uploadEndpoint="file:///tmp/x"), "forbiddenURL"),
+    ("includeCost a string", fast(includeCost="true"), "invalidIncludeCost"),
+    ("getResponse for nothing", {"taskType": "getResponse", "taskUUID": new_uuid()}, "taskNotFound"),
+    ("getResponse without UUID", {"taskType": "getResponse"}, "missingTaskUUID"),
+    ("imageUpload without image", {"taskType": "imageUpload", "taskUUID": new_uuid()}, "missingImage"),
+    ("imageUpload of junk", {"taskType": "imageUpload", "taskUUID": new_uuid(), "image": b64(b"junk")}, "invalidImage"),
+]
+
+
+@pytest.mark.parametrize("name,task,code", BAD_TASKS, ids=[n for n, _, _ in BAD_TASKS])
+async def test_bad_task_gets_its_code_and_its_sibling_still_runs(client: Client, name, task, code):
+    sibling = fast()
+    await client.send(task, sibling)
+    routed = isinstance(task.get("taskUUID"), str)
+    answers = {}
+    deadline = time.monotonic() + 60 * UNIT
+    while len(answers) < 2 and time.monotonic() < deadline:
+        frame = await client.recv()
+        for kind in ("data", "errors"):
+            for item in frame.get(kind, []):
+                answers[item.get("taskUUID") or "unrouted"] = (kind, item)
+    error_kind, error = answers[task["taskUUID"] if routed else "unrouted"]
+    assert error_kind == "errors" and error["code"] == code, error
+    assert error["message"]
+    assert answers[sibling["taskUUID"]][0] == "data"
+    assert await client.ping()
+
+
+@pytest.mark.parametrize("frame,code", [
+    (b"\x00\x01\x02", "invalidJSON"),
+    ("[{]", "invalidJSON"),
+    ("{}", "invalidFrame"),
+    ("null", "invalidFrame"),
+    ('"[]"', "invalidFrame"),
+    ("[[]]", "invalidTask"),
+    ('["task"]', "invalidTask"),
+    ("[null]", "invalidTask"),
+])
+async def test_bad_frames_get_a_frame_error_and_the_socket_stays(client: Client, frame, code):
+    await client.send_raw(frame)
+    assert (await client.recv())["errors"][0]["code"] == code
+    assert await client.ping()
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@pytest.fixture(scope="module")
+def limits_server(tmp_path_factory, fast_model):
+    process = start_server(
+        tmp_path_factory.mktemp("limits"), "--model", f"fast={fast_model}",
+        "--max-tasks-per-frame", "4", "--max-in-flight-per-socket", "3", "--max-sockets-per-key", "3",
+        "--max-queued-tasks", "5", "--frame-error-bytes", "3000000", "--max-frame-bytes", "4000000",
+        "--send-timeout", "2", "--ping-interval", "1", "--ping-timeout", "1", "--idle-timeout", "3",
+        "--socket-concurrency", "1")
+    yield process
+    process.stop()
+
+
+async def connect(server, key: str = "limits-key") -> Client:
+    websocket = await websockets.connect(server.ws_url, max_size=None)
+    client = Client(websocket)
+    await client.authenticate(key)
+    return client
+
+
+async def test_frame_over_the_soft_cap_is_refused_and_the_socket_stays(limits_server):
+    client = await connect(limits_server)
+    try:
+        await client.send_raw(json.dumps([fast("A" * 3_500_000)]))
+        assert (await client.recv())["errors"][0]["code"] == "frameTooLarge"
+        assert await client.ping()
+    finally:
+        await client.ws.close()
+
+
+async def test_frame_over_the_hard_cap_closes_with_1009(limits_server):
+    client = await connect(limits_server)
+    await client.send_raw(json.dumps([fast("A" * 4_500_000)]))
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.recv()
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_tasks_beyond_the_per_frame_limit_are_refused_one_by_one(limits_server):
+    client = await connect(limits_server)
+    try:
+        tasks = [{"taskType": "getResponse", "taskUUID": new_uuid()} for _ in range(6)]
+        await client.send(*tasks)
+        answers = await client.collect([t["taskUUID"] for t in tasks])
+        codes = [answers[t["taskUUID"]]["code"] for t in tasks]
+        assert codes == ["taskNotFound"] * 4 + ["tooManyTasks"] * 2
+    finally:
+        await client.ws.close()
+
+
+async def test_in_flight_limit_per_socket(limits_server):
+    client = await connect(limits_server)
+    try:
+        # all four are dispatched before any can finish: the fourth finds three in flight
+        tasks = [fast() for _ in range(4)]
+        await client.send(*tasks)
+        answers = await client.collect([t["taskUUID"] for t in tasks])
+        codes = sorted(answers[t["taskUUID"]].get("code", "ok") for t in tasks)
+        assert codes == ["ok", "ok", "ok", "tooManyTasksInFlight"]
+    finally:
+        await client.ws.close()
+
+
+async def test_overload_refuses_new_tasks_at_once_and_every_accepted_one_completes(limits_server):
+    clients = [await connect(limits_server, f"overload-{i}") for i in range(3)]
+    try:
+        big = b64(small_png(800, 600, noise=True))
+        sent = [[fast(big) for _ in range(3)] for _ in clients]
+        for client, tasks in zip(clients, sent):
+            for task in tasks:
+                await client.send(task)
+        outcomes = []
+        for client, tasks in zip(clients, sent):
+            answers = await client.collect([t["taskUUID"] for t in tasks])
+            outcomes += [answers[t["taskUUID"]] for t in tasks]
+        refused = [o for o in outcomes if o["kind"] == "errors"]
+        assert refused and all(o["code"] == "overloaded" and o["retryAfterMs"] > 0 for o in refused)
+        assert len(outcomes) - len(refused) == 5  # exactly the queue's room, all completed
+    finally:
+        for client in clients:
+            await client.ws.close()
+
+
+async def test_sockets_per_key_are_limited(limits_server):
+    clients = [await connect(limits_server, "few-sockets") for _ in range(3)]
+    try:
+        async with websockets.connect(limits_server.ws_url) as websocket:
+            extra = Client(websocket)
+            await extra.send({"taskType": "authentication", "apiKey": "few-sockets"})
+            (error,) = (await extra.recv())["errors"]
+            assert error["code"] == "tooManyConnections" and error["taskType"] == "authentication"
+            await extra.authenticate("another-key")  # other keys are not affected
+    finally:
+        for client in clients:
+            await client.ws.close()
+
+
+def raw_websocket(port: int) -> socket.socket:
+    """A client that completes the handshake and then neither reads nor answers pings."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response
+    return sock
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    import os
+    import struct
+    mask = os.urandom(4)
+    length = len(payload)
+    header = b"\x81" + (bytes([0x80 | length]) if length < 126 else
+                        bytes([0x80 | 126]) + struct.pack(">H", length) if length < 65536 else
+                        bytes([0x80 | 127]) + struct.pack(">Q", length))
+    key = np.resize(np.frombuffer(mask, np.uint8), length)
+    return header + mask + (np.frombuffer(payload, np.uint8) ^ key).tobytes()
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Drain what the server sends until it closes (or resets) the TCP connection."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        return False
+    return True
+
+
+async def test_a_dead_peer_is_dropped_by_keepalive_and_others_are_served(limits_server):
+    """It keeps sending (so it is not idle) but never answers a control ping."""
+    sock = raw_websocket(limits_server.port)
+
+    def keep_talking_until_dropped(limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        ping = masked_text_frame(json.dumps([{"taskType": "ping", "ping": True}]).encode())
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(ping)
+            except OSError:
+                return True
+            time.sleep(0.25)
+        return False
+
+    try:
+        dropped = asyncio.create_task(asyncio.to_thread(keep_talking_until_dropped, 30 * UNIT))
+        healthy = await connect(limits_server, "bystander")
+        assert (await healthy.run(fast()))["kind"] == "data"
+        await healthy.ws.close()
+        assert await dropped
+    finally:
+        sock.close()
+
+
+async def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(limits_server):
+    sock = raw_websocket(limits_server.port)
+    try:
+        auth = json.dumps([{"taskType": "authentication", "apiKey": "slow-reader"}]).encode()
+        sock.sendall(masked_text_frame(auth))
+        big = b64(small_png(800, 600, noise=True))
+        for _ in range(4):  # results of MBs each, never read
+            sock.sendall(masked_text_frame(json.dumps([fast(big)]).encode()))
+        healthy = await connect(limits_server, "bystander-2")
+        assert (await healthy.run(fast()))["kind"] == "data"
+        await healthy.ws.close()
+        assert await asyncio.to_thread(closed_by_server, sock, 20)
+    finally:
+        sock.close()
+
+
+async def test_silent_sockets_are_closed_after_the_idle_timeout(limits_server):
+    async with websockets.connect(limits_server.ws_url, ping_interval=None) as websocket:
+        await Client(websocket).authenticate("idle")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(websocket.recv(), 15 * UNIT)
+        assert websocket.close_code == 1000
+
+
+# --------------------------------------------------------------------------- reconnects
+
+
+async def test_results_finished_while_away_are_delivered_after_resume(server):
+    slow = {"taskType": "removeBackground", "taskUUID": new_uuid(), "model": "u2netp",
+            "inputs": {"image": b64(fixture_bytes("anime-girl-1.jpg"))}, "outputType": "URL",
+            "outputFormat": "PNG", "settings": {"alphaMatting": True}}
+    websocket = await websockets.connect(server.ws_url, max_size=None)
+    first = Client(websocket)
+    session = await first.authenticate("resume-key")
+    await first.send(slow)
+    websocket.transport.abort()  # the client is killed mid-task
+    await asyncio.sleep(4 * UNIT)  # the task finishes while nobody is connected
+    async with websockets.connect(server.ws_url, max_size=None) as websocket:
+        again = Client(websocket)
+        await again.send({"taskType": "authentication", "apiKey": "resume-key",
+                          "connectionSessionUUID": session})
+        assert (await again.recv())["data"][0]["connectionSessionUUID"] == session
+        item = (await again.recv(60))["data"][0]
+        assert item["taskUUID"] == slow["taskUUID"] and http_get(item["imageURL"])[0] == 200
+        # and it is pollable too; a resend of the same taskUUID is a conflict
+        assert (await again.run(dict(slow)))["code"] == "conflictTaskUUID"
+
+
+async def test_a_session_is_not_resumed_under_another_key(server):
+    async with websockets.connect(server.ws_url) as websocket:
+        session = await Client(websocket).authenticate("owner-key")
+    async with websockets.connect(server.ws_url) as websocket:
+        thief = Client(websocket)
+        await thief.send({"taskType": "authentication", "apiKey": "thief-key",
+                          "connectionSessionUUID": session})
+        assert (await thief.recv())["data"][0]["connectionSessionUUID"] != session
+
+
+async def test_load_100_sockets_10_tasks_nothing_lost_duplicated_or_cross_delivered(server):
+    finished = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "load", "--url", server.ws_url, "--connections", "100",
+        "--tasks-per-connection", "10", "--window", "2", "--model", "fast", "--json",
+        "--image", str(ROOT / "tests" / "fixtures" / "car-1.jpg"), "--output-format", "JPG",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(finished.communicate(), 300 * UNIT)
+    summary = json.loads(out)
+    assert summary["tasks_sent"] == 1000 and summary["tasks_ok"] == 1000
+    assert (summary["lost"], summary["duplicated"], summary["cross_delivered"]) == (0, 0, 0)
+    assert summary["undecodable"] == 0 and summary["connection_failures"] == []
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def test_metrics_and_readiness(server):
+    status, headers, body = http_get(f"{server.http_url}/metrics")
+    text = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    for name in ("rbg_tasks_total", "rbg_queued_tasks", "rbg_batch_size_bucket",
+                 "rbg_inference_seconds_bucket", "rbg_open_sockets", "rbg_received_bytes_total",
+                 "rbg_sent_bytes_total", "rbg_task_seconds_bucket"):
+        assert name in text, name
+    assert 'rbg_tasks_total{outcome="success",task_type="removeBackground"}' in text
+    assert http_get(f"{server.http_url}/readyz")[0] == 200
+
+
+def test_sigterm_drains_accepted_tasks_then_closes_with_1001(tmp_path):
+    process = start_server(tmp_path, "--drain-grace", "60")
+
+    async def scenario() -> None:
+        async with websockets.connect(process.ws_url, max_size=None) as websocket:
+            client = Client(websocket)
+            await client.authenticate()
+            tasks = [{"taskType": "removeBackground", "taskUUID": new_uuid(),
+                      "inputs": {"image": b64(fixture_bytes("car-1.jpg"))},
+                      "outputType": "base64Data", "settings": {"alphaMatting": True}}
+                     for _ in range(3)]
+            await client.send(*tasks)
+            await asyncio.sleep(0.3)
+            process.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            assert (await asyncio.to_thread(http_get, f"{process.http_url}/readyz"))[0] == 503
+            with pytest.raises(websockets.InvalidStatus):
+                await websockets.connect(process.ws_url)
+            late = await client.run({"taskType": "removeBackground", "taskUUID": new_uuid(),
+                                     "inputs": {"image": SMALL}})
+            assert late["code"] == "shuttingDown"
+            answers = await client.collect([t["taskUUID"] for t in tasks])
+            assert all(a["kind"] == "data" for a in answers.values())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(websocket.recv(), 30)
+            assert closed.value.rcvd.code == 1001
+
+    try:
+        asyncio.run(scenario())
+        assert process.process.wait(30) == 0
+    finally:
+        process.stop()
