@@ -69,3 +69,15 @@ async def test_stays_connected_through_several_heartbeats(sdk: Runware):
     (result,) = await sdk.imageBackgroundRemoval(IImageBackgroundRemoval(
         inputImage=str(CAR), outputType="URL", outputFormat="JPG"))
     assert result.imageURL.endswith(".jpg")
+
+
+async def test_a_dropped_socket_mid_task_is_recovered_by_conflict_and_polling(sdk: Runware):
+    """The SDK reconnects, resends the same taskUUID, gets conflictTaskUUID, polls getResponse."""
+    anime = FIXTURES / "anime-girl-1.jpg"
+    request = IImageBackgroundRemoval(inputImage=str(anime), outputType="URL", outputFormat="PNG",
+                                      settings=IBackgroundRemovalSettings(alphaMatting=True))
+    call = asyncio.create_task(sdk.imageBackgroundRemoval(request))
+    await asyncio.sleep(1.0 * UNIT)  # uploaded, and the removal is running on the server
+    sdk._ws.transport.abort()  # the network drops
+    (result,) = await asyncio.wait_for(call, 120 * UNIT)
+    assert result.imageUUID and http_get(result.imageURL)[0] == 200
