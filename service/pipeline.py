@@ -25,6 +25,7 @@ from scipy import ndimage
 from protocol.errors import Code, TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
 
+from .matting import matting_cutout
 from .models import Family
 
 __all__ = [
@@ -153,26 +154,6 @@ def _naive_cutout(image: Image.Image, mask: np.ndarray) -> np.ndarray:
     return rgba
 
 
-def _alpha_matting_cutout(image: Image.Image, mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
-    """rembg's alpha_matting_cutout: trimap from thresholds + erosion, closed-form alpha, ML foreground."""
-    from pymatting.alpha.estimate_alpha_cf import estimate_alpha_cf
-    from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
-
-    structure = np.ones((settings.erode_size, settings.erode_size), dtype=np.uint8)
-    is_foreground = ndimage.binary_erosion(mask > settings.foreground_threshold, structure=structure)
-    is_background = ndimage.binary_erosion(mask < settings.background_threshold, structure=structure,
-                                           border_value=1)
-    trimap = np.full(mask.shape, 128, dtype=np.uint8)
-    trimap[is_foreground] = 255
-    trimap[is_background] = 0
-
-    pixels = np.asarray(image.convert("RGB")) / 255.0
-    alpha = estimate_alpha_cf(pixels, trimap / 255.0)
-    foreground = estimate_foreground_ml(pixels, alpha)
-    stacked = np.concatenate([foreground, alpha[:, :, np.newaxis]], axis=2)
-    return np.clip(stacked * 255, 0, 255).astype(np.uint8)
-
-
 def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings) -> Image.Image:
     """The RGBA cutout (or the L mask alone with returnOnlyMask), before any background colour."""
     if settings.post_process_mask:
@@ -181,7 +162,8 @@ def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings
         return Image.fromarray(mask, mode="L")
     if settings.alpha_matting:
         try:
-            return Image.fromarray(_alpha_matting_cutout(decoded.image, mask, settings), mode="RGBA")
+            rgb = np.asarray(decoded.image.convert("RGB"))
+            return Image.fromarray(matting_cutout(rgb, mask, settings), mode="RGBA")
         except ValueError:
             pass  # rembg falls back to the naive cutout when matting cannot solve the trimap
     return Image.fromarray(_naive_cutout(decoded.image, mask), mode="RGBA")

@@ -31,6 +31,7 @@ from .config import Config
 from .connection import Connection
 from .delivery import WebhookSender
 from .inputs import InputResolver
+from .matting import warm_up as warm_up_matting
 from .metrics import Metrics
 from .models import ModelRegistry, load_registry
 from .outbound import OutboundHttp
@@ -233,7 +234,10 @@ async def run(config: Config) -> None:
     """Load the models, serve until SIGINT/SIGTERM, drain, close sockets (1001), exit."""
     if not config.api_keys:
         log.warning("no --api-key given: any API key is accepted")
+    started = time.perf_counter()
     app = await asyncio.to_thread(build_app, config)
+    await asyncio.to_thread(warm_up_matting)
+    log.info("models loaded and matting kernels warm in %.1f s", time.perf_counter() - started)
     server = await start_server(app)
     housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")
     for sock in server.sockets:

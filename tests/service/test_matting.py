@@ -1,0 +1,61 @@
+"""service.matting: rembg's alpha matting, solved on the unknown band's box."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocol.messages import BackgroundSettings
+from service import matting
+from tests.support import fixture_bytes, open_image
+
+
+def rembg_way(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
+    """What rembg's alpha_matting_cutout computes: pymatting on the whole image."""
+    from pymatting.alpha.estimate_alpha_cf import estimate_alpha_cf
+    from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
+
+    pixels = rgb / 255.0
+    alpha = estimate_alpha_cf(pixels, matting.trimap(mask, settings) / 255.0)
+    foreground = estimate_foreground_ml(pixels, alpha)
+    return np.clip(np.concatenate([foreground, alpha[..., None]], 2) * 255, 0, 255).astype(np.uint8)
+
+
+def soft_mask(shape: tuple[int, int]) -> np.ndarray:
+    """A blurred ellipse: sure foreground inside, sure background outside, a soft band between."""
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w]
+    distance = ((y - h / 2) / (h / 3)) ** 2 + ((x - w / 2) / (w / 3)) ** 2
+    return np.clip((1.3 - distance) * 400, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("settings", [
+    BackgroundSettings(alpha_matting=True),
+    BackgroundSettings(alpha_matting=True, foreground_threshold=230, background_threshold=15, erode_size=8),
+])
+def test_equal_to_pymatting_on_the_whole_image(settings):
+    rgb = np.asarray(open_image(fixture_bytes("car-1.jpg")).convert("RGB"))
+    mask = soft_mask(rgb.shape[:2])
+    ours, reference = matting.matting_cutout(rgb, mask, settings), rembg_way(rgb, mask, settings)
+    alpha_difference = np.abs(ours[..., 3].astype(int) - reference[..., 3])
+    assert alpha_difference.mean() < 0.05 and alpha_difference.max() <= 1
+    colour_difference = np.abs(ours[..., :3].astype(int) - reference[..., :3])
+    assert colour_difference.mean() < 0.5
+
+
+def test_trimap_follows_rembgs_rules():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:35, 5:35] = 250
+    tri = matting.trimap(mask, BackgroundSettings(erode_size=3))
+    assert set(np.unique(tri)) == {0, 128, 255}
+    assert tri[20, 20] == 255 and tri[0, 0] == 0 and tri[5, 5] == 128  # eroded edges unknown
+
+
+def test_a_trimap_without_sure_background_raises_like_rembg():
+    rgb = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(ValueError):
+        matting.matting_cutout(rgb, np.full((20, 20), 255, np.uint8), BackgroundSettings(alpha_matting=True))
+
+
+def test_warm_up_runs():
+    matting.warm_up()
