@@ -15,9 +15,7 @@ from msgspec import inspect as mi
 
 from .errors import Code, ErrorItem, TaskFailure
 from .messages import (
-    DEFAULT_MODEL, OUTPUT_FORMATS, OUTPUT_TYPES, TASK_UUID_PATTERN,
-    Authenticate, AuthenticationRequest, BackgroundSettings, BackgroundSettingsFields,
-    DataFrame, ErrorsFrame, GetResponse, GetResponseRequest, ImageUpload, ImageUploadRequest,
+    DEFAULT_MODEL, OUTPUT_FORMATS, OUTPUT_TYPES, Authenticate, AuthenticationRequest, BackgroundSettings, DataFrame, ErrorsFrame, GetResponse, GetResponseRequest, ImageUpload, ImageUploadRequest,
     OutputSpec, Ping, PingRequest, RemoveBackground, RemoveBackgroundRequest, Task,
 )
 

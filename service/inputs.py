@@ -60,11 +60,7 @@ class InputResolver:
         return await self.store(data, parameter)
 
     async def store(self, data: bytes, parameter: str) -> ResolvedInput:
-        extension = sniff_format(data)
-        if extension is None:
-            raise TaskFailure(Code.INVALID_IMAGE,
-                              "The image is not a JPEG, PNG, WEBP, GIF or BMP file.",
-                              parameter=parameter, type="string")
+        extension = sniff_format(data, parameter)
         stored = await self._store.put(data, extension, self._input_ttl)
         return ResolvedInput(stored, data)
 

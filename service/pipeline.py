@@ -34,6 +34,8 @@ __all__ = [
     "apply_background", "encode_image", "encode_png", "render", "payload_fields",
 ]
 
+_IMAGE_PARAMETER = "inputImage"  # how decode errors name the input when the caller doesn't
+
 # First bytes of the formats we accept as input, and the extension each is stored under.
 MAGIC_FORMATS: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpg"),
@@ -48,21 +50,23 @@ CONTENT_TYPES = {
 }
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
 
-_IMAGE_PARAMETER = "inputImage"  # how decode errors name the input when the caller doesn't
 
 # Our own header check in decode_image, with the configured limit, replaces Pillow's global
 # decompression-bomb guard (which would warn, or refuse at its own fixed size).
 Image.MAX_IMAGE_PIXELS = None
 
 
-def sniff_format(data: bytes) -> str | None:
-    """The stored extension of an accepted input format, from its magic bytes; None if unknown."""
+def sniff_format(data: bytes, parameter: str = _IMAGE_PARAMETER) -> str:
+    """The stored extension of an accepted input format, from its magic bytes.
+
+    Raises TaskFailure(invalidImage) naming ``parameter`` for anything else."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     for magic, extension in MAGIC_FORMATS:
         if data.startswith(magic):
             return extension
-    return None
+    raise TaskFailure(Code.INVALID_IMAGE, "The image is not a JPEG, PNG, WEBP, GIF or BMP file.",
+                      parameter=parameter, type="string")
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,7 @@ def decode_image(data: bytes, max_pixels: int, parameter: str = _IMAGE_PARAMETER
 
     Raises TaskFailure (invalidImage / imageTooLarge) naming ``parameter``.
     """
-    if sniff_format(data) is None:
-        raise TaskFailure(Code.INVALID_IMAGE,
-                          "The image is not a JPEG, PNG, WEBP, GIF or BMP file.",
-                          parameter=parameter, type="string")
+    sniff_format(data, parameter)
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -18,7 +16,7 @@ import websockets
 from PIL import Image
 
 from tests.support import (
-    ROOT, UNIT, Client, b64, data_uri, fixture_bytes, http_get, new_uuid, start_server,
+    ROOT, UNIT, Client, b64, fixture_bytes, http_get, new_uuid, start_server,
 )
 
 
