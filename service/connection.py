@@ -209,14 +209,13 @@ class Connection:
         return None
 
     async def _authenticate(self, task: Authenticate) -> None:
-        if task.session_uuid is None or self._client is None or self._client.uuid != task.session_uuid:
-            if not self._app.may_open_socket(task.api_key, self):
-                await self._send_error(ErrorItem(
-                    code=Code.TOO_MANY_CONNECTIONS,
-                    message=f"This API key already has {self._config.max_sockets_per_key} open "
-                            "sockets; close some first.",
-                    parameter="apiKey", type="string", taskType="authentication"))
-                return
+        if not self._app.may_open_socket(task.api_key, self):
+            await self._send_error(ErrorItem(
+                code=Code.TOO_MANY_CONNECTIONS,
+                message=f"This API key already has {self._config.max_sockets_per_key} open "
+                        "sockets; close some first.",
+                parameter="apiKey", type="string", taskType="authentication"))
+            return
         chosen: list[ClientSession] = []
 
         def session_for(requested: str | None, api_key: str) -> str:
