@@ -1,0 +1,38 @@
+"""python -m service.cli remove: files and folders through the service, cutouts written."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from tests.support import FIXTURES, ROOT, UNIT, open_image
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", "remove", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300 * UNIT)
+
+
+def test_in_process_service_writes_cutouts_and_lists_failures(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(FIXTURES / "car-1.jpg", inputs / "car-1.jpg")
+    (inputs / "broken.png").write_bytes(b"not really a png")
+    (inputs / "notes.txt").write_text("ignored: not an image suffix")
+    finished = cli(str(inputs), "--out", str(tmp_path / "out"))
+    assert finished.returncode == 1
+    assert "1 of 2 written" in finished.stdout
+    assert "broken.png: invalidImage" in finished.stderr
+    cutout = open_image((tmp_path / "out" / "car-1.png").read_bytes())
+    assert cutout.mode == "RGBA" and cutout.size == (480, 360)
+
+
+def test_a_running_service_with_settings(server, tmp_path):
+    finished = cli(str(FIXTURES / "car-1.jpg"), str(FIXTURES / "anime-girl-1.jpg"),
+                   "--out", str(tmp_path), "--url", server.ws_url, "--only-mask", "--format", "JPG",
+                   "--quality", "80")
+    assert finished.returncode == 0, finished.stderr
+    assert "2 of 2 written" in finished.stdout
+    mask = open_image((tmp_path / "anime-girl-1.jpg").read_bytes())
+    assert mask.format == "JPEG" and mask.mode == "L" and mask.size == (850, 601)
