@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, type=kind, default=default, dest=field, help=help_text + shown)
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
                         help="accepted API key; repeat for several. None given: any key is accepted")
+    parser.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
+                        help="a web page origin allowed to open sockets, e.g. https://app.example.com; "
+                             "repeatable (the service's own origin always is)")
     parser.add_argument("--model", action="append", dest="models", type=parse_model,
                         metavar="ID=PATH[:FAMILY]",
                         help="serve an ONNX file under a model id, e.g. runware:109@1=/m/rmbg-1.4.onnx")
@@ -120,7 +123,10 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         values["api_keys"] = _env_list("API_KEY")
     if values["models"] is None:
         values["models"] = [parse_model(spec) for spec in _env_list("MODEL")]
+    if values["allowed_origins"] is None:
+        values["allowed_origins"] = _env_list("ALLOWED_ORIGIN")
     values["api_keys"], values["models"] = tuple(values["api_keys"]), tuple(values["models"])
+    values["allowed_origins"] = tuple(values["allowed_origins"])
     return Config(**values)
 
 

@@ -27,6 +27,9 @@ class Config:
     models_dir: Path = Path("models")
     public_url: str | None = None  # base of imageURL; default http://HOST:PORT
     allow_private_urls: bool = False
+    # Browser pages allowed to open sockets (their Origin header). The service's own origin
+    # (from base_url) is always allowed, and clients that send no Origin (SDKs, curl) too.
+    allowed_origins: tuple[str, ...] = ()
     log_level: str = "INFO"
     storage_dir: Path = Path(".data/images")
     default_ttl: int = 86_400  # seconds a stored image lives when the task gives no ttl
@@ -70,6 +73,11 @@ class Config:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
+
+    def own_origin(self) -> str:
+        """scheme://host[:port] of base_url, as a browser would send it in Origin."""
+        scheme, _, rest = self.base_url().partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
 
     def worker_count(self) -> int:
         return self.cpu_workers or os.cpu_count() or 1

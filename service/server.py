@@ -218,9 +218,11 @@ async def start_server(app: App) -> Server:
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         return await _http_route(app, request)
 
+    # Browsers send Origin; a page from anywhere else is refused at the handshake (403).
+    origins = [None, app.config.own_origin(), *app.config.allowed_origins]
     return await serve(
         handler, app.config.host, app.config.port,
-        process_request=process_request,
+        process_request=process_request, origins=origins,
         # permessage-deflate costs far more CPU than it saves on base64 image payloads.
         compression=None,
         max_size=app.config.max_frame_bytes,  # beyond it websockets closes with 1009

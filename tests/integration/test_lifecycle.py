@@ -95,3 +95,23 @@ def test_sigterm_closes_sockets_and_exits_zero(tmp_path):
     assert asyncio.run(hold_socket()) == 1001
     assert server.process.wait(20) == 0
     assert "shutting down" in server.log()
+
+
+def test_browser_origins_are_restricted_to_our_own_and_the_allowed_ones(tmp_path):
+    server = start_server(tmp_path, "--allowed-origin", "https://app.example.com")
+
+    async def handshake(origin: str | None) -> int:
+        headers = {"Origin": origin} if origin else {}
+        try:
+            async with websockets.connect(server.ws_url, additional_headers=headers) as ws:
+                return 101 if await Client(ws).ping() else -1
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+
+    try:
+        assert asyncio.run(handshake(None)) == 101  # SDKs and curl send no Origin
+        assert asyncio.run(handshake(server.http_url)) == 101  # a page the service serves
+        assert asyncio.run(handshake("https://app.example.com")) == 101
+        assert asyncio.run(handshake("https://evil.example.net")) == 403
+    finally:
+        server.stop()
