@@ -32,12 +32,18 @@ $(MODEL): | $(VENV)/.installed
 run: install
 	$(PY) -m service --host $(HOST) --port $(PORT)
 
-# The official JS SDK, exactly as pinned in tests/js/package-lock.json (tests only).
+# The official JS SDK and playwright-core, exactly as pinned in tests/js/package-lock.json
+# (tests only; playwright-core downloads no browser).
 $(JS_SDK): tests/js/package.json tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install $(VENV)/.installed-test $(JS_SDK)
+# Debian's Chromium for the browser test (never a downloaded browser build).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: install $(VENV)/.installed-test $(JS_SDK) $(CHROMIUM)
 	$(PY) -m pytest
 
 # Ratios against raw onnxruntime/OpenVINO and rembg's own server, measured in one run.

@@ -2,6 +2,7 @@
 the process's life (start, housekeeping, drain on SIGTERM).
 
 HTTP routes (answered before any WebSocket upgrade):
+- ``GET /``: the browser page (drop images, watch cutouts stream back);
 - ``GET /images/<uuid>.<ext>``: a stored image (404 once its ttl has passed);
 - ``GET /healthz``: the process is alive;
 - ``GET /readyz``: 200 when the models are loaded and the server is not draining, else 503;
@@ -20,6 +21,7 @@ import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -46,6 +48,8 @@ __all__ = ["App", "build_app", "start_server", "run"]
 log = logging.getLogger(__name__)
 
 _IMAGE_PATH = re.compile(r"^/images/(?P<uuid>[0-9a-f-]{36})\.(?P<ext>[a-z]{3,4})$")
+# The browser page: plain HTML and JS, no build step, nothing from a CDN.
+_PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
 
 
 class App:
@@ -199,6 +203,9 @@ async def _http_route(app: App, request: Request) -> Response | None:
             return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
         return None
     path = request.path.split("?", 1)[0]
+    if path in ("/", "/index.html"):
+        return _response(http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8",
+                         {"Cache-Control": "no-cache"})
     if path == "/healthz":
         return _text(http.HTTPStatus.OK, "ok")
     if path == "/readyz":
