@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Hashable
 
 import numpy as np
+
+from .fairness import RoundRobin
 
 __all__ = ["MicroBatcher", "InferBatch"]
 
@@ -58,8 +59,7 @@ class MicroBatcher:
         self._clock = clock
         self._sleep = sleep
         self._on_batch = on_batch  # (images, seconds) after each inference call
-        # owner -> its waiting images; the order of owners is the round-robin order
-        self._queues: OrderedDict[Hashable, deque[_Pending]] = OrderedDict()
+        self._queue: RoundRobin[_Pending] = RoundRobin()  # images by owner, taken in turn
         self._arrived = asyncio.Event()
         self._runner: asyncio.Task | None = None
         self.batches_run = 0
@@ -80,26 +80,21 @@ class MicroBatcher:
 
     @property
     def queued(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return len(self._queue)
 
     async def submit(self, tensor: np.ndarray, owner: Hashable = None) -> np.ndarray:
         """Queue one input for ``owner``; resolves to its own output row once its batch ran."""
         self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(owner, deque()).append(_Pending(tensor, future))
+        self._queue.put(owner, _Pending(tensor, future))
         self._arrived.set()
         return await future
 
     def _take_round_robin(self, limit: int) -> list[_Pending]:
         """Up to ``limit`` images, one per owner per turn, in round-robin order."""
         taken: list[_Pending] = []
-        while len(taken) < limit and self._queues:
-            owner, queue = next(iter(self._queues.items()))
-            pending = queue.popleft()
-            if queue:
-                self._queues.move_to_end(owner)  # its next image waits for the others' turn
-            else:
-                del self._queues[owner]
+        while len(taken) < limit and self._queue:
+            pending = self._queue.take()
             if not pending.future.done():  # a caller that went away needs no inference
                 taken.append(pending)
         return taken
@@ -117,13 +112,13 @@ class MicroBatcher:
         return self._arrived.is_set()
 
     async def _collect(self) -> list[_Pending]:
-        while not self._queues:
+        while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
         batch = self._take_round_robin(self.max_batch)
         deadline = self._now() + self.max_wait
         while len(batch) < self.max_batch:
-            if not self._queues:
+            if not self._queue:
                 remaining = deadline - self._now()
                 if remaining <= 0 or not await self._wait_for_arrival(remaining):
                     break

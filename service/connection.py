@@ -293,5 +293,5 @@ class Connection:
         processor = self._app.processor
         async with self._active:
             if isinstance(task, ImageUpload):
-                return await processor.upload(task)
+                return await processor.upload(task, owner=id(self))
             return await processor.remove_background(task, owner=id(self))

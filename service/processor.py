@@ -7,9 +7,7 @@ preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, backgro
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import Executor
 from typing import Hashable
 
 import msgspec
@@ -23,6 +21,7 @@ from . import pipeline
 from .batcher import MicroBatcher
 from .config import Config
 from .delivery import put_to_upload_endpoint
+from .fairness import FairExecutor
 from .inputs import InputResolver
 from .outbound import OutboundHttp
 from .models import LoadedModel, ModelRegistry
@@ -35,7 +34,7 @@ log = logging.getLogger(__name__)
 
 class Processor:
     def __init__(self, config: Config, registry: ModelRegistry, batchers: dict[str, MicroBatcher],
-                 store: ImageStore, inputs: InputResolver, http: OutboundHttp, cpu: Executor) -> None:
+                 store: ImageStore, inputs: InputResolver, http: OutboundHttp, cpu: FairExecutor) -> None:
         self._config = config
         self._http = http
         self._registry = registry
@@ -47,13 +46,11 @@ class Processor:
     def image_url(self, stored: StoredImage) -> str:
         return f"{self._config.base_url()}/images/{stored.filename}"
 
-    async def _on_cpu(self, function, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._cpu, function, *args)
-
-    async def upload(self, task: ImageUpload) -> ImageUploadResult:
+    async def upload(self, task: ImageUpload, owner: Hashable = None) -> ImageUploadResult:
         resolved = await self._inputs.resolve(task.image, "image")
         # Refuse what could never be processed now, rather than at the first removal.
-        await self._on_cpu(pipeline.decode_image, resolved.data, self._config.max_image_pixels, "image")
+        await self._cpu.run(owner, pipeline.decode_image, resolved.data,
+                            self._config.max_image_pixels, "image")
         return ImageUploadResult(taskType="imageUpload", taskUUID=task.task_uuid,
                                  imageUUID=resolved.stored.uuid,
                                  imageURL=self.image_url(resolved.stored))
@@ -75,14 +72,14 @@ class Processor:
             self._http.check_url(task.upload_endpoint, "uploadEndpoint")
 
     async def remove_background(self, task: RemoveBackground, owner: Hashable = None) -> BackgroundRemovalResult:
-        """``owner`` (the socket) is whom the batcher takes turns between."""
+        """``owner`` (the socket) is whom the CPU pool and the batcher take turns between."""
         model, batcher = self._model(task)
         self.check_destinations(task)
         resolved = await self._inputs.resolve(task.image, task.image_parameter)
-        decoded, tensor = await self._on_cpu(_prepare, resolved.data, model,
+        decoded, tensor = await self._cpu.run(owner, _prepare, resolved.data, model,
                                              self._config.max_image_pixels, task.image_parameter)
         prediction = await batcher.submit(tensor, owner)
-        encoded = await self._on_cpu(pipeline.render, decoded, prediction, task.settings,
+        encoded = await self._cpu.run(owner, pipeline.render, decoded, prediction, task.settings,
                                      task.output, self._config.png_compress_level)
         extension = pipeline.EXTENSIONS[task.output.format]
         if task.upload_endpoint is not None:
@@ -97,7 +94,7 @@ class Processor:
         if task.output.type == "URL":
             result.imageURL = self.image_url(stored)
             return result
-        fields = await self._on_cpu(pipeline.payload_fields, encoded, extension, task.output.type)
+        fields = await self._cpu.run(owner, pipeline.payload_fields, encoded, extension, task.output.type)
         return msgspec.structs.replace(result, **fields)
 
 

@@ -20,7 +20,6 @@ import logging
 import re
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +31,7 @@ from .batcher import MicroBatcher
 from .config import Config
 from .connection import Connection
 from .delivery import WebhookSender
+from .fairness import FairExecutor
 from .inputs import InputResolver
 from .matting import warm_up as warm_up_matting
 from .metrics import Metrics
@@ -61,7 +61,7 @@ class App:
         self.registry = registry
         self.metrics = Metrics()
         self.sessions = SessionDirectory(linger=config.session_linger)
-        self.cpu = ThreadPoolExecutor(config.worker_count(), thread_name_prefix="cpu")
+        self.cpu = FairExecutor(config.worker_count(), name="cpu")  # decode/resize/matting/encode
         self.store = ImageStore(config.storage_dir, config.default_ttl, clock)
         self.http = OutboundHttp(
             allow_private=config.allow_private_urls, max_download_bytes=config.max_download_bytes,
@@ -165,7 +165,7 @@ class App:
         for batcher in set(self.batchers.values()):
             await batcher.stop()
         await self.http.close()
-        self.cpu.shutdown(wait=False, cancel_futures=True)
+        self.cpu.shutdown()
 
 
 def build_app(config: Config) -> App:
