@@ -9,7 +9,9 @@ Measures, on the same model file and image:
   venv under .bench/, the same u2netp file given through U2NET_HOME), at 1 and 8 concurrent
   requests;
 - fairness: how long one socket's single task waits behind another socket's 100;
-- the server's memory for 1,000 idle authenticated sockets.
+- the server's memory for 1,000 idle authenticated sockets;
+- alpha matting: one task through the service against rembg's remove(alpha_matting=True), per
+  fixture, with the alpha difference between the two outputs.
 Then prints the ratios the targets speak of.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -242,6 +245,78 @@ def rembg_server(image: bytes, tasks: int) -> dict:
                 "c8": asyncio.run(_rembg_load(port, image, 8, tasks * 3))}
 
 
+# --------------------------------------------------------------------------- alpha matting
+
+MATTING_IMAGES = ("animal-3.jpg", "cloth-1.jpg", "anime-girl-1.jpg", "car-1.jpg")
+
+# Runs inside rembg's throw-away venv: rembg's own remove(alpha_matting=True), timed, output kept.
+_REMBG_MATTING = """
+import json, sys, time
+from pathlib import Path
+from rembg import new_session, remove
+session = new_session("u2netp")
+remove(Path(sys.argv[2]).read_bytes(), session=session)  # load the model
+times = {}
+for name in sys.argv[3:]:
+    data = Path(sys.argv[2]).parent.joinpath(name).read_bytes()
+    start = time.perf_counter()
+    out = remove(data, session=session, alpha_matting=True)
+    times[name] = time.perf_counter() - start
+    Path(sys.argv[1]).joinpath(name + ".png").write_bytes(out)
+print(json.dumps(times))
+"""
+
+
+async def _service_matting(port: int, image: bytes) -> tuple[float, bytes]:
+    import base64
+    import uuid
+
+    import websockets
+
+    async with websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None) as ws:
+        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": "bench"}]))
+        await ws.recv()
+        start = time.perf_counter()
+        await ws.send(json.dumps([{
+            "taskType": "removeBackground", "taskUUID": str(uuid.uuid4()), "model": "u2netp",
+            "inputs": {"image": base64.b64encode(image).decode()}, "outputType": "base64Data",
+            "outputFormat": "PNG", "settings": {"alphaMatting": True}}]))
+        item = json.loads(await ws.recv())["data"][0]
+        return time.perf_counter() - start, base64.b64decode(item["imageBase64Data"])
+
+
+def matting(images_dir: Path) -> list[dict]:
+    """Per image: rembg's remove(alpha_matting=True) against a task through the service."""
+    from PIL import Image
+
+    names = [n for n in MATTING_IMAGES if (images_dir / n).exists()]
+    out_dir = BENCH_DIR / "matting"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    home = BENCH_DIR / "u2net-home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(MODEL, home / "u2netp.onnx")
+    finished = subprocess.run([str(_rembg_python()), "-c", _REMBG_MATTING, str(out_dir),
+                               str(images_dir / names[0]), *names],
+                              env={**os.environ, "U2NET_HOME": str(home)}, capture_output=True,
+                              text=True, check=True)
+    rembg_times = json.loads(finished.stdout.strip().splitlines()[-1])
+    rows = []
+    port, server = _service()
+    with server:
+        for name in names:
+            image = (images_dir / name).read_bytes()
+            seconds, png = asyncio.run(_service_matting(port, image))
+            ours = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3].astype(int)
+            theirs = np.asarray(Image.open(out_dir / f"{name}.png").convert("RGBA"))[..., 3]
+            difference = np.abs(ours - theirs)
+            rows.append({"image": name, "rembg_s": round(rembg_times[name], 3),
+                         "service_s": round(seconds, 3),
+                         "ratio": round(seconds / rembg_times[name], 3),
+                         "alpha_mean_diff_255": round(float(difference.mean()), 4),
+                         "alpha_max_diff_255": int(difference.max())})
+    return rows
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -249,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per raw-runtime measurement")
     parser.add_argument("--tasks", type=int, default=16, help="tasks per socket at concurrency 1")
-    parser.add_argument("--skip-rembg", action="store_true", help="leave out rembg s")
+    parser.add_argument("--skip-rembg", action="store_true", help="leave out rembg (s and matting)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON too")
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(exist_ok=True)
@@ -277,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         results["service_onnxruntime_c8"] = _service_load(port, image, 8, per_socket_c8, process.pid)
     if not args.skip_rembg:
         results["rembg_s"] = rembg_server(image, args.tasks)
+        results["matting"] = matting(image_path.parent)
 
     _print_report(results)
     if args.json:
@@ -318,6 +394,12 @@ def _print_report(r: dict) -> None:
         f"1,000 idle sockets                     {idle.get('rss_growth_bytes', 0) / 2**20:.1f} MiB server RSS   (target < 200 MB)",
         f"lost/duplicated/cross-delivered (c8)   {c8['lost']}/{c8['duplicated']}/{c8['cross_delivered']}",
     ]
+    if r.get("matting"):
+        lines += ["", "alpha matting: one task through the service vs rembg remove(alpha_matting=True)"]
+        for row in r["matting"]:
+            lines.append(f"  {row['image']:18s} rembg {row['rembg_s']:6.2f} s  service {row['service_s']:6.2f} s"
+                         f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
+                         f"{row['alpha_mean_diff_255']:.3f}/255 max {row['alpha_max_diff_255']}/255")
     print("\n".join(lines))
 
 
