@@ -62,8 +62,6 @@ class MicroBatcher:
         self._queue: RoundRobin[_Pending] = RoundRobin()  # images by owner, taken in turn
         self._arrived = asyncio.Event()
         self._runner: asyncio.Task | None = None
-        self.batches_run = 0
-        self.images_run = 0
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -78,9 +76,6 @@ class MicroBatcher:
             await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     async def submit(self, tensor: np.ndarray, owner: Hashable = None) -> np.ndarray:
         """Queue one input for ``owner``; resolves to its own output row once its batch ran."""
@@ -145,8 +140,6 @@ class MicroBatcher:
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
-            self.batches_run += 1
-            self.images_run += len(batch)
             for pending, output in zip(batch, outputs):
                 if not pending.future.done():
                     pending.future.set_result(output)

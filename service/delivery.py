@@ -56,8 +56,6 @@ class WebhookSender:
         self.backoff = backoff
         self._slots = asyncio.Semaphore(max_concurrent)
         self._pending: set[asyncio.Task] = set()
-        self.delivered = 0
-        self.failed = 0
 
     def check(self, url: str) -> None:
         """Refuse a webhook URL the policy forbids, before the task runs."""
@@ -76,14 +74,11 @@ class WebhookSender:
             try:
                 status = await retrying(post, self.attempts, self.backoff)
             except TaskFailure as failure:
-                self.failed += 1
                 log.warning("webhook for task %s to %s failed: %s", task_uuid, url, failure.message)
                 return
             if 200 <= status < 300:
-                self.delivered += 1
                 log.debug("webhook for task %s delivered (HTTP %d)", task_uuid, status)
             else:
-                self.failed += 1
                 log.warning("webhook for task %s to %s answered HTTP %d after retries",
                             task_uuid, url, status)
 

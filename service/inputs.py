@@ -65,13 +65,12 @@ class InputResolver:
         return ResolvedInput(stored, data)
 
     async def _stored(self, image_uuid: str, parameter: str) -> ResolvedInput:
-        stored = self._store.get(image_uuid)
-        data = await self._store.read(image_uuid) if stored else None
-        if stored is None or data is None:
+        loaded = await self._store.load(image_uuid)
+        if loaded is None:
             raise TaskFailure(Code.UNKNOWN_IMAGE_UUID,
                               f"No image with UUID {image_uuid} (unknown or expired).",
                               parameter=parameter, type="string")
-        return ResolvedInput(stored, data)
+        return ResolvedInput(*loaded)
 
     async def _decode(self, text: str, parameter: str) -> bytes:
         try:

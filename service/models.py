@@ -60,9 +60,6 @@ class ModelRegistry:
     def ids(self) -> list[str]:
         return sorted(self._models)
 
-    def runtimes(self) -> list[Runtime]:
-        """Each distinct runtime once (several ids may share one file)."""
-        return list({id(m.runtime): m.runtime for m in self._models.values()}.values())
 
     def __iter__(self):
         return iter(self._models.values())

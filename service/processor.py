@@ -7,7 +7,6 @@ preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, backgro
 
 from __future__ import annotations
 
-import logging
 from typing import Hashable
 
 import msgspec
@@ -28,9 +27,6 @@ from .models import LoadedModel, ModelRegistry
 from .storage import ImageStore, StoredImage
 
 __all__ = ["Processor"]
-
-log = logging.getLogger(__name__)
-
 
 class Processor:
     def __init__(self, config: Config, registry: ModelRegistry, batchers: dict[str, MicroBatcher],

@@ -117,10 +117,10 @@ class ResultsBook:
         result = msgspec.structs.replace(record.result, taskType=record.task_type, status="success")
         if record.payload_kind is None:
             return result
-        stored = self._store.get(result.imageUUID)
-        data = await self._store.read(result.imageUUID) if stored else None
-        if data is None:
+        loaded = await self._store.load(result.imageUUID)
+        if loaded is None:
             return None
+        stored, data = loaded
         fields = await asyncio.to_thread(payload_fields, data, stored.extension, record.payload_kind)
         return msgspec.structs.replace(result, **fields)
 

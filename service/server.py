@@ -187,10 +187,10 @@ async def _image(app: App, path: str) -> Response | None:
     match = _IMAGE_PATH.match(path)
     if match is None:
         return None
-    stored = app.store.get(match["uuid"])
-    data = await app.store.read(stored.uuid) if stored and stored.extension == match["ext"] else None
-    if data is None:
+    loaded = await app.store.load(match["uuid"])
+    if loaded is None or loaded[0].extension != match["ext"]:
         return _text(http.HTTPStatus.NOT_FOUND, "no such image (unknown or expired)")
+    stored, data = loaded
     return _response(http.HTTPStatus.OK, data,
                      CONTENT_TYPES.get(stored.extension, "application/octet-stream"),
                      {"Cache-Control": "private, max-age=60"})

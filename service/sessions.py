@@ -31,11 +31,7 @@ class ClientSession:
         self._outbox: deque[bytes] = deque()
         self._max_buffered = max_buffered
         self.detached_since: float | None = now
-        self.dropped = 0
 
-    @property
-    def attached(self) -> bool:
-        return self._sender is not None
 
     async def attach(self, sender: Sender) -> None:
         """Route this session's results to ``sender`` from now on, after what waited."""
@@ -59,13 +55,9 @@ class ClientSession:
             return
         if len(self._outbox) >= self._max_buffered:
             self._outbox.popleft()
-            self.dropped += 1
             log.warning("session %s: outbox full, dropped its oldest result", self.uuid)
         self._outbox.append(frame)
 
-    @property
-    def buffered(self) -> int:
-        return len(self._outbox)
 
 
 class SessionDirectory:
@@ -104,6 +96,3 @@ class SessionDirectory:
         for session_uuid in gone:
             del self._sessions[session_uuid]
         return len(gone)
-
-    def __len__(self) -> int:
-        return len(self._sessions)

@@ -8,7 +8,6 @@ readers at once; the sweeper deletes its file soon after.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 import uuid as uuidlib
@@ -17,9 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["StoredImage", "ImageStore"]
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class StoredImage:
@@ -72,14 +68,19 @@ class ImageStore:
             return None
         return stored
 
-    async def read(self, image_uuid: str) -> bytes | None:
+    async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None:
+        """The live image's record and bytes; None when unknown, expired or its file is gone."""
         stored = self.get(image_uuid)
         if stored is None:
             return None
         try:
-            return await asyncio.to_thread(stored.path.read_bytes)
+            return stored, await asyncio.to_thread(stored.path.read_bytes)
         except FileNotFoundError:
             return None
+
+    async def read(self, image_uuid: str) -> bytes | None:
+        loaded = await self.load(image_uuid)
+        return loaded[1] if loaded else None
 
     async def sweep(self) -> int:
         """Forget every expired image, then delete its file; returns how many."""
