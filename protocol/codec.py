@@ -15,11 +15,13 @@ from msgspec import inspect as mi
 
 from .errors import Code, ErrorItem, TaskFailure
 from .messages import (
-    DEFAULT_MODEL, OUTPUT_FORMATS, OUTPUT_TYPES, Authenticate, AuthenticationRequest, BackgroundSettings, DataFrame, ErrorsFrame, GetResponse, GetResponseRequest, ImageUpload, ImageUploadRequest,
-    OutputSpec, Ping, PingRequest, RemoveBackground, RemoveBackgroundRequest, Task,
+    DEFAULT_MODEL, OUTPUT_FORMATS, OUTPUT_TYPES, Authenticate, AuthenticationRequest,
+    BackgroundSettings, DataFrame, ErrorsFrame, GetResponse, GetResponseRequest, ImageUpload,
+    ImageUploadRequest, OutputSpec, Ping, PingRequest, RemoveBackground, RemoveBackgroundRequest, RestResponse, Task,
 )
 
-__all__ = ["DecodedFrame", "decode_frame", "encode_data", "encode_errors", "TASK_TYPES"]
+__all__ = ["DecodedFrame", "decode_frame", "encode_data", "encode_errors", "encode_answer",
+           "encode_rest_response", "TASK_TYPES"]
 
 
 class DecodedFrame(msgspec.Struct):
@@ -47,6 +49,16 @@ def encode_data(items: list[Any]) -> bytes:
 def encode_errors(items: list[ErrorItem]) -> bytes:
     """``{"errors": [...]}``"""
     return _encoder.encode(ErrorsFrame(errors=items))
+
+
+def encode_answer(item: Any) -> bytes:
+    """One task's answer as the frame it travels in: ``errors`` for an ErrorItem, else ``data``."""
+    return encode_errors([item]) if isinstance(item, ErrorItem) else encode_data([item])
+
+
+def encode_rest_response(data: list[Any], errors: list[ErrorItem]) -> bytes:
+    """``{"data": [...], "errors": [...]}``: the REST twin's answer to a whole array of tasks."""
+    return _encoder.encode(RestResponse(data=data, errors=errors))
 
 
 # --------------------------------------------------------------------------- validation errors

@@ -24,7 +24,7 @@ __all__ = [
     "BackgroundSettings", "OutputSpec", "Task",
     "AuthenticationResult", "PongResult", "ImageUploadResult", "BackgroundRemovalResult",
     "TaskAcknowledgement", "TaskStatusItem",
-    "DataFrame", "ErrorsFrame", "REQUEST_TYPES", "RESULT_TYPES",
+    "DataFrame", "ErrorsFrame", "RestResponse", "REQUEST_TYPES", "RESULT_TYPES",
 ]
 
 TASK_UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -228,6 +228,13 @@ class DataFrame(msgspec.Struct):
 
 
 class ErrorsFrame(msgspec.Struct):
+    errors: list[Any]
+
+
+class RestResponse(msgspec.Struct):
+    """The REST twin answers a whole array at once: every task's item in one of the two lists."""
+
+    data: list[Any]
     errors: list[Any]
 
 

@@ -73,8 +73,8 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--max-sockets-per-key", int, "open sockets one API key may have"),
     ("--max-queued-tasks", int, "unfinished tasks service-wide; beyond it new ones get overloaded"),
     ("--send-timeout", float, "seconds a send may wait on a client that does not read"),
-    ("--ping-interval", float, "seconds between keepalive pings"),
-    ("--ping-timeout", float, "seconds without a pong before a peer is dropped"),
+    ("--ping-interval", float, "seconds between keepalive pings; a peer whose pong is not "
+     "back within half of it is dropped"),
     ("--idle-timeout", float, "seconds without any message before a socket is closed"),
     ("--session-linger", float, "seconds results wait for a client that went away (resume)"),
     ("--drain-grace", float, "seconds in-flight tasks get to finish on SIGTERM"),
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     config = config_from_args(argv)
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
+    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     from .server import run  # after logging is set up: loading models logs
 
     try:

@@ -94,8 +94,7 @@ async def _in_process_service() -> AsyncIterator[str]:
         try:
             yield f"ws://127.0.0.1:{port}"
         finally:
-            server.close()
-            await server.wait_closed()
+            await server.close()
             await app.close()
 
 

@@ -56,8 +56,8 @@ class Config:
     max_sockets_per_key: int = 1000
     max_queued_tasks: int = 1024  # accepted, unfinished work tasks service-wide
     send_timeout: float = 30.0  # a client that stops reading is cut off after this
-    ping_interval: float = 5.0  # control-frame pings; a peer silent for ping_timeout is dropped
-    ping_timeout: float = 5.0
+    # Control-frame pings; a peer whose pong is not back within half the interval is dropped.
+    ping_interval: float = 5.0
     idle_timeout: float = 120.0  # sockets with no message for this long are closed
     session_linger: float = 120.0  # results kept for a client that is away (resume)
     drain_grace: float = 30.0  # on SIGTERM, seconds for in-flight tasks to finish

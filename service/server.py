@@ -1,14 +1,16 @@
 """The server: WebSocket and plain HTTP on one port, the application objects they share, and
 the process's life (start, housekeeping, drain on SIGTERM).
 
-HTTP routes (answered before any WebSocket upgrade):
+Routes (aiohttp serves both kinds of request on the one port):
+- ``POST /v1``: the REST twin (``service.rest``): a JSON array of tasks in, all answers out;
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
 - ``GET /images/<uuid>.<ext>``: a stored image (404 once its ttl has passed);
 - ``GET /healthz``: the process is alive;
 - ``GET /readyz``: 200 when the models are loaded and the server is not draining, else 503;
 - ``GET /metrics``: Prometheus text format.
-Every other request is a WebSocket handshake, on any path and with any query string (the JS SDK
-appends ``?sdk=js&version=...``), refused with 503 while draining.
+Every GET asking for an upgrade is a WebSocket handshake, on any path and with any query string
+(the JS SDK appends ``?sdk=js&version=...``), refused with 503 while draining. Browsers' pages
+from origins other than ours and ``--allowed-origin`` get 403 for sockets and for POSTs.
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from aiohttp import web
 
 from .batcher import MicroBatcher
 from .config import Config
@@ -39,16 +39,18 @@ from .models import ModelRegistry, load_registry
 from .outbound import OutboundHttp
 from .pipeline import CONTENT_TYPES
 from .processor import Processor
+from .rest import answer_rest_request
 from .results import ResultsBook
 from .sessions import SessionDirectory
 from .storage import ImageStore
 
-__all__ = ["App", "build_app", "start_server", "run"]
+__all__ = ["App", "Listener", "build_app", "start_server", "run"]
 
 log = logging.getLogger(__name__)
 
 _IMAGE_PATH = re.compile(r"^/images/(?P<uuid>[0-9a-f-]{36})\.(?P<ext>[a-z]{3,4})$")
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
+_SERVER = "rembg-stream"
 _PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
 
 
@@ -173,17 +175,16 @@ def build_app(config: Config) -> App:
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str,
-              extra: dict[str, str] | None = None) -> Response:
-    headers = Headers({"Content-Type": content_type, "Content-Length": str(len(body)),
-                       **(extra or {})})
-    return Response(status.value, status.phrase, headers, body)
+              extra: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status.value, body=body,
+                        headers={"Content-Type": content_type, "Server": _SERVER, **(extra or {})})
 
 
-def _text(status: http.HTTPStatus, text: str) -> Response:
-    return _response(status, (text + "\n").encode(), "text/plain; charset=utf-8")
+def _text(status: http.HTTPStatus, text: str, extra: dict[str, str] | None = None) -> web.Response:
+    return _response(status, (text + "\n").encode(), "text/plain; charset=utf-8", extra)
 
 
-async def _image(app: App, path: str) -> Response | None:
+async def _image(app: App, path: str) -> web.Response | None:
     match = _IMAGE_PATH.match(path)
     if match is None:
         return None
@@ -196,13 +197,7 @@ async def _image(app: App, path: str) -> Response | None:
                      {"Cache-Control": "private, max-age=60"})
 
 
-async def _http_route(app: App, request: Request) -> Response | None:
-    """Answer plain HTTP requests; None lets a WebSocket handshake proceed."""
-    if "upgrade" in request.headers.get("Connection", "").lower():
-        if app.draining:
-            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
-        return None
-    path = request.path.split("?", 1)[0]
+async def _page_or_probe(app: App, path: str) -> web.Response:
     if path in ("/", "/index.html"):
         return _response(http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8",
                          {"Cache-Control": "no-cache"})
@@ -218,25 +213,88 @@ async def _http_route(app: App, request: Request) -> Response | None:
     return await _image(app, path) or _text(http.HTTPStatus.NOT_FOUND, "not found")
 
 
-async def start_server(app: App) -> Server:
-    async def handler(websocket: ServerConnection) -> None:
-        await Connection(websocket, app).serve()
-
-    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        return await _http_route(app, request)
-
-    # Browsers send Origin; a page from anywhere else is refused at the handshake (403).
-    origins = [None, app.config.own_origin(), *app.config.allowed_origins]
-    return await serve(
-        handler, app.config.host, app.config.port,
-        process_request=process_request, origins=origins,
+async def _websocket(app: App, request: web.Request) -> web.StreamResponse:
+    if app.draining:
+        return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+    websocket = web.WebSocketResponse(
+        # A ping every interval; a peer whose pong is not back within half of it is dropped.
+        # Any data arriving counts as a pong, so a long upload does not get its socket dropped.
+        heartbeat=app.config.ping_interval,
+        max_msg_size=app.config.max_frame_bytes,  # beyond it the socket is closed with 1009
         # permessage-deflate costs far more CPU than it saves on base64 image payloads.
-        compression=None,
-        max_size=app.config.max_frame_bytes,  # beyond it websockets closes with 1009
-        ping_interval=app.config.ping_interval, ping_timeout=app.config.ping_timeout,
-        close_timeout=3,  # a peer that ignores our close frame is dropped after this
-        server_header="rembg-stream",
+        compress=False,
+        timeout=3,  # a peer that ignores our close frame is dropped after this
+        decode_text=False,  # the JSON decoder takes bytes; decoding to str first is a copy
     )
+    websocket.headers["Server"] = _SERVER
+    transport = request.transport
+    await websocket.prepare(request)
+    assert transport is not None  # present until the handler returns
+    await Connection(websocket, transport, request.remote, app).serve()
+    return websocket
+
+
+def _allowed_origins(app: App) -> frozenset[str]:
+    return frozenset((app.config.own_origin(), *app.config.allowed_origins))
+
+
+class Listener:
+    """The listening socket and the aiohttp machinery behind it."""
+
+    def __init__(self, app: App, runner: web.AppRunner) -> None:
+        self._app = app
+        self._runner = runner
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [address[:2] for address in self._runner.addresses]
+
+    async def close(self) -> None:
+        """Stop accepting, close every socket with 1001 (going away), then let go."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        await asyncio.gather(*(c.close(1001, "going away") for c in list(self._app.connections)))
+        await self._runner.cleanup()
+
+
+async def start_server(app: App) -> Listener:
+    origins = _allowed_origins(app)
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        # Browsers send Origin; a page from anywhere else may neither open a socket nor POST
+        # tasks. Clients that send no Origin (SDKs, curl) are not browsers and pass.
+        # Plain GETs (the page, images, probes) stay open to any page, as images are meant to be.
+        origin = request.headers.get("Origin")
+        reads_only = request.method in ("GET", "HEAD") and not _is_upgrade(request)
+        if origin is not None and origin not in origins and not reads_only:
+            return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
+        if _is_upgrade(request):
+            return await _websocket(app, request)
+        if request.path == "/v1":
+            if request.method != "POST":
+                return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, "POST a JSON array of tasks",
+                             {"Allow": "POST"})
+            return await answer_rest_request(app, request)
+        if request.method not in ("GET", "HEAD"):
+            return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, "only GET here",
+                         {"Allow": "GET, HEAD"})
+        return await _page_or_probe(app, request.path)
+
+    application = web.Application(client_max_size=app.config.frame_error_bytes + 1)
+    application.router.add_route("*", "/{path:.*}", route)
+    # No access log: a line per request would cost more than a cached probe answer. A graceful
+    # stop has drained the tasks before the runner shuts down; what is still open 5 s later is cut.
+    runner = web.AppRunner(application, access_log=None, handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, app.config.host, app.config.port)
+    await site.start()
+    return Listener(app, runner)
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    """Every GET asking for a WebSocket is a handshake, on any path and with any query string
+    (the JS SDK appends ``?sdk=js&version=...``)."""
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 async def run(config: Config) -> None:
@@ -249,8 +307,7 @@ async def run(config: Config) -> None:
     log.info("models loaded and matting kernels warm in %.1f s", time.perf_counter() - started)
     server = await start_server(app)
     housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")
-    for sock in server.sockets:
-        host, port = sock.getsockname()[:2]
+    for host, port in server.addresses:
         log.info("listening on ws://%s:%s (images at %s/images/)",
                  f"[{host}]" if ":" in host else host, port, config.base_url())
     stop = asyncio.Event()
@@ -260,8 +317,7 @@ async def run(config: Config) -> None:
     await stop.wait()
     log.info("shutting down: draining %d tasks (up to %.0f s)", app.queued_tasks, config.drain_grace)
     await app.drain()
-    server.close()  # closes open sockets with 1001 (going away)
-    await server.wait_closed()
+    await server.close()  # closes open sockets with 1001 (going away)
     housekeeping.cancel()
     await app.close()
     log.info("stopped")

@@ -14,7 +14,9 @@ import logging
 import time
 import uuid as uuidlib
 from collections import deque
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
+
+from protocol.codec import encode_answer
 
 __all__ = ["ClientSession", "SessionDirectory", "Sender"]
 
@@ -49,7 +51,9 @@ class ClientSession:
             self._sender = None
             self.detached_since = now
 
-    async def deliver(self, frame: bytes) -> None:
+    async def deliver(self, item: Any) -> None:
+        """Send one task's answer (a result or an ErrorItem), or keep it for a resume."""
+        frame = encode_answer(item)
         sender = self._sender
         if sender is not None and await sender(frame):
             return

@@ -25,6 +25,22 @@ def fast_model(tmp_path_factory) -> Path:
     return build_isnet_test_model(tmp_path_factory.mktemp("models") / "fast.onnx", size=320)
 
 
+@pytest.fixture(scope="module")
+def fast_server_with(tmp_path_factory, fast_model):
+    """Starts servers with the zero-cost model and the given flags, for a module's limits;
+    they are stopped with the module."""
+    started: list[ServerProcess] = []
+
+    def start(*flags: str) -> ServerProcess:
+        started.append(start_server(tmp_path_factory.mktemp("fast"), "--model",
+                                    f"fast={fast_model}", *flags))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, isnet_model, fast_model) -> ServerProcess:
     """Open server: any key, private URLs allowed (for the local image host), batches of 4."""

@@ -132,15 +132,12 @@ async def test_bad_frames_get_a_frame_error_and_the_socket_stays(client: Client,
 
 
 @pytest.fixture(scope="module")
-def limits_server(tmp_path_factory, fast_model):
-    process = start_server(
-        tmp_path_factory.mktemp("limits"), "--model", f"fast={fast_model}",
+def limits_server(fast_server_with):
+    return fast_server_with(
         "--max-tasks-per-frame", "4", "--max-in-flight-per-socket", "3", "--max-sockets-per-key", "3",
         "--max-queued-tasks", "5", "--frame-error-bytes", "3000000", "--max-frame-bytes", "4000000",
-        "--send-timeout", "2", "--ping-interval", "1", "--ping-timeout", "1", "--idle-timeout", "3",
+        "--send-timeout", "2", "--ping-interval", "2", "--idle-timeout", "3",
         "--socket-concurrency", "1")
-    yield process
-    process.stop()
 
 
 async def connect(server, key: str = "limits-key") -> Client:
@@ -162,8 +159,9 @@ async def test_frame_over_the_soft_cap_is_refused_and_the_socket_stays(limits_se
 
 async def test_frame_over_the_hard_cap_closes_with_1009(limits_server):
     client = await connect(limits_server)
-    await client.send_raw(json.dumps([fast("A" * 4_500_000)]))
     with pytest.raises(websockets.ConnectionClosed) as closed:
+        # The server may close while the frame is still going out: then send itself raises.
+        await client.send_raw(json.dumps([fast("A" * 4_500_000)]))
         await client.recv()
     assert closed.value.rcvd.code == 1009
 
@@ -265,27 +263,56 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
     return True
 
 
-async def test_a_dead_peer_is_dropped_by_keepalive_and_others_are_served(limits_server):
-    """It keeps sending (so it is not idle) but never answers a control ping."""
-    sock = raw_websocket(limits_server.port)
+@pytest.fixture(scope="module")
+def keepalive_server(fast_server_with):
+    """Pings every second; idle sockets would only be closed after a minute."""
+    return fast_server_with("--ping-interval", "1", "--idle-timeout", "60")
 
-    def keep_talking_until_dropped(limit: float) -> bool:
-        deadline = time.monotonic() + limit
-        ping = masked_text_frame(json.dumps([{"taskType": "ping", "ping": True}]).encode())
-        while time.monotonic() < deadline:
-            try:
-                sock.sendall(ping)
-            except OSError:
-                return True
-            time.sleep(0.25)
-        return False
 
+def frames_until_closed(sock: socket.socket, timeout: float) -> bytes | None:
+    """Everything the server sent until it dropped the connection; None if it never did."""
+    sock.settimeout(timeout)
+    received = b""
     try:
-        dropped = asyncio.create_task(asyncio.to_thread(keep_talking_until_dropped, 30 * UNIT))
-        healthy = await connect(limits_server, "bystander")
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        return None
+    return received
+
+
+def frame_opcodes(stream: bytes) -> list[int]:
+    """The opcodes of the (unmasked, server-sent) frames in ``stream``."""
+    opcodes, at = [], 0
+    while at + 2 <= len(stream):
+        length, at = stream[at + 1] & 0x7F, at + 2
+        opcodes.append(stream[at - 2] & 0x0F)
+        if length == 126:
+            length, at = int.from_bytes(stream[at:at + 2], "big"), at + 2
+        elif length == 127:
+            length, at = int.from_bytes(stream[at:at + 8], "big"), at + 8
+        at += length
+    return opcodes
+
+
+async def test_a_dead_peer_is_dropped_by_keepalive_and_others_are_served(keepalive_server):
+    """A peer that answers no ping (its network is gone) is dropped long before the idle timeout,
+    without a closing handshake nobody would answer."""
+    sock = raw_websocket(keepalive_server.port)
+    sock.sendall(masked_text_frame(json.dumps(
+        [{"taskType": "authentication", "apiKey": "dead-peer"}]).encode()))
+    try:
+        dropped = asyncio.create_task(asyncio.to_thread(frames_until_closed, sock, 20 * UNIT))
+        healthy = await connect(keepalive_server, "bystander")
         assert (await healthy.run(fast()))["kind"] == "data"
         await healthy.ws.close()
-        assert await dropped
+        received = await dropped
+        assert received is not None, "the dead peer was never dropped"
+        opcodes = frame_opcodes(received)
+        assert 0x9 in opcodes  # it was pinged
+        assert 0x8 not in opcodes  # and dropped, not closed with a close frame
     finally:
         sock.close()
 

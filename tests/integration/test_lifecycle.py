@@ -58,8 +58,7 @@ async def test_url_outputs_answer_404_after_their_ttl(tmp_path):
             assert gone["code"] == "unknownImageUUID"
             assert await app.store.sweep() == 1
     finally:
-        server.close()
-        await server.wait_closed()
+        await server.close()
         await app.close()
 
 
