@@ -43,7 +43,12 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: install $(VENV)/.installed-test $(JS_SDK) $(CHROMIUM)
+# Debian's redis-server for the distributed mode's tests (they start their own on a free port).
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_SERVER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+
+test: install $(VENV)/.installed-test $(JS_SDK) $(CHROMIUM) $(REDIS_SERVER)
 	$(PY) -m pytest
 
 # Ratios against raw onnxruntime/OpenVINO and rembg's own server, measured in one run.

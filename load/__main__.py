@@ -22,7 +22,10 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m load", description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--url", required=True, help="the service's WebSocket URL")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="the service's WebSocket URL")
+    target.add_argument("--urls", help="several gateways' URLs, comma-separated: the sockets "
+                                       "are spread over them in turn")
     add("--connections", type=int, default=1, help="sockets opened (default %(default)s)")
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("--tasks-per-connection", type=int, default=None,
@@ -69,6 +72,7 @@ def _print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.url = args.url or args.urls
     if args.idle_connections:
         result = asyncio.run(run_idle(args.url, args.idle_connections, args.duration or 5.0,
                                       args.server_pid, args.api_key))

@@ -10,6 +10,7 @@ Measures, on the same model file and image:
   requests;
 - fairness: how long one socket's single task waits behind another socket's 100;
 - the server's memory for 1,000 idle authenticated sockets;
+- the distributed mode (redis-server, one gateway, 1 and 2 workers) against the embedded mode;
 - alpha matting: one task through the service against rembg's remove(alpha_matting=True), per
   fixture, with the alpha difference between the two outputs.
 Then prints the ratios the targets speak of.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -126,11 +128,55 @@ def raw_openvino(tensor: np.ndarray, seconds: float) -> tuple[float, int]:
 # --------------------------------------------------------------------------- our service
 
 
-def _service(runtime: str = "auto"):
+def _service(runtime: str = "auto", *flags: str):
     port = _free_port()
     command = [sys.executable, "-m", "service", "--port", str(port), "--runtime", runtime,
-               "--storage-dir", str(BENCH_DIR / "storage"), "--log-level", "WARNING"]
+               "--storage-dir", str(BENCH_DIR / "storage"), "--log-level", "WARNING", *flags]
     return port, _process(command, f"http://127.0.0.1:{port}/healthz")
+
+
+def distributed(image: bytes, tasks_per_socket: int) -> dict:
+    """The distributed path's overhead: one redis-server, one gateway, 1 or 2 workers, against
+    the embedded mode, all at 8 sockets on the same cores. Two workers split the cores (one
+    inference and one CPU thread each), so the comparison is at the same core count."""
+    results = {}
+    port, server = _service()
+    with server as process:
+        _service_load(port, image, 1, 2, process.pid)
+        results["embedded"] = _service_load(port, image, 8, tasks_per_socket, process.pid)
+    redis_port = _free_port()
+    redis_command = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                     "--save", "", "--appendonly", "no", "--dir", str(BENCH_DIR)]
+    with _redis(redis_command, redis_port):
+        url = f"redis://127.0.0.1:{redis_port}/0"
+        for workers, split in ((1, ()), (2, ("--inference-threads", "1", "--cpu-workers", "1"))):
+            gateway_port, gateway = _service("auto", "--redis", url, "--role", "gateway")
+            with gateway as gateway_process, contextlib.ExitStack() as stack:
+                for _ in range(workers):
+                    stack.enter_context(_service("auto", "--redis", url, "--role", "worker", *split)[1])
+                _service_load(gateway_port, image, 1, 2, gateway_process.pid)
+                results[f"workers_{workers}"] = _service_load(
+                    gateway_port, image, 8, tasks_per_socket, gateway_process.pid)
+    return results
+
+
+@contextmanager
+def _redis(command: list[str], port: int) -> Iterator[subprocess.Popen]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _service_load(port: int, image: bytes, connections: int, tasks: int, pid: int) -> dict:
@@ -326,18 +372,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=16, help="tasks per socket at concurrency 1")
     parser.add_argument("--skip-rembg", action="store_true", help="leave out rembg (s and matting)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON too")
+    parser.add_argument("--only-distributed", action="store_true",
+                        help="measure only the distributed mode against the embedded one")
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(exist_ok=True)
     image_path = SHARED_IMAGE if SHARED_IMAGE.exists() else LOCAL_IMAGE
     image = image_path.read_bytes()
     tensor = _model_input(image)
     results: dict = {"image": image_path.name, "cpus": os.cpu_count()}
+    per_socket_c8 = max(2, args.tasks // 2)
+    if args.only_distributed:
+        results["distributed"] = distributed(image, per_socket_c8)
+        print("\n".join(_distributed_lines(results["distributed"])))
+        return 0
 
     results["raw_onnxruntime_img_s"] = round(raw_onnxruntime(tensor, args.seconds), 3)
     openvino_rate, batch = raw_openvino(tensor, args.seconds)
     results["raw_openvino_img_s"] = round(openvino_rate, 3)
     results["batch_time_s"] = round(batch / openvino_rate, 3)  # one full batch on this CPU
-    per_socket_c8 = max(2, args.tasks // 2)
     port, server = _service()
     with server as process:
         _service_load(port, image, 1, 2, process.pid)  # warm up
@@ -350,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     with server as process:
         _service_load(port, image, 1, 2, process.pid)
         results["service_onnxruntime_c8"] = _service_load(port, image, 8, per_socket_c8, process.pid)
+    results["distributed"] = distributed(image, per_socket_c8)
     if not args.skip_rembg:
         results["rembg_s"] = rembg_server(image, args.tasks)
         results["matting"] = matting(image_path.parent)
@@ -394,6 +447,7 @@ def _print_report(r: dict) -> None:
         f"1,000 idle sockets                     {idle.get('rss_growth_bytes', 0) / 2**20:.1f} MiB server RSS   (target < 200 MB)",
         f"lost/duplicated/cross-delivered (c8)   {c8['lost']}/{c8['duplicated']}/{c8['cross_delivered']}",
     ]
+    lines += ["", *_distributed_lines(r["distributed"])]
     if r.get("matting"):
         lines += ["", "alpha matting: one task through the service vs rembg remove(alpha_matting=True)"]
         for row in r["matting"]:
@@ -401,6 +455,18 @@ def _print_report(r: dict) -> None:
                          f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
                          f"{row['alpha_mean_diff_255']:.3f}/255 max {row['alpha_max_diff_255']}/255")
     print("\n".join(lines))
+
+
+def _distributed_lines(d: dict) -> list[str]:
+    embedded = d["embedded"]["images_per_s"]
+    lines = ["distributed mode (redis, 1 gateway) vs embedded, 8 sockets, same cores"]
+    lines.append(f"  embedded                       {embedded:7.2f} img/s")
+    for workers in (1, 2):
+        row = d[f"workers_{workers}"]
+        lines.append(f"  {workers} worker{'s' if workers > 1 else ' '}                      "
+                     f"{row['images_per_s']:7.2f} img/s   x{row['images_per_s'] / embedded:.2f} embedded"
+                     f"   (target >= 0.90)   lost/dup {row['lost']}/{row['duplicated']}")
+    return lines
 
 
 if __name__ == "__main__":

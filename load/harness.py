@@ -11,6 +11,7 @@ count as lost.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import base64
 import io
 import json
@@ -32,7 +33,7 @@ __all__ = ["LoadConfig", "Report", "run_load", "run_idle"]
 
 @dataclass(frozen=True)
 class LoadConfig:
-    url: str
+    url: str  # or several, comma-separated: sockets are spread over them in turn (gateways)
     images: tuple[bytes, ...]
     connections: int = 1
     tasks_per_connection: int | None = 10
@@ -50,6 +51,9 @@ class LoadConfig:
     progress: bool = True
     verify_images: bool = True
     fetch_urls: bool = True
+
+    def urls(self) -> list[str]:
+        return [url.strip() for url in self.url.split(",") if url.strip()]
 
 
 @dataclass
@@ -166,14 +170,14 @@ class _Pacer:
 
 
 async def _one_connection(config: LoadConfig, stats: ConnectionStats, stop_at: float | None,
-                          pacer: _Pacer | None, http: aiohttp.ClientSession) -> None:
+                          pacer: _Pacer | None, http: aiohttp.ClientSession, url: str) -> None:
     images = [base64.b64encode(image).decode() for image in config.images]
     pending: dict[str, float] = {}
     answered: set[str] = set()
     window = asyncio.Semaphore(config.window if pacer is None else 1_000_000)
     done_sending = asyncio.Event()
 
-    async with websockets.connect(config.url, max_size=None, compression=None,
+    async with websockets.connect(url, max_size=None, compression=None,
                                   open_timeout=30) as ws:
         await ws.send(json.dumps([{"taskType": "authentication", "apiKey": config.api_key}]))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
@@ -261,7 +265,8 @@ async def run_load(config: LoadConfig) -> Report:
     start = time.monotonic()
     async with aiohttp.ClientSession() as http:
         outcomes = await asyncio.gather(
-            *(_one_connection(config, s, stop_at, pacer, http) for s in stats),
+            *(_one_connection(config, s, stop_at, pacer, http, url)
+              for s, url in zip(stats, itertools.cycle(config.urls()))),
             return_exceptions=True)
     elapsed = time.monotonic() - start
     ticker.cancel()
@@ -273,14 +278,16 @@ async def run_load(config: LoadConfig) -> Report:
 
 async def run_idle(url: str, connections: int, hold: float, server_pid: int | None,
                    api_key: str = "load-test") -> dict[str, Any]:
-    """Open ``connections`` sockets that only authenticate and ping; report the server's memory."""
+    """Open ``connections`` sockets that only authenticate and ping; report the server's memory.
+    ``url`` may name several servers, comma-separated: sockets go to each in turn."""
     before = process_memory(server_pid) if server_pid else None
     sockets = []
     failures = 0
     try:
+        targets = itertools.cycle(LoadConfig(url, ()).urls())
         for _ in range(connections):
             try:
-                ws = await websockets.connect(url, compression=None, open_timeout=30)
+                ws = await websockets.connect(next(targets), compression=None, open_timeout=30)
                 await ws.send(json.dumps([{"taskType": "authentication", "apiKey": api_key}]))
                 await asyncio.wait_for(ws.recv(), 30)
                 sockets.append(ws)

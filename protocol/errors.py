@@ -58,6 +58,7 @@ class Code:
     OVERLOADED = "overloaded"
     SHUTTING_DOWN = "shuttingDown"
     WEBHOOK_FAILED = "webhookFailed"
+    WORKER_FAILED = "workerFailed"  # distributed mode: every worker that ran the task stopped
     INTERNAL = "internalServerError"
 
 

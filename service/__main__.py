@@ -80,6 +80,13 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--drain-grace", float, "seconds in-flight tasks get to finish on SIGTERM"),
     ("--max-image-pixels", int, "largest image accepted, in pixels, checked before decoding"),
     ("--max-download-bytes", int, "largest URL input downloaded"),
+    ("--redis", str, "redis://HOST:PORT/DB: the distributed mode (gateways and workers share "
+                     "queue, results and sessions there); none: everything in this process"),
+    ("--role", str, "with --redis: gateway (holds sockets, queues tasks), worker (runs the "
+                    "model on queued tasks) or all (both)"),
+    ("--claim-after", float, "with --redis: seconds a job may go unfinished before other "
+                             "workers take it over from its (dead) worker"),
+    ("--max-attempts", int, "with --redis: workers that may start one job before it fails"),
 )
 
 
@@ -127,6 +134,8 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         values["allowed_origins"] = _env_list("ALLOWED_ORIGIN")
     values["api_keys"], values["models"] = tuple(values["api_keys"]), tuple(values["models"])
     values["allowed_origins"] = tuple(values["allowed_origins"])
+    if values["role"] not in ("all", "gateway", "worker"):
+        build_parser().error(f"--role must be all, gateway or worker, not {values['role']!r}")
     return Config(**values)
 
 

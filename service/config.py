@@ -66,6 +66,19 @@ class Config:
     download_connect_timeout: float = 5.0
     download_total_timeout: float = 20.0
     png_compress_level: int = 1  # ISA-L deflate level 0-3 (see pipeline.encode_png)
+    # The distributed mode (service.taskqueue, service.relay): None = one process does it all.
+    redis: str | None = None
+    role: str = "all"  # gateway | worker | all
+    claim_after: float = 30.0  # seconds before a silent worker's jobs are taken over
+    max_attempts: int = 3  # workers that may start one job
+
+    @property
+    def serves_clients(self) -> bool:
+        return self.redis is None or self.role in ("gateway", "all")
+
+    @property
+    def runs_models(self) -> bool:
+        return self.redis is None or self.role in ("worker", "all")
 
     def base_url(self) -> str:
         if self.public_url:

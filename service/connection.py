@@ -30,6 +30,7 @@ from protocol.messages import Authenticate
 
 from .dispatch import Dispatcher
 from .results import owner_of
+from .relay import RelayedSession
 from .sessions import ClientSession
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class Connection(Dispatcher):
         self._websocket = websocket
         self._transport = transport
         self._peer = peer
-        self._client: ClientSession | None = None
+        self._client: ClientSession | RelayedSession | None = None
         self.last_heard = time.monotonic()
         self.closing = False
 
@@ -126,19 +127,16 @@ class Connection(Dispatcher):
                         "sockets; close some first.",
                 parameter="apiKey", type="string", taskType="authentication"))
             return
-        chosen: list[ClientSession] = []
-
-        def session_for(requested: str | None, api_key: str) -> str:
-            chosen.append(self._app.sessions.resume_or_create(requested, api_key))
-            return chosen[0].uuid
-
-        reply = self._session.authenticate(task, session_for)
+        client = None
+        if self._app.key_is_valid(task.api_key):
+            client = await self._app.sessions.resume_or_create(task.session_uuid, task.api_key)
+        reply = self._session.authenticate(task, lambda requested, api_key: client.uuid)
         if isinstance(reply, ErrorItem):
             log.info("refused an API key from %s", self._peer)
             await self._reply(reply)
             return
         self._owner = owner_of(task.api_key)
-        previous, self._client = self._client, chosen[0]
+        previous, self._client = self._client, client
         if previous is not None and previous is not self._client:
             previous.detach(self._send, self._app.sessions.now())
         self._answers = self._client

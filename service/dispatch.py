@@ -18,6 +18,7 @@ book, so getResponse answers for all of them.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,7 +36,8 @@ from .results import TaskState
 if TYPE_CHECKING:
     from .server import App
 
-__all__ = ["Answers", "Dispatcher", "WorkTask"]
+__all__ = ["Answers", "Destination", "Dispatcher", "WorkTask", "destination", "error_item_for",
+           "refusal"]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,33 @@ class Answers(Protocol):
         """Take one task's answer: a result struct or an ErrorItem."""
 
 
+class Destination(enum.Enum):
+    CLIENT = "client"  # the answer goes back to the client (socket session or REST response)
+    BOOK = "book"  # deliveryMethod async: acknowledged at once, the outcome kept for getResponse
+    WEBHOOK = "webhook"  # acknowledged at once, the outcome POSTed to webhookURL
+
+
+def destination(task: WorkTask) -> Destination:
+    if isinstance(task, RemoveBackground):
+        if task.webhook_url is not None:
+            return Destination.WEBHOOK
+        if task.delivery_method == "async":
+            return Destination.BOOK
+    return Destination.CLIENT
+
+
 def _acknowledged(task: WorkTask) -> bool:
     """Async and webhook tasks are acknowledged at once instead of answered in place."""
-    return isinstance(task, RemoveBackground) and (
-        task.delivery_method == "async" or task.webhook_url is not None)
+    return destination(task) is not Destination.CLIENT
+
+
+def error_item_for(task: Task, error: Exception) -> ErrorItem:
+    """A task's failure as its error item; anything unexpected is logged and stays vague."""
+    if isinstance(error, TaskFailure):
+        return error.item(task.task_type, task.task_uuid)
+    log.error("task %s failed", task.task_uuid, exc_info=error)
+    return ErrorItem(code=Code.INTERNAL, message="The task failed on the server.",
+                     taskType=task.task_type, taskUUID=task.task_uuid)
 
 
 def refusal(task: Task, code: str, message: str, **fields: Any) -> ErrorItem:
@@ -76,6 +101,7 @@ class Dispatcher:
         self._answers: Answers | None = None
         self._max_in_flight = max_in_flight
         self._running: set[asyncio.Task] = set()
+        self.accepted = 0  # work tasks accepted so far (each gets exactly one answer or record)
         # Tasks of this client in the pipeline at once; the rest wait here, not in shared queues.
         self._active = asyncio.Semaphore(app.socket_concurrency)
 
@@ -120,7 +146,7 @@ class Dispatcher:
                 else:
                     await self._dispatch(task)
             except Exception as error:  # a bug in one task's handling must not drop the client
-                await self._reply(self._error_item(task, error))
+                await self._reply(error_item_for(task, error))
 
     async def finished(self) -> None:
         """Wait until every work task started so far has delivered its answer."""
@@ -138,18 +164,19 @@ class Dispatcher:
         if refused is None and isinstance(task, GetResponse):
             await self._get_response(task)
             return
-        refused = refused or self._admission(task)
+        refused = refused or await self._admission(task)
         if refused is not None:
             self._app.metrics.tasks.labels(task.task_type, refused.code).inc()
             await self._reply(refused)
             return
+        self.accepted += 1
         self._app.queued_tasks += 1
         self._app.metrics.queued.inc()
         running = asyncio.create_task(self._run(task, self._answers), name=f"task-{task.task_uuid}")
         self._running.add(running)
         running.add_done_callback(self._running.discard)
 
-    def _admission(self, task: WorkTask) -> ErrorItem | None:
+    async def _admission(self, task: WorkTask) -> ErrorItem | None:
         """Limits, then duplicates; None when the task is accepted (and entered in the book)."""
         if self._app.draining:
             return refusal(task, Code.SHUTTING_DOWN, "The server is shutting down; reconnect and "
@@ -163,14 +190,14 @@ class Dispatcher:
             return refusal(task, Code.OVERLOADED,
                            f"The server is at capacity; retry in about {retry_ms / 1000:.1f} s.",
                            retryAfterMs=retry_ms)
-        if not self._app.results.begin(self._owner, task.task_uuid, task.task_type):
+        if not await self._app.results.begin(self._owner, task.task_uuid, task.task_type):
             return refusal(task, Code.CONFLICT_TASK_UUID,
                            "This taskUUID was already used; poll getResponse for its result.",
                            parameter="taskUUID", type="string")
         return None
 
     async def _get_response(self, task: GetResponse) -> None:
-        record = self._app.results.get(self._owner, task.task_uuid)
+        record = await self._app.results.get(self._owner, task.task_uuid)
         if record is not None and record.state is TaskState.FAILED:
             await self._reply(record.error)
             return
@@ -193,16 +220,21 @@ class Dispatcher:
                 self._app.processor.check_destinations(task)
                 await answers.deliver(TaskAcknowledgement(task.task_type, task.task_uuid))
                 acknowledged = True
+            if self._app.jobs is not None and isinstance(task, RemoveBackground):
+                # Distributed: store the input here, and a worker records and answers the rest.
+                stored = await self._app.processor.store_input(task)
+                await self._app.jobs.add(stored, owner, getattr(answers, "handover", None))
+                return
             result: Any = await self._execute(task)
         except Exception as error:
-            item = self._error_item(task, error)
-            results.fail(owner, task.task_uuid, item)
+            item = error_item_for(task, error)
+            await results.fail(owner, task.task_uuid, item)
             self._app.metrics.tasks.labels(task.task_type, item.code).inc()
             # Refused before the acknowledgement: the client is still waiting for an answer.
             await (self._deliver(task, item, answers) if acknowledged else answers.deliver(item))
         else:
             ttl = task.output.ttl if isinstance(task, RemoveBackground) else None
-            results.succeed(owner, task.task_uuid, result, ttl)
+            await results.succeed(owner, task.task_uuid, result, ttl)
             self._app.metrics.tasks.labels(task.task_type, "success").inc()
             await self._deliver(task, result, answers)
         finally:
@@ -210,20 +242,14 @@ class Dispatcher:
             self._app.metrics.queued.dec()
             self._app.metrics.task_seconds.labels(task.task_type).observe(time.perf_counter() - started)
 
-    def _error_item(self, task: Task, error: Exception) -> ErrorItem:
-        if isinstance(error, TaskFailure):
-            return error.item(task.task_type, task.task_uuid)
-        log.error("task %s failed", task.task_uuid, exc_info=error)
-        return ErrorItem(code=Code.INTERNAL, message="The task failed on the server.",
-                         taskType=task.task_type, taskUUID=task.task_uuid)
-
     async def _deliver(self, task: WorkTask, item: Any, answers: Answers) -> None:
         """Hand a finished task's outcome to where it belongs."""
-        if isinstance(task, RemoveBackground) and task.webhook_url is not None:
+        where = destination(task)
+        if where is Destination.WEBHOOK:
             self._app.webhooks.deliver(task.webhook_url, encode_answer(item), task.task_uuid)
-        elif not _acknowledged(task):
+        elif where is Destination.CLIENT:
             await answers.deliver(item)
-        # async without webhook: kept in the results book only
+        # Destination.BOOK: kept in the results book only
 
     async def _execute(self, task: WorkTask) -> Any:
         processor = self._app.processor

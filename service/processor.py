@@ -67,6 +67,13 @@ class Processor:
         if task.upload_endpoint is not None:
             self._http.check_url(task.upload_endpoint, "uploadEndpoint")
 
+    async def store_input(self, task: RemoveBackground) -> RemoveBackground:
+        """The distributed mode's gateway half: fetch or decode the input and store it, so that
+        the job names it by imageUUID (workers read it from the shared storage)."""
+        self.check_destinations(task)
+        resolved = await self._inputs.resolve(task.image, task.image_parameter)
+        return msgspec.structs.replace(task, image=resolved.stored.uuid)
+
     async def remove_background(self, task: RemoveBackground, owner: Hashable = None) -> BackgroundRemovalResult:
         """``owner`` (the socket) is whom the CPU pool and the batcher take turns between."""
         model, batcher = self._model(task)

@@ -20,6 +20,7 @@ import asyncio
 import http
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from aiohttp import web
 
 from protocol.codec import encode_rest_response
@@ -27,6 +28,7 @@ from protocol.errors import Code, ErrorItem
 from protocol.messages import Authenticate
 
 from .dispatch import Dispatcher
+from .relay import RelayedSession
 from .results import owner_of
 
 if TYPE_CHECKING:
@@ -52,6 +54,11 @@ def status_for(data: list[Any], errors: list[ErrorItem]) -> http.HTTPStatus:
     return _STATUS_BY_CODE.get(errors[0].code, http.HTTPStatus.BAD_REQUEST)
 
 
+class _RelayedFrame(msgspec.Struct):
+    data: list[msgspec.Raw] = []
+    errors: list[ErrorItem] = []
+
+
 class RestExchange(Dispatcher):
     """One request's tasks; every answer is collected for the single response."""
 
@@ -60,6 +67,33 @@ class RestExchange(Dispatcher):
         self.data: list[Any] = []
         self.errors: list[ErrorItem] = []
         self._answers = self  # work tasks' outcomes are collected like immediate replies
+        self._relay_session: RelayedSession | None = None
+        self._relayed = 0
+        self._all_relayed = asyncio.Event()
+
+    async def open(self) -> None:
+        """Distributed mode: workers answer through a session of this request's own."""
+        if self._app.relay is not None:
+            self._relay_session = await self._app.sessions.ephemeral()
+            self._answers = self._relay_session
+            await self._relay_session.attach(self._take_relayed)
+
+    async def _take_relayed(self, frame: bytes) -> bool:
+        relayed = msgspec.json.decode(frame, type=_RelayedFrame)
+        self.data += relayed.data
+        self.errors += relayed.errors
+        self._relayed += 1
+        if self._relayed >= self.accepted:
+            self._all_relayed.set()
+        return True
+
+    async def finished(self) -> None:
+        await super().finished()
+        if self._relay_session is not None:
+            if self._relayed < self.accepted:
+                self._all_relayed.clear()
+                await self._all_relayed.wait()
+            self._relay_session.detach(self._take_relayed, 0.0)
 
     async def deliver(self, item: Any) -> None:
         (self.errors if isinstance(item, ErrorItem) else self.data).append(item)
@@ -108,6 +142,7 @@ def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]
 
 async def answer_rest_request(app: "App", request: web.Request) -> web.Response:
     exchange = RestExchange(app)
+    await exchange.open()
     limit = app.config.frame_error_bytes
     if request.content_length is not None and request.content_length > limit:
         body = None

@@ -57,6 +57,23 @@ def _without_payload(result: Any) -> tuple[Any, str | None]:
     return result, None
 
 
+async def reply_item(store: ImageStore, record: TaskRecord, task_uuid: str) -> Any | None:
+    """The getResponse item for ``record``: the result with ``status``, or a processing item.
+
+    None when the result's image has meanwhile expired from storage."""
+    if record.state is TaskState.PROCESSING:
+        return TaskStatusItem(taskType=record.task_type, taskUUID=task_uuid, status="processing")
+    result = msgspec.structs.replace(record.result, taskType=record.task_type, status="success")
+    if record.payload_kind is None:
+        return result
+    loaded = await store.load(result.imageUUID)
+    if loaded is None:
+        return None
+    stored, data = loaded
+    fields = await asyncio.to_thread(payload_fields, data, stored.extension, record.payload_kind)
+    return msgspec.structs.replace(result, **fields)
+
+
 class ResultsBook:
     """Args:
         store: where result images are re-read from when a payload must be rebuilt.
@@ -73,7 +90,7 @@ class ResultsBook:
         self._clock = clock
         self._records: OrderedDict[tuple[bytes, str], TaskRecord] = OrderedDict()
 
-    def begin(self, owner: bytes, task_uuid: str, task_type: str) -> bool:
+    async def begin(self, owner: bytes, task_uuid: str, task_type: str) -> bool:
         """Enter a task as processing; False when the taskUUID is already known (a duplicate)."""
         key = (owner, task_uuid)
         known = self._records.get(key)
@@ -86,11 +103,11 @@ class ResultsBook:
         self._evict()
         return True
 
-    def succeed(self, owner: bytes, task_uuid: str, result: Any, ttl: int | None = None) -> None:
+    async def succeed(self, owner: bytes, task_uuid: str, result: Any, ttl: int | None = None) -> None:
         stored, kind = _without_payload(result)
         self._end(owner, task_uuid, TaskState.SUCCESS, ttl, result=stored, payload_kind=kind)
 
-    def fail(self, owner: bytes, task_uuid: str, error: ErrorItem) -> None:
+    async def fail(self, owner: bytes, task_uuid: str, error: ErrorItem) -> None:
         self._end(owner, task_uuid, TaskState.FAILED, None, error=error)
 
     def _end(self, owner: bytes, task_uuid: str, state: TaskState, ttl: int | None, **fields) -> None:
@@ -102,27 +119,14 @@ class ResultsBook:
         for name, value in fields.items():
             setattr(record, name, value)
 
-    def get(self, owner: bytes, task_uuid: str) -> TaskRecord | None:
+    async def get(self, owner: bytes, task_uuid: str) -> TaskRecord | None:
         record = self._records.get((owner, task_uuid))
         if record is None or record.expires_at <= self._clock():
             return None
         return record
 
     async def reply(self, record: TaskRecord, task_uuid: str) -> Any | None:
-        """The getResponse item for ``record``: the result with ``status``, or a processing item.
-
-        None when the result's image has meanwhile expired from storage."""
-        if record.state is TaskState.PROCESSING:
-            return TaskStatusItem(taskType=record.task_type, taskUUID=task_uuid, status="processing")
-        result = msgspec.structs.replace(record.result, taskType=record.task_type, status="success")
-        if record.payload_kind is None:
-            return result
-        loaded = await self._store.load(result.imageUUID)
-        if loaded is None:
-            return None
-        stored, data = loaded
-        fields = await asyncio.to_thread(payload_fields, data, stored.extension, record.payload_kind)
-        return msgspec.structs.replace(result, **fields)
+        return await reply_item(self._store, record, task_uuid)
 
     def sweep(self) -> int:
         now = self._clock()
@@ -137,3 +141,127 @@ class ResultsBook:
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+# --------------------------------------------------------------------------- on Redis
+
+
+class _StoredOutcome(msgspec.Struct, array_like=True):
+    """A finished task's record as Redis keeps it (msgpack)."""
+
+    result: bytes | None = None  # the result struct's JSON, without its inline payload
+    payload_kind: str | None = None
+    error: bytes | None = None  # the ErrorItem's JSON
+
+
+_json = msgspec.json.Encoder()
+
+# KEYS[1] the task's hash. ARGV: task type, seconds a processing record may live.
+# A processing record is entered only when the key is new: the SET NX of a hash. It starts
+# with a short lease that queueing the job extends (``PROCESSING_SECONDS``): a gateway that
+# dies between accepting and queueing a task leaves no record that would block its retry.
+_BEGIN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'type', ARGV[1], 'state', 'processing')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1] the task's hash, KEYS[2] the outbox stream of the session that waits for the answer.
+# ARGV: state, outcome, seconds to keep it, and when KEYS[2] is given: the answer's kind
+# (data/errors), its JSON, the wake-up channel, the outbox's length cap and lifetime.
+# Only the first to end a processing task records it and hands out the answer: a job claimed
+# from a worker that was only slow cannot be answered twice.
+_END = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'outcome', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if #KEYS > 1 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'kind', ARGV[4], 'item', ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
+  redis.call('PUBLISH', ARGV[6], '1')
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Where an outcome goes besides the book: a session's outbox (see ``service.relay``)."""
+
+    outbox_key: str
+    channel: str
+    max_length: int
+    lifetime: int
+
+
+class RedisResultsBook:
+    """The results book in Redis, shared by every gateway and worker: ``rbg:task:<owner>:<uuid>``
+    is a hash (``type``, ``state``, ``outcome``) that expires ``retention`` seconds (at least
+    the ttl) after the task ended. Same interface as ``ResultsBook``."""
+
+    def __init__(self, redis: Any, store: ImageStore, retention: float, prefix: str = "rbg") -> None:
+        self._redis = redis
+        self._store = store
+        self.retention = retention
+        self._prefix = prefix
+        self._begin = redis.register_script(_BEGIN)
+        self._end = redis.register_script(_END)
+
+    ADMISSION_LEASE = 120  # seconds from accepting a task to queueing it (downloads included)
+    PROCESSING_SECONDS = 7 * 86_400  # a queued task's record: a backstop, it ends long before
+
+    def key(self, owner: bytes, task_uuid: str) -> str:
+        return f"{self._prefix}:task:{owner.hex()}:{task_uuid}"
+
+    async def begin(self, owner: bytes, task_uuid: str, task_type: str) -> bool:
+        return bool(await self._begin(keys=[self.key(owner, task_uuid)],
+                                      args=[task_type, self.ADMISSION_LEASE]))
+
+    async def succeed(self, owner: bytes, task_uuid: str, result: Any, ttl: int | None = None,
+                      handover: Handover | None = None, answer: bytes = b"") -> bool:
+        stored, kind = _without_payload(result)
+        outcome = _StoredOutcome(result=_json.encode(stored), payload_kind=kind)
+        return await self._finish(owner, task_uuid, TaskState.SUCCESS, outcome, ttl, handover,
+                                  "data", answer)
+
+    async def fail(self, owner: bytes, task_uuid: str, error: ErrorItem,
+                   handover: Handover | None = None) -> bool:
+        outcome = _StoredOutcome(error=_json.encode(error))
+        return await self._finish(owner, task_uuid, TaskState.FAILED, outcome, None, handover,
+                                  "errors", _json.encode(error))
+
+    async def _finish(self, owner: bytes, task_uuid: str, state: TaskState, outcome: _StoredOutcome,
+                      ttl: int | None, handover: Handover | None, kind: str, answer: bytes) -> bool:
+        """True when this call ended the task (and handed the answer over)."""
+        keys = [self.key(owner, task_uuid)]
+        args: list[Any] = [state.value, msgspec.msgpack.encode(outcome),
+                           int(max(self.retention, ttl or 0))]
+        if handover is not None:
+            keys.append(handover.outbox_key)
+            args += [kind, answer, handover.channel, handover.max_length, handover.lifetime]
+        return bool(await self._end(keys=keys, args=args))
+
+    async def get(self, owner: bytes, task_uuid: str) -> TaskRecord | None:
+        fields = await self._redis.hgetall(self.key(owner, task_uuid))
+        if not fields:
+            return None
+        task_type = fields[b"type"].decode()
+        state = TaskState(fields[b"state"].decode())
+        record = TaskRecord(task_type, state, expires_at=float("inf"))
+        if state is TaskState.PROCESSING:
+            return record
+        outcome = msgspec.msgpack.decode(fields[b"outcome"], type=_StoredOutcome)
+        if outcome.error is not None:
+            record.error = msgspec.json.decode(outcome.error, type=ErrorItem)
+        else:
+            kind = ImageUploadResult if task_type == "imageUpload" else BackgroundRemovalResult
+            record.result = msgspec.json.decode(outcome.result, type=kind)
+            record.payload_kind = outcome.payload_kind
+        return record
+
+    async def reply(self, record: TaskRecord, task_uuid: str) -> Any | None:
+        return await reply_item(self._store, record, task_uuid)
+
+    def sweep(self) -> int:
+        return 0  # Redis expires the records itself

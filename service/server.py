@@ -23,9 +23,10 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import web
+from redis.asyncio import from_url as redis_from_url
 
 from .batcher import MicroBatcher
 from .config import Config
@@ -40,9 +41,11 @@ from .outbound import OutboundHttp
 from .pipeline import CONTENT_TYPES
 from .processor import Processor
 from .rest import answer_rest_request
-from .results import ResultsBook
+from .relay import RedisSessions, Relay
+from .results import RedisResultsBook, ResultsBook
 from .sessions import SessionDirectory
 from .storage import ImageStore
+from .taskqueue import JobQueue, Worker
 
 __all__ = ["App", "Listener", "build_app", "start_server", "run"]
 
@@ -74,15 +77,41 @@ class App:
         self.batchers = self._batchers()
         self.processor = Processor(config, registry, self.batchers, self.store,
                                    InputResolver(self.store, self.http), self.http, self.cpu)
-        self.results = ResultsBook(self.store, config.result_retention, clock=clock)
         self.webhooks = WebhookSender(self.http, attempts=config.webhook_attempts,
                                       backoff=config.webhook_backoff)
+        self.redis: Any = None
+        self.relay: Relay | None = None
+        self.jobs: JobQueue | None = None  # set: removals go to workers through Redis
+        self.worker: Worker | None = None
+        if config.redis is None:
+            self.results: ResultsBook | RedisResultsBook = ResultsBook(
+                self.store, config.result_retention, clock=clock)
+        else:
+            self._distributed(config)
         self._keys = tuple(key.encode() for key in config.api_keys)
         largest_batch = max((b.max_batch for b in self.batchers.values()), default=1)
         self.socket_concurrency = config.socket_concurrency or max(4, 2 * largest_batch)
         self.connections: set[Connection] = set()
         self.queued_tasks = 0
         self.draining = False
+
+    def _distributed(self, config: Config) -> None:
+        """Queue, results book and sessions in Redis; this process's role decides which end."""
+        self.redis = redis_from_url(config.redis)
+        self.results = RedisResultsBook(self.redis, self.store, config.result_retention)
+        self.relay = Relay(self.redis, linger=config.session_linger)
+        self.sessions = RedisSessions(self.relay)
+        if config.serves_clients:
+            self.jobs = JobQueue(self.redis, self.results)
+        if config.runs_models:
+            largest_batch = max((b.max_batch for b in self.batchers.values()), default=1)
+            self.worker = Worker(self.redis, self.processor, self.results, self.webhooks,
+                                 max_batch=largest_batch, claim_after=config.claim_after,
+                                 max_attempts=config.max_attempts)
+
+    async def start(self) -> None:
+        if self.worker is not None:
+            await self.worker.start()
 
     def _batchers(self) -> dict[str, MicroBatcher]:
         """One batcher per distinct (runtime, family); model ids sharing both share it."""
@@ -163,15 +192,22 @@ class App:
             log.warning("drain grace over with %d tasks unfinished", self.queued_tasks)
 
     async def close(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.relay is not None:
+            await self.relay.close()
         await self.webhooks.close()
         for batcher in set(self.batchers.values()):
             await batcher.stop()
         await self.http.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         self.cpu.shutdown()
 
 
 def build_app(config: Config) -> App:
-    return App(config, load_registry(config))
+    # A gateway runs no model: it needs none loaded.
+    return App(config, load_registry(config) if config.runs_models else ModelRegistry({}))
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str,
@@ -268,6 +304,8 @@ async def start_server(app: App) -> Listener:
         reads_only = request.method in ("GET", "HEAD") and not _is_upgrade(request)
         if origin is not None and origin not in origins and not reads_only:
             return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
+        if not app.config.serves_clients and (_is_upgrade(request) or request.path == "/v1"):
+            return _text(http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway")
         if _is_upgrade(request):
             return await _websocket(app, request)
         if request.path == "/v1":
@@ -303,7 +341,9 @@ async def run(config: Config) -> None:
         log.warning("no --api-key given: any API key is accepted")
     started = time.perf_counter()
     app = await asyncio.to_thread(build_app, config)
-    await asyncio.to_thread(warm_up_matting)
+    if config.runs_models:
+        await asyncio.to_thread(warm_up_matting)
+    await app.start()
     log.info("models loaded and matting kernels warm in %.1f s", time.perf_counter() - started)
     server = await start_server(app)
     housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")

@@ -79,7 +79,7 @@ class SessionDirectory:
         self._clock = clock
         self._sessions: dict[str, ClientSession] = {}
 
-    def resume_or_create(self, requested: str | None, api_key: str) -> ClientSession:
+    async def resume_or_create(self, requested: str | None, api_key: str) -> ClientSession:
         """The session ``requested`` names if it exists under this API key; else a new one."""
         key = api_key.encode()
         known = self._sessions.get(requested) if requested is not None else None

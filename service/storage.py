@@ -3,19 +3,29 @@
 Inputs and outputs are both stored, so either UUID can be given as a later task's input, and
 URL outputs are served from here (``GET /images/<uuid>.<ext>``). An expired image is gone for
 readers at once; the sweeper deletes its file soon after.
+
+The disk is the truth: a file's modification time is its expiry. So several processes sharing
+the directory (gateways and workers of one machine, or a shared volume) see each other's images,
+and files of an earlier run stay reachable until they expire. The in-memory index only saves a
+``stat`` per read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["StoredImage", "ImageStore"]
+__all__ = ["StoredImage", "ImageStore", "STORED_EXTENSIONS"]
+
+# What inputs (any decodable format) and outputs (png/jpg/webp) are stored as.
+STORED_EXTENSIONS = ("png", "jpg", "webp", "gif", "bmp")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 @dataclass(frozen=True)
 class StoredImage:
@@ -42,31 +52,37 @@ class ImageStore:
         self._clock = clock
         self._images: dict[str, StoredImage] = {}
         root.mkdir(parents=True, exist_ok=True)
-        self._adopt_existing()
-
-    def _adopt_existing(self) -> None:
-        """Files left by an earlier run stay reachable for the default ttl from their mtime."""
-        for path in self.root.iterdir():
-            stem, _, extension = path.name.partition(".")
-            if path.is_file() and extension and not extension.endswith("partial"):
-                self._images[stem] = StoredImage(stem, extension, path,
-                                                 path.stat().st_mtime + self.default_ttl)
 
     async def put(self, data: bytes, extension: str, ttl: int | None = None) -> StoredImage:
         """Write ``data`` under a new UUID (atomically: readers never see a partial file)."""
         image_uuid = str(uuidlib.uuid4())
         path = self.root / f"{image_uuid}.{extension}"
-        await asyncio.to_thread(_write_atomically, path, data)
-        stored = StoredImage(image_uuid, extension, path,
-                             self._clock() + (ttl if ttl is not None else self.default_ttl))
+        expires_at = self._clock() + (ttl if ttl is not None else self.default_ttl)
+        await asyncio.to_thread(_write_atomically, path, data, expires_at)
+        stored = StoredImage(image_uuid, extension, path, expires_at)
         self._images[image_uuid] = stored
         return stored
 
     def get(self, image_uuid: str) -> StoredImage | None:
-        stored = self._images.get(image_uuid)
+        stored = self._images.get(image_uuid) or self._on_disk(image_uuid)
         if stored is None or stored.expires_at <= self._clock():
             return None
         return stored
+
+    def _on_disk(self, image_uuid: str) -> StoredImage | None:
+        """Another process's image (or an earlier run's): found by name, expiry from mtime."""
+        if not _UUID.match(image_uuid):
+            return None  # never let a client's string become a path
+        for extension in STORED_EXTENSIONS:
+            path = self.root / f"{image_uuid}.{extension}"
+            try:
+                expires_at = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            stored = StoredImage(image_uuid, extension, path, expires_at)
+            self._images[image_uuid] = stored
+            return stored
+        return None
 
     async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None:
         """The live image's record and bytes; None when unknown, expired or its file is gone."""
@@ -83,21 +99,31 @@ class ImageStore:
         return loaded[1] if loaded else None
 
     async def sweep(self) -> int:
-        """Forget every expired image, then delete its file; returns how many."""
-        now = self._clock()
-        expired = [stored for stored in self._images.values() if stored.expires_at <= now]
-        for stored in expired:
-            del self._images[stored.uuid]
-        await asyncio.to_thread(_unlink_all, [stored.path for stored in expired])
-        return len(expired)
+        """Delete every expired file (whoever wrote it) and forget it; returns how many."""
+        removed = await asyncio.to_thread(_remove_expired, self.root, self._clock())
+        for image_uuid in removed:
+            self._images.pop(image_uuid, None)
+        return len(removed)
 
 
-def _unlink_all(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
+def _remove_expired(root: Path, now: float) -> list[str]:
+    removed = []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            stem, _, extension = entry.name.partition(".")
+            if extension not in STORED_EXTENSIONS:
+                continue  # a partial file, or not ours
+            try:
+                if entry.stat().st_mtime <= now:
+                    os.unlink(entry.path)
+                    removed.append(stem)
+            except FileNotFoundError:
+                pass  # another process swept it first
+    return removed
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_atomically(path: Path, data: bytes, expires_at: float) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
+    os.utime(partial, (expires_at, expires_at))  # the expiry, for every process that reads it
     os.replace(partial, path)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import base64
+import json
 
+import msgspec
+import pytest
+from redis import asyncio as redis_asyncio
+
+from protocol.codec import decode_frame
 from protocol.errors import ErrorItem
 from protocol.messages import BackgroundRemovalResult, TaskStatusItem
-from service.results import ResultsBook, TaskState, owner_of
+from service.results import Handover, RedisResultsBook, ResultsBook, TaskState, owner_of
 from service.storage import ImageStore
-from tests.support import FakeClock
+from service.taskqueue import JobQueue
+from tests.support import FakeClock, start_redis
 
 ALICE, BOB = owner_of("alice"), owner_of("bob")
 T1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
@@ -27,38 +34,38 @@ def result(image_uuid: str, **payload) -> BackgroundRemovalResult:
 
 async def test_processing_then_success_with_the_request_task_type(tmp_path):
     results, _, _ = book(tmp_path)
-    assert results.begin(ALICE, T1, "removeBackground")
-    record = results.get(ALICE, T1)
+    assert await results.begin(ALICE, T1, "removeBackground")
+    record = await results.get(ALICE, T1)
     assert await results.reply(record, T1) == TaskStatusItem("removeBackground", T1, "processing")
-    results.succeed(ALICE, T1, result("u", imageURL="http://x/u.png"))
-    reply = await results.reply(results.get(ALICE, T1), T1)
+    await results.succeed(ALICE, T1, result("u", imageURL="http://x/u.png"))
+    reply = await results.reply(await results.get(ALICE, T1), T1)
     assert (reply.status, reply.taskType, reply.imageURL) == ("success", "removeBackground", "http://x/u.png")
 
 
 async def test_a_known_task_uuid_is_refused_until_it_expires(tmp_path):
     results, _, clock = book(tmp_path, retention=100)
-    assert results.begin(ALICE, T1, "removeBackground")
-    assert not results.begin(ALICE, T1, "removeBackground")
-    assert results.begin(BOB, T1, "removeBackground")  # another key: another namespace
-    results.fail(ALICE, T1, ErrorItem(code="invalidImage", message="m", taskUUID=T1))
+    assert await results.begin(ALICE, T1, "removeBackground")
+    assert not await results.begin(ALICE, T1, "removeBackground")
+    assert await results.begin(BOB, T1, "removeBackground")  # another key: another namespace
+    await results.fail(ALICE, T1, ErrorItem(code="invalidImage", message="m", taskUUID=T1))
     clock.now += 99
-    assert results.get(ALICE, T1).state is TaskState.FAILED
+    assert (await results.get(ALICE, T1)).state is TaskState.FAILED
     clock.now += 1
-    assert results.get(ALICE, T1) is None and results.begin(ALICE, T1, "removeBackground")
+    assert await results.get(ALICE, T1) is None and await results.begin(ALICE, T1, "removeBackground")
 
 
 async def test_records_are_invisible_to_other_keys(tmp_path):
     results, _, _ = book(tmp_path)
-    results.begin(ALICE, T1, "removeBackground")
-    assert results.get(BOB, T1) is None
+    await results.begin(ALICE, T1, "removeBackground")
+    assert await results.get(BOB, T1) is None
 
 
 async def test_a_long_ttl_keeps_the_result_beyond_the_retention(tmp_path):
     results, _, clock = book(tmp_path, retention=100)
-    results.begin(ALICE, T1, "removeBackground")
-    results.succeed(ALICE, T1, result("u"), ttl=500)
+    await results.begin(ALICE, T1, "removeBackground")
+    await results.succeed(ALICE, T1, result("u"), ttl=500)
     clock.now += 499
-    assert results.get(ALICE, T1) is not None
+    assert await results.get(ALICE, T1) is not None
     assert results.sweep() == 0
     clock.now += 1
     assert results.sweep() == 1 and len(results) == 0
@@ -67,11 +74,81 @@ async def test_a_long_ttl_keeps_the_result_beyond_the_retention(tmp_path):
 async def test_inline_payloads_are_not_kept_but_rebuilt_from_storage(tmp_path):
     results, store, clock = book(tmp_path)
     stored = await store.put(b"\x89PNG-bytes", "png", ttl=60)
-    results.begin(ALICE, T1, "removeBackground")
-    results.succeed(ALICE, T1, result(stored.uuid, imageDataURI="data:image/png;base64,AAAA"))
-    record = results.get(ALICE, T1)
+    await results.begin(ALICE, T1, "removeBackground")
+    await results.succeed(ALICE, T1, result(stored.uuid, imageDataURI="data:image/png;base64,AAAA"))
+    record = await results.get(ALICE, T1)
     assert record.result.imageDataURI is None and record.payload_kind == "dataURI"
     reply = await results.reply(record, T1)
     assert reply.imageDataURI == "data:image/png;base64," + base64.b64encode(b"\x89PNG-bytes").decode()
     clock.now += 60  # the image's own ttl ran out first
-    assert await results.reply(results.get(ALICE, T1), T1) is None
+    assert await results.reply(await results.get(ALICE, T1), T1) is None
+
+
+# --------------------------------------------------------------------------- on Redis
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    process = start_redis(tmp_path_factory.mktemp("redis"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def redis_book(redis_server, tmp_path):
+    client = redis_asyncio.from_url(redis_server.url)
+    await client.flushdb()
+    store = ImageStore(tmp_path, default_ttl=1000)
+    yield RedisResultsBook(client, store, retention=100), store, client
+    await client.aclose()
+
+
+async def test_redis_a_task_uuid_is_taken_once_per_key(redis_book):
+    results, _, _ = redis_book
+    assert await results.begin(ALICE, T1, "removeBackground")
+    assert not await results.begin(ALICE, T1, "removeBackground")
+    assert await results.begin(BOB, T1, "removeBackground")
+    record = await results.get(ALICE, T1)
+    assert record.state is TaskState.PROCESSING and record.task_type == "removeBackground"
+    assert await results.reply(record, T1) == TaskStatusItem("removeBackground", T1, "processing")
+
+
+async def test_redis_an_accepted_task_holds_only_a_lease_until_it_is_queued(redis_book):
+    """A gateway that dies between accepting and queueing must not block the task's retry."""
+    results, _, client = redis_book
+    await results.begin(ALICE, T1, "removeBackground")
+    assert 0 < await client.ttl(results.key(ALICE, T1)) <= results.ADMISSION_LEASE
+    task = decode_frame(json.dumps([{"taskType": "removeBackground", "taskUUID": T1,
+                                     "inputImage": "x"}])).tasks[0]
+    await JobQueue(client, results).add(task, ALICE, None)
+    assert await client.ttl(results.key(ALICE, T1)) > results.ADMISSION_LEASE
+    assert await client.xlen("rbg:jobs") == 1
+
+
+async def test_redis_only_the_first_to_end_a_task_records_and_hands_over(redis_book):
+    results, store, client = redis_book
+    stored = await store.put(b"\x89PNG-bytes", "png", ttl=60)
+    await results.begin(ALICE, T1, "removeBackground")
+    handover = Handover("rbg:outbox:s1", "rbg:wake:s1", 100, 60)
+    outcome = result(stored.uuid, imageBase64Data=base64.b64encode(b"\x89PNG-bytes").decode())
+    answer = msgspec.json.encode(outcome)
+    assert await results.succeed(ALICE, T1, outcome, 300, handover, answer)
+    assert not await results.succeed(ALICE, T1, outcome, 300, handover, answer)  # a slow twin
+    assert not await results.fail(ALICE, T1, ErrorItem(code="internalServerError", message="m"),
+                                  handover)
+    [(_, fields)] = await client.xrange("rbg:outbox:s1")
+    assert fields[b"kind"] == b"data" and fields[b"item"] == answer
+    assert 100 < await client.ttl(results.key(ALICE, T1)) <= 300  # the ttl beyond the retention
+    record = await results.get(ALICE, T1)
+    assert record.result.imageBase64Data is None and record.payload_kind == "base64Data"
+    reply = await results.reply(record, T1)
+    assert reply.status == "success" and reply.imageBase64Data == outcome.imageBase64Data
+
+
+async def test_redis_a_failure_is_recorded_with_its_error(redis_book):
+    results, _, _ = redis_book
+    await results.begin(BOB, T1, "imageUpload")
+    error = ErrorItem(code="invalidImage", message="m", taskUUID=T1, parameter="image")
+    assert await results.fail(BOB, T1, error)
+    record = await results.get(BOB, T1)
+    assert record.state is TaskState.FAILED and record.error == error

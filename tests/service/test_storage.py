@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from service.storage import ImageStore
+from service.pipeline import CONTENT_TYPES
+from service.storage import STORED_EXTENSIONS, ImageStore
 from tests.support import FakeClock as Clock
 
 
@@ -31,9 +32,20 @@ async def test_default_ttl_applies_when_the_task_gives_none(tmp_path):
     assert store.get(stored.uuid) is None
 
 
-async def test_files_of_an_earlier_run_are_adopted(tmp_path):
-    first = ImageStore(tmp_path, default_ttl=3600)
-    stored = await first.put(b"kept", "webp")
-    second = ImageStore(tmp_path, default_ttl=3600)
-    assert await second.read(stored.uuid) == b"kept"
-    assert second.get(stored.uuid).extension == "webp"
+async def test_processes_sharing_the_directory_see_each_others_images(tmp_path):
+    """Gateways and workers share one directory; an earlier run's files are found the same way."""
+    clock = Clock()
+    writer = ImageStore(tmp_path, default_ttl=3600, clock=clock)
+    reader = ImageStore(tmp_path, default_ttl=3600, clock=clock)
+    stored = await writer.put(b"kept", "webp", ttl=120)
+    assert await reader.read(stored.uuid) == b"kept"
+    assert reader.get(stored.uuid).extension == "webp"
+    assert reader.get("../../etc/passwd") is None and reader.get(stored.uuid.upper()) is None
+    clock.now += 120
+    assert reader.get(stored.uuid) is None
+    assert await reader.sweep() == 1  # the reader sweeps what the writer wrote
+    assert not stored.path.exists() and await writer.read(stored.uuid) is None
+
+
+def test_every_format_the_pipeline_stores_is_found_on_disk():
+    assert set(STORED_EXTENSIONS) == set(CONTENT_TYPES)

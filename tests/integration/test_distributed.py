@@ -1,0 +1,226 @@
+"""The distributed mode for real: a redis-server of our own, gateways and workers as separate
+``python -m service`` processes sharing one storage directory, real websocket and HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+import websockets
+
+from load.harness import LoadConfig, run_load
+from tests.support import (
+    UNIT, Client, ServerProcess, b64, fixture_bytes, new_uuid, start_redis, start_server,
+)
+
+CAR = b64(fixture_bytes("car-1.jpg"))
+
+
+class Cluster:
+    def __init__(self, tmp: Path, fast_model: Path) -> None:
+        self.tmp = tmp
+        self.fast_model = fast_model
+        self.redis = start_redis(tmp)
+        self.storage = tmp / "shared-storage"
+        self.processes: list[ServerProcess] = []
+
+    def start(self, role: str, *flags: str) -> ServerProcess:
+        process = start_server(self.tmp, "--redis", self.redis.url, "--role", role,
+                               "--storage-dir", str(self.storage),
+                               "--model", f"fast={self.fast_model}", *flags)
+        self.processes.append(process)
+        return process
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, fast_model):
+    """Two gateways and two workers."""
+    built = Cluster(tmp_path_factory.mktemp("cluster"), fast_model)
+    built.gateways = [built.start("gateway"), built.start("gateway")]
+    built.workers = [built.start("worker"), built.start("worker")]
+    yield built
+    built.stop()
+
+
+@pytest.fixture
+def lone_cluster(tmp_path, fast_model):
+    """A redis and nothing else yet: the test starts what it kills."""
+    built = Cluster(tmp_path, fast_model)
+    yield built
+    built.stop()
+
+
+def fast(**fields) -> dict:
+    return {"taskType": "removeBackground", "taskUUID": new_uuid(), "inputImage": CAR,
+            "model": "fast", "outputType": "base64Data", "outputFormat": "PNG", **fields}
+
+
+def real(**fields) -> dict:
+    """A removal with the real u2netp model: long enough to kill something in the middle."""
+    return fast(model="runware:109@1", **fields)
+
+
+def batches_run(worker: ServerProcess) -> float:
+    with urllib.request.urlopen(f"{worker.http_url}/metrics") as response:
+        text = response.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("rbg_batch_size_count"))
+
+
+async def connect(gateway: ServerProcess, key: str = "cluster-key",
+                  session: str | None = None) -> tuple[Client, str]:
+    websocket = await websockets.connect(gateway.ws_url, max_size=None)
+    client = Client(websocket)
+    auth = {"taskType": "authentication", "apiKey": key}
+    if session:
+        auth["connectionSessionUUID"] = session
+    await client.send(auth)
+    return client, (await client.recv())["data"][0]["connectionSessionUUID"]
+
+
+def jobs_added(cluster: Cluster) -> int:
+    try:
+        return cluster.client().xinfo_stream("rbg:jobs")["entries-added"]
+    except redis.ResponseError:  # no stream yet
+        return 0
+
+
+def wait_for_jobs(cluster: Cluster, count: int, since: int, timeout: float = 30) -> None:
+    """Until the gateways have queued ``count`` more jobs than ``since``."""
+    deadline = time.monotonic() + timeout * UNIT
+    while jobs_added(cluster) < since + count:
+        assert time.monotonic() < deadline, "the gateway did not queue the jobs"
+        time.sleep(0.005)
+
+
+def wait_for_pending(cluster: Cluster, at_least: int = 1, timeout: float = 30) -> dict:
+    """Until some worker holds ``at_least`` jobs it has read and not finished."""
+    client = cluster.client()
+    deadline = time.monotonic() + timeout * UNIT
+    while time.monotonic() < deadline:
+        try:
+            summary = client.xpending("rbg:jobs", "workers")
+        except redis.ResponseError:  # no group yet
+            summary = {"pending": 0}
+        if summary["pending"] >= at_least:
+            return summary
+        time.sleep(0.005)
+    raise AssertionError("no worker picked up a job")
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+async def test_200_tasks_over_20_sockets_across_two_gateways_each_answered_once(cluster):
+    before = [batches_run(worker) for worker in cluster.workers]
+    urls = ",".join(gateway.ws_url for gateway in cluster.gateways)
+    report = await run_load(LoadConfig(
+        url=urls, images=(fixture_bytes("car-1.jpg"),), connections=20, tasks_per_connection=10,
+        model="fast", output_type="base64Data", progress=False))
+    summary = report.summary()
+    assert summary["tasks_sent"] == 200 and summary["tasks_ok"] == 200, summary
+    assert (summary["lost"], summary["duplicated"], summary["cross_delivered"]) == (0, 0, 0)
+    assert not summary["connection_failures"]
+    ran = [batches_run(worker) - was for worker, was in zip(cluster.workers, before)]
+    assert all(batches > 0 for batches in ran), f"a worker ran nothing: {ran}"
+
+
+async def test_task_uuids_results_and_get_response_are_shared_by_all_gateways(cluster):
+    first, second = cluster.gateways
+    one, _ = await connect(first, "shared-book")
+    two, _ = await connect(second, "shared-book")
+    task = fast()
+    done = await one.run(dict(task))
+    assert done["kind"] == "data"
+    again = await two.run(dict(task))
+    assert again["code"] == "conflictTaskUUID"
+    polled = await two.run({"taskType": "getResponse", "taskUUID": task["taskUUID"]})
+    assert polled["status"] == "success" and polled["imageBase64Data"] == done["imageBase64Data"]
+    stranger, _ = await connect(second, "another-key")
+    unseen = await stranger.run({"taskType": "getResponse", "taskUUID": task["taskUUID"]})
+    assert unseen["code"] == "taskNotFound"
+    for client in (one, two, stranger):
+        await client.ws.close()
+
+
+def test_the_rest_twin_on_a_gateway_is_answered_by_the_workers(cluster):
+    tasks = [fast(), fast(deliveryMethod="async"), {"taskType": "ping", "ping": True},
+             fast(outputQuality=5)]
+    request = urllib.request.Request(
+        f"{cluster.gateways[1].http_url}/v1", data=json.dumps(tasks).encode(), method="POST",
+        headers={"Authorization": "Bearer rest-cluster", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60 * UNIT) as response:
+        answer = json.loads(response.read())
+    data = {item.get("taskUUID", "pong"): item for item in answer["data"]}
+    assert data[tasks[0]["taskUUID"]]["imageBase64Data"]
+    assert data[tasks[1]["taskUUID"]] == {"taskType": "removeBackground", "taskUUID": tasks[1]["taskUUID"]}
+    assert "pong" in data
+    assert [e["code"] for e in answer["errors"]] == ["invalidOutputQuality"]
+
+
+async def test_a_client_resumes_on_another_gateway_after_its_gateway_died(cluster):
+    doomed = cluster.start("gateway")
+    client, session = await connect(doomed, "resumer")
+    tasks = [real() for _ in range(4)]
+    queued_before = jobs_added(cluster)
+    await client.send(*tasks)
+    wait_for_jobs(cluster, len(tasks), queued_before)  # Redis has them now, not the gateway
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait()
+    resumed, resumed_session = await connect(cluster.gateways[0], "resumer", session)
+    assert resumed_session == session
+    answers = await resumed.collect([t["taskUUID"] for t in tasks], timeout=120)
+    assert all(answer["kind"] == "data" for answer in answers.values()), answers
+    await resumed.ws.close()
+
+
+# --------------------------------------------------------------------------- dead workers
+
+
+async def test_jobs_of_a_worker_killed_mid_batch_are_finished_by_another(lone_cluster):
+    gateway = lone_cluster.start("gateway")
+    doomed = lone_cluster.start("worker", "--claim-after", "1")
+    client, _ = await connect(gateway)
+    tasks = [real() for _ in range(6)]
+    await client.send(*tasks)
+    wait_for_pending(lone_cluster)
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    doomed.process.wait()
+    lone_cluster.start("worker", "--claim-after", "1")
+    answers = await client.collect([t["taskUUID"] for t in tasks], timeout=120)
+    assert all(answer["kind"] == "data" for answer in answers.values()), answers
+    with pytest.raises(asyncio.TimeoutError):  # and nothing twice
+        await client.recv(timeout=2)
+    await client.ws.close()
+
+
+async def test_a_job_whose_workers_keep_dying_fails_with_a_clear_error(lone_cluster):
+    gateway = lone_cluster.start("gateway")
+    doomed = lone_cluster.start("worker", "--claim-after", "1")
+    client, _ = await connect(gateway)
+    task = real()
+    await client.send(task)
+    wait_for_pending(lone_cluster)
+    os.kill(doomed.process.pid, signal.SIGKILL)
+    doomed.process.wait()
+    lone_cluster.start("worker", "--claim-after", "1", "--max-attempts", "1")
+    answers = await client.collect([task["taskUUID"]], timeout=60)
+    failed = answers[task["taskUUID"]]
+    assert failed["kind"] == "errors" and failed["code"] == "workerFailed", failed
+    assert "stopped" in failed["message"]
+    await client.ws.close()
