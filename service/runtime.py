@@ -123,8 +123,11 @@ class OpenVinoModel:
         latency_config = {**precise, "PERFORMANCE_HINT": "LATENCY"}
         throughput_config = {**precise, "PERFORMANCE_HINT": "THROUGHPUT"}
         if threads:
-            latency_config["INFERENCE_NUM_THREADS"] = str(threads)
-            throughput_config["INFERENCE_NUM_THREADS"] = str(threads)
+            # With fewer threads than cores, OpenVINO's default pinning puts every process's
+            # threads on the first cores: two 1-thread workers would share core 0.
+            for config in (latency_config, throughput_config):
+                config["INFERENCE_NUM_THREADS"] = str(threads)
+                config["ENABLE_CPU_PINNING"] = "NO"
         self._latency = core.compile_model(model, "CPU", latency_config)
         self._request = self._latency.create_infer_request()
         self._throughput = core.compile_model(model, "CPU", throughput_config)

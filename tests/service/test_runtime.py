@@ -47,3 +47,14 @@ def test_registry_serves_rembg_1_4_by_the_embedded_model_and_detects_families(tm
     assert registry.get("u2netp").family is FAMILIES["u2net"]
     assert registry.get("rmbg-test").family is FAMILIES["isnet"]
     assert registry.get("nope") is None
+
+
+def test_openvino_with_fewer_threads_than_cores_does_not_pin_them(tmp_path):
+    """Two 1-thread workers on one host would otherwise share the first core."""
+    from service.runtime import OpenVinoModel
+
+    path = build_isnet_test_model(tmp_path / "m.onnx", size=320)
+    limited = OpenVinoModel(path, threads=1)
+    for compiled in (limited._latency, limited._throughput):
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert compiled.get_property("ENABLE_CPU_PINNING") is False
