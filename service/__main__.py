@@ -80,6 +80,12 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--drain-grace", float, "seconds in-flight tasks get to finish on SIGTERM"),
     ("--max-image-pixels", int, "largest image accepted, in pixels, checked before decoding"),
     ("--max-download-bytes", int, "largest URL input downloaded"),
+    ("--s3-bucket", str, "keep images in this S3 bucket instead of --storage-dir; imageURL is "
+                         "then a presigned GET that expires with the image"),
+    ("--s3-endpoint", str, "the S3 API's URL, for S3-compatible stores (SeaweedFS, MinIO, ...)"),
+    ("--s3-access-key", str, "S3 access key (default: AWS_ACCESS_KEY_ID and boto3's other sources)"),
+    ("--s3-secret-key", str, "S3 secret key (better given as RBG_S3_SECRET_KEY)"),
+    ("--s3-region", str, "S3 region (signing)"),
     ("--redis", str, "redis://HOST:PORT/DB: the distributed mode (gateways and workers share "
                      "queue, results and sessions there); none: everything in this process"),
     ("--role", str, "with --redis: gateway (holds sockets, queues tasks), worker (runs the "

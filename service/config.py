@@ -54,7 +54,8 @@ class Config:
     max_tasks_per_frame: int = 256
     max_in_flight_per_socket: int = 64
     max_sockets_per_key: int = 1000
-    max_queued_tasks: int = 1024  # accepted, unfinished work tasks service-wide
+    max_queued_tasks: int = 1024  # accepted, unfinished work tasks service-wide (with --redis:
+    # this gateway's not yet queued ones plus the cluster's job backlog)
     send_timeout: float = 30.0  # a client that stops reading is cut off after this
     # Control-frame pings; a peer whose pong is not back within half the interval is dropped.
     ping_interval: float = 5.0
@@ -66,6 +67,12 @@ class Config:
     download_connect_timeout: float = 5.0
     download_total_timeout: float = 20.0
     png_compress_level: int = 1  # ISA-L deflate level 0-3 (see pipeline.encode_png)
+    # S3-compatible storage instead of storage_dir (service.s3storage); None = the directory.
+    s3_endpoint: str | None = None  # e.g. http://127.0.0.1:8333; AWS when only a bucket is given
+    s3_bucket: str | None = None
+    s3_access_key: str | None = None  # None: boto3's usual sources (AWS_ACCESS_KEY_ID, ...)
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
     # The distributed mode (service.taskqueue, service.relay): None = one process does it all.
     redis: str | None = None
     role: str = "all"  # gateway | worker | all

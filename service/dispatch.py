@@ -185,7 +185,7 @@ class Dispatcher:
             return refusal(task, Code.TOO_MANY_TASKS_IN_FLIGHT,
                            f"This client already has {len(self._running)} unfinished tasks; wait "
                            "for some answers first.", max=self._max_in_flight)
-        if self._app.queued_tasks >= self._config.max_queued_tasks:
+        if self._app.load() >= self._config.max_queued_tasks:
             retry_ms = self._app.retry_hint_ms()
             return refusal(task, Code.OVERLOADED,
                            f"The server is at capacity; retry in about {retry_ms / 1000:.1f} s.",

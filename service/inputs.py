@@ -17,7 +17,7 @@ from protocol.messages import TASK_UUID_PATTERN
 
 from .outbound import OutboundHttp
 from .pipeline import sniff_format
-from .storage import ImageStore, StoredImage
+from .storage import ImageStorage, StoredImage
 
 __all__ = ["ResolvedInput", "InputResolver"]
 
@@ -38,7 +38,7 @@ def _b64decode(text: str) -> bytes:
 
 
 class InputResolver:
-    def __init__(self, store: ImageStore, http: OutboundHttp, input_ttl: int | None = None) -> None:
+    def __init__(self, store: ImageStorage, http: OutboundHttp, input_ttl: int | None = None) -> None:
         self._store = store
         self._http = http
         self._input_ttl = input_ttl

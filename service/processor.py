@@ -24,13 +24,13 @@ from .fairness import FairExecutor
 from .inputs import InputResolver
 from .outbound import OutboundHttp
 from .models import LoadedModel, ModelRegistry
-from .storage import ImageStore, StoredImage
+from .storage import ImageStorage, StoredImage
 
 __all__ = ["Processor"]
 
 class Processor:
     def __init__(self, config: Config, registry: ModelRegistry, batchers: dict[str, MicroBatcher],
-                 store: ImageStore, inputs: InputResolver, http: OutboundHttp, cpu: FairExecutor) -> None:
+                 store: ImageStorage, inputs: InputResolver, http: OutboundHttp, cpu: FairExecutor) -> None:
         self._config = config
         self._http = http
         self._registry = registry
@@ -40,7 +40,7 @@ class Processor:
         self._cpu = cpu
 
     def image_url(self, stored: StoredImage) -> str:
-        return f"{self._config.base_url()}/images/{stored.filename}"
+        return self._store.url_for(stored, self._config.base_url())
 
     async def upload(self, task: ImageUpload, owner: Hashable = None) -> ImageUploadResult:
         resolved = await self._inputs.resolve(task.image, "image")

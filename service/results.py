@@ -22,7 +22,7 @@ from protocol.errors import ErrorItem
 from protocol.messages import BackgroundRemovalResult, ImageUploadResult, TaskStatusItem
 
 from .pipeline import payload_fields
-from .storage import ImageStore
+from .storage import ImageStorage
 
 __all__ = ["TaskState", "TaskRecord", "ResultsBook", "owner_of"]
 
@@ -57,7 +57,7 @@ def _without_payload(result: Any) -> tuple[Any, str | None]:
     return result, None
 
 
-async def reply_item(store: ImageStore, record: TaskRecord, task_uuid: str) -> Any | None:
+async def reply_item(store: ImageStorage, record: TaskRecord, task_uuid: str) -> Any | None:
     """The getResponse item for ``record``: the result with ``status``, or a processing item.
 
     None when the result's image has meanwhile expired from storage."""
@@ -82,7 +82,7 @@ class ResultsBook:
         clock: seconds since the epoch.
     """
 
-    def __init__(self, store: ImageStore, retention: float, capacity: int = 200_000,
+    def __init__(self, store: ImageStorage, retention: float, capacity: int = 200_000,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self.retention = retention
@@ -200,7 +200,7 @@ class RedisResultsBook:
     is a hash (``type``, ``state``, ``outcome``) that expires ``retention`` seconds (at least
     the ttl) after the task ended. Same interface as ``ResultsBook``."""
 
-    def __init__(self, redis: Any, store: ImageStore, retention: float, prefix: str = "rbg") -> None:
+    def __init__(self, redis: Any, store: ImageStorage, retention: float, prefix: str = "rbg") -> None:
         self._redis = redis
         self._store = store
         self.retention = retention

@@ -44,7 +44,7 @@ from .rest import answer_rest_request
 from .relay import RedisSessions, Relay
 from .results import RedisResultsBook, ResultsBook
 from .sessions import SessionDirectory
-from .storage import ImageStore
+from .storage import ImageStorage, ImageStore
 from .taskqueue import JobQueue, Worker
 
 __all__ = ["App", "Listener", "build_app", "start_server", "run"]
@@ -67,7 +67,7 @@ class App:
         self.metrics = Metrics()
         self.sessions = SessionDirectory(linger=config.session_linger)
         self.cpu = FairExecutor(config.worker_count(), name="cpu")  # decode/resize/matting/encode
-        self.store = ImageStore(config.storage_dir, config.default_ttl, clock)
+        self.store = _image_store(config, clock)
         self.http = OutboundHttp(
             allow_private=config.allow_private_urls, max_download_bytes=config.max_download_bytes,
             connect_timeout=config.download_connect_timeout,
@@ -83,6 +83,7 @@ class App:
         self.relay: Relay | None = None
         self.jobs: JobQueue | None = None  # set: removals go to workers through Redis
         self.worker: Worker | None = None
+        self._backlog_watch: asyncio.Task | None = None
         if config.redis is None:
             self.results: ResultsBook | RedisResultsBook = ResultsBook(
                 self.store, config.result_retention, clock=clock)
@@ -112,6 +113,12 @@ class App:
     async def start(self) -> None:
         if self.worker is not None:
             await self.worker.start()
+        if self.jobs is not None:
+            self._backlog_watch = asyncio.create_task(self.jobs.watch(), name="backlog")
+
+    def load(self) -> int:
+        """Accepted work not finished: here, plus (distributed) the cluster's job backlog."""
+        return self.queued_tasks + (self.jobs.backlog if self.jobs is not None else 0)
 
     def _batchers(self) -> dict[str, MicroBatcher]:
         """One batcher per distinct (runtime, family); model ids sharing both share it."""
@@ -137,7 +144,7 @@ class App:
 
     def retry_hint_ms(self) -> int:
         """Roughly when the queue will have room again."""
-        return max(500, int(1000 * self.seconds_per_image * self.queued_tasks / 2))
+        return max(500, int(1000 * self.seconds_per_image * self.load() / 2))
 
     # ---- connections
 
@@ -192,6 +199,8 @@ class App:
             log.warning("drain grace over with %d tasks unfinished", self.queued_tasks)
 
     async def close(self) -> None:
+        if self._backlog_watch is not None:
+            self._backlog_watch.cancel()
         if self.worker is not None:
             await self.worker.stop()
         if self.relay is not None:
@@ -203,6 +212,15 @@ class App:
         if self.redis is not None:
             await self.redis.aclose()
         self.cpu.shutdown()
+
+
+def _image_store(config: Config, clock: Callable[[], float]) -> ImageStorage:
+    if config.s3_bucket is None:
+        return ImageStore(config.storage_dir, config.default_ttl, clock)
+    from .s3storage import S3ImageStore  # boto3 is imported only when S3 is used
+
+    return S3ImageStore(config.s3_endpoint, config.s3_bucket, config.s3_access_key,
+                        config.s3_secret_key, config.s3_region, config.default_ttl, clock)
 
 
 def build_app(config: Config) -> App:

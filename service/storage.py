@@ -19,24 +19,35 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
-__all__ = ["StoredImage", "ImageStore", "STORED_EXTENSIONS"]
+__all__ = ["StoredImage", "ImageStorage", "ImageStore", "STORED_EXTENSIONS", "UUID_PATTERN"]
 
 # What inputs (any decodable format) and outputs (png/jpg/webp) are stored as.
 STORED_EXTENSIONS = ("png", "jpg", "webp", "gif", "bmp")
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 @dataclass(frozen=True)
 class StoredImage:
     uuid: str
     extension: str
-    path: Path
+    path: Path | None  # None in an object store
     expires_at: float
 
     @property
     def filename(self) -> str:
         return f"{self.uuid}.{self.extension}"
+
+
+class ImageStorage(Protocol):
+    """What the service needs of a store: this module's ``ImageStore`` (a directory) or
+    ``service.s3storage.S3ImageStore`` (a bucket)."""
+
+    async def put(self, data: bytes, extension: str, ttl: int | None = None) -> StoredImage: ...
+    async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None: ...
+    async def read(self, image_uuid: str) -> bytes | None: ...
+    def url_for(self, stored: StoredImage, base_url: str) -> str: ...
+    async def sweep(self) -> int: ...
 
 
 class ImageStore:
@@ -71,7 +82,7 @@ class ImageStore:
 
     def _on_disk(self, image_uuid: str) -> StoredImage | None:
         """Another process's image (or an earlier run's): found by name, expiry from mtime."""
-        if not _UUID.match(image_uuid):
+        if not UUID_PATTERN.match(image_uuid):
             return None  # never let a client's string become a path
         for extension in STORED_EXTENSIONS:
             path = self.root / f"{image_uuid}.{extension}"
@@ -93,6 +104,10 @@ class ImageStore:
             return stored, await asyncio.to_thread(stored.path.read_bytes)
         except FileNotFoundError:
             return None
+
+    def url_for(self, stored: StoredImage, base_url: str) -> str:
+        """Where clients fetch it: our own ``GET /images/...``."""
+        return f"{base_url}/images/{stored.filename}"
 
     async def read(self, image_uuid: str) -> bytes | None:
         loaded = await self.load(image_uuid)

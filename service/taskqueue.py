@@ -60,6 +60,9 @@ class JobQueue:
         self._redis = redis
         self._results = results
         self._stream = f"{prefix}:{STREAM}"
+        # Jobs in the stream (queued or running; workers delete what they finish), for the
+        # overload limit. Counted up at once when we add one, re-read from Redis by ``watch``.
+        self.backlog = 0
 
     async def add(self, task: RemoveBackground, owner: bytes, handover: Handover | None) -> None:
         job = Job(task, owner, None if handover is None else (
@@ -69,6 +72,18 @@ class JobQueue:
             pipe.xadd(self._stream, {"job": msgspec.msgpack.encode(job)})
             pipe.expire(self._results.key(owner, task.task_uuid), self._results.PROCESSING_SECONDS)
             await pipe.execute()
+        self.backlog += 1
+
+    async def watch(self, interval: float = 0.25) -> None:
+        """Keep ``backlog`` close to the stream's length (other gateways add, workers finish)."""
+        while True:
+            try:
+                self.backlog = await self._redis.xlen(self._stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gateway: reading the job backlog failed")
+            await asyncio.sleep(interval)
 
 
 class Worker:

