@@ -93,9 +93,10 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None,
+                 port: int | None = None) -> ServerProcess:
     """Start ``python -m service`` for real and wait until /healthz answers."""
-    port = free_port()
+    port = port or free_port()
     log_path = tmp / f"server-{port}.log"
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                "--storage-dir", str(tmp / f"storage-{port}"), "--models-dir", str(MODEL.parent),

@@ -34,9 +34,10 @@ class Cluster:
         self.storage = s3.flags() if s3 else ["--storage-dir", str(tmp / "shared-storage")]
         self.processes: list[ServerProcess] = []
 
-    def start(self, role: str, *flags: str) -> ServerProcess:
+    def start(self, role: str, *flags: str, port: int | None = None) -> ServerProcess:
         process = start_server(self.tmp, "--redis", self.redis.url, "--role", role,
-                               *self.storage, "--model", f"fast={self.fast_model}", *flags)
+                               *self.storage, "--model", f"fast={self.fast_model}", *flags,
+                               port=port)
         self.processes.append(process)
         return process
 
@@ -198,19 +199,33 @@ def test_the_rest_twin_on_a_gateway_is_answered_by_the_workers(cluster):
     assert [e["code"] for e in answer["errors"]] == ["invalidOutputQuality"]
 
 
-async def test_a_client_resumes_on_another_gateway_after_its_gateway_died(cluster):
-    doomed = cluster.start("gateway")
-    client, session = await connect(doomed, "resumer")
-    tasks = [real() for _ in range(4)]
+async def kill_gateway_with_jobs_queued(cluster: Cluster, gateway: ServerProcess, key: str,
+                                       count: int) -> tuple[str, list[dict]]:
+    """A client sends ``count`` slow tasks; its gateway dies (SIGKILL) once Redis has them."""
+    client, session = await connect(gateway, key)
+    tasks = [real() for _ in range(count)]
     queued_before = jobs_added(cluster)
     await client.send(*tasks)
-    wait_for_jobs(cluster, len(tasks), queued_before)  # Redis has them now, not the gateway
-    doomed.process.send_signal(signal.SIGKILL)
-    doomed.process.wait()
-    resumed, resumed_session = await connect(cluster.gateways[0], "resumer", session)
+    wait_for_jobs(cluster, len(tasks), queued_before)
+    gateway.process.send_signal(signal.SIGKILL)
+    gateway.process.wait()
+    return session, tasks
+
+
+@pytest.mark.parametrize("where", ["another gateway", "the restarted gateway"])
+async def test_a_client_resumes_after_its_gateway_died(cluster, where):
+    doomed = cluster.start("gateway")
+    session, tasks = await kill_gateway_with_jobs_queued(cluster, doomed, "resumer", 4)
+    if where == "another gateway":
+        target = cluster.gateways[0]
+    else:
+        target = cluster.start("gateway", port=doomed.port)
+    resumed, resumed_session = await connect(target, "resumer", session)
     assert resumed_session == session
     answers = await resumed.collect([t["taskUUID"] for t in tasks], timeout=120)
     assert all(answer["kind"] == "data" for answer in answers.values()), answers
+    polled = await resumed.run({"taskType": "getResponse", "taskUUID": tasks[0]["taskUUID"]})
+    assert polled["status"] == "success"
     await resumed.ws.close()
 
 
@@ -268,3 +283,20 @@ async def test_a_full_backlog_is_refused_with_overloaded_until_workers_catch_up(
     await asyncio.sleep(1)  # the gateway re-reads the backlog
     assert (await client.run(real()))["kind"] == "data"
     await client.ws.close()
+
+
+async def test_role_all_is_gateway_and_worker_in_one_process(lone_cluster):
+    both = lone_cluster.start("all")
+    client, _ = await connect(both)
+    assert (await client.run(fast()))["kind"] == "data"
+    assert (await client.run(real(outputType="URL")))["imageURL"].startswith(both.http_url)
+    await client.ws.close()
+
+
+async def test_a_worker_serves_probes_but_no_clients(cluster):
+    worker = cluster.workers[0]
+    with urllib.request.urlopen(f"{worker.http_url}/readyz") as response:
+        assert response.status == 200
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(worker.ws_url)
+    assert refused.value.response.status_code == 404
