@@ -51,7 +51,7 @@ class RelayedSession:
         self._lock = asyncio.Lock()
         keys = relay.keys(session_uuid)
         self.handover = Handover(keys.outbox, keys.channel, _OUTBOX_CAP, int(relay.linger))
-        self._keys = keys
+        self.keys = keys
 
     async def deliver(self, item: Any) -> None:
         """An answer produced on this gateway: into the outbox like a worker's."""
@@ -59,10 +59,10 @@ class RelayedSession:
         item_json = msgspec.json.encode(item)
         redis = self._relay.redis
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._keys.outbox, {"kind": kind, "item": item_json},
+            pipe.xadd(self.keys.outbox, {"kind": kind, "item": item_json},
                       maxlen=_OUTBOX_CAP, approximate=True)
-            pipe.expire(self._keys.outbox, int(self._relay.linger))
-            pipe.publish(self._keys.channel, b"1")
+            pipe.expire(self.keys.outbox, int(self._relay.linger))
+            pipe.publish(self.keys.channel, b"1")
             await pipe.execute()
 
     async def attach(self, sender: FrameSender) -> None:
@@ -79,9 +79,9 @@ class RelayedSession:
         """Send what the outbox holds after the cursor, oldest first, while the socket takes it."""
         async with self._lock:
             redis = self._relay.redis
-            cursor = await redis.hget(self._keys.session, "cursor") or b"0-0"
+            cursor = await redis.hget(self.keys.session, "cursor") or b"0-0"
             while self._sender is not None:
-                batch = await redis.xread({self._keys.outbox: cursor}, count=64)
+                batch = await redis.xread({self.keys.outbox: cursor}, count=64)
                 if not batch:
                     return
                 for entry_id, fields in batch[0][1]:
@@ -90,8 +90,8 @@ class RelayedSession:
                         return  # the socket is gone: the entry waits for a resume
                     cursor = entry_id
                     async with redis.pipeline(transaction=False) as pipe:
-                        pipe.hset(self._keys.session, "cursor", cursor)
-                        pipe.xtrim(self._keys.outbox, minid=cursor)
+                        pipe.hset(self.keys.session, "cursor", cursor)
+                        pipe.xtrim(self.keys.outbox, minid=cursor)
                         await pipe.execute()
 
 
@@ -120,7 +120,7 @@ class Relay:
         channel = session.handover.channel.encode()
         self._attached[channel] = session
         await self._pubsub.subscribe(channel)
-        await self.redis.persist(session._keys.session)  # a held session does not expire
+        await self.redis.expire(session.keys.session, int(self.linger))
         if self._listener is None:
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="relay")
 
@@ -132,10 +132,15 @@ class Relay:
         if holder is session:
             del self._attached[channel]
             await self._pubsub.unsubscribe(channel)
-        await self.redis.expire(session._keys.session, int(self.linger))
+        await self.redis.expire(session.keys.session, int(self.linger))
 
     async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        refreshed = loop.time()
         while True:
+            if loop.time() - refreshed >= self.linger / 3:
+                refreshed = loop.time()
+                await self._keep_alive()
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except Exception:  # a lost Redis connection: redis-py reconnects on the next call
@@ -147,6 +152,16 @@ class Relay:
             session = self._attached.get(message["channel"])
             if session is not None:
                 asyncio.get_running_loop().create_task(session.drain())
+
+    async def _keep_alive(self) -> None:
+        """Held sessions never reach their expiry; those of a gateway that died do."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for session in self._attached.values():
+                    pipe.expire(session.keys.session, int(self.linger))
+                await pipe.execute()
+        except Exception:
+            log.exception("relay: refreshing the held sessions failed")
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -169,15 +184,15 @@ class RedisSessions:
             if known is not None and hmac.compare_digest(known, digest):
                 return RelayedSession(self._relay, requested)
         session = RelayedSession(self._relay, str(uuidlib.uuid4()))
-        await redis.hset(session._keys.session, mapping={"key": digest, "cursor": "0-0"})
-        await redis.expire(session._keys.session, int(self.linger))
+        await redis.hset(session.keys.session, mapping={"key": digest, "cursor": "0-0"})
+        await redis.expire(session.keys.session, int(self.linger))
         return session
 
     async def ephemeral(self) -> RelayedSession:
         """A session for one REST request: nobody resumes it; it expires on its own."""
         session = RelayedSession(self._relay, str(uuidlib.uuid4()))
-        await self._relay.redis.hset(session._keys.session, mapping={"cursor": "0-0"})
-        await self._relay.redis.expire(session._keys.session, int(self.linger))
+        await self._relay.redis.hset(session.keys.session, mapping={"cursor": "0-0"})
+        await self._relay.redis.expire(session.keys.session, int(self.linger))
         return session
 
     def now(self) -> float:

@@ -300,3 +300,17 @@ async def test_a_worker_serves_probes_but_no_clients(cluster):
     with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(worker.ws_url)
     assert refused.value.response.status_code == 404
+
+
+async def test_sessions_of_a_dead_gateway_expire_after_the_linger(lone_cluster):
+    gateway = lone_cluster.start("gateway", "--session-linger", "2")
+    client, session = await connect(gateway)
+    redis_client = lone_cluster.client()
+    key = f"rbg:session:{session}"
+    assert 0 < redis_client.ttl(key) <= 2  # held, but never without an expiry
+    gateway.process.send_signal(signal.SIGKILL)
+    gateway.process.wait()
+    deadline = time.monotonic() + 10 * UNIT
+    while redis_client.exists(key):
+        assert time.monotonic() < deadline, "the dead gateway's session never expired"
+        time.sleep(0.1)
