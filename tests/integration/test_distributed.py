@@ -62,7 +62,7 @@ def cluster(tmp_path_factory, fast_model, s3):
     """Two gateways and two workers, images in S3."""
     built = Cluster(tmp_path_factory.mktemp("cluster"), fast_model, s3)
     built.gateways = [built.start("gateway"), built.start("gateway")]
-    built.workers = [built.start("worker"), built.start("worker")]
+    built.workers = [built.start("worker", "--claim-after", "2") for _ in range(2)]
     yield built
     built.stop()
 
@@ -148,6 +148,31 @@ async def test_200_tasks_over_20_sockets_across_two_gateways_each_answered_once(
     assert not summary["connection_failures"]
     ran = [batches_run(worker) - was for worker, was in zip(cluster.workers, before)]
     assert all(batches > 0 for batches in ran), f"a worker ran nothing: {ran}"
+
+
+async def test_one_of_two_workers_killed_mid_batch_loses_nothing(cluster):
+    """Sockets on both gateways, both workers busy, one SIGKILLed: the other finishes its jobs."""
+    clients = [(await connect(gateway, "kill-one"))[0] for gateway in cluster.gateways * 2]
+    tasks = [[real() for _ in range(3)] for _ in clients]
+    for client, own in zip(clients, tasks):
+        await client.send(*own)
+    victim = cluster.workers[1]
+    pending_of = lambda: {c["name"].decode(): c["pending"] for c in  # noqa: E731
+                          cluster.client().xpending("rbg:jobs", "workers")["consumers"]}
+    deadline = time.monotonic() + 30 * UNIT
+    while len([n for n, count in pending_of().items() if count > 0]) < 2:
+        assert time.monotonic() < deadline, "both workers never held jobs at once"
+        time.sleep(0.005)
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait()
+    for client, own in zip(clients, tasks):
+        answers = await client.collect([t["taskUUID"] for t in own], timeout=120)
+        assert all(answer["kind"] == "data" for answer in answers.values()), answers
+    for client in clients:
+        with pytest.raises(asyncio.TimeoutError):  # nothing twice
+            await client.recv(timeout=0.5)
+        await client.ws.close()
+    cluster.workers[1] = cluster.start("worker", "--claim-after", "2")  # for the tests after
 
 
 async def test_task_uuids_results_and_get_response_are_shared_by_all_gateways(cluster):
