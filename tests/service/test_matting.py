@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from protocol.messages import BackgroundSettings
@@ -49,6 +50,24 @@ def test_trimap_follows_rembgs_rules():
     tri = matting.trimap(mask, BackgroundSettings(erode_size=3))
     assert set(np.unique(tri)) == {0, 128, 255}
     assert tri[20, 20] == 255 and tri[0, 0] == 0 and tri[5, 5] == 128  # eroded edges unknown
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8, 10, 15])
+def test_the_trimap_erodes_exactly_as_one_pass_with_rembgs_square(size):
+    """The two line passes against scipy's erosion with the full square, as rembg calls it."""
+    rng = np.random.default_rng(size)
+    for _ in range(3):
+        blobs = ndimage.gaussian_filter(rng.random((61, 48)), 3)
+        mask = (255 * (blobs - blobs.min()) / np.ptp(blobs)).astype(np.uint8)
+        settings = BackgroundSettings(erode_size=size, foreground_threshold=150,
+                                      background_threshold=100)
+        square = np.ones((size, size), dtype=np.uint8)
+        foreground = ndimage.binary_erosion(mask > 150, structure=square)
+        background = ndimage.binary_erosion(mask < 100, structure=square, border_value=1)
+        expected = np.full(mask.shape, 128, np.uint8)
+        expected[foreground] = 255
+        expected[background] = 0
+        assert np.array_equal(matting.trimap(mask, settings), expected)
 
 
 def test_a_trimap_without_sure_background_raises_like_rembg():
