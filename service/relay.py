@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FrameSender = Callable[[bytes], Awaitable[bool]]  # True when the frame went out
 _OUTBOX_CAP = 10_000  # entries an absent client may have waiting (approximate, MAXLEN ~)
+_CATCH_UP_SECONDS = 5.0  # how often every held session's outbox is read without a wake-up
 
 
 def frame_of(kind: bytes, item: bytes) -> bytes:
@@ -136,22 +137,30 @@ class Relay:
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
-        refreshed = loop.time()
+        refreshed = caught_up = loop.time()
         while True:
-            if loop.time() - refreshed >= self.linger / 3:
-                refreshed = loop.time()
+            now = loop.time()
+            if now - refreshed >= self.linger / 3:
+                refreshed = now
                 await self._keep_alive()
+            if now - caught_up >= _CATCH_UP_SECONDS:
+                # Pub/sub is at most once: a wake-up published while our connection was being
+                # re-established is lost. The outboxes are not, so look at all of them now and then.
+                caught_up = now
+                for session in list(self._attached.values()):
+                    loop.create_task(session.drain())
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except Exception:  # a lost Redis connection: redis-py reconnects on the next call
                 log.exception("relay: pub/sub read failed")
                 await asyncio.sleep(0.5)
+                caught_up = 0.0  # wake-ups may have been lost meanwhile
                 continue
             if message is None:
                 continue
             session = self._attached.get(message["channel"])
             if session is not None:
-                asyncio.get_running_loop().create_task(session.drain())
+                loop.create_task(session.drain())
 
     async def _keep_alive(self) -> None:
         """Held sessions never reach their expiry; those of a gateway that died do."""

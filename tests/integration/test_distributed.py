@@ -339,3 +339,13 @@ async def test_sessions_of_a_dead_gateway_expire_after_the_linger(lone_cluster):
     while redis_client.exists(key):
         assert time.monotonic() < deadline, "the dead gateway's session never expired"
         time.sleep(0.1)
+
+
+async def test_an_answer_whose_wake_up_was_lost_still_arrives(cluster):
+    """Pub/sub is at most once; the outbox is read now and then without a wake-up too."""
+    client, session = await connect(cluster.gateways[0], "lost-wake-up")
+    item = {"taskType": "ping", "pong": True}
+    cluster.client().xadd(f"rbg:outbox:{session}",
+                          {"kind": "data", "item": json.dumps(item)})  # and no PUBLISH
+    assert await client.recv(timeout=15) == {"data": [item]}
+    await client.ws.close()
