@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import pytest
@@ -83,14 +84,34 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10 * UNIT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen) -> int:
+    """Terminate; kill what has not stopped 10 s later."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10 * UNIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def wait_until_ready(process: subprocess.Popen, ready: Callable[[], bool], what: str,
+                     log: Callable[[], str], timeout: float, interval: float) -> None:
+    """Poll ``ready()`` until it says so. A process that exits, or is not ready in time (it is
+    stopped then), fails the caller with its log."""
+    deadline = time.monotonic() + timeout * UNIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log()}")
+        if ready():
+            return
+        time.sleep(interval)
+    stop_process(process)
+    raise RuntimeError(f"{what} did not become ready:\n{log()}")
 
 
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None,
@@ -105,18 +126,16 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None,
         process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})})
     server = ServerProcess(process, port, log_path)
-    deadline = time.monotonic() + 60 * UNIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+
+    def healthy() -> bool:
         try:
             with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return server
+                return response.status == 200
         except OSError:
-            time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+            return False
+
+    wait_until_ready(process, healthy, "the server", server.log, timeout=60, interval=0.1)
+    return server
 
 
 @dataclass
@@ -129,28 +148,30 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+        stop_process(self.process)
 
 
 def start_redis(tmp: Path) -> RedisProcess:
     """A real redis-server of our own on a free loopback port, nothing kept on disk."""
     port = free_port()
+    log_path = tmp / f"redis-{port}.log"
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp), "--logfile", str(tmp / f"redis-{port}.log")],
+         "--appendonly", "no", "--dir", str(tmp), "--logfile", str(log_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20 * UNIT
-    while time.monotonic() < deadline:
+
+    def answers_ping() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return RedisProcess(process, port)
+                return sock.recv(16).startswith(b"+PONG")
         except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"redis-server did not start on port {port}")
+            return False
+
+    wait_until_ready(process, answers_ping, "redis-server",
+                     lambda: log_path.read_text(errors="replace") if log_path.exists() else "",
+                     timeout=20, interval=0.05)
+    return RedisProcess(process, port)
 
 
 @dataclass
@@ -168,12 +189,7 @@ class S3Process:
                 "--s3-access-key", self.access_key, "--s3-secret-key", self.secret_key]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def start_seaweedfs(tmp: Path) -> S3Process:
@@ -204,17 +220,18 @@ def start_seaweedfs(tmp: Path) -> S3Process:
                           aws_secret_access_key=server.secret_key,
                           config=BotoConfig(signature_version="s3v4", retries={"max_attempts": 1},
                                             s3={"addressing_style": "path"}))
-    deadline = time.monotonic() + 90 * UNIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"weed exited: {(tmp / 'weed.log').read_text(errors='replace')}")
+
+    def bucket_writable() -> bool:
         try:
             client.put_object(Bucket=server.bucket, Key="ready-probe", Body=b"ok")
-            return server
-        except Exception:
-            time.sleep(0.3)
-    server.stop()
-    raise RuntimeError("SeaweedFS did not become ready")
+            return True
+        except Exception:  # not listening yet, or the filer/volume behind S3 not up yet
+            return False
+
+    wait_until_ready(process, bucket_writable, "weed mini",
+                     lambda: (tmp / "weed.log").read_text(errors="replace"),
+                     timeout=90, interval=0.3)
+    return server
 
 
 def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
