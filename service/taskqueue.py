@@ -110,6 +110,7 @@ class Worker:
         self._stream = f"{prefix}:{STREAM}"
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._in_flight: dict[bytes, asyncio.Task] = {}
+        self._room = asyncio.Event()  # set whenever a job ends: the reader may read again
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -131,12 +132,11 @@ class Worker:
             await asyncio.wait(list(self._in_flight.values()))
 
     async def _read(self) -> None:
-        room = asyncio.Event()
         while True:
             free = 2 * self._max_batch - len(self._in_flight)
             if free <= 0:
-                room.clear()
-                await room.wait()
+                self._room.clear()
+                await self._room.wait()
                 continue
             try:
                 replies = await self._redis.xreadgroup(GROUP, self.name, {self._stream: ">"},
@@ -149,9 +149,9 @@ class Worker:
                 continue
             for _, entries in replies or []:
                 for entry_id, fields in entries:
-                    self._start(entry_id, fields, room)
+                    self._start(entry_id, fields)
 
-    def _start(self, entry_id: bytes, fields: dict, room: asyncio.Event | None = None) -> None:
+    def _start(self, entry_id: bytes, fields: dict) -> None:
         if entry_id in self._in_flight:
             return
         running = asyncio.get_running_loop().create_task(self._run(entry_id, fields))
@@ -159,8 +159,7 @@ class Worker:
 
         def finished(_: asyncio.Task) -> None:
             self._in_flight.pop(entry_id, None)
-            if room is not None:
-                room.set()
+            self._room.set()
 
         running.add_done_callback(finished)
 
