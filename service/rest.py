@@ -132,7 +132,7 @@ def _too_large(app: "App", size: int | None) -> ErrorItem:
 
 
 def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]) -> web.Response:
-    headers = {"Server": "rembg-stream"}
+    headers: dict[str, str] = {}
     retry_ms = max((e.retryAfterMs or 0 for e in errors), default=0)
     if status in (http.HTTPStatus.TOO_MANY_REQUESTS, http.HTTPStatus.SERVICE_UNAVAILABLE) and retry_ms:
         headers["Retry-After"] = str(max(1, round(retry_ms / 1000)))

@@ -185,9 +185,9 @@ return 1
 """
 
 
-@dataclass(frozen=True)
-class Handover:
-    """Where an outcome goes besides the book: a session's outbox (see ``service.relay``)."""
+class Handover(msgspec.Struct, frozen=True, array_like=True):
+    """Where an outcome goes besides the book: a session's outbox (see ``service.relay``).
+    A struct, so that a queued job carries it as it is."""
 
     outbox_key: str
     channel: str

@@ -65,7 +65,6 @@ class App:
         self.config = config
         self.registry = registry
         self.metrics = Metrics()
-        self.sessions = SessionDirectory(linger=config.session_linger)
         self.cpu = FairExecutor(config.worker_count(), name="cpu")  # decode/resize/matting/encode
         self.store = _image_store(config, clock)
         self.http = OutboundHttp(
@@ -75,6 +74,7 @@ class App:
         )
         self.seconds_per_image = 0.25  # running estimate, for the overloaded retry hint
         self.batchers = self._batchers()
+        self.largest_batch = max((b.max_batch for b in self.batchers.values()), default=1)
         self.processor = Processor(config, registry, self.batchers, self.store,
                                    InputResolver(self.store, self.http), self.http, self.cpu)
         self.webhooks = WebhookSender(self.http, attempts=config.webhook_attempts,
@@ -85,13 +85,14 @@ class App:
         self.worker: Worker | None = None
         self._backlog_watch: asyncio.Task | None = None
         if config.redis is None:
+            self.sessions: SessionDirectory | RedisSessions = SessionDirectory(
+                linger=config.session_linger)
             self.results: ResultsBook | RedisResultsBook = ResultsBook(
                 self.store, config.result_retention, clock=clock)
         else:
             self._distributed(config)
         self._keys = tuple(key.encode() for key in config.api_keys)
-        largest_batch = max((b.max_batch for b in self.batchers.values()), default=1)
-        self.socket_concurrency = config.socket_concurrency or max(4, 2 * largest_batch)
+        self.socket_concurrency = config.socket_concurrency or max(4, 2 * self.largest_batch)
         self.connections: set[Connection] = set()
         self.queued_tasks = 0
         self.draining = False
@@ -105,9 +106,8 @@ class App:
         if config.serves_clients:
             self.jobs = JobQueue(self.redis, self.results)
         if config.runs_models:
-            largest_batch = max((b.max_batch for b in self.batchers.values()), default=1)
             self.worker = Worker(self.redis, self.processor, self.results, self.webhooks,
-                                 max_batch=largest_batch, claim_after=config.claim_after,
+                                 max_batch=self.largest_batch, claim_after=config.claim_after,
                                  max_attempts=config.max_attempts)
 
     async def start(self) -> None:
@@ -231,7 +231,7 @@ def build_app(config: Config) -> App:
 def _response(status: http.HTTPStatus, body: bytes, content_type: str,
               extra: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status.value, body=body,
-                        headers={"Content-Type": content_type, "Server": _SERVER, **(extra or {})})
+                        headers={"Content-Type": content_type, **(extra or {})})
 
 
 def _text(status: http.HTTPStatus, text: str, extra: dict[str, str] | None = None) -> web.Response:
@@ -280,7 +280,6 @@ async def _websocket(app: App, request: web.Request) -> web.StreamResponse:
         timeout=3,  # a peer that ignores our close frame is dropped after this
         decode_text=False,  # the JSON decoder takes bytes; decoding to str first is a copy
     )
-    websocket.headers["Server"] = _SERVER
     transport = request.transport
     await websocket.prepare(request)
     assert transport is not None  # present until the handler returns
@@ -337,6 +336,11 @@ async def start_server(app: App) -> Listener:
         return await _page_or_probe(app, request.path)
 
     application = web.Application(client_max_size=app.config.frame_error_bytes + 1)
+
+    async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = _SERVER  # every answer, handshakes included
+
+    application.on_response_prepare.append(name_the_server)
     application.router.add_route("*", "/{path:.*}", route)
     # No access log: a line per request would cost more than a cached probe answer. A graceful
     # stop has drained the tasks before the runner shuts down; what is still open 5 s later is cut.

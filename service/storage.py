@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from .pipeline import CONTENT_TYPES
+
 __all__ = ["StoredImage", "ImageStorage", "ImageStore", "STORED_EXTENSIONS", "UUID_PATTERN"]
 
-# What inputs (any decodable format) and outputs (png/jpg/webp) are stored as.
-STORED_EXTENSIONS = ("png", "jpg", "webp", "gif", "bmp")
+# What inputs (any accepted format) and outputs (png/jpg/webp) are stored as.
+STORED_EXTENSIONS = tuple(CONTENT_TYPES)
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 @dataclass(frozen=True)

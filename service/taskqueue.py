@@ -46,11 +46,7 @@ GROUP = "workers"
 class Job(msgspec.Struct, array_like=True):
     task: RemoveBackground
     owner: bytes  # digest of the API key: the results book's scope
-    handover: tuple[str, str, int, int] | None  # the session outbox that waits, if any
-
-
-def _handover(job: Job) -> Handover | None:
-    return Handover(*job.handover) if job.handover is not None else None
+    handover: Handover | None  # the session outbox that waits, if any
 
 
 class JobQueue:
@@ -65,8 +61,7 @@ class JobQueue:
         self.backlog = 0
 
     async def add(self, task: RemoveBackground, owner: bytes, handover: Handover | None) -> None:
-        job = Job(task, owner, None if handover is None else (
-            handover.outbox_key, handover.channel, handover.max_length, handover.lifetime))
+        job = Job(task, owner, handover)
         async with self._redis.pipeline(transaction=True) as pipe:
             # No MAXLEN: trimming would drop jobs nobody ran. Workers delete what they finished.
             pipe.xadd(self._stream, {"job": msgspec.msgpack.encode(job)})
@@ -171,7 +166,8 @@ class Worker:
             await self._done(entry_id)
             return
         task = job.task
-        owner = job.handover[0] if job.handover else job.owner  # whom the pools take turns between
+        # whom the CPU pool and the batcher take turns between: the client session, if any
+        owner = job.handover.outbox_key if job.handover else job.owner
         try:
             result = await self._processor.remove_background(task, owner=owner)
         except Exception as error:
@@ -184,7 +180,7 @@ class Worker:
         """Record the outcome; hand it to the session, or POST it, exactly once."""
         task = job.task
         where = destination(task)
-        handover = _handover(job) if where is Destination.CLIENT else None
+        handover = job.handover if where is Destination.CLIENT else None
         if isinstance(outcome, ErrorItem):
             first = await self._results.fail(job.owner, task.task_uuid, outcome, handover)
         else:
