@@ -58,12 +58,12 @@ class RelayedSession:
         """An answer produced on this gateway: into the outbox like a worker's."""
         kind = "errors" if isinstance(item, ErrorItem) else "data"
         item_json = msgspec.json.encode(item)
-        redis = self._relay.redis
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.outbox, {"kind": kind, "item": item_json},
-                      maxlen=_OUTBOX_CAP, approximate=True)
-            pipe.expire(self.keys.outbox, int(self._relay.linger))
-            pipe.publish(self.keys.channel, b"1")
+        handover = self.handover  # the same entry, cap, lifetime and wake-up as results._END
+        async with self._relay.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(handover.outbox_key, {"kind": kind, "item": item_json},
+                      maxlen=handover.max_length, approximate=True)
+            pipe.expire(handover.outbox_key, handover.lifetime)
+            pipe.publish(handover.channel, b"1")
             await pipe.execute()
 
     async def attach(self, sender: FrameSender) -> None:
