@@ -4,6 +4,7 @@ Examples:
     python -m load --url ws://127.0.0.1:7600 --connections 8 --tasks-per-connection 20
     python -m load --url ws://127.0.0.1:7600 --connections 4 --duration 30 --rate 3 --json
     python -m load --url ws://127.0.0.1:7600 --idle-connections 1000 --server-pid 1234
+    python -m load --urls ws://10.0.0.1:7600,ws://10.0.0.2:7600 --connections 20
 """
 
 from __future__ import annotations
