@@ -374,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print everything as JSON too")
     parser.add_argument("--only-distributed", action="store_true",
                         help="measure only the distributed mode against the embedded one")
+    parser.add_argument("--only-matting", action="store_true",
+                        help="measure only alpha matting against rembg's")
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(exist_ok=True)
     image_path = SHARED_IMAGE if SHARED_IMAGE.exists() else LOCAL_IMAGE
@@ -384,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_distributed:
         results["distributed"] = distributed(image, per_socket_c8)
         print("\n".join(_distributed_lines(results["distributed"])))
+        return 0
+    if args.only_matting:
+        results["matting"] = matting(image_path.parent)
+        print("\n".join(_matting_lines(results["matting"])))
         return 0
 
     results["raw_onnxruntime_img_s"] = round(raw_onnxruntime(tensor, args.seconds), 3)
@@ -449,12 +455,17 @@ def _print_report(r: dict) -> None:
     ]
     lines += ["", *_distributed_lines(r["distributed"])]
     if r.get("matting"):
-        lines += ["", "alpha matting: one task through the service vs rembg remove(alpha_matting=True)"]
-        for row in r["matting"]:
-            lines.append(f"  {row['image']:18s} rembg {row['rembg_s']:6.2f} s  service {row['service_s']:6.2f} s"
-                         f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
-                         f"{row['alpha_mean_diff_255']:.3f}/255 max {row['alpha_max_diff_255']}/255")
+        lines += ["", *_matting_lines(r["matting"])]
     print("\n".join(lines))
+
+
+def _matting_lines(rows: list[dict]) -> list[str]:
+    lines = ["alpha matting: one task through the service vs rembg remove(alpha_matting=True)"]
+    for row in rows:
+        lines.append(f"  {row['image']:18s} rembg {row['rembg_s']:6.2f} s  service {row['service_s']:6.2f} s"
+                     f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
+                     f"{row['alpha_mean_diff_255']:.3f}/255 max {row['alpha_max_diff_255']}/255")
+    return lines
 
 
 def _distributed_lines(d: dict) -> list[str]:

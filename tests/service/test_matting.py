@@ -1,4 +1,4 @@
-"""service.matting: rembg's alpha matting, solved on the unknown band's box."""
+"""service.matting: rembg's alpha matting, solved for the unknown band only."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def test_equal_to_pymatting_on_the_whole_image(settings):
     assert alpha_difference.mean() < 0.05 and alpha_difference.max() <= 1
     colour_difference = np.abs(ours[..., :3].astype(int) - reference[..., :3])
     assert colour_difference.mean() < 0.5
+
+
+def test_equal_to_pymatting_when_the_subject_is_cut_by_the_image_edges():
+    """Unknown pixels on the image's border rows and columns (their windows are fewer)."""
+    rgb = np.asarray(open_image(fixture_bytes("car-1.jpg")).convert("RGB"))
+    mask = np.roll(soft_mask(rgb.shape[:2]), (rgb.shape[0] // 2, rgb.shape[1] // 2), (0, 1))
+    settings = BackgroundSettings(alpha_matting=True)
+    assert (matting.trimap(mask, settings)[[0, -1], :] == 128).any()
+    ours, reference = matting.matting_cutout(rgb, mask, settings), rembg_way(rgb, mask, settings)
+    alpha_difference = np.abs(ours[..., 3].astype(int) - reference[..., 3])
+    assert alpha_difference.mean() < 0.05 and alpha_difference.max() <= 1
 
 
 def test_trimap_follows_rembgs_rules():
