@@ -313,7 +313,7 @@ print(json.dumps(times))
 """
 
 
-async def _service_matting(port: int, image: bytes) -> tuple[float, bytes]:
+async def _service_matting(port: int, image: bytes, alpha_matting: bool = True) -> tuple[float, bytes]:
     import base64
     import uuid
 
@@ -326,7 +326,7 @@ async def _service_matting(port: int, image: bytes) -> tuple[float, bytes]:
         await ws.send(json.dumps([{
             "taskType": "removeBackground", "taskUUID": str(uuid.uuid4()), "model": "u2netp",
             "inputs": {"image": base64.b64encode(image).decode()}, "outputType": "base64Data",
-            "outputFormat": "PNG", "settings": {"alphaMatting": True}}]))
+            "outputFormat": "PNG", "settings": {"alphaMatting": alpha_matting}}]))
         item = json.loads(await ws.recv())["data"][0]
         return time.perf_counter() - start, base64.b64decode(item["imageBase64Data"])
 
@@ -349,6 +349,8 @@ def matting(images_dir: Path) -> list[dict]:
     rows = []
     port, server = _service()
     with server:
+        # As on rembg's side: one plain removal first, so that neither side times a first call.
+        asyncio.run(_service_matting(port, (images_dir / names[0]).read_bytes(), alpha_matting=False))
         for name in names:
             image = (images_dir / name).read_bytes()
             seconds, png = asyncio.run(_service_matting(port, image))
