@@ -130,13 +130,24 @@ def mask_from_prediction(prediction: np.ndarray, size: tuple[int, int]) -> np.nd
     return np.asarray(mask.resize(size, Image.Resampling.LANCZOS))
 
 
-# Radius-1 disk: the 3x3 cross rembg's skimage `disk(1)` is.
-_DISK_1 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+def _cross_filter(image: np.ndarray, pick: np.ufunc) -> np.ndarray:
+    """Minimum or maximum over each pixel and its 4 neighbours: grey erosion or dilation with
+    the radius-1 disk (the 3x3 cross rembg's skimage ``disk(1)`` is).
+
+    Beyond the edge scipy's default mode reflects, which one pixel out is the edge pixel itself:
+    edge padding. Equal to ``ndimage.grey_erosion``/``grey_dilation`` with that footprint and
+    ~20x faster (1 ms against 22 ms for an opening of a 1.5 MP mask).
+    """
+    padded = np.pad(image, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    vertical = pick(padded[:-2, 1:-1], padded[2:, 1:-1])
+    horizontal = pick(padded[1:-1, :-2], padded[1:-1, 2:])
+    return pick(pick(centre, vertical), horizontal)
 
 
 def post_process_mask(mask: np.ndarray) -> np.ndarray:
     """rembg's post_process: opening with a radius-1 disk, Gaussian sigma 2, threshold at 127."""
-    opened = ndimage.grey_opening(mask, footprint=_DISK_1)
+    opened = _cross_filter(_cross_filter(mask, np.minimum), np.maximum)
     blurred = ndimage.gaussian_filter(opened.astype(np.float64), sigma=2)
     return np.where(blurred < 127, 0, 255).astype(np.uint8)
 

@@ -99,6 +99,21 @@ def test_post_processed_mask_is_binary(model):
     assert set(np.unique(alpha)) <= {0, 255}
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (37, 53), (120, 80)])
+def test_post_process_opening_equals_scipys_grey_opening_with_rembgs_disk(shape):
+    """What rembg's post_process runs (an opening with the radius-1 disk), edges included."""
+    from scipy import ndimage
+
+    disk = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+    rng = np.random.default_rng(sum(shape))
+    for mask in (rng.integers(0, 256, shape, dtype=np.uint8),
+                 (rng.random(shape) > 0.5).astype(np.uint8) * 255):
+        expected = ndimage.gaussian_filter(
+            ndimage.grey_opening(mask, footprint=disk).astype(np.float64), sigma=2)
+        assert np.array_equal(pipeline.post_process_mask(mask),
+                              np.where(expected < 127, 0, 255).astype(np.uint8))
+
+
 def test_batched_inference_equals_one_image_at_a_time(model):
     images = [pipeline.decode_image(fixture_bytes(n), MAX_PIXELS)
               for n in ("car-1.jpg", "anime-girl-1.jpg", "car-1.jpg")]
