@@ -303,14 +303,18 @@ from rembg import new_session, remove
 session = new_session("u2netp")
 remove(Path(sys.argv[2]).read_bytes(), session=session)  # load the model
 times = {}
-for name in sys.argv[3:]:
+for name in sys.argv[4:]:
     data = Path(sys.argv[2]).parent.joinpath(name).read_bytes()
-    start = time.perf_counter()
-    out = remove(data, session=session, alpha_matting=True)
-    times[name] = time.perf_counter() - start
+    runs = []
+    for _ in range(int(sys.argv[3])):
+        start = time.perf_counter()
+        out = remove(data, session=session, alpha_matting=True)
+        runs.append(time.perf_counter() - start)
+    times[name] = min(runs)
     Path(sys.argv[1]).joinpath(name + ".png").write_bytes(out)
 print(json.dumps(times))
 """
+MATTING_RUNS = 3  # per image and side; the fastest counts (the machine's noise only adds time)
 
 
 async def _service_matting(port: int, image: bytes, alpha_matting: bool = True) -> tuple[float, bytes]:
@@ -342,7 +346,7 @@ def matting(images_dir: Path) -> list[dict]:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL, home / "u2netp.onnx")
     finished = subprocess.run([str(_rembg_python()), "-c", _REMBG_MATTING, str(out_dir),
-                               str(images_dir / names[0]), *names],
+                               str(images_dir / names[0]), str(MATTING_RUNS), *names],
                               env={**os.environ, "U2NET_HOME": str(home)}, capture_output=True,
                               text=True, check=True)
     rembg_times = json.loads(finished.stdout.strip().splitlines()[-1])
@@ -353,7 +357,8 @@ def matting(images_dir: Path) -> list[dict]:
         asyncio.run(_service_matting(port, (images_dir / names[0]).read_bytes(), alpha_matting=False))
         for name in names:
             image = (images_dir / name).read_bytes()
-            seconds, png = asyncio.run(_service_matting(port, image))
+            runs = [asyncio.run(_service_matting(port, image)) for _ in range(MATTING_RUNS)]
+            seconds, png = min(runs, key=lambda run: run[0])
             ours = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3].astype(int)
             theirs = np.asarray(Image.open(out_dir / f"{name}.png").convert("RGBA"))[..., 3]
             difference = np.abs(ours - theirs)
@@ -462,7 +467,8 @@ def _print_report(r: dict) -> None:
 
 
 def _matting_lines(rows: list[dict]) -> list[str]:
-    lines = ["alpha matting: one task through the service vs rembg remove(alpha_matting=True)"]
+    lines = [f"alpha matting: one task through the service vs rembg remove(alpha_matting=True), "
+             f"fastest of {MATTING_RUNS}"]
     for row in rows:
         lines.append(f"  {row['image']:18s} rembg {row['rembg_s']:6.2f} s  service {row['service_s']:6.2f} s"
                      f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
