@@ -5,7 +5,7 @@ although only the trimap's unknown band is uncertain. Here:
 - the trimap is rembg's (thresholds on the mask, binary erosion with a square of the erode size,
   background eroded with border value 1);
 - only the unknown pixels' rows of the matting Laplacian are built, from the windows that
-  touch them (``matting_system``): the same values as pymatting's, 20x faster on animal-3;
+  touch them (``matting_system``): the same values as pymatting's, 5-30x faster on animal-3;
 - the system L_uu a_u = -L_uk a_k is solved as pymatting does (conjugate gradients,
   incomplete-Cholesky preconditioner, relative tolerance 1e-7), but in reverse Cuthill-McKee
   order and from the mask as the first guess instead of zero. Alpha stays within 1/255 of
