@@ -19,6 +19,10 @@ Pure functions on arrays; CPU-heavy; run on worker threads.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
+import numba
 import numpy as np
 from scipy import ndimage
 from scipy.sparse.csgraph import reverse_cuthill_mckee
@@ -31,6 +35,21 @@ __all__ = ["trimap", "matting_cutout", "warm_up"]
 
 _RTOL = 1e-7  # pymatting's default
 _ICHOL_DISCARD = 1e-4  # pymatting's default; sparser factors failed on some images (cloth-1)
+
+
+# Where neither OpenMP nor TBB is installed, numba runs parallel kernels on its "workqueue"
+# layer, which aborts the whole process when two threads launch kernels at once, and the CPU
+# pool runs several matting jobs side by side. OpenMP and TBB are threadsafe: no lock there.
+_WORKQUEUE_LOCK = threading.Lock()
+
+
+def _parallel_kernels() -> contextlib.AbstractContextManager:
+    """Hold this around calls into numba's parallel kernels (ours and pymatting's)."""
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet, so no layer is chosen: be careful
+        return _WORKQUEUE_LOCK
+    return _WORKQUEUE_LOCK if layer == "workqueue" else contextlib.nullcontext()
 
 
 def _square_erosion(region: np.ndarray, size: int, border_value: int) -> np.ndarray:
@@ -68,7 +87,8 @@ def _solve_alpha(pixels: np.ndarray, tri: np.ndarray, first_guess: np.ndarray) -
     from pymatting.preconditioner.ichol import ichol
     from pymatting.solver.cg import cg
 
-    matrix, rhs, unknown = band_system(pixels, tri)
+    with _parallel_kernels():
+        matrix, rhs, unknown = band_system(pixels, tri)
     order = reverse_cuthill_mckee(matrix, symmetric_mode=True)
     matrix = matrix[order][:, order]
     solution = cg(matrix, rhs[order], x0=first_guess.ravel()[unknown][order],
@@ -96,7 +116,8 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
         alpha = _solve_alpha(pixels, alpha, mask / 255.0)
     # Over the whole image, as rembg: the ML estimate is multi-level, and a crop changes its
     # coarse levels (2/255 of colour difference measured on car-1).
-    foreground = estimate_foreground_ml(pixels, alpha)
+    with _parallel_kernels():
+        foreground = estimate_foreground_ml(pixels, alpha)
     stacked = np.concatenate([foreground, alpha[:, :, np.newaxis]], axis=2)
     return np.clip(stacked * 255, 0, 255).astype(np.uint8)
 

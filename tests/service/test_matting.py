@@ -89,3 +89,41 @@ def test_a_trimap_without_sure_background_raises_like_rembg():
 
 def test_warm_up_runs():
     matting.warm_up()
+
+
+_CONCURRENT_MATTING = """
+import threading
+import numpy as np
+from protocol.messages import BackgroundSettings
+from service import matting
+from tests.service.test_matting import soft_mask
+
+rgb = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+mask = soft_mask((300, 400))
+def work():
+    for _ in range(6):
+        matting.matting_cutout(rgb, mask, BackgroundSettings(alpha_matting=True))
+threads = [threading.Thread(target=work) for _ in range(3)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+import numba
+print(numba.threading_layer())
+"""
+
+
+def test_concurrent_matting_survives_numbas_workqueue_layer():
+    """Hosts without OpenMP or TBB get numba's workqueue layer, which aborts the process when
+    two threads run parallel kernels at once: the CPU pool does exactly that."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    finished = subprocess.run([sys.executable, "-c", _CONCURRENT_MATTING], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip() == "workqueue"
