@@ -159,10 +159,10 @@ def band_system(image: np.ndarray, trimap: np.ndarray,
     known = (trimap == 0.0) | (trimap == 1.0)
     unknown = ~known
     flat_unknown = np.flatnonzero(unknown)
-    unknown_index = np.full((height, width), -1, np.int64)
+    unknown_index = np.full((height, width), -1, np.int32)
     unknown_index.ravel()[flat_unknown] = np.arange(flat_unknown.size)
     centres = _window_centres(unknown)
-    window_index = np.full((height, width), -1, np.int64)
+    window_index = np.full((height, width), -1, np.int32)
     centre_y, centre_x = np.nonzero(centres)
     window_index[centre_y, centre_x] = np.arange(centre_y.size)
     image = np.ascontiguousarray(image, dtype=np.float64)
