@@ -7,12 +7,9 @@ although only the trimap's unknown band is uncertain. Here:
 - only the unknown pixels' rows of the matting Laplacian are built, from the windows that
   touch them (``matting_system``): the same values as pymatting's, 5-30x faster on animal-3;
 - the system L_uu a_u = -L_uk a_k is solved as pymatting does (conjugate gradients,
-  incomplete-Cholesky preconditioner, relative tolerance 1e-7), but in reverse Cuthill-McKee
-  order and from the mask as the first guess instead of zero. Alpha stays within 1/255 of
-  rembg's.
-  (Splitting the band into pieces solved in parallel does not work: the pieces are strongly
-  coupled, and a preconditioner without the coupling needed 10-30x the iterations. Sparser
-  factors need diagonal shifts on some images, which pymatting reports by printing.)
+  incomplete-Cholesky preconditioner, relative tolerance 1e-7), with pymatting's factorisation
+  compiled for our arrays, in reverse Cuthill-McKee order, and from the mask as the first guess
+  instead of zero (``matting_solver``). Alpha stays within 1/255 of rembg's.
 - the foreground colour is still estimated on the whole image (see matting_cutout).
 Pure functions on arrays; CPU-heavy; run on worker threads.
 """
@@ -25,16 +22,13 @@ import threading
 import numba
 import numpy as np
 from scipy import ndimage
-from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from protocol.messages import BackgroundSettings
 
+from .matting_solver import solve_band
 from .matting_system import band_system
 
 __all__ = ["trimap", "matting_cutout", "warm_up"]
-
-_RTOL = 1e-7  # pymatting's default
-_ICHOL_DISCARD = 1e-4  # pymatting's default; sparser factors failed on some images (cloth-1)
 
 
 # Where neither OpenMP nor TBB is installed, numba runs parallel kernels on its "workqueue"
@@ -78,23 +72,11 @@ def trimap(mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
 
 
 def _solve_alpha(pixels: np.ndarray, tri: np.ndarray, first_guess: np.ndarray) -> np.ndarray:
-    """Closed-form alpha: pixels float64[h,w,3], tri float64[h,w] in {0, .5, 1}, guess in [0, 1].
-
-    The unknown pixels are renumbered by reverse Cuthill-McKee before the factorisation: along
-    the band instead of across image rows, which leaves the incomplete Cholesky factor 15%
-    sparser and builds it 1.4-3x faster (animal-3: 1.8 s -> 0.95 s), with the same iterations.
-    """
-    from pymatting.preconditioner.ichol import ichol
-    from pymatting.solver.cg import cg
-
+    """Closed-form alpha: pixels float64[h,w,3], tri float64[h,w] in {0, .5, 1}, guess in [0, 1]."""
     with _parallel_kernels():
         matrix, rhs, unknown = band_system(pixels, tri)
-    order = reverse_cuthill_mckee(matrix, symmetric_mode=True)
-    matrix = matrix[order][:, order]
-    solution = cg(matrix, rhs[order], x0=first_guess.ravel()[unknown][order],
-                  M=ichol(matrix.tocsc(), discard_threshold=_ICHOL_DISCARD), rtol=_RTOL)
     alpha = tri.ravel().copy()
-    alpha[unknown[order]] = solution
+    alpha[unknown] = solve_band(matrix, rhs, first_guess.ravel()[unknown])
     return np.clip(alpha, 0.0, 1.0).reshape(tri.shape)
 
 
