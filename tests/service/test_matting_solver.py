@@ -33,6 +33,13 @@ def test_the_factor_is_pymatting_ichols_bit_for_bit(seed, threshold):
     assert np.array_equal(ours.starts, starts)
 
 
+def test_a_factor_that_outgrows_its_first_room_is_the_same_factor():
+    matrix, _, _ = band(1)
+    roomy, cramped = incomplete_cholesky(matrix.tocsc()), incomplete_cholesky(matrix.tocsc(), first_fill=0)
+    assert roomy.values.size > matrix.shape[0]  # so room for the diagonal alone was too little
+    assert np.array_equal(roomy.values, cramped.values) and np.array_equal(roomy.rows, cramped.rows)
+
+
 def test_applying_the_factor_equals_pymatting_and_inverts_l_lt():
     matrix, _, _ = band(5)
     ours = incomplete_cholesky(matrix.tocsc())
