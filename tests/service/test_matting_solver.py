@@ -77,3 +77,4 @@ def test_a_shifted_factorisation_is_pymatting_ichols_too():
     ours = incomplete_cholesky(matrix, 0.0)
     values, rows, starts = ichol(matrix, discard_threshold=0.0).Ltuple
     assert np.array_equal(ours.values, values) and np.array_equal(ours.rows, rows)
+    assert np.array_equal(ours.starts, starts)
