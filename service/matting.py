@@ -88,6 +88,10 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
     """
     from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
 
+    if min(mask.shape) < 3:
+        # No 3x3 window fits, so the system is all zeros: pymatting's CG then runs 10,000
+        # iterations of NaN before it raises. Raise at once instead; the result is the same.
+        raise ValueError("alpha matting needs at least 3x3 pixels")
     tri = trimap(mask, settings)
     if not (tri == 255).any() or not (tri == 0).any():
         raise ValueError("the trimap needs both sure foreground and sure background")

@@ -87,6 +87,20 @@ def test_a_trimap_without_sure_background_raises_like_rembg():
         matting.matting_cutout(rgb, np.full((20, 20), 255, np.uint8), BackgroundSettings(alpha_matting=True))
 
 
+@pytest.mark.parametrize("shape", [(2, 40), (1, 30), (40, 2)])
+def test_an_image_too_thin_for_any_window_raises_like_rembg(shape):
+    """rembg's pymatting raises too (after 10,000 CG iterations of NaN on an all-zero system,
+    warning as it divides by zero), and both fall back to the plain cutout. Ours raises first."""
+    import warnings
+
+    rgb = np.zeros((*shape, 3), np.uint8)
+    mask = np.zeros(shape, np.uint8)
+    mask[: shape[0] // 2 + 1, : shape[1] // 2] = 255
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="3x3"):
+        warnings.simplefilter("error")
+        matting.matting_cutout(rgb, mask, BackgroundSettings(alpha_matting=True, erode_size=1))
+
+
 def test_warm_up_runs():
     matting.warm_up()
 
