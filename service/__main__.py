@@ -79,6 +79,7 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--session-linger", float, "seconds results wait for a client that went away (resume)"),
     ("--drain-grace", float, "seconds in-flight tasks get to finish on SIGTERM"),
     ("--max-image-pixels", int, "largest image accepted, in pixels, checked before decoding"),
+    ("--max-matting-pixels", int, "largest image accepted with alphaMatting, in pixels"),
     ("--max-download-bytes", int, "largest URL input downloaded"),
     ("--s3-bucket", str, "keep images in this S3 bucket instead of --storage-dir; imageURL is "
                          "then a presigned GET that expires with the image"),

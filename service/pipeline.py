@@ -80,10 +80,12 @@ class DecodedImage:
         return self.image.size
 
 
-def decode_image(data: bytes, max_pixels: int, parameter: str = _IMAGE_PARAMETER) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int, parameter: str = _IMAGE_PARAMETER,
+                 limit_name: str = "the limit") -> DecodedImage:
     """Decode, check the pixel count from the header *before* decoding, apply EXIF orientation.
 
-    Raises TaskFailure (invalidImage / imageTooLarge) naming ``parameter``.
+    Raises TaskFailure (invalidImage / imageTooLarge) naming ``parameter``; ``limit_name`` says
+    which limit in the message.
     """
     sniff_format(data, parameter)
     try:
@@ -91,7 +93,7 @@ def decode_image(data: bytes, max_pixels: int, parameter: str = _IMAGE_PARAMETER
         width, height = image.size
         if width * height > max_pixels:
             raise TaskFailure(Code.IMAGE_TOO_LARGE,
-                              f"The image has {width}x{height} pixels; the limit is "
+                              f"The image has {width}x{height} pixels; {limit_name} is "
                               f"{max_pixels:,} pixels.", parameter=parameter, type="string",
                               max=max_pixels)
         image = ImageOps.exif_transpose(image)

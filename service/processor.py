@@ -79,8 +79,11 @@ class Processor:
         model, batcher = self._model(task)
         self.check_destinations(task)
         resolved = await self._inputs.resolve(task.image, task.image_parameter)
-        decoded, tensor = await self._cpu.run(owner, _prepare, resolved.data, model,
-                                             self._config.max_image_pixels, task.image_parameter)
+        max_pixels, limit_name = self._config.max_image_pixels, "the limit"
+        if task.settings.alpha_matting and self._config.max_matting_pixels < max_pixels:
+            max_pixels, limit_name = self._config.max_matting_pixels, "the limit with alphaMatting"
+        decoded, tensor = await self._cpu.run(owner, _prepare, resolved.data, model, max_pixels,
+                                             task.image_parameter, limit_name)
         prediction = await batcher.submit(tensor, owner)
         encoded = await self._cpu.run(owner, pipeline.render, decoded, prediction, task.settings,
                                      task.output, self._config.png_compress_level)
@@ -101,6 +104,6 @@ class Processor:
         return msgspec.structs.replace(result, **fields)
 
 
-def _prepare(data: bytes, model: LoadedModel, max_pixels: int, parameter: str):
-    decoded = pipeline.decode_image(data, max_pixels, parameter)
+def _prepare(data: bytes, model: LoadedModel, max_pixels: int, parameter: str, limit_name: str):
+    decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name)
     return decoded, pipeline.preprocess(decoded, model.family)

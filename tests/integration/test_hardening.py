@@ -137,7 +137,7 @@ def limits_server(fast_server_with):
         "--max-tasks-per-frame", "4", "--max-in-flight-per-socket", "3", "--max-sockets-per-key", "3",
         "--max-queued-tasks", "5", "--frame-error-bytes", "3000000", "--max-frame-bytes", "4000000",
         "--send-timeout", "2", "--ping-interval", "2", "--idle-timeout", "3",
-        "--socket-concurrency", "1")
+        "--socket-concurrency", "1", "--max-matting-pixels", "10000")
 
 
 async def connect(server, key: str = "limits-key") -> Client:
@@ -153,6 +153,22 @@ async def test_frame_over_the_soft_cap_is_refused_and_the_socket_stays(limits_se
         await client.send_raw(json.dumps([fast("A" * 3_500_000)]))
         assert (await client.recv())["errors"][0]["code"] == "frameTooLarge"
         assert await client.ping()
+    finally:
+        await client.ws.close()
+
+
+async def test_alpha_matting_has_its_own_pixel_limit(limits_server):
+    """Over --max-matting-pixels (10,000 here): refused with alphaMatting, served without."""
+    client = await connect(limits_server, "matting-limit")
+    try:
+        image = b64(small_png(200, 100))
+        matted, plain = fast(image, settings={"alphaMatting": True}), fast(image)
+        await client.send(matted, plain)
+        answers = await client.collect([matted["taskUUID"], plain["taskUUID"]])
+        refusal = answers[matted["taskUUID"]]
+        assert refusal["code"] == "imageTooLarge" and refusal["parameter"] == "inputs.image"
+        assert "alphaMatting" in refusal["message"] and "10,000" in refusal["message"]
+        assert "imageBase64Data" in answers[plain["taskUUID"]]
     finally:
         await client.ws.close()
 
