@@ -19,14 +19,14 @@ from __future__ import annotations
 import contextlib
 import threading
 
-import numba
 import numpy as np
 from scipy import ndimage
 
 from protocol.messages import BackgroundSettings
 
-from .matting_solver import solve_band
-from .matting_system import band_system
+# numba, pymatting and our kernels (matting_system, matting_solver) are imported on first use:
+# they take ~1 s to import, which plain removals, the CLI and the tests that never matte need
+# not pay. The server imports them at start-up through warm_up.
 
 __all__ = ["trimap", "matting_cutout", "warm_up"]
 
@@ -39,6 +39,8 @@ _WORKQUEUE_LOCK = threading.Lock()
 
 def _parallel_kernels() -> contextlib.AbstractContextManager:
     """Hold this around calls into numba's parallel kernels (ours and pymatting's)."""
+    import numba
+
     try:
         layer = numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet, so no layer is chosen: be careful
@@ -73,6 +75,9 @@ def trimap(mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
 
 def _solve_alpha(pixels: np.ndarray, tri: np.ndarray, first_guess: np.ndarray) -> np.ndarray:
     """Closed-form alpha: pixels float64[h,w,3], tri float64[h,w] in {0, .5, 1}, guess in [0, 1]."""
+    from .matting_solver import solve_band
+    from .matting_system import band_system
+
     with _parallel_kernels():
         matrix, rhs, unknown = band_system(pixels, tri)
     alpha = tri.ravel().copy()
