@@ -1,15 +1,15 @@
 """The closed-form matting system for the trimap's unknown pixels, built from their windows only.
 
 Closed-form matting (Levin et al.; pymatting's ``cf_laplacian``) sums, over every 3x3 window,
-a 9x9 block built from the window's colour mean and regularised covariance. rembg builds that
-Laplacian for the whole image and then solves for all pixels. The unknown pixels' rows are all
-that the solve needs: row i sums the (at most 9) windows that contain pixel i, and reaches the
-5x5 pixels around it. Known pixels are fixed at 0 or 1, so their columns move to the right-hand
-side: L_uu a_u = -L_uk a_k.
+a 9x9 block built from the window's colour mean and regularised covariance. rembg has pymatting
+build that Laplacian with 25 entries for every pixel of the image, then cuts out the rows of the
+unknown pixels, the only ones the solve needs: row i sums the (at most 9) windows that contain
+pixel i, and reaches the 5x5 pixels around it. Known pixels are fixed at 0 or 1, so their
+columns move to the right-hand side: L_uu a_u = -L_uk a_k.
 
 This module builds exactly those rows with numba, in parallel over rows, with pymatting's
-arithmetic in pymatting's order: the values equal pymatting's Laplacian rows up to rounding,
-at a fraction of the cost (pymatting allocates 25 entries for every pixel of the image).
+arithmetic in pymatting's order: the values are bit-equal to pymatting's rows (tested), at a
+fraction of the cost.
 """
 
 from __future__ import annotations
