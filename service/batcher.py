@@ -76,7 +76,6 @@ class MicroBatcher:
             await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
 
-
     async def submit(self, tensor: np.ndarray, owner: Hashable = None) -> np.ndarray:
         """Queue one input for ``owner``; resolves to its own output row once its batch ran."""
         self.start()

@@ -60,7 +60,6 @@ class ModelRegistry:
     def ids(self) -> list[str]:
         return sorted(self._models)
 
-
     def __iter__(self):
         return iter(self._models.values())
 

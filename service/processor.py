@@ -28,6 +28,7 @@ from .storage import ImageStorage, StoredImage
 
 __all__ = ["Processor"]
 
+
 class Processor:
     def __init__(self, config: Config, registry: ModelRegistry, batchers: dict[str, MicroBatcher],
                  store: ImageStorage, inputs: InputResolver, http: OutboundHttp, cpu: FairExecutor) -> None:

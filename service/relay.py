@@ -187,20 +187,20 @@ class RedisSessions:
 
     async def resume_or_create(self, requested: str | None, api_key: str) -> RelayedSession:
         digest = hashlib.sha256(api_key.encode()).digest()
-        redis = self._relay.redis
         if requested is not None:
-            known = await redis.hget(self._relay.keys(requested).session, "key")
+            known = await self._relay.redis.hget(self._relay.keys(requested).session, "key")
             if known is not None and hmac.compare_digest(known, digest):
                 return RelayedSession(self._relay, requested)
-        session = RelayedSession(self._relay, str(uuidlib.uuid4()))
-        await redis.hset(session.keys.session, mapping={"key": digest, "cursor": "0-0"})
-        await redis.expire(session.keys.session, int(self.linger))
-        return session
+        return await self._create(key=digest)
 
     async def ephemeral(self) -> RelayedSession:
         """A session for one REST request: nobody resumes it; it expires on its own."""
+        return await self._create()
+
+    async def _create(self, **fields: bytes) -> RelayedSession:
+        """A new session, its cursor before the first outbox entry, expiring after ``linger``."""
         session = RelayedSession(self._relay, str(uuidlib.uuid4()))
-        await self._relay.redis.hset(session.keys.session, mapping={"cursor": "0-0"})
+        await self._relay.redis.hset(session.keys.session, mapping={**fields, "cursor": "0-0"})
         await self._relay.redis.expire(session.keys.session, int(self.linger))
         return session
 

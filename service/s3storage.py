@@ -87,10 +87,6 @@ class S3ImageStore:
             return StoredImage(image_uuid, extension, None, expires_at), reply["Body"].read()
         return None
 
-    async def read(self, image_uuid: str) -> bytes | None:
-        loaded = await self.load(image_uuid)
-        return loaded[1] if loaded else None
-
     def url_for(self, stored: StoredImage, base_url: str) -> str:
         """A presigned GET that lives as long as the image (at most S3's 7 days)."""
         seconds = int(min(_MAX_PRESIGN_SECONDS, max(1, stored.expires_at - self._clock())))

@@ -318,12 +318,13 @@ async def start_server(app: App) -> Listener:
         # tasks. Clients that send no Origin (SDKs, curl) are not browsers and pass.
         # Plain GETs (the page, images, probes) stay open to any page, as images are meant to be.
         origin = request.headers.get("Origin")
-        reads_only = request.method in ("GET", "HEAD") and not _is_upgrade(request)
+        upgrade = _is_upgrade(request)
+        reads_only = request.method in ("GET", "HEAD") and not upgrade
         if origin is not None and origin not in origins and not reads_only:
             return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
-        if not app.config.serves_clients and (_is_upgrade(request) or request.path == "/v1"):
+        if not app.config.serves_clients and (upgrade or request.path == "/v1"):
             return _text(http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway")
-        if _is_upgrade(request):
+        if upgrade:
             return await _websocket(app, request)
         if request.path == "/v1":
             if request.method != "POST":

@@ -34,7 +34,6 @@ class ClientSession:
         self._max_buffered = max_buffered
         self.detached_since: float | None = now
 
-
     async def attach(self, sender: Sender) -> None:
         """Route this session's results to ``sender`` from now on, after what waited."""
         self._sender = sender
@@ -61,7 +60,6 @@ class ClientSession:
             self._outbox.popleft()
             log.warning("session %s: outbox full, dropped its oldest result", self.uuid)
         self._outbox.append(frame)
-
 
 
 class SessionDirectory:

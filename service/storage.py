@@ -47,7 +47,6 @@ class ImageStorage(Protocol):
 
     async def put(self, data: bytes, extension: str, ttl: int | None = None) -> StoredImage: ...
     async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None: ...
-    async def read(self, image_uuid: str) -> bytes | None: ...
     def url_for(self, stored: StoredImage, base_url: str) -> str: ...
     async def sweep(self) -> int: ...
 
@@ -110,10 +109,6 @@ class ImageStore:
     def url_for(self, stored: StoredImage, base_url: str) -> str:
         """Where clients fetch it: our own ``GET /images/...``."""
         return f"{base_url}/images/{stored.filename}"
-
-    async def read(self, image_uuid: str) -> bytes | None:
-        loaded = await self.load(image_uuid)
-        return loaded[1] if loaded else None
 
     async def sweep(self) -> int:
         """Delete every expired file (whoever wrote it) and forget it; returns how many."""

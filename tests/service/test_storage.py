@@ -12,11 +12,11 @@ async def test_an_image_lives_for_its_ttl_then_is_gone_and_swept(tmp_path):
     store = ImageStore(tmp_path, default_ttl=3600, clock=clock)
     stored = await store.put(b"png-bytes", "png", ttl=60)
     assert stored.path.read_bytes() == b"png-bytes"
-    assert await store.read(stored.uuid) == b"png-bytes"
+    assert (await store.load(stored.uuid))[1] == b"png-bytes"
     clock.now += 59
     assert store.get(stored.uuid) is not None
     clock.now += 1
-    assert store.get(stored.uuid) is None and await store.read(stored.uuid) is None
+    assert store.get(stored.uuid) is None and await store.load(stored.uuid) is None
     assert stored.path.exists()
     assert await store.sweep() == 1
     assert not stored.path.exists()
@@ -38,13 +38,13 @@ async def test_processes_sharing_the_directory_see_each_others_images(tmp_path):
     writer = ImageStore(tmp_path, default_ttl=3600, clock=clock)
     reader = ImageStore(tmp_path, default_ttl=3600, clock=clock)
     stored = await writer.put(b"kept", "webp", ttl=120)
-    assert await reader.read(stored.uuid) == b"kept"
+    assert (await reader.load(stored.uuid))[1] == b"kept"
     assert reader.get(stored.uuid).extension == "webp"
     assert reader.get("../../etc/passwd") is None and reader.get(stored.uuid.upper()) is None
     clock.now += 120
     assert reader.get(stored.uuid) is None
     assert await reader.sweep() == 1  # the reader sweeps what the writer wrote
-    assert not stored.path.exists() and await writer.read(stored.uuid) is None
+    assert not stored.path.exists() and await writer.load(stored.uuid) is None
 
 
 def test_every_format_the_pipeline_stores_is_found_on_disk():
