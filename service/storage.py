@@ -29,6 +29,7 @@ __all__ = ["StoredImage", "ImageStorage", "ImageStore", "STORED_EXTENSIONS", "UU
 STORED_EXTENSIONS = tuple(CONTENT_TYPES)
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
+
 @dataclass(frozen=True)
 class StoredImage:
     uuid: str
