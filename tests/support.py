@@ -207,7 +207,7 @@ def start_seaweedfs(tmp: Path) -> S3Process:
         "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port")}
     command = [str(weed), "mini", f"-dir={tmp / 'weed-data'}", "-ip=127.0.0.1",
                "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
-               f"-s3.config={identities}", "-bucket=images",
+               f"-s3.config={identities}", f"-bucket={S3Process.bucket}",
                *(f"-{name}={port}" for name, port in ports.items())]
     log = open(tmp / "weed.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
