@@ -1,6 +1,8 @@
-"""service.matting_solver: pymatting's incomplete Cholesky and CG, compiled for our arrays."""
+"""service.matting_solver: pymatting's incomplete Cholesky and CG, the band cut in two halves."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import scipy.sparse
 from pymatting.preconditioner.ichol import ichol
 from pymatting.solver.cg import cg
 
-from service.matting_solver import incomplete_cholesky, solve_band
+from service.matting_solver import incomplete_cholesky, solve_band, split_band
 from service.matting_system import band_system
 
 
@@ -22,32 +24,93 @@ def band(seed: int, shape=(48, 64)):
     return band_system(image, trimap)
 
 
+def split_system(seed: int, shape=(48, 64)):
+    """band(seed), numbered by split_band: (matrix, rhs, split)."""
+    matrix, rhs, _ = band(seed, shape)
+    split = split_band(matrix)
+    return matrix[split.order][:, split.order], rhs[split.order], split
+
+
+def pymatting_factor(matrix, threshold=1e-4) -> scipy.sparse.csc_matrix:
+    values, rows, starts = ichol(matrix.tocsc(), discard_threshold=threshold).Ltuple
+    return scipy.sparse.csc_matrix((values, rows, starts), shape=matrix.shape)
+
+
+def assert_same_factor(ours, theirs: scipy.sparse.csc_matrix) -> None:
+    lower = ours.lower()
+    assert np.array_equal(lower.indptr, theirs.indptr)
+    assert np.array_equal(lower.indices, theirs.indices) and ours.rows.dtype == np.int32
+    assert np.array_equal(lower.data, theirs.data)  # bit for bit
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("threshold", [1e-4, 1e-3])
-def test_the_factor_is_pymatting_ichols_bit_for_bit(seed, threshold):
+def test_the_unsplit_factor_is_pymatting_ichols_bit_for_bit(seed, threshold):
     matrix, _, _ = band(seed)
-    ours = incomplete_cholesky(matrix.tocsc(), threshold)
-    values, rows, starts = ichol(matrix.tocsc(), discard_threshold=threshold).Ltuple
-    assert np.array_equal(ours.values, values)
-    assert np.array_equal(ours.rows, rows) and ours.rows.dtype == np.int32
-    assert np.array_equal(ours.starts, starts)
+    assert_same_factor(incomplete_cholesky(matrix.tocsc(), discard_threshold=threshold),
+                       pymatting_factor(matrix, threshold))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("threshold", [1e-4, 1e-3])
+def test_the_halves_side_by_side_give_pymatting_ichols_factor_bit_for_bit(seed, threshold):
+    """Of the matrix numbered halves-then-separator: the separator's columns included, which
+    start from the row lists and diagonal joined from both halves."""
+    matrix, _, split = split_system(seed, (64, 96))
+    ours = incomplete_cholesky(matrix.tocsc(), (split.first, split.second), threshold)
+    separator = matrix.shape[0] - split.separator_start
+    assert split.first > 0 and split.second > 0 and separator > 0
+    assert_same_factor(ours, pymatting_factor(matrix, threshold))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_split_band_cuts_the_band_into_two_unjoined_halves(seed):
+    matrix, _, _ = band(seed, (64, 96))
+    split = split_band(matrix)
+    size = matrix.shape[0]
+    assert np.array_equal(np.sort(split.order), np.arange(size))
+    numbered = matrix[split.order][:, split.order].tocoo()
+    halves = np.digitize([numbered.row, numbered.col], [split.first, split.separator_start])
+    assert not ((halves[0] == 0) & (halves[1] == 1)).any()  # no entry joins the halves
+    assert abs(split.first - split.second) < 0.2 * size  # balanced: a middle level
+    assert size - split.separator_start < 0.1 * size  # the separator is one level
+
+
+def test_pieces_of_the_band_are_split_without_a_separator_between_them():
+    """Two unjoined bands: the middle level falls between the pieces, or cuts one of them."""
+    top, _, _ = band(0, (32, 64))
+    both = scipy.sparse.block_diag([top, top], format="csr")
+    split = split_band(both)
+    numbered = both[split.order][:, split.order].tocoo()
+    halves = np.digitize([numbered.row, numbered.col], [split.first, split.separator_start])
+    assert not ((halves[0] == 0) & (halves[1] == 1)).any()
+    assert split.first == top.shape[0] and split.second == top.shape[0]
 
 
 def test_a_factor_that_outgrows_its_first_room_is_the_same_factor():
-    matrix, _, _ = band(1)
-    roomy, cramped = incomplete_cholesky(matrix.tocsc()), incomplete_cholesky(matrix.tocsc(), first_fill=0)
-    assert roomy.values.size > matrix.shape[0]  # so room for the diagonal alone was too little
-    assert np.array_equal(roomy.values, cramped.values) and np.array_equal(roomy.rows, cramped.rows)
+    matrix, _, split = split_system(1)
+    parts = (split.first, split.second)
+    roomy, cramped = incomplete_cholesky(matrix.tocsc(), parts), incomplete_cholesky(
+        matrix.tocsc(), parts, first_fill=0)
+    assert roomy.lower().nnz > matrix.shape[0]  # so room for the diagonal alone was too little
+    assert_same_factor(cramped, roomy.lower())
 
 
-def test_applying_the_factor_equals_pymatting_and_inverts_l_lt():
+def test_applying_the_unsplit_factor_equals_pymatting():
     matrix, _, _ = band(5)
-    ours = incomplete_cholesky(matrix.tocsc())
-    theirs = ichol(matrix.tocsc())
+    ours, theirs = incomplete_cholesky(matrix.tocsc()), ichol(matrix.tocsc())
     residual = np.random.default_rng(0).standard_normal(matrix.shape[0])
     np.testing.assert_array_equal(ours(residual), theirs(residual))
-    lower = scipy.sparse.csc_matrix((ours.values, ours.rows, ours.starts), shape=matrix.shape)
-    np.testing.assert_allclose(lower @ (lower.T @ ours(residual)), residual, rtol=1e-9, atol=1e-9)
+
+
+def test_applying_the_split_factor_inverts_l_lt():
+    matrix, _, split = split_system(5, (64, 96))
+    ours = incomplete_cholesky(matrix.tocsc(), (split.first, split.second))
+    residual = np.random.default_rng(0).standard_normal(matrix.shape[0])
+    applied = ours(residual)
+    lower = ours.lower()
+    np.testing.assert_allclose(lower @ (lower.T @ applied), residual, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(applied, ichol(matrix.tocsc())(residual), rtol=1e-9, atol=1e-12)
 
 
 def test_the_solution_is_pymatting_cgs():
@@ -74,7 +137,17 @@ def test_an_indefinite_matrix_raises_value_error_like_pymatting_but_prints_nothi
 def test_a_shifted_factorisation_is_pymatting_ichols_too():
     """A matrix that needs a diagonal shift: both take the same shift."""
     matrix = scipy.sparse.csc_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
-    ours = incomplete_cholesky(matrix, 0.0)
-    values, rows, starts = ichol(matrix, discard_threshold=0.0).Ltuple
-    assert np.array_equal(ours.values, values) and np.array_equal(ours.rows, rows)
-    assert np.array_equal(ours.starts, starts)
+    assert_same_factor(incomplete_cholesky(matrix, discard_threshold=0.0),
+                       pymatting_factor(matrix, 0.0))
+
+
+def test_solves_at_once_on_many_threads_give_the_lone_solves_result():
+    """Four solves share one helper thread: those that find it busy run both halves
+    themselves, with the same arithmetic, so every result is the same to the bit."""
+    matrix, rhs, _ = band(3, (64, 96))
+    guess = np.full(matrix.shape[0], 0.5)
+    alone = solve_band(matrix, rhs, guess)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: solve_band(matrix, rhs, guess), range(8)))
+    for result in results:
+        np.testing.assert_array_equal(result, alone)
