@@ -10,7 +10,8 @@ although only the trimap's unknown band is uncertain. Here:
   incomplete-Cholesky preconditioner, relative tolerance 1e-7), with pymatting's factorisation
   compiled for our arrays, in reverse Cuthill-McKee order, and from the mask as the first guess
   instead of zero (``matting_solver``). Alpha stays within 1/255 of rembg's.
-- the foreground colour is still estimated on the whole image (see matting_cutout).
+- the foreground colour is still estimated on the whole image (see matting_cutout), with
+  pymatting's arithmetic in a faster kernel (``matting_foreground``).
 Pure functions on arrays; CPU-heavy; run on worker threads.
 """
 
@@ -24,11 +25,11 @@ from scipy import ndimage
 
 from protocol.messages import BackgroundSettings
 
-# numba, pymatting and our kernels (matting_system, matting_solver) are imported on first use:
+# numba, pymatting and our kernels (matting_system, _solver, _foreground) load on first use:
 # they take ~1 s to import, which plain removals, the CLI and the tests that never matte need
 # not pay. The server imports them at start-up through warm_up.
 
-__all__ = ["trimap", "matting_cutout", "warm_up"]
+__all__ = ["matting_cutout", "trimap", "warm_up"]
 
 
 # Where neither OpenMP nor TBB is installed, numba runs parallel kernels on its "workqueue"
@@ -38,7 +39,7 @@ _WORKQUEUE_LOCK = threading.Lock()
 
 
 def _parallel_kernels() -> contextlib.AbstractContextManager:
-    """Hold this around calls into numba's parallel kernels (ours and pymatting's)."""
+    """Hold this around calls into numba's parallel kernels (band_system's)."""
     import numba
 
     try:
@@ -91,7 +92,7 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
     Raises ValueError where rembg's would (the trimap has no sure foreground or no sure
     background), so that the caller falls back to the plain cutout as rembg does.
     """
-    from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
+    from .matting_foreground import estimate_foreground
 
     if min(mask.shape) < 3:
         # No 3x3 window fits, so the system is all zeros: pymatting's CG then runs 10,000
@@ -107,14 +108,16 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
         alpha = _solve_alpha(pixels, alpha, mask / 255.0)
     # Over the whole image, as rembg: the ML estimate is multi-level, and a crop changes its
     # coarse levels (2/255 of colour difference measured on car-1).
-    with _parallel_kernels():
-        foreground = estimate_foreground_ml(pixels, alpha)
-    stacked = np.concatenate([foreground, alpha[:, :, np.newaxis]], axis=2)
-    return np.clip(stacked * 255, 0, 255).astype(np.uint8)
+    foreground = estimate_foreground(pixels, alpha)
+    # rembg stacks float32 colours with float64 alpha (so in float64), scales, clips, truncates.
+    cutout = np.empty((*mask.shape, 4), np.uint8)
+    cutout[..., :3] = np.clip(foreground.astype(np.float64) * 255, 0, 255)
+    cutout[..., 3] = np.clip(alpha * 255, 0, 255)
+    return cutout
 
 
 def warm_up() -> None:
-    """Compile and load pymatting's numba kernels now, not on the first matting request."""
+    """Compile (or load from numba's cache) the matting kernels now, not on the first request."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
     mask = np.zeros((24, 24), np.uint8)

@@ -1,0 +1,153 @@
+"""The foreground colours behind a matte: pymatting's multi-level ML estimate, bit for bit.
+
+rembg estimates the cutout's colours with pymatting's ``estimate_foreground_ml`` (Germer et al.,
+multi-level foreground estimation): from a 1x1 image up to the full size, each level starts from
+the previous level's foreground and background and runs Gauss-Seidel sweeps over its pixels,
+each pixel solving a 2x2 system built from its alpha and its four neighbours.
+
+This kernel does the same arithmetic in the same order, in the same float32 and float64 types, so
+the result is pymatting's to the bit (tested). It is faster (0.10 s instead of 0.17 s on
+animal-3) because each pixel's four neighbour weights are computed once for all three channels,
+the sums stay in registers instead of a scratch array, and the arrays are contiguous.
+The sweeps stay sequential: each pixel reads the neighbours already updated in this sweep,
+so running rows in parallel would change the result.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["estimate_foreground"]
+
+# pymatting's defaults, which rembg uses.
+REGULARIZATION = np.float32(1e-5)
+GRADIENT_WEIGHT = np.float32(1.0)
+SMALL_SIZE = 32  # levels no larger than this in both dimensions ...
+SMALL_ITERATIONS = 10  # ... get this many sweeps,
+BIG_ITERATIONS = 2  # the others this many
+
+
+@numba.njit(cache=True, nogil=True)
+def _resize_nearest(target, source):
+    """Nearest-neighbour resize of [h, w, channels] float32 images, pymatting's index rule."""
+    source_height, source_width = source.shape[0], source.shape[1]
+    height, width = target.shape[0], target.shape[1]
+    for y in range(height):
+        source_y = max(0, min(source_height - 1, y * source_height // height))
+        for x in range(width):
+            source_x = max(0, min(source_width - 1, x * source_width // width))
+            for c in range(target.shape[2]):
+                target[y, x, c] = source[source_y, source_x, c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sweeps(image, alpha, foreground, background, count, regularization, gradient_weight):
+    """``count`` Gauss-Seidel sweeps over one level, updating foreground and background in place.
+
+    Types follow pymatting's: alpha, the weights and a00 are float32, while 1 - alpha, a01 and
+    a11 are float64 (the literal 1.0 is); the right-hand sides are float32, as pymatting keeps
+    them in a float32 array, and the solution is float64 until it is stored.
+    """
+    height, width = alpha.shape
+    for _ in range(count):
+        for y in range(height):
+            up, down = max(0, y - 1), min(height - 1, y + 1)
+            for x in range(width):
+                left, right = max(0, x - 1), min(width - 1, x + 1)
+                a0 = alpha[y, x]
+                a1 = 1.0 - a0
+                a00 = a0 * a0
+                a01 = a0 * a1
+                a11 = a1 * a1
+                # pymatting's neighbour order: left, right, up, down.
+                w_left = regularization + gradient_weight * abs(a0 - alpha[y, left])
+                w_right = regularization + gradient_weight * abs(a0 - alpha[y, right])
+                w_up = regularization + gradient_weight * abs(a0 - alpha[up, x])
+                w_down = regularization + gradient_weight * abs(a0 - alpha[down, x])
+                a00 += w_left
+                a11 += w_left
+                a00 += w_right
+                a11 += w_right
+                a00 += w_up
+                a11 += w_up
+                a00 += w_down
+                a11 += w_down
+                inverse_determinant = 1.0 / (a00 * a11 - a01 * a01)
+                b00 = inverse_determinant * a11
+                b01 = inverse_determinant * -a01
+                b11 = inverse_determinant * a00
+                for c in range(3):
+                    f = a0 * image[y, x, c]
+                    b = np.float32(a1 * image[y, x, c])
+                    f += w_left * foreground[y, left, c]
+                    b += w_left * background[y, left, c]
+                    f += w_right * foreground[y, right, c]
+                    b += w_right * background[y, right, c]
+                    f += w_up * foreground[up, x, c]
+                    b += w_up * background[up, x, c]
+                    f += w_down * foreground[down, x, c]
+                    b += w_down * background[down, x, c]
+                    foreground[y, x, c] = max(0.0, min(1.0, b00 * f + b01 * b))
+                    background[y, x, c] = max(0.0, min(1.0, b01 * f + b11 * b))
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean_colours(image, alpha):
+    """Mean colour of the nearly opaque pixels and of the nearly transparent ones (float32 sums)."""
+    foreground = np.zeros(3, np.float32)
+    background = np.zeros(3, np.float32)
+    opaque = transparent = 0
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            if alpha[y, x, 0] > 0.9:
+                for c in range(3):
+                    foreground[c] += image[y, x, c]
+                opaque += 1
+            if alpha[y, x, 0] < 0.1:
+                for c in range(3):
+                    background[c] += image[y, x, c]
+                transparent += 1
+    foreground /= opaque + 1e-5
+    background /= transparent + 1e-5
+    return foreground, background
+
+
+@numba.njit(cache=True, nogil=True)
+def _estimate(image, alpha):
+    """image float32[h, w, 3], alpha float32[h, w, 1] -> foreground float32[h, w, 3]."""
+    full_height, full_width = alpha.shape[0], alpha.shape[1]
+    foreground_mean, background_mean = _mean_colours(image, alpha)
+    foreground = np.empty((1, 1, 3), np.float32)
+    background = np.empty((1, 1, 3), np.float32)
+    foreground[0, 0, :] = foreground_mean
+    background[0, 0, :] = background_mean
+    levels = int(np.ceil(np.log2(max(full_width, full_height))))
+    for level in range(levels + 1):
+        width = round(full_width ** (level / levels))
+        height = round(full_height ** (level / levels))
+        level_image = np.empty((height, width, 3), np.float32)
+        level_alpha = np.empty((height, width, 1), np.float32)
+        level_foreground = np.empty((height, width, 3), np.float32)
+        level_background = np.empty((height, width, 3), np.float32)
+        _resize_nearest(level_image, image)
+        _resize_nearest(level_alpha, alpha)
+        _resize_nearest(level_foreground, foreground)
+        _resize_nearest(level_background, background)
+        small = width <= SMALL_SIZE and height <= SMALL_SIZE
+        _sweeps(level_image, level_alpha[:, :, 0].copy(), level_foreground, level_background,
+                SMALL_ITERATIONS if small else BIG_ITERATIONS, REGULARIZATION, GRADIENT_WEIGHT)
+        foreground, background = level_foreground, level_background
+    return foreground
+
+
+def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """pymatting's ``estimate_foreground_ml(image, alpha)`` with its defaults: float32[h, w, 3].
+
+    ``image`` is [h, w, 3] and ``alpha`` [h, w], both in [0, 1], of any float type (pymatting
+    works in float32 and so does this), at least 2 pixels wide or high (pymatting divides by
+    the log of the larger side).
+    """
+    pixels = np.ascontiguousarray(image, dtype=np.float32)
+    matte = np.ascontiguousarray(alpha, dtype=np.float32).reshape(*alpha.shape, 1)
+    return _estimate(pixels, matte)

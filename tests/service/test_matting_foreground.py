@@ -1,0 +1,38 @@
+"""service.matting_foreground: pymatting's ML foreground estimate, to the bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
+
+from service.matting_foreground import estimate_foreground
+from tests.support import FIXTURES
+
+
+def random_matte(seed: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An image and a matte with opaque, transparent and soft regions (float64, as rembg)."""
+    rng = np.random.default_rng(seed)
+    image = rng.random((*shape, 3))
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    alpha = np.clip((x - shape[1] / 2) / 4 + rng.normal(0, 0.3, shape), 0, 1)
+    return image, alpha
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (3, 3), (17, 40), (33, 31), (48, 96), (101, 67)])
+@pytest.mark.parametrize("seed", range(2))
+def test_the_foreground_is_pymattings_bit_for_bit(shape, seed):
+    """Sizes below, across and above pymatting's small-level threshold (32), odd and even."""
+    image, alpha = random_matte(seed, shape)
+    ours = estimate_foreground(image, alpha)
+    assert ours.dtype == np.float32
+    assert np.array_equal(ours, estimate_foreground_ml(image, alpha))
+
+
+def test_on_a_photo_with_a_hard_matte_too():
+    """A real photo; a matte of only 0 and 1 takes other branches (the mean colours)."""
+    image = np.asarray(Image.open(FIXTURES / "car-1.jpg").convert("RGB")) / 255.0
+    hard = np.zeros(image.shape[:2])
+    hard[100:260, 120:380] = 1.0
+    assert np.array_equal(estimate_foreground(image, hard), estimate_foreground_ml(image, hard))
