@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import scipy.sparse
+import scipy.sparse.linalg
 from pymatting.preconditioner.ichol import ichol
 from pymatting.solver.cg import cg
 
@@ -151,3 +152,18 @@ def test_solves_at_once_on_many_threads_give_the_lone_solves_result():
         results = list(pool.map(lambda _: solve_band(matrix, rhs, guess), range(8)))
     for result in results:
         np.testing.assert_array_equal(result, alone)
+
+
+@pytest.mark.parametrize("unknown_pixels", [[(2, 2)], [(2, 2), (2, 3)], [(1, 1), (3, 3)]])
+def test_bands_of_one_or_two_pixels_are_solved_exactly(unknown_pixels):
+    """Degenerate splits: the separator alone, or a half with no separator."""
+    rng = np.random.default_rng(7)
+    image = rng.random((5, 5, 3))
+    trimap = np.zeros((5, 5))
+    trimap[:, 3:] = 1.0
+    for y, x in unknown_pixels:
+        trimap[y, x] = 0.5
+    matrix, rhs, _ = band_system(image, trimap)
+    exact = scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs)
+    np.testing.assert_allclose(solve_band(matrix, rhs, np.full(rhs.size, 0.5)), exact,
+                               rtol=1e-6, atol=1e-9)
