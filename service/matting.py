@@ -54,14 +54,16 @@ def _square_erosion(region: np.ndarray, size: int, border_value: int) -> np.ndar
 
     A square is the Minkowski sum of a column and a row, so the two passes give exactly the
     square's result, border included: the row pass only looks beyond the left or right edge,
-    where the column pass's result would be the border value anyway. Both passes centre their
-    line where scipy centres the square (index size // 2), so even sizes match too. About 5x
-    faster than one pass with the square on a 1.5 MP mask.
+    where the column pass's result would be the border value anyway. Each pass is a running
+    minimum over bytes, whose window scipy centres where it centres the square (index
+    size // 2), so even sizes match too. About 10x faster than one pass with the square on a
+    1.5 MP mask (and twice as fast as binary erosion with the lines).
     """
-    column = np.ones((size, 1), dtype=bool)
-    row = np.ones((1, size), dtype=bool)
-    eroded = ndimage.binary_erosion(region, structure=column, border_value=border_value)
-    return ndimage.binary_erosion(eroded, structure=row, border_value=border_value)
+    eroded = region.view(np.uint8)
+    for axis in (0, 1):
+        eroded = ndimage.minimum_filter1d(eroded, size, axis=axis, mode="constant",
+                                          cval=border_value)
+    return eroded.view(bool)
 
 
 def trimap(mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
