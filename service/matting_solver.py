@@ -407,13 +407,46 @@ def incomplete_cholesky(matrix: scipy.sparse.csc_matrix, split: tuple[int, int] 
     raise ValueError("the matting system stayed indefinite under every diagonal shift")
 
 
+@numba.njit(cache=True, nogil=True)
+def _renumber(indptr, indices, data, order, position):
+    """Rows ``order`` of a CSR matrix, columns renumbered by ``position`` (order's inverse) and
+    sorted in each row: the CSR arrays of matrix[order][:, order]."""
+    size = order.shape[0]
+    new_indptr = np.zeros(size + 1, np.int64)
+    for new in range(size):
+        old = order[new]
+        new_indptr[new + 1] = new_indptr[new] + indptr[old + 1] - indptr[old]
+    new_indices = np.empty(new_indptr[size], np.int32)
+    new_data = np.empty(new_indptr[size], np.float64)
+    for new in range(size):
+        old = order[new]
+        start = new_indptr[new]
+        for k in range(indptr[old], indptr[old + 1]):  # insertion sort: rows hold 25 at most
+            column, value = position[indices[k]], data[k]
+            slot = start + k - indptr[old]
+            while slot > start and new_indices[slot - 1] > column:
+                new_indices[slot] = new_indices[slot - 1]
+                new_data[slot] = new_data[slot - 1]
+                slot -= 1
+            new_indices[slot] = column
+            new_data[slot] = value
+    return new_indptr, new_indices, new_data
+
+
 def solve_band(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray,
                first_guess: np.ndarray) -> np.ndarray:
     """Solve the band's system (see ``matting_system.band_system``) to pymatting's tolerance."""
     split = split_band(matrix)
     order = split.order
-    permuted = matrix[order][:, order]
-    factor = incomplete_cholesky(permuted.tocsc(), (split.first, split.second))
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    arrays = _renumber(matrix.indptr.astype(np.int64), matrix.indices, matrix.data, order, position)
+    shape = matrix.shape
+    # The matrix is symmetric up to rounding (1e-10 on animal-3), so its rows serve as the
+    # factorisation's columns: no transpose.
+    rows = scipy.sparse.csr_matrix(arrays[::-1], shape=shape)
+    columns = scipy.sparse.csc_matrix(arrays[::-1], shape=shape)
+    factor = incomplete_cholesky(columns, (split.first, split.second))
     solution = np.empty_like(rhs)
-    solution[order] = cg(permuted, rhs[order], x0=first_guess[order], M=factor, rtol=RTOL)
+    solution[order] = cg(rows, rhs[order], x0=first_guess[order], M=factor, rtol=RTOL)
     return solution

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 import pytest
+from scipy import ndimage
 
 from protocol.messages import BackgroundSettings
 from service import matting
