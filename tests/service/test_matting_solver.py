@@ -167,3 +167,13 @@ def test_bands_of_one_or_two_pixels_are_solved_exactly(unknown_pixels):
     exact = scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs)
     np.testing.assert_allclose(solve_band(matrix, rhs, np.full(rhs.size, 0.5)), exact,
                                rtol=1e-6, atol=1e-9)
+
+
+def test_a_factor_beyond_the_cap_raises_value_error_instead_of_growing_forever(monkeypatch):
+    """With the cap lowered below what the factor needs, growth stops at the cap."""
+    import service.matting_solver as solver
+
+    matrix, _, split = split_system(0)
+    monkeypatch.setattr(solver, "_MAX_NNZ", 3 * matrix.shape[0])
+    with pytest.raises(ValueError, match="outgrew"):
+        incomplete_cholesky(matrix.tocsc(), (split.first, split.second), first_fill=0)
