@@ -12,7 +12,7 @@ Measures, on the same model file and image:
 - the server's memory for 1,000 idle authenticated sockets;
 - the distributed mode (redis-server, one gateway, 1 and 2 workers) against the embedded mode;
 - alpha matting: one task through the service against rembg's remove(alpha_matting=True), per
-  fixture, with the alpha difference between the two outputs.
+  fixture and for one fixture at twice its size, with the alpha difference between the outputs.
 Then prints the ratios the targets speak of.
 """
 
@@ -294,6 +294,8 @@ def rembg_server(image: bytes, tasks: int) -> dict:
 # --------------------------------------------------------------------------- alpha matting
 
 MATTING_IMAGES = ("animal-3.jpg", "cloth-1.jpg", "anime-girl-1.jpg", "car-1.jpg")
+# One photo again at twice its size (LANCZOS, JPEG quality 92), for how both sides scale.
+MATTING_ENLARGED = ("animal-3.jpg", 2, "animal-3-x2.jpg")
 
 # Runs inside rembg's throw-away venv: rembg's own remove(alpha_matting=True), timed, output kept.
 _REMBG_MATTING = """
@@ -335,11 +337,30 @@ async def _service_matting(port: int, image: bytes, alpha_matting: bool = True) 
         return time.perf_counter() - start, base64.b64decode(item["imageBase64Data"])
 
 
+def _matting_inputs(images_dir: Path) -> tuple[Path, list[str]]:
+    """The matting fixtures and the enlarged one, in one directory under .bench/, and their names."""
+    from PIL import Image
+
+    inputs = BENCH_DIR / "matting-inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    names = [n for n in MATTING_IMAGES if (images_dir / n).exists()]
+    for name in names:
+        shutil.copyfile(images_dir / name, inputs / name)
+    source, factor, enlarged = MATTING_ENLARGED
+    if source in names:
+        with Image.open(images_dir / source) as image:
+            image = image.convert("RGB")
+            image.resize((image.width * factor, image.height * factor),
+                         Image.Resampling.LANCZOS).save(inputs / enlarged, quality=92)
+        names.append(enlarged)
+    return inputs, names
+
+
 def matting(images_dir: Path) -> list[dict]:
     """Per image: rembg's remove(alpha_matting=True) against a task through the service."""
     from PIL import Image
 
-    names = [n for n in MATTING_IMAGES if (images_dir / n).exists()]
+    images_dir, names = _matting_inputs(images_dir)
     out_dir = BENCH_DIR / "matting"
     out_dir.mkdir(parents=True, exist_ok=True)
     home = BENCH_DIR / "u2net-home"
@@ -362,7 +383,8 @@ def matting(images_dir: Path) -> list[dict]:
             ours = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3].astype(int)
             theirs = np.asarray(Image.open(out_dir / f"{name}.png").convert("RGBA"))[..., 3]
             difference = np.abs(ours - theirs)
-            rows.append({"image": name, "rembg_s": round(rembg_times[name], 3),
+            rows.append({"image": name, "size": "x".join(map(str, theirs.shape[::-1])),
+                         "rembg_s": round(rembg_times[name], 3),
                          "service_s": round(seconds, 3),
                          "ratio": round(seconds / rembg_times[name], 3),
                          "alpha_mean_diff_255": round(float(difference.mean()), 4),
@@ -470,7 +492,8 @@ def _matting_lines(rows: list[dict]) -> list[str]:
     lines = [f"alpha matting: one task through the service vs rembg remove(alpha_matting=True), "
              f"fastest of {MATTING_RUNS}"]
     for row in rows:
-        lines.append(f"  {row['image']:18s} rembg {row['rembg_s']:6.2f} s  service {row['service_s']:6.2f} s"
+        lines.append(f"  {row['image']:16s} {row['size']:>9s}  rembg {row['rembg_s']:6.2f} s  "
+                     f"service {row['service_s']:6.2f} s"
                      f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
                      f"{row['alpha_mean_diff_255']:.3f}/255 max {row['alpha_max_diff_255']}/255")
     return lines
