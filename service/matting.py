@@ -7,9 +7,10 @@ although only the trimap's unknown band is uncertain. Here:
 - only the unknown pixels' rows of the matting Laplacian are built, from the windows that
   touch them (``matting_system``): the same values as pymatting's, 5-30x faster on animal-3;
 - the system L_uu a_u = -L_uk a_k is solved as pymatting does (conjugate gradients,
-  incomplete-Cholesky preconditioner, relative tolerance 1e-7), with pymatting's factorisation
-  compiled for our arrays, in reverse Cuthill-McKee order, and from the mask as the first guess
-  instead of zero (``matting_solver``). Alpha stays within 1/255 of rembg's.
+  incomplete-Cholesky preconditioner, relative tolerance 1e-7), with the band cut in two halves
+  that are factorised side by side (the same factor as pymatting's, bit for bit), and from the
+  mask as the first guess instead of zero (``matting_solver``). Alpha stays within 1/255 of
+  rembg's.
 - the foreground colour is still estimated on the whole image (see matting_cutout), with
   pymatting's arithmetic in a faster kernel (``matting_foreground``).
 Pure functions on arrays; CPU-heavy; run on worker threads.
