@@ -101,10 +101,6 @@ def test_an_image_too_thin_for_any_window_raises_like_rembg(shape):
         matting.matting_cutout(rgb, mask, BackgroundSettings(alpha_matting=True, erode_size=1))
 
 
-def test_warm_up_runs():
-    matting.warm_up()
-
-
 _CONCURRENT_MATTING = """
 import threading
 import numpy as np
@@ -141,3 +137,46 @@ def test_concurrent_matting_survives_numbas_workqueue_layer():
                               capture_output=True, text=True, timeout=300, check=False)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.strip() == "workqueue"
+
+
+# Runs in a fresh process, where nothing but the warm-up has compiled anything yet.
+_FIRST_REQUEST = """
+import json
+import numba
+import numpy as np
+from protocol.messages import BackgroundSettings
+from service import matting
+from tests.service.test_matting import soft_mask
+from tests.support import fixture_bytes, open_image
+
+def signatures():
+    from service import matting_foreground, matting_solver, matting_system
+    return {f"{module.__name__}.{name}": len(kernel.signatures)
+            for module in (matting_system, matting_solver, matting_foreground)
+            for name, kernel in vars(module).items()
+            if isinstance(kernel, numba.core.registry.CPUDispatcher)}
+
+matting.warm_up()
+warm = signatures()
+rgb = np.asarray(open_image(fixture_bytes("car-1.jpg")).convert("RGB"))
+matting.matting_cutout(rgb, soft_mask(rgb.shape[:2]), BackgroundSettings(alpha_matting=True))
+print(json.dumps([warm, signatures()]))
+"""
+
+
+def test_after_the_warm_up_a_photo_compiles_no_kernel():
+    """The server warms up before it listens so that no request pays numba's compilation:
+    the warm-up must give every kernel of ours the signature a real photo needs."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    finished = subprocess.run([sys.executable, "-c", _FIRST_REQUEST], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    warm, after_photo = json.loads(finished.stdout.strip().splitlines()[-1])
+    # Kernels called only from other kernels are compiled into their callers: 0 of their own.
+    assert sum(warm.values()) >= 8
+    assert after_photo == warm
