@@ -164,7 +164,7 @@ def split_band(matrix: scipy.sparse.csr_matrix) -> BandSplit:
 def _factorise_columns(first_column, end_column, a_values, a_rows, a_starts,
                        values, rows, starts, ends, position, room_end,
                        next_entry, row_lists, diagonal, column, in_column, column_rows,
-                       discard_threshold, log_start, log_rows, log_amounts):
+                       discard_threshold, log_start, log_rows, log_amounts, failed):
     """pymatting's left-looking thresholded incomplete Cholesky, over a range of columns.
 
     Column j of L is written at ``values[starts[j]:ends[j]]`` (diagonal first, then rows in
@@ -174,8 +174,9 @@ def _factorise_columns(first_column, end_column, a_values, a_rows, a_starts,
     ``column``, ``in_column`` and ``column_rows`` are scratch, zero/False on entry and exit.
     What the columns take from the diagonal of rows >= ``log_start`` (the separator's, shared
     with the other half) is logged in order instead, to be taken later in the same order.
-    Returns the position after the last entry (-1 on a non-positive pivot, -2 out of room)
-    and how many amounts were logged.
+    Returns the position after the last entry (-1 on a non-positive pivot, -2 out of room,
+    -3 when ``failed[0]`` was set: the other half failed, so the attempt is lost anyway) and
+    how many amounts were logged. A failure sets ``failed[0]``, for the other half to see.
     """
     count = 0
     logged = 0
@@ -207,9 +208,13 @@ def _factorise_columns(first_column, end_column, a_values, a_rows, a_starts,
                         column_rows[count] = i
                         count += 1
             k = later
+        if failed[0]:
+            return -3, logged
         if diagonal[j] <= 0.0:
+            failed[0] = 1
             return -1, logged
         if position + 1 + count > room_end:
+            failed[0] = 1
             return -2, logged
         pivot = np.sqrt(diagonal[j])
         diagonal[j] = pivot
@@ -222,6 +227,7 @@ def _factorise_columns(first_column, end_column, a_values, a_rows, a_starts,
             l_ij = column[i] / pivot
             if i >= log_start:
                 if logged == log_rows.shape[0]:
+                    failed[0] = 1
                     return -2, logged  # the log is out of room (the retry clears the scratch)
                 log_rows[logged] = i
                 log_amounts[logged] = l_ij * l_ij
@@ -343,13 +349,14 @@ def _factorise(matrix: scipy.sparse.csc_matrix, split: tuple[int, int], shift: f
     offsets = np.concatenate([[0], np.cumsum(rooms)])
     log_rows = np.empty(rooms[1] // 4 + size - separator, np.int64)
     log_amounts = np.empty(log_rows.size, np.float64)
+    failed = np.zeros(1, np.int64)  # set by the half that fails, so that the other stops
 
     def columns(first_column: int, end_column: int, part: int, lists: np.ndarray,
                 own_diagonal: np.ndarray, scratch: tuple, log_start: int) -> tuple[int, int]:
         return _factorise_columns(first_column, end_column, matrix.data, a_rows, a_starts,
                                   values, rows, starts, ends, offsets[part], offsets[part + 1],
                                   next_entry, lists, own_diagonal, *scratch, discard_threshold,
-                                  log_start, log_rows, log_amounts)
+                                  log_start, log_rows, log_amounts, failed)
 
     def scratch() -> tuple:
         return np.zeros(size), np.zeros(size, np.bool_), np.empty(size, np.int64)
@@ -359,8 +366,9 @@ def _factorise(matrix: scipy.sparse.csc_matrix, split: tuple[int, int], shift: f
     (first_end_status, _), (second_end_status, logged) = _side_by_side(
         lambda: columns(0, first_end, 0, first_lists, diagonal, first_scratch, size),
         lambda: columns(first_end, separator, 1, second_lists, diagonal, scratch(), separator))
-    if first_end_status < 0 or second_end_status < 0:
-        return min(first_end_status, second_end_status)
+    failures = [status for status in (first_end_status, second_end_status) if status in (-1, -2)]
+    if failures:
+        return min(failures)  # out of room first: more room may show the pivot was fine
     # The second half's share of the separator's diagonal, taken after the first half's.
     np.subtract.at(diagonal, log_rows[:logged], log_amounts[:logged])
     lists = _join_row_lists(first_lists, second_lists, first_end, separator)

@@ -177,3 +177,15 @@ def test_a_factor_beyond_the_cap_raises_value_error_instead_of_growing_forever(m
     monkeypatch.setattr(solver, "_MAX_NNZ", 3 * matrix.shape[0])
     with pytest.raises(ValueError, match="outgrew"):
         incomplete_cholesky(matrix.tocsc(), (split.first, split.second), first_fill=0)
+
+
+def test_a_half_that_breaks_down_stops_both_and_the_shifted_factor_is_pymatting_ichols():
+    """The second half meets a non-positive pivot while the first is sound: the attempt is
+    given up by both, and the retry with pymatting's shift gives pymatting's factor."""
+    sound, _, _ = band(4)
+    indefinite = scipy.sparse.csc_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    matrix = scipy.sparse.block_diag([sound, indefinite], format="csc")
+    ours = incomplete_cholesky(matrix, (sound.shape[0], 2))
+    assert_same_factor(ours, pymatting_factor(matrix))
+    assert not np.array_equal(ours.lower().diagonal()[:5],
+                              incomplete_cholesky(sound.tocsc()).lower().diagonal()[:5])
