@@ -368,7 +368,7 @@ def _factorise(matrix: scipy.sparse.csc_matrix, split: tuple[int, int], shift: f
         lambda: columns(first_end, separator, 1, second_lists, diagonal, scratch(), separator))
     failures = [status for status in (first_end_status, second_end_status) if status in (-1, -2)]
     if failures:
-        return min(failures)  # out of room first: more room may show the pivot was fine
+        return min(failures)  # room first; the retry at the same shift then meets the pivot
     # The second half's share of the separator's diagonal, taken after the first half's.
     np.subtract.at(diagonal, log_rows[:logged], log_amounts[:logged])
     lists = _join_row_lists(first_lists, second_lists, first_end, separator)
