@@ -63,7 +63,7 @@ class Config:
     session_linger: float = 120.0  # results kept for a client that is away (resume)
     drain_grace: float = 30.0  # on SIGTERM, seconds for in-flight tasks to finish
     max_image_pixels: int = 40_000_000
-    # With alphaMatting: measured 323 MB at peak for a 1.5 MP photo (animal-3, 9% of it
+    # With alphaMatting: measured 290-325 MB at peak for a 1.5 MP photo (animal-3, 9% of it
     # uncertain), so a 25 MP one needs ~5 GB and tens of seconds of a core.
     max_matting_pixels: int = 25_000_000
     max_download_bytes: int = 25 * 1024 * 1024

@@ -123,20 +123,25 @@ print(numba.threading_layer())
 """
 
 
-def test_concurrent_matting_survives_numbas_workqueue_layer():
-    """Hosts without OpenMP or TBB get numba's workqueue layer, which aborts the process when
-    two threads run parallel kernels at once: the CPU pool does exactly that."""
+def run_in_fresh_python(script: str, **env: str) -> str:
+    """``script``'s last line of output, run by a new interpreter from the project's root."""
     import os
     import subprocess
     import sys
 
     from tests.support import ROOT
 
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
-    finished = subprocess.run([sys.executable, "-c", _CONCURRENT_MATTING], cwd=ROOT, env=env,
+    finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **env},
                               capture_output=True, text=True, timeout=300, check=False)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert finished.stdout.strip() == "workqueue"
+    return finished.stdout.strip().splitlines()[-1]
+
+
+def test_concurrent_matting_survives_numbas_workqueue_layer():
+    """Hosts without OpenMP or TBB get numba's workqueue layer, which aborts the process when
+    two threads run parallel kernels at once: the CPU pool does exactly that."""
+    layer = run_in_fresh_python(_CONCURRENT_MATTING, NUMBA_THREADING_LAYER="workqueue")
+    assert layer == "workqueue"
 
 
 # Runs in a fresh process, where nothing but the warm-up has compiled anything yet.
@@ -168,15 +173,8 @@ def test_after_the_warm_up_a_photo_compiles_no_kernel():
     """The server warms up before it listens so that no request pays numba's compilation:
     the warm-up must give every kernel of ours the signature a real photo needs."""
     import json
-    import subprocess
-    import sys
 
-    from tests.support import ROOT
-
-    finished = subprocess.run([sys.executable, "-c", _FIRST_REQUEST], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300, check=False)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    warm, after_photo = json.loads(finished.stdout.strip().splitlines()[-1])
+    warm, after_photo = json.loads(run_in_fresh_python(_FIRST_REQUEST))
     # Kernels called only from other kernels are compiled into their callers: 0 of their own.
     assert sum(warm.values()) >= 8
     assert after_photo == warm
