@@ -6,11 +6,11 @@ although only the trimap's unknown band is uncertain. Here:
   background eroded with border value 1);
 - only the unknown pixels' rows of the matting Laplacian are built, from the windows that
   touch them (``matting_system``): the same values as pymatting's, 5-30x faster on animal-3;
-- the system L_uu a_u = -L_uk a_k is solved as pymatting does (conjugate gradients,
-  incomplete-Cholesky preconditioner, relative tolerance 1e-7), with the band cut in two halves
-  that are factorised side by side (the same factor as pymatting's, bit for bit), and from the
-  mask as the first guess instead of zero (``matting_solver``). Alpha stays within 1/255 of
-  rembg's.
+- the system L_uu a_u = -L_uk a_k is solved exactly, by block Cholesky along the band's
+  breadth-first levels, from both ends of the band at once (``matting_direct``); bands too wide
+  for that factor's memory are solved as pymatting does (conjugate gradients, incomplete-Cholesky
+  preconditioner, relative tolerance 1e-7), the band cut in two halves factorised side by side,
+  from the mask as the first guess (``matting_solver``). Alpha stays within 1/255 of rembg's.
 - the foreground colour is still estimated on the whole image (see matting_cutout), with
   pymatting's arithmetic in a faster kernel (``matting_foreground``).
 Pure functions on arrays; CPU-heavy; run on worker threads.
@@ -120,10 +120,19 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the matting kernels now, not on the first request."""
+    """Compile (or load from numba's cache) the matting kernels now, not on the first request:
+    those of the exact solve, which a cutout takes, and those of the iterative one, which
+    bands too wide for the exact solve take."""
+    from .matting_solver import solve_band
+    from .matting_system import band_system
+
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
     mask = np.zeros((24, 24), np.uint8)
     mask[4:20, 4:20] = 255
     mask[8:16, 8:16] = 128
-    matting_cutout(rgb, mask, BackgroundSettings(alpha_matting=True, erode_size=1))
+    settings = BackgroundSettings(alpha_matting=True, erode_size=1)
+    matting_cutout(rgb, mask, settings)
+    with _parallel_kernels():
+        matrix, rhs, _ = band_system(rgb / 255.0, trimap(mask, settings) / 255.0)
+    solve_band(matrix, rhs, np.full(rhs.size, 0.5), direct_max_bytes=0)

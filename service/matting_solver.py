@@ -1,4 +1,8 @@
-"""Solving the unknown band's system the way pymatting does, on two cores.
+"""Solving the unknown band's system: exactly where it fits, else the way pymatting does.
+
+``solve_band`` solves the system exactly (``matting_direct``: block Cholesky along the band's
+breadth-first levels) when that factor fits in ``DIRECT_MAX_BYTES``; the rest of this module is
+the iterative solve, for wider bands and for blocks that rounding makes indefinite.
 
 rembg's ``estimate_alpha_cf`` runs conjugate gradients preconditioned by pymatting's
 thresholded incomplete Cholesky factor. The factorisation is the costly part, and it runs on
@@ -44,7 +48,10 @@ import numpy as np
 import scipy.sparse
 from pymatting.solver.cg import cg
 
-__all__ = ["BandSplit", "IncompleteCholesky", "incomplete_cholesky", "solve_band", "split_band"]
+from .matting_direct import NotPositiveDefinite, plan_direct, solve_direct
+
+__all__ = ["BandSplit", "DIRECT_MAX_BYTES", "IncompleteCholesky", "band_levels",
+           "incomplete_cholesky", "solve_band", "split_band"]
 
 RTOL = 1e-7  # pymatting's default, which rembg uses
 DISCARD_THRESHOLD = 1e-4  # pymatting's default; sparser factors needed shifts on some images
@@ -55,6 +62,10 @@ _MAX_NNZ = int(4e9 / 16)  # pymatting's cap
 # 2.5-2.8). pymatting reserves its whole cap (3 GB of address space) for every factor; that
 # costs nothing where memory is overcommitted, but fails on hosts that forbid overcommit.
 _FIRST_FILL = 8
+# The exact solve's factor grows as the band's length times its width squared: 0.2 GB on
+# animal-3 (1.5 MP), 1.2 GB on it at twice the size. Wider bands take the iterative solve,
+# whose factor is several times sparser, though slower to make and to apply.
+DIRECT_MAX_BYTES = 2 << 30
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -139,10 +150,16 @@ class BandSplit:
         return self.first + self.second
 
 
-def split_band(matrix: scipy.sparse.csr_matrix) -> BandSplit:
+def band_levels(matrix: scipy.sparse.csr_matrix) -> np.ndarray:
+    """Each unknown's breadth-first level: an entry of the matrix never joins levels more than
+    one apart, and pieces of the band are an empty level apart."""
+    return _band_levels(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64))
+
+
+def split_band(matrix: scipy.sparse.csr_matrix, level: np.ndarray | None = None) -> BandSplit:
     """Cut the band at a middle breadth-first level: no entry of the matrix joins the halves."""
     size = matrix.shape[0]
-    level = _band_levels(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64))
+    level = band_levels(matrix) if level is None else level
     per_level = np.bincount(level)
     after = size - np.cumsum(per_level)
     before = size - after - per_level
@@ -448,19 +465,37 @@ def _renumber(indptr, indices, data, order, position):
     return new_indptr, new_indices, new_data
 
 
-def solve_band(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray,
-               first_guess: np.ndarray) -> np.ndarray:
-    """Solve the band's system (see ``matting_system.band_system``) to pymatting's tolerance."""
-    split = split_band(matrix)
-    order = split.order
+def _numbered(matrix: scipy.sparse.csr_matrix, order: np.ndarray) -> tuple:
+    """The CSR arrays of matrix[order][:, order] (indptr, indices, data)."""
     position = np.empty_like(order)
     position[order] = np.arange(order.size)
     arrays = _renumber(matrix.indptr.astype(np.int64), matrix.indices, matrix.data, order, position)
+    return arrays[::-1]
+
+
+def solve_band(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray, first_guess: np.ndarray,
+               direct_max_bytes: int = DIRECT_MAX_BYTES) -> np.ndarray:
+    """Solve the band's system (see ``matting_system.band_system``).
+
+    Exactly (``matting_direct``) when its factor fits in ``direct_max_bytes``; otherwise, or
+    should rounding make a block of it indefinite, as pymatting does, to its tolerance.
+    """
+    level = band_levels(matrix)
+    plan = plan_direct(level)
+    if plan.factor_bytes <= direct_max_bytes:
+        rows = scipy.sparse.csr_matrix(_numbered(matrix, plan.order), shape=matrix.shape)
+        try:
+            return solve_direct(rows, rhs, plan, _side_by_side)
+        except NotPositiveDefinite:
+            pass  # pymatting's way copes: it shifts the diagonal until the factor exists
+    split = split_band(matrix, level)
+    order = split.order
+    arrays = _numbered(matrix, order)
     shape = matrix.shape
     # The matrix is symmetric up to rounding (1e-10 on animal-3), so its rows serve as the
     # factorisation's columns: no transpose.
-    rows = scipy.sparse.csr_matrix(arrays[::-1], shape=shape)
-    columns = scipy.sparse.csc_matrix(arrays[::-1], shape=shape)
+    rows = scipy.sparse.csr_matrix(arrays, shape=shape)
+    columns = scipy.sparse.csc_matrix(arrays, shape=shape)
     factor = incomplete_cholesky(columns, (split.first, split.second))
     solution = np.empty_like(rhs)
     solution[order] = cg(rows, rhs[order], x0=first_guess[order], M=factor, rtol=RTOL)

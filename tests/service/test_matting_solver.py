@@ -11,7 +11,7 @@ import scipy.sparse.linalg
 from pymatting.preconditioner.ichol import ichol
 from pymatting.solver.cg import cg
 
-from service.matting_solver import incomplete_cholesky, solve_band, split_band
+from service.matting_solver import DIRECT_MAX_BYTES, incomplete_cholesky, solve_band, split_band
 from service.matting_system import band_system
 
 
@@ -114,10 +114,16 @@ def test_applying_the_split_factor_inverts_l_lt():
     np.testing.assert_allclose(applied, ichol(matrix.tocsc())(residual), rtol=1e-9, atol=1e-12)
 
 
-def test_the_solution_is_pymatting_cgs():
+# Both ways solve_band has: exact (its factor fits the budget) and pymatting's iterative one.
+BOTH_SOLVES = pytest.mark.parametrize("direct_max_bytes", [DIRECT_MAX_BYTES, 0],
+                                      ids=["exact", "iterative"])
+
+
+@BOTH_SOLVES
+def test_the_solution_is_pymatting_cgs(direct_max_bytes):
     matrix, rhs, _ = band(2)
     guess = np.full(matrix.shape[0], 0.5)
-    ours = solve_band(matrix, rhs, guess)
+    ours = solve_band(matrix, rhs, guess, direct_max_bytes)
     theirs = cg(matrix, rhs, M=ichol(matrix.tocsc()), rtol=1e-10)
     assert np.abs(ours - theirs).max() < 1e-4
     assert np.linalg.norm(matrix @ ours - rhs) <= 1e-7 * np.linalg.norm(rhs) * 1.0001
@@ -142,20 +148,23 @@ def test_a_shifted_factorisation_is_pymatting_ichols_too():
                        pymatting_factor(matrix, 0.0))
 
 
-def test_solves_at_once_on_many_threads_give_the_lone_solves_result():
+@BOTH_SOLVES
+def test_solves_at_once_on_many_threads_give_the_lone_solves_result(direct_max_bytes):
     """Four solves share one helper thread: those that find it busy run both halves
     themselves, with the same arithmetic, so every result is the same to the bit."""
     matrix, rhs, _ = band(3, (64, 96))
     guess = np.full(matrix.shape[0], 0.5)
-    alone = solve_band(matrix, rhs, guess)
+    alone = solve_band(matrix, rhs, guess, direct_max_bytes)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: solve_band(matrix, rhs, guess), range(8)))
+        results = list(pool.map(lambda _: solve_band(matrix, rhs, guess, direct_max_bytes),
+                                range(8)))
     for result in results:
         np.testing.assert_array_equal(result, alone)
 
 
+@BOTH_SOLVES
 @pytest.mark.parametrize("unknown_pixels", [[(2, 2)], [(2, 2), (2, 3)], [(1, 1), (3, 3)]])
-def test_bands_of_one_or_two_pixels_are_solved_exactly(unknown_pixels):
+def test_bands_of_one_or_two_pixels_are_solved_exactly(unknown_pixels, direct_max_bytes):
     """Degenerate splits: the separator alone, or a half with no separator."""
     rng = np.random.default_rng(7)
     image = rng.random((5, 5, 3))
@@ -165,8 +174,8 @@ def test_bands_of_one_or_two_pixels_are_solved_exactly(unknown_pixels):
         trimap[y, x] = 0.5
     matrix, rhs, _ = band_system(image, trimap)
     exact = scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs)
-    np.testing.assert_allclose(solve_band(matrix, rhs, np.full(rhs.size, 0.5)), exact,
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(solve_band(matrix, rhs, np.full(rhs.size, 0.5), direct_max_bytes),
+                               exact, rtol=1e-6, atol=1e-9)
 
 
 def test_a_factor_beyond_the_cap_raises_value_error_instead_of_growing_forever(monkeypatch):
