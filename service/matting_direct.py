@@ -122,28 +122,35 @@ def _triangular_solve(factor, size, vector, transposed):
     return ints[0]
 
 
-# --- gathering blocks from the level-numbered CSR matrix ------------------------------------
+# --- blocks of the matrix, read in the plan's numbering --------------------------------------
+# The matrix keeps its own numbering: ``order[new] = old``, ``position[old] = new``. A level is
+# a range of new numbers, so its rows are order[start:end], and an entry's column is in a level
+# when position[column] falls in its range. (Renumbering the matrix first would cost more.)
 
 @numba.njit(cache=True, nogil=True)
-def _gather(indptr, indices, data, row_start, row_end, column_start, column_end, out):
+def _gather(indptr, indices, data, order, position, row_start, row_end, column_start,
+            column_end, out):
     """out (column-major, rows x columns) <- the matrix's block, zeros where it has no entry."""
     rows = row_end - row_start
     out[:rows * (column_end - column_start)] = 0.0
     for i in range(row_start, row_end):
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
+        row = order[i]
+        for e in range(indptr[row], indptr[row + 1]):
+            j = position[indices[e]]
             if column_start <= j < column_end:
                 out[(i - row_start) + (j - column_start) * rows] = data[e]
 
 
 @numba.njit(cache=True, nogil=True)
-def _coupled_product(indptr, indices, data, row_start, row_end, column_start, column_end, x, out):
+def _coupled_product(indptr, indices, data, order, position, row_start, row_end, column_start,
+                     column_end, x, out):
     """out (columns) <- C^T x[rows], C the block of the given rows and columns."""
     out[:] = 0.0
     for i in range(row_start, row_end):
         xi = x[i]
-        for e in range(indptr[i], indptr[i + 1]):
-            j = indices[e]
+        row = order[i]
+        for e in range(indptr[row], indptr[row + 1]):
+            j = position[indices[e]]
             if column_start <= j < column_end:
                 out[j - column_start] += data[e] * xi
 
@@ -151,8 +158,8 @@ def _coupled_product(indptr, indices, data, row_start, row_end, column_start, co
 # --- the two passes over a chain of levels --------------------------------------------------
 
 @numba.njit(cache=True, nogil=True)
-def _forward_chain(indptr, indices, data, offsets, chain, towards, rhs, y, factors, factor_starts,
-                   passed_out):
+def _forward_chain(indptr, indices, data, order, position, offsets, chain, towards, rhs, y,
+                   factors, factor_starts, passed_out):
     """Factorise the chain's levels in turn (forward substitution alongside).
 
     ``chain`` lists adjacent levels, ending next to ``towards`` (the separator, or -1). Each
@@ -169,15 +176,15 @@ def _forward_chain(indptr, indices, data, offsets, chain, towards, rhs, y, facto
     passed = np.empty(widest * widest)
     width = 0  # columns of ``passed``: the size of the level before (0: nothing passed on)
     previous_start = 0
-    for position in range(chain.shape[0]):
-        k = chain[position]
+    for step in range(chain.shape[0]):
+        k = chain[step]
         start, end = offsets[k], offsets[k + 1]
         size = end - start
         if size == 0:
             width = 0
             continue
         block = factors[factor_starts[k]:factor_starts[k] + size * size]
-        _gather(indptr, indices, data, start, end, start, end, block)
+        _gather(indptr, indices, data, order, position, start, end, start, end, block)
         values = rhs[start:end].copy()
         if width > 0:
             _subtract_gram(block, size, passed, width)
@@ -186,13 +193,13 @@ def _forward_chain(indptr, indices, data, offsets, chain, towards, rhs, y, facto
             return -(k + 1)
         _triangular_solve(block, size, values, False)
         y[start:end] = values
-        following = chain[position + 1] if position + 1 < chain.shape[0] else towards
+        following = chain[step + 1] if step + 1 < chain.shape[0] else towards
         width = 0
         if following >= 0:
             rows = offsets[following + 1] - offsets[following]
             if rows > 0:
-                _gather(indptr, indices, data, offsets[following], offsets[following + 1],
-                        start, end, passed)
+                _gather(indptr, indices, data, order, position, offsets[following],
+                        offsets[following + 1], start, end, passed)
                 _right_solve_transposed(block, size, passed, rows)
                 width = size
         previous_start = start
@@ -203,21 +210,22 @@ def _forward_chain(indptr, indices, data, offsets, chain, towards, rhs, y, facto
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_chain(indptr, indices, data, offsets, chain, towards, y, x, factors, factor_starts):
+def _backward_chain(indptr, indices, data, order, position, offsets, chain, towards, y, x,
+                    factors, factor_starts):
     """x for the chain's levels, outwards from ``towards`` (whose x is final already)."""
-    for position in range(chain.shape[0] - 1, -1, -1):
-        k = chain[position]
+    for step in range(chain.shape[0] - 1, -1, -1):
+        k = chain[step]
         start, end = offsets[k], offsets[k + 1]
         size = end - start
         if size == 0:
             continue
         block = factors[factor_starts[k]:factor_starts[k] + size * size]
         values = y[start:end].copy()
-        following = chain[position + 1] if position + 1 < chain.shape[0] else towards
+        following = chain[step + 1] if step + 1 < chain.shape[0] else towards
         if following >= 0 and offsets[following + 1] > offsets[following]:
             coupled = np.empty(size)
-            _coupled_product(indptr, indices, data, offsets[following], offsets[following + 1],
-                             start, end, x, coupled)
+            _coupled_product(indptr, indices, data, order, position, offsets[following],
+                             offsets[following + 1], start, end, x, coupled)
             _triangular_solve(block, size, coupled, False)
             values -= coupled
         _triangular_solve(block, size, values, True)
@@ -225,23 +233,23 @@ def _backward_chain(indptr, indices, data, offsets, chain, towards, y, x, factor
 
 
 @numba.njit(cache=True, nogil=True)
-def _separator(indptr, indices, data, offsets, level, rhs, y, x, factors, factor_starts,
-               passed_first, passed_second, widths, previous_starts):
+def _separator(indptr, indices, data, order, position, offsets, level, rhs, y, x, factors,
+               factor_starts, passed_first, passed_second, widths, previous_starts):
     """Factorise the separator from what both chains pass on; solve its x. 0, or -(level+1)."""
     start, end = offsets[level], offsets[level + 1]
     size = end - start
     if size == 0:
         return 0
     block = factors[factor_starts[level]:factor_starts[level] + size * size]
-    _gather(indptr, indices, data, start, end, start, end, block)
+    _gather(indptr, indices, data, order, position, start, end, start, end, block)
     values = rhs[start:end].copy()
     for side in range(2):
         width = widths[side]
         if width > 0:
             w = (passed_first if side == 0 else passed_second)[:size * width]
+            before = previous_starts[side]
             _subtract_gram(block, size, w, width)
-            _subtract_product(w, size, width, y[previous_starts[side]:previous_starts[side] + width],
-                              values)
+            _subtract_product(w, size, width, y[before:before + width], values)
     if _cholesky(block, size) != 0:
         return -(level + 1)
     _triangular_solve(block, size, values, False)
@@ -306,55 +314,52 @@ def _one_blas_thread() -> None:
             return
 
 
-def solve_direct(rows, rhs: np.ndarray, plan: DirectPlan, side_by_side) -> np.ndarray:
-    """Solve ``rows`` (the CSR matrix, numbered as the plan says) x = rhs[plan.order], exactly.
+def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan, side_by_side) -> np.ndarray:
+    """Solve ``matrix`` (CSR, in its own numbering) x = rhs, exactly, as the plan says.
 
     ``side_by_side(first, second)`` runs two callables, on two threads where it can. Raises
     NotPositiveDefinite where a block is not (to rounding): the caller solves iteratively then.
     """
-    indptr, indices, data = rows.indptr.astype(np.int64), rows.indices, rows.data
-    offsets = plan.offsets
-    sizes = np.diff(offsets)
+    order = plan.order
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    arguments = (matrix.indptr.astype(np.int64), matrix.indices, matrix.data, order, position,
+                 plan.offsets)
+    sizes = np.diff(plan.offsets)
     factor_starts = np.concatenate([[0], np.cumsum(sizes * sizes)])
     factors = np.empty(int(factor_starts[-1]))
     # Fault its pages in here: first touches by both chains at once stall each other in the
     # kernel (measured: the parallel part then took 0.23-0.51 s on animal-3 instead of 0.23-0.25).
     factors[::512] = 0.0
-    b = np.ascontiguousarray(rhs[plan.order])
+    b = np.ascontiguousarray(rhs[order])
     y, x = np.empty_like(b), np.empty_like(b)
     separator = plan.separator
     separator_size = int(sizes[separator]) if separator >= 0 else 0
     chains = (plan.first, plan.second)
     widest = [int(sizes[chain[-1]]) if chain.size else 0 for chain in chains]
     passed = [np.empty(max(separator_size * w, 1)) for w in widest]
-
     _one_blas_thread()
 
     def forward(side: int):
-        def run() -> int:
-            return _forward_chain(indptr, indices, data, offsets, chains[side], separator, b, y,
-                                  factors, factor_starts, passed[side])
-        return run
+        return lambda: _forward_chain(*arguments, chains[side], separator, b, y, factors,
+                                      factor_starts, passed[side])
 
     widths = side_by_side(forward(0), forward(1))
     failed = [status for status in widths if status < 0]
     if failed:
         raise NotPositiveDefinite(f"level {-failed[0] - 1} of the band is not positive definite")
     if separator >= 0:
-        previous = np.array([offsets[chain[-1]] if chain.size else 0 for chain in chains])
-        status = _separator(indptr, indices, data, offsets, separator, b, y, x, factors,
-                            factor_starts, passed[0], passed[1], np.array(widths, np.int64),
-                            previous)
+        previous = np.array([plan.offsets[chain[-1]] if chain.size else 0 for chain in chains])
+        status = _separator(*arguments, separator, b, y, x, factors, factor_starts, passed[0],
+                            passed[1], np.array(widths, np.int64), previous)
         if status < 0:
             raise NotPositiveDefinite("the band's separator level is not positive definite")
 
     def backward(side: int):
-        def run() -> None:
-            _backward_chain(indptr, indices, data, offsets, chains[side], separator, y, x,
-                            factors, factor_starts)
-        return run
+        return lambda: _backward_chain(*arguments, chains[side], separator, y, x, factors,
+                                       factor_starts)
 
     side_by_side(backward(0), backward(1))
     solution = np.empty_like(x)
-    solution[plan.order] = x
+    solution[order] = x
     return solution

@@ -483,9 +483,8 @@ def solve_band(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray, first_guess: np
     level = band_levels(matrix)
     plan = plan_direct(level)
     if plan.factor_bytes <= direct_max_bytes:
-        rows = scipy.sparse.csr_matrix(_numbered(matrix, plan.order), shape=matrix.shape)
         try:
-            return solve_direct(rows, rhs, plan, _side_by_side)
+            return solve_direct(matrix, rhs, plan, _side_by_side)
         except NotPositiveDefinite:
             pass  # pymatting's way copes: it shifts the diagonal until the factor exists
     split = split_band(matrix, level)
