@@ -10,6 +10,7 @@ import scipy.sparse.linalg
 from service import matting_solver
 from service.matting_direct import NotPositiveDefinite, plan_direct, solve_direct
 from service.matting_solver import _side_by_side, band_levels, solve_band
+from service.matting_system import band_system
 
 from tests.service.test_matting_solver import band
 
@@ -35,6 +36,19 @@ def test_the_solution_is_the_exact_one(seed, shape):
     assert plan.first.size > 0 and plan.second.size > 0 and plan.separator >= 0
     np.testing.assert_allclose(ours, exact(matrix, rhs), rtol=0, atol=1e-9)
     assert np.linalg.norm(matrix @ ours - rhs) < 1e-10 * np.linalg.norm(rhs)
+
+
+def test_a_thick_band_whose_couplings_run_in_many_stairs_is_solved_exactly():
+    """Levels of ~80 unknowns: every coupling is cut into runs with their own first columns."""
+    rng = np.random.default_rng(9)
+    image = rng.random((80, 120, 3))
+    y, x = np.mgrid[0:80, 0:120]
+    edge = 40 + 10 * np.sin(x / 9.0)
+    trimap = np.where(y < edge - 20, 1.0, np.where(y > edge + 20, 0.0, 0.5))
+    matrix, rhs, _ = band_system(image, trimap)
+    ours, plan = direct(matrix, rhs)
+    assert np.median(np.diff(plan.offsets)) > 60
+    np.testing.assert_allclose(ours, exact(matrix, rhs), rtol=0, atol=1e-9)
 
 
 def test_the_matrix_numbered_by_level_is_block_tridiagonal_and_the_chains_cover_each_level_once():
