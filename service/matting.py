@@ -77,15 +77,16 @@ def trimap(mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
     return result
 
 
-def _solve_alpha(pixels: np.ndarray, tri: np.ndarray, first_guess: np.ndarray) -> np.ndarray:
-    """Closed-form alpha: pixels float64[h,w,3], tri float64[h,w] in {0, .5, 1}, guess in [0, 1]."""
+def _solve_alpha(pixels: np.ndarray, tri: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Closed-form alpha: pixels float64[h,w,3], tri float64[h,w] in {0, .5, 1}; the mask
+    (uint8) is the iterative solve's first guess."""
     from .matting_solver import solve_band
     from .matting_system import band_system
 
     with _parallel_kernels():
         matrix, rhs, unknown = band_system(pixels, tri)
     alpha = tri.ravel().copy()
-    alpha[unknown] = solve_band(matrix, rhs, first_guess.ravel()[unknown])
+    alpha[unknown] = solve_band(matrix, rhs, mask.ravel()[unknown] / 255.0)
     return np.clip(alpha, 0.0, 1.0).reshape(tri.shape)
 
 
@@ -95,7 +96,7 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
     Raises ValueError where rembg's would (the trimap has no sure foreground or no sure
     background), so that the caller falls back to the plain cutout as rembg does.
     """
-    from .matting_foreground import estimate_foreground
+    from .matting_foreground import estimate_foreground, rgba_bytes
 
     if min(mask.shape) < 3:
         # No 3x3 window fits, so the system is all zeros: pymatting's CG then runs 10,000
@@ -108,15 +109,10 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
     alpha = tri / 255.0
     unknown = tri == 128
     if unknown.any():
-        alpha = _solve_alpha(pixels, alpha, mask / 255.0)
+        alpha = _solve_alpha(pixels, alpha, mask)
     # Over the whole image, as rembg: the ML estimate is multi-level, and a crop changes its
     # coarse levels (2/255 of colour difference measured on car-1).
-    foreground = estimate_foreground(pixels, alpha)
-    # rembg stacks float32 colours with float64 alpha (so in float64), scales, clips, truncates.
-    cutout = np.empty((*mask.shape, 4), np.uint8)
-    cutout[..., :3] = np.clip(foreground.astype(np.float64) * 255, 0, 255)
-    cutout[..., 3] = np.clip(alpha * 255, 0, 255)
-    return cutout
+    return rgba_bytes(estimate_foreground(pixels, alpha), alpha)
 
 
 def warm_up() -> None:

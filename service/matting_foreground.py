@@ -18,7 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["estimate_foreground"]
+__all__ = ["estimate_foreground", "rgba_bytes"]
 
 # pymatting's defaults, which rembg uses.
 REGULARIZATION = np.float32(1e-5)
@@ -126,16 +126,20 @@ def _estimate(image, alpha):
     for level in range(levels + 1):
         width = round(full_width ** (level / levels))
         height = round(full_height ** (level / levels))
-        level_image = np.empty((height, width, 3), np.float32)
-        level_alpha = np.empty((height, width, 1), np.float32)
+        if level == levels:  # full size: resizing the image and alpha would copy them
+            level_image, level_alpha = image, alpha[:, :, 0].copy()
+        else:
+            level_image = np.empty((height, width, 3), np.float32)
+            resized_alpha = np.empty((height, width, 1), np.float32)
+            _resize_nearest(level_image, image)
+            _resize_nearest(resized_alpha, alpha)
+            level_alpha = resized_alpha[:, :, 0].copy()
         level_foreground = np.empty((height, width, 3), np.float32)
         level_background = np.empty((height, width, 3), np.float32)
-        _resize_nearest(level_image, image)
-        _resize_nearest(level_alpha, alpha)
         _resize_nearest(level_foreground, foreground)
         _resize_nearest(level_background, background)
         small = width <= SMALL_SIZE and height <= SMALL_SIZE
-        _sweeps(level_image, level_alpha[:, :, 0].copy(), level_foreground, level_background,
+        _sweeps(level_image, level_alpha, level_foreground, level_background,
                 SMALL_ITERATIONS if small else BIG_ITERATIONS, REGULARIZATION, GRADIENT_WEIGHT)
         foreground, background = level_foreground, level_background
     return foreground
@@ -151,3 +155,20 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     pixels = np.ascontiguousarray(image, dtype=np.float32)
     matte = np.ascontiguousarray(alpha, dtype=np.float32).reshape(*alpha.shape, 1)
     return _estimate(pixels, matte)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rgba_bytes(foreground, alpha, out):
+    for y in range(alpha.shape[0]):
+        for x in range(alpha.shape[1]):
+            for c in range(3):
+                out[y, x, c] = np.uint8(max(0.0, min(255.0, np.float64(foreground[y, x, c]) * 255.0)))
+            out[y, x, 3] = np.uint8(max(0.0, min(255.0, alpha[y, x] * 255.0)))
+
+
+def rgba_bytes(foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8[h, w, 4] as rembg makes its cutout: the float32 colours stacked with the float64
+    alpha (so in float64), times 255, clipped to 0-255, truncated. One pass, no temporaries."""
+    out = np.empty((*alpha.shape, 4), np.uint8)
+    _rgba_bytes(foreground, np.ascontiguousarray(alpha, dtype=np.float64), out)
+    return out

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
 
-from service.matting_foreground import estimate_foreground
+from service.matting_foreground import estimate_foreground, rgba_bytes
 from tests.support import FIXTURES
 
 
@@ -36,3 +36,15 @@ def test_on_a_photo_with_a_hard_matte_too():
     hard = np.zeros(image.shape[:2])
     hard[100:260, 120:380] = 1.0
     assert np.array_equal(estimate_foreground(image, hard), estimate_foreground_ml(image, hard))
+
+
+def test_rgba_bytes_are_rembgs_stack_scale_clip_and_truncation():
+    rng = np.random.default_rng(3)
+    foreground = rng.uniform(-0.1, 1.1, (37, 41, 3)).astype(np.float32)
+    foreground[0, :5, 0] = np.array([0, 1, 254, 255, 128], np.float32) / np.float32(255)
+    alpha = rng.uniform(-0.1, 1.1, (37, 41))
+    alpha[0, :4] = np.array([0, 1, 127, 255]) / 255
+    expected = np.empty((37, 41, 4), np.uint8)
+    expected[..., :3] = np.clip(foreground.astype(np.float64) * 255, 0, 255)
+    expected[..., 3] = np.clip(alpha * 255, 0, 255)
+    np.testing.assert_array_equal(rgba_bytes(foreground, alpha), expected)
