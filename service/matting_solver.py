@@ -29,19 +29,14 @@ kernel: 1.15 s), and a thicker band (the mask blurred, 173,000 unknowns) 1.1 s i
 Tried and not kept: looser or sparser factors (more iterations, no faster overall); stopping
 CG on an estimate of the error instead of the residual (one iteration less); a banded LAPACK
 Cholesky (1.6 s); a branch-free scatter in the factorisation (10% slower); balancing the
-halves by estimated work instead of unknowns (within the noise); splitting the band into blocks factorised in parallel without a separator
-(CG then needed 10-30x the iterations, a coarse space of constant and colour vectors per block
+halves by estimated work instead of unknowns (within the noise); splitting the band into
+blocks factorised in parallel without a separator (CG then needed 10-30x the iterations, a coarse space of constant and colour vectors per block
 did not help, and with overlap the gain was a few per cent).
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numba
 import numpy as np
@@ -49,6 +44,7 @@ import scipy.sparse
 from pymatting.solver.cg import cg
 
 from .matting_direct import NotPositiveDefinite, plan_direct, solve_direct
+from .matting_threads import side_by_side
 
 __all__ = ["BandSplit", "DIRECT_MAX_BYTES", "IncompleteCholesky", "band_levels",
            "incomplete_cholesky", "solve_band", "split_band"]
@@ -66,32 +62,6 @@ _FIRST_FILL = 8
 # animal-3 (1.5 MP), 1.2 GB on it at twice the size. Wider bands take the iterative solve,
 # whose factor is several times sparser, though slower to make and to apply.
 DIRECT_MAX_BYTES = 2 << 30
-
-T = TypeVar("T")
-U = TypeVar("U")
-
-# Threads that run the second half while the caller runs the first. When all are busy (other
-# matting jobs hold them), the caller runs both halves itself rather than wait: with every core
-# already working, waiting would gain nothing.
-_HELPER_COUNT = max((os.cpu_count() or 1) - 1, 0)
-_HELPERS = ThreadPoolExecutor(max_workers=max(_HELPER_COUNT, 1), thread_name_prefix="matting-half")
-_IDLE_HELPERS = threading.BoundedSemaphore(max(_HELPER_COUNT, 1))
-
-
-def _side_by_side(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
-    """Both results; the second computed on an idle helper thread if there is one."""
-    if _HELPER_COUNT == 0 or not _IDLE_HELPERS.acquire(blocking=False):
-        return first(), second()
-    try:
-        pending = _HELPERS.submit(second)
-        try:
-            first_result = first()
-        finally:
-            second_result = pending.result()  # the halves share arrays: never leave one running
-    finally:
-        _IDLE_HELPERS.release()
-    return first_result, second_result
-
 
 # --- splitting the band -------------------------------------------------------------------
 
@@ -336,12 +306,12 @@ class IncompleteCholesky:
         size, first_end, separator = x.size, self.first_end, self.separator_start
         factor = (self.values, self.rows, self.starts, self.ends)
         spills = np.zeros((2, size - separator))
-        _side_by_side(lambda: _forward(*factor, x, 0, first_end, separator, spills[0]),
+        side_by_side(lambda: _forward(*factor, x, 0, first_end, separator, spills[0]),
                       lambda: _forward(*factor, x, first_end, separator, separator, spills[1]))
         x[separator:] -= spills[0] + spills[1]
         _forward(*factor, x, separator, size, size, spills[0])
         _backward(*factor, x, separator, size)
-        _side_by_side(lambda: _backward(*factor, x, 0, first_end),
+        side_by_side(lambda: _backward(*factor, x, 0, first_end),
                       lambda: _backward(*factor, x, first_end, separator))
         return x
 
@@ -380,7 +350,7 @@ def _factorise(matrix: scipy.sparse.csc_matrix, split: tuple[int, int], shift: f
 
     first_lists, second_lists = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
     first_scratch = scratch()
-    (first_end_status, _), (second_end_status, logged) = _side_by_side(
+    (first_end_status, _), (second_end_status, logged) = side_by_side(
         lambda: columns(0, first_end, 0, first_lists, diagonal, first_scratch, size),
         lambda: columns(first_end, separator, 1, second_lists, diagonal, scratch(), separator))
     failures = [status for status in (first_end_status, second_end_status) if status in (-1, -2)]
@@ -484,7 +454,7 @@ def solve_band(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray, first_guess: np
     plan = plan_direct(level)
     if plan.factor_bytes <= direct_max_bytes:
         try:
-            return solve_direct(matrix, rhs, plan, _side_by_side)
+            return solve_direct(matrix, rhs, plan, side_by_side)
         except NotPositiveDefinite:
             pass  # pymatting's way copes: it shifts the diagonal until the factor exists
     split = split_band(matrix, level)

@@ -9,8 +9,9 @@ import scipy.sparse.linalg
 
 from service import matting_solver
 from service.matting_direct import NotPositiveDefinite, plan_direct, solve_direct
-from service.matting_solver import _side_by_side, band_levels, solve_band
+from service.matting_solver import band_levels, solve_band
 from service.matting_system import band_system
+from service.matting_threads import side_by_side
 
 from tests.service.test_matting_solver import band
 
@@ -19,7 +20,7 @@ def one_after_the_other(first, second):
     return first(), second()
 
 
-def direct(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray, side_by_side=_side_by_side):
+def direct(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray, side_by_side=side_by_side):
     """solve_direct's solution, and its plan."""
     plan = plan_direct(band_levels(matrix))
     return solve_direct(matrix, rhs, plan, side_by_side), plan
