@@ -48,3 +48,39 @@ def test_rgba_bytes_are_rembgs_stack_scale_clip_and_truncation():
     expected[..., :3] = np.clip(foreground.astype(np.float64) * 255, 0, 255)
     expected[..., 3] = np.clip(alpha * 255, 0, 255)
     np.testing.assert_array_equal(rgba_bytes(foreground, alpha), expected)
+
+
+def recorded_side_by_side(monkeypatch) -> list:
+    """Records each level that ran its sweeps side by side (through matting_threads)."""
+    from service import matting_foreground, matting_threads
+
+    calls = []
+
+    def recording(first, second):
+        calls.append(1)
+        return matting_threads.side_by_side(first, second)
+
+    monkeypatch.setattr(matting_foreground, "side_by_side", recording)
+    return calls
+
+
+def test_a_big_level_runs_its_two_sweeps_side_by_side_and_is_still_pymattings(monkeypatch):
+    """320x400 pixels: the full-size level's two sweeps run at once, a chunk apart."""
+    calls = recorded_side_by_side(monkeypatch)
+    image, alpha = random_matte(5, (320, 400))
+    assert np.array_equal(estimate_foreground(image, alpha), estimate_foreground_ml(image, alpha))
+    assert calls == [1]
+
+
+def test_with_the_helper_busy_the_sweeps_run_one_after_the_other_to_the_same_bits(monkeypatch):
+    import threading
+
+    from service import matting_threads
+
+    busy = threading.BoundedSemaphore(1)
+    busy.acquire()  # as when another matting job holds the helper
+    monkeypatch.setattr(matting_threads, "_IDLE_HELPERS", busy)
+    calls = recorded_side_by_side(monkeypatch)
+    image, alpha = random_matte(6, (320, 400))
+    assert np.array_equal(estimate_foreground(image, alpha), estimate_foreground_ml(image, alpha))
+    assert calls == [1]
