@@ -26,6 +26,8 @@ from scipy import ndimage
 
 from protocol.messages import BackgroundSettings
 
+from .matting_threads import side_by_side
+
 # numba, pymatting and our kernels (matting_system, _solver, _foreground) load on first use:
 # they take ~1 s to import, which plain removals, the CLI and the tests that never matte need
 # not pay. The server imports them at start-up through warm_up.
@@ -69,8 +71,11 @@ def _square_erosion(region: np.ndarray, size: int, border_value: int) -> np.ndar
 
 def trimap(mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
     """uint8 trimap: 255 sure foreground, 0 sure background, 128 unknown (rembg's rules)."""
-    is_foreground = _square_erosion(mask > settings.foreground_threshold, settings.erode_size, 0)
-    is_background = _square_erosion(mask < settings.background_threshold, settings.erode_size, 1)
+    size = settings.erode_size
+    # scipy's filters release the GIL: the two erosions run side by side where a helper is idle
+    is_foreground, is_background = side_by_side(
+        lambda: _square_erosion(mask > settings.foreground_threshold, size, 0),
+        lambda: _square_erosion(mask < settings.background_threshold, size, 1))
     result = np.full(mask.shape, 128, dtype=np.uint8)
     result[is_foreground] = 255
     result[is_background] = 0

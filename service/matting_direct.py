@@ -179,9 +179,17 @@ def _triangular_solve(factor, size, vector, transposed):
 @numba.njit(cache=True, nogil=True)
 def _gather(indptr, indices, data, order, position, row_start, row_end, column_start,
             column_end, out):
-    """out (column-major, rows x columns) <- the matrix's block, zeros where it has no entry."""
+    """out (column-major, rows x columns) <- the matrix's block, zeros where it has no entry.
+
+    A level's own block is zeroed on and below the diagonal only: its factorisation reads
+    nothing above it (what the matrix has there is written, and never read).
+    """
     rows = row_end - row_start
-    out[:rows * (column_end - column_start)] = 0.0
+    if row_start == column_start:
+        for j in range(rows):
+            out[j * rows + j:(j + 1) * rows] = 0.0
+    else:
+        out[:rows * (column_end - column_start)] = 0.0
     for i in range(row_start, row_end):
         row = order[i]
         for e in range(indptr[row], indptr[row + 1]):
