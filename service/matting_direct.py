@@ -216,14 +216,14 @@ def _coupled_product(indptr, indices, data, order, position, row_start, row_end,
 
 @numba.njit(cache=True, nogil=True)
 def _forward_chain(indptr, indices, data, order, position, offsets, chain, towards, rhs, y,
-                   factors, factor_starts, passed_out, stairs_out):
+                   factors, factor_starts, block_out, rhs_out):
     """Factorise the chain's levels in turn (forward substitution alongside).
 
     ``chain`` lists adjacent levels, ending next to ``towards`` (the separator, or -1). Each
     level's factor goes to ``factors[factor_starts[k]:]``, its y to ``y``. What the last level
-    passes on to ``towards`` (W, column-major, separator size x last size) goes to
-    ``passed_out``. Returns 0, or the level whose block was not positive definite, plus one, as
-    a negative number.
+    passes on to ``towards`` is applied here, side by side with the other chain, to the zeros
+    of ``block_out`` (-W W^T, lower triangle) and ``rhs_out`` (-W y). Returns 1 when it passed
+    something on, 0 when not, or -(k + 1) when level k's block was not positive definite.
     """
     widest = 0
     for k in chain:
@@ -265,9 +265,12 @@ def _forward_chain(indptr, indices, data, order, position, offsets, chain, towar
         previous_start = start
     if towards >= 0 and width > 0:
         rows = offsets[towards + 1] - offsets[towards]
-        passed_out[:rows * width] = passed[:rows * width]
-        stairs_out[:] = stairs
-    return width
+        block_out[:rows * rows] = 0.0
+        rhs_out[:rows] = 0.0
+        _subtract_gram(block_out, rows, passed, width, stairs)
+        _subtract_product(passed, rows, width, y[previous_start:previous_start + width], rhs_out)
+        return 1
+    return 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -295,8 +298,9 @@ def _backward_chain(indptr, indices, data, order, position, offsets, chain, towa
 
 @numba.njit(cache=True, nogil=True)
 def _separator(indptr, indices, data, order, position, offsets, level, rhs, y, x, factors,
-               factor_starts, passed_first, passed_second, widths, previous_starts, stairs):
-    """Factorise the separator from what both chains pass on; solve its x. 0, or -(level+1)."""
+               factor_starts, passed_blocks, passed_rhs):
+    """Factorise the separator, its block less what both chains passed on, and solve its x.
+    0, or -(level + 1) when its block is not positive definite."""
     start, end = offsets[level], offsets[level + 1]
     size = end - start
     if size == 0:
@@ -305,12 +309,8 @@ def _separator(indptr, indices, data, order, position, offsets, level, rhs, y, x
     _gather(indptr, indices, data, order, position, start, end, start, end, block)
     values = rhs[start:end].copy()
     for side in range(2):
-        width = widths[side]
-        if width > 0:
-            w = (passed_first if side == 0 else passed_second)[:size * width]
-            before = previous_starts[side]
-            _subtract_gram(block, size, w, width, stairs[side])
-            _subtract_product(w, size, width, y[before:before + width], values)
+        block += passed_blocks[side, :size * size]
+        values += passed_rhs[side, :size]
     if _cholesky(block, size) != 0:
         return -(level + 1)
     _triangular_solve(block, size, values, False)
@@ -397,23 +397,22 @@ def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan, side_by_side) -> np.
     separator = plan.separator
     separator_size = int(sizes[separator]) if separator >= 0 else 0
     chains = (plan.first, plan.second)
-    widest = [int(sizes[chain[-1]]) if chain.size else 0 for chain in chains]
-    passed = [np.empty(max(separator_size * w, 1)) for w in widest]
-    stairs = np.zeros((2, 2 * _RUNS + 2), np.int64)
+    # What each chain passes on to the separator; zeros where a chain passes nothing on.
+    passed_blocks = np.zeros((2, max(separator_size, 1) ** 2))
+    passed_rhs = np.zeros((2, max(separator_size, 1)))
     _one_blas_thread()
 
     def forward(side: int):
         return lambda: _forward_chain(*arguments, chains[side], separator, b, y, factors,
-                                      factor_starts, passed[side], stairs[side])
+                                      factor_starts, passed_blocks[side], passed_rhs[side])
 
-    widths = side_by_side(forward(0), forward(1))
-    failed = [status for status in widths if status < 0]
+    statuses = side_by_side(forward(0), forward(1))
+    failed = [status for status in statuses if status < 0]
     if failed:
         raise NotPositiveDefinite(f"level {-failed[0] - 1} of the band is not positive definite")
     if separator >= 0:
-        previous = np.array([plan.offsets[chain[-1]] if chain.size else 0 for chain in chains])
-        status = _separator(*arguments, separator, b, y, x, factors, factor_starts, passed[0],
-                            passed[1], np.array(widths, np.int64), previous, stairs)
+        status = _separator(*arguments, separator, b, y, x, factors, factor_starts,
+                            passed_blocks, passed_rhs)
         if status < 0:
             raise NotPositiveDefinite("the band's separator level is not positive definite")
 
