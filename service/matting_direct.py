@@ -9,9 +9,11 @@ levels). The band is a ribbon along the outline, so its levels are short cross-c
 thresholded incomplete Cholesky is a chain of scattered scalar updates.
 
 As in ``matting_solver``, the levels are factorised from both ends of the band towards a middle
-level (the separator), the two chains side by side, then the separator from what both pass on.
-The forward substitution runs with the factorisation (the right-hand side is known), the
-backward one outwards from the separator, the two chains side by side again.
+level (the separator), the two chains side by side, each applying what it passes on to the
+separator; then the separator. The forward substitution runs with the factorisation (the
+right-hand side is known), the backward one outwards from the separator, the two chains side by
+side again. Each coupling has a few entries a row, so W's rows start with zeros: the triangular
+solve and the Schur update skip them run by run (``_staircase``).
 
 The result is the system's exact solution (to rounding), so it needs no iterations, and it
 differs from rembg's (conjugate gradients to a relative residual of 1e-7) by much less than
@@ -389,8 +391,8 @@ def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan, side_by_side) -> np.
     sizes = np.diff(plan.offsets)
     factor_starts = np.concatenate([[0], np.cumsum(sizes * sizes)])
     factors = np.empty(int(factor_starts[-1]))
-    # Fault its pages in here: first touches by both chains at once stall each other in the
-    # kernel (measured: the parallel part then took 0.23-0.51 s on animal-3 instead of 0.23-0.25).
+    # Fault its pages in here, in one thread: with both chains faulting their own at once, the
+    # solve took 0.22-0.42 s on animal-3 instead of 0.21-0.25 s (and half-and-half, 0.21-0.33).
     factors[::512] = 0.0
     b = np.ascontiguousarray(rhs[order])
     y, x = np.empty_like(b), np.empty_like(b)
