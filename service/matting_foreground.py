@@ -40,13 +40,18 @@ _CHUNK_ROWS = 16
 
 @numba.njit(cache=True, nogil=True)
 def _resize_nearest(target, source):
-    """Nearest-neighbour resize of [h, w, channels] float32 images, pymatting's index rule."""
+    """Nearest-neighbour resize of [h, w, channels] float32 images, pymatting's index rule.
+
+    The source columns are worked out once for all rows, not with a division per pixel."""
     source_height, source_width = source.shape[0], source.shape[1]
     height, width = target.shape[0], target.shape[1]
+    columns = np.empty(width, np.int64)
+    for x in range(width):
+        columns[x] = max(0, min(source_width - 1, x * source_width // width))
     for y in range(height):
         source_y = max(0, min(source_height - 1, y * source_height // height))
         for x in range(width):
-            source_x = max(0, min(source_width - 1, x * source_width // width))
+            source_x = columns[x]
             for c in range(target.shape[2]):
                 target[y, x, c] = source[source_y, source_x, c]
 
@@ -123,17 +128,21 @@ def _mean_colours(image, alpha):
     return foreground, background
 
 
-@numba.njit(cache=True, nogil=True)
 def _level_inputs(image, alpha, foreground, background, height, width, full_size):
-    """A level's image, alpha, and the previous level's colours resized to it."""
+    """A level's image, alpha, and the previous level's colours resized to it.
+
+    The arrays come from numpy, not from inside a kernel: numpy asks the kernel for huge
+    pages for large arrays, and on a 1.5 MP image the 4 KiB pages' faults made these levels'
+    inputs cost more than their sweeps.
+    """
     if full_size:  # resizing the image and alpha would only copy them
-        level_image, level_alpha = image, alpha[:, :, 0].copy()
+        level_image, level_alpha = image, np.ascontiguousarray(alpha[:, :, 0])
     else:
         level_image = np.empty((height, width, 3), np.float32)
         resized_alpha = np.empty((height, width, 1), np.float32)
         _resize_nearest(level_image, image)
         _resize_nearest(resized_alpha, alpha)
-        level_alpha = resized_alpha[:, :, 0].copy()
+        level_alpha = np.ascontiguousarray(resized_alpha[:, :, 0])
     level_foreground = np.empty((height, width, 3), np.float32)
     level_background = np.empty((height, width, 3), np.float32)
     _resize_nearest(level_foreground, foreground)

@@ -25,11 +25,10 @@ _AREA = 9.0  # pixels in a 3x3 window
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _window_statistics(image, centres_y, centres_x, epsilon):
-    """Per window (given by its centre): colour mean and the inverse regularised covariance."""
+def _window_statistics(image, centres_y, centres_x, epsilon, means, inverses):
+    """Per window (given by its centre): colour mean and the inverse regularised covariance,
+    into means (count x 3) and inverses (count x 6)."""
     count = centres_y.shape[0]
-    means = np.empty((count, 3))
-    inverses = np.empty((count, 6))
     for n in numba.prange(count):
         y, x = centres_y[n], centres_x[n]
         mean = np.zeros(3)
@@ -69,7 +68,6 @@ def _window_statistics(image, centres_y, centres_x, epsilon):
         inverses[n, 3] = (a02 * a02 - a00 * a22) * inv_det
         inverses[n, 4] = (a00 * a12 - a01 * a02) * inv_det
         inverses[n, 5] = (a01 * a01 - a00 * a11) * inv_det
-    return means, inverses
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -166,12 +164,15 @@ def band_system(image: np.ndarray, trimap: np.ndarray,
     centre_y, centre_x = np.nonzero(centres)
     window_index[centre_y, centre_x] = np.arange(centre_y.size)
     image = np.ascontiguousarray(image, dtype=np.float64)
-    means, inverses = _window_statistics(image, centre_y, centre_x, epsilon)
+    # Large arrays come from numpy, which asks for huge pages (faults on 4 KiB pages cost
+    # milliseconds per megapixel here); the kernels only fill them.
+    means, inverses = np.empty((centre_y.size, 3)), np.empty((centre_y.size, 6))
+    _window_statistics(image, centre_y, centre_x, epsilon, means, inverses)
     rows_y, rows_x = np.divmod(flat_unknown, width)
     lengths = _row_lengths(unknown_index, rows_y, rows_x)
     indptr = np.zeros(flat_unknown.size + 1, np.int64)
     np.cumsum(lengths, out=indptr[1:])
-    indices = np.empty(indptr[-1], np.int64)
+    indices = np.empty(indptr[-1], np.int32)  # scipy's own index type here: it keeps them
     values = np.empty(indptr[-1], np.float64)
     rhs = np.empty(flat_unknown.size, np.float64)
     known_alpha = np.where(trimap == 1.0, 1.0, 0.0)
