@@ -30,6 +30,7 @@ import ctypes
 import functools
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -37,6 +38,8 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import get_cython_function_address
+
+from .matting_threads import side_by_side
 
 __all__ = ["DirectPlan", "NotPositiveDefinite", "plan_direct", "solve_direct"]
 
@@ -377,11 +380,13 @@ def _one_blas_thread() -> None:
             return
 
 
-def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan, side_by_side) -> np.ndarray:
+def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan,
+                 side_by_side: Callable = side_by_side) -> np.ndarray:
     """Solve ``matrix`` (CSR, in its own numbering) x = rhs, exactly, as the plan says.
 
-    ``side_by_side(first, second)`` runs two callables, on two threads where it can. Raises
-    NotPositiveDefinite where a block is not (to rounding): the caller solves iteratively then.
+    ``side_by_side(first, second)`` runs the two chains (``matting_threads.side_by_side``; a
+    test runs them one after the other instead). Raises NotPositiveDefinite where a block is not (to
+    rounding): the caller solves iteratively then.
     """
     order = plan.order
     position = np.empty_like(order)

@@ -30,8 +30,9 @@ Tried and not kept: looser or sparser factors (more iterations, no faster overal
 CG on an estimate of the error instead of the residual (one iteration less); a banded LAPACK
 Cholesky (1.6 s); a branch-free scatter in the factorisation (10% slower); balancing the
 halves by estimated work instead of unknowns (within the noise); splitting the band into
-blocks factorised in parallel without a separator (CG then needed 10-30x the iterations, a coarse space of constant and colour vectors per block
-did not help, and with overlap the gain was a few per cent).
+blocks factorised in parallel without a separator (CG then needed 10-30x the iterations, a
+coarse space of constant and colour vectors per block did not help, and with overlap the gain
+was a few per cent).
 """
 
 from __future__ import annotations
@@ -307,12 +308,12 @@ class IncompleteCholesky:
         factor = (self.values, self.rows, self.starts, self.ends)
         spills = np.zeros((2, size - separator))
         side_by_side(lambda: _forward(*factor, x, 0, first_end, separator, spills[0]),
-                      lambda: _forward(*factor, x, first_end, separator, separator, spills[1]))
+                     lambda: _forward(*factor, x, first_end, separator, separator, spills[1]))
         x[separator:] -= spills[0] + spills[1]
         _forward(*factor, x, separator, size, size, spills[0])
         _backward(*factor, x, separator, size)
         side_by_side(lambda: _backward(*factor, x, 0, first_end),
-                      lambda: _backward(*factor, x, first_end, separator))
+                     lambda: _backward(*factor, x, first_end, separator))
         return x
 
 
@@ -454,7 +455,7 @@ def solve_band(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray, first_guess: np
     plan = plan_direct(level)
     if plan.factor_bytes <= direct_max_bytes:
         try:
-            return solve_direct(matrix, rhs, plan, side_by_side)
+            return solve_direct(matrix, rhs, plan)
         except NotPositiveDefinite:
             pass  # pymatting's way copes: it shifts the diagonal until the factor exists
     split = split_band(matrix, level)
