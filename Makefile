@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
-	$(PY) -c "from service.matting import warm_up; warm_up()"
+	$(PY) -c "from service.matting.cutout import warm_up; warm_up()"
 	touch $@
 
 # Test-only Python packages (pytest, hypothesis, the official runware SDK).

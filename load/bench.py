@@ -93,8 +93,8 @@ def _process(command: list[str], ready_url: str, env: dict[str, str] | None = No
 
 
 def _model_input(image: bytes) -> np.ndarray:
-    from service.models import FAMILIES
-    from service.pipeline import decode_image, preprocess
+    from service.inference.families import FAMILIES
+    from service.imaging.pipeline import decode_image, preprocess
 
     return preprocess(decode_image(image, 40_000_000), FAMILIES["u2net"])[np.newaxis]
 
@@ -114,7 +114,7 @@ def raw_onnxruntime(tensor: np.ndarray, seconds: float) -> float:
 
 def raw_openvino(tensor: np.ndarray, seconds: float) -> tuple[float, int]:
     """Images/s through the service's OpenVINO runtime at its preferred batch, and that batch."""
-    from service.runtime import OpenVinoModel
+    from service.inference.runtime import OpenVinoModel
 
     model = OpenVinoModel(MODEL)
     batch = np.repeat(tensor, model.preferred_batch, axis=0)

@@ -17,7 +17,7 @@ import msgspec
 from msgspec import Meta
 
 __all__ = [
-    "TASK_UUID_PATTERN", "OUTPUT_TYPES", "OUTPUT_FORMATS", "DEFAULT_MODEL",
+    "UUID_PATTERN", "OUTPUT_TYPES", "OUTPUT_FORMATS", "DEFAULT_MODEL",
     "AuthenticationRequest", "PingRequest", "ImageUploadRequest", "GetResponseRequest",
     "RemoveBackgroundRequest", "BackgroundSettingsFields", "InputsField",
     "Authenticate", "Ping", "ImageUpload", "GetResponse", "RemoveBackground",
@@ -27,8 +27,8 @@ __all__ = [
     "DataFrame", "ErrorsFrame", "RestResponse", "REQUEST_TYPES", "RESULT_TYPES",
 ]
 
-TASK_UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-TaskUUID = Annotated[str, Meta(pattern=TASK_UUID_PATTERN)]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+TaskUUID = Annotated[str, Meta(pattern=UUID_PATTERN)]
 Threshold = Annotated[int, Meta(ge=1, le=255)]
 Channel = Annotated[int, Meta(ge=0, le=255)]
 Rgba = Annotated[list[Channel], Meta(min_length=4, max_length=4)]

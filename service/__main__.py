@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, ModelOverride
-from .models import FAMILIES
+from .inference.families import FAMILIES
 
 ENV_PREFIX = "RBG_"
 
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
-    from .server import run  # after logging is set up: loading models logs
+    from .app import run  # after logging is set up: loading models logs
 
     try:
         asyncio.run(run(config))

@@ -78,8 +78,8 @@ async def _in_process_service() -> AsyncIterator[str]:
     import logging
 
     from .config import Config
-    from .matting import warm_up
-    from .server import build_app, start_server
+    from .matting.cutout import warm_up
+    from .app import build_app, serve
 
     logging.basicConfig(level=logging.ERROR)  # the run's own output is the report
     with socket.socket() as probe:
@@ -90,7 +90,7 @@ async def _in_process_service() -> AsyncIterator[str]:
         config = Config(port=port, storage_dir=Path(storage), models_dir=models)
         app = await asyncio.to_thread(build_app, config)
         await asyncio.to_thread(warm_up)
-        server = await start_server(app)
+        server = await serve(app)
         try:
             yield f"ws://127.0.0.1:{port}"
         finally:

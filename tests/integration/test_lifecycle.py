@@ -10,8 +10,8 @@ import websockets
 
 from service.__main__ import config_from_args
 from service.config import ModelOverride
-from service.models import load_registry
-from service.server import App, start_server as start_in_process
+from service.inference.registry import load_registry
+from service.app import App, serve as start_in_process
 from tests.support import (
     Client, FakeClock, MODEL, b64, fixture_bytes, free_port, http_get, new_uuid, start_server,
 )

@@ -10,8 +10,8 @@ import pytest
 import websockets
 from PIL import Image
 
-from service import pipeline
-from service.models import FAMILIES
+from service.imaging import pipeline
+from service.inference.families import FAMILIES
 from tests.support import Client, b64, data_uri, fixture_bytes, http_get, new_uuid, open_image
 
 CAR = fixture_bytes("car-1.jpg")

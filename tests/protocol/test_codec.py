@@ -226,7 +226,7 @@ def test_errors_encode_without_nulls():
 def test_protocol_imports_no_io_or_numeric_libraries():
     """protocol/ stays pure: importing all of it pulls in none of these."""
     forbidden = ["asyncio", "numpy", "onnxruntime", "PIL", "websockets", "aiohttp", "service", "socket"]
-    code = ("import sys, protocol.codec, protocol.session, protocol.errors, protocol.messages;"
+    code = ("import sys, protocol.codec, protocol.auth, protocol.errors, protocol.messages;"
             f"print([m for m in {forbidden!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""service.batcher with an injected inference function (a test double for the model only)."""
+"""service.scheduling.batcher with an injected inference function (a test double for the model only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.batcher import MicroBatcher
+from service.scheduling.batcher import MicroBatcher
 
 
 class GatedModel:
@@ -141,14 +141,14 @@ async def test_a_partial_batch_waits_max_wait_then_runs():
     await batcher.stop()
 
 
-async def test_round_robin_across_owners_bounds_the_wait_of_a_small_socket():
+async def test_round_robin_across_clients_bounds_the_wait_of_a_small_socket():
     model = GatedModel()
     batcher = MicroBatcher(model, max_batch=2, max_wait=0.0)
     order: list[str] = []
 
-    async def submit(owner: str, value: float):
-        await batcher.submit(np.full(1, value), owner=owner)
-        order.append(owner)
+    async def submit(client: str, value: float):
+        await batcher.submit(np.full(1, value), client=client)
+        order.append(client)
 
     heavy = [asyncio.create_task(submit("heavy", i)) for i in range(100)]
     await wait_entered(model)  # batch 1: two of heavy's images
@@ -162,7 +162,7 @@ async def test_round_robin_across_owners_bounds_the_wait_of_a_small_socket():
     await batcher.stop()
 
 
-async def test_owners_take_turns_within_a_batch():
+async def test_clients_take_turns_within_a_batch():
     model = GatedModel()
     model.gate.set()
     batcher = MicroBatcher(model, max_batch=4, max_wait=0.001)
@@ -174,7 +174,7 @@ async def test_owners_take_turns_within_a_batch():
         return original(batch)
 
     batcher._infer = record
-    tasks = [asyncio.create_task(batcher.submit(np.full(1, v), owner=o))
+    tasks = [asyncio.create_task(batcher.submit(np.full(1, v), client=o))
              for o, v in [("a", 1), ("a", 2), ("a", 3), ("b", 10), ("c", 20)]]
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert seen[:4] == [1, 10, 20, 2] and seen[4] == 3

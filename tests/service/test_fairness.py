@@ -1,4 +1,4 @@
-"""service.fairness: owners take turns, in the queue and in the CPU pool."""
+"""service.scheduling.fairness: clients take turns, in the queue and in the CPU pool."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from service.fairness import FairExecutor, RoundRobin
+from service.scheduling.fairness import FairExecutor, RoundRobin
 
 
-def test_round_robin_serves_one_item_per_owner_per_turn():
+def test_round_robin_serves_one_item_per_client_per_turn():
     queue: RoundRobin[str] = RoundRobin()
     for item in ("a1", "a2", "a3"):
         queue.put("a", item)
@@ -23,7 +23,7 @@ def test_round_robin_serves_one_item_per_owner_per_turn():
         queue.take()
 
 
-async def test_a_busy_owner_does_not_hold_back_another_in_the_cpu_pool():
+async def test_a_busy_client_does_not_hold_back_another_in_the_cpu_pool():
     executor = FairExecutor(1, name="test")
     gate = threading.Event()
     order: list[str] = []

@@ -1,4 +1,4 @@
-"""service.matting: rembg's alpha matting, solved for the unknown band only."""
+"""service.matting.cutout: rembg's alpha matting, solved for the unknown band only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from protocol.messages import BackgroundSettings
-from service import matting
+from service.matting import cutout as matting
 from tests.support import fixture_bytes, open_image
 
 
@@ -105,7 +105,7 @@ _CONCURRENT_MATTING = """
 import threading
 import numpy as np
 from protocol.messages import BackgroundSettings
-from service import matting
+from service.matting import cutout as matting
 from tests.service.test_matting import soft_mask
 
 rgb = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
@@ -150,12 +150,12 @@ import json
 import numba
 import numpy as np
 from protocol.messages import BackgroundSettings
-from service import matting
+from service.matting import cutout as matting
 from tests.service.test_matting import soft_mask
 from tests.support import fixture_bytes, open_image
 
 def signatures():
-    from service import matting_direct, matting_foreground, matting_solver, matting_system
+    from service.matting import direct as matting_direct, foreground as matting_foreground, solver as matting_solver, system as matting_system
     return {f"{module.__name__}.{name}": len(kernel.signatures)
             for module in (matting_system, matting_solver, matting_direct, matting_foreground)
             for name, kernel in vars(module).items()
@@ -167,8 +167,8 @@ rgb = np.asarray(open_image(fixture_bytes("car-1.jpg")).convert("RGB"))
 settings = BackgroundSettings(alpha_matting=True)
 mask = soft_mask(rgb.shape[:2])
 matting.matting_cutout(rgb, mask, settings)  # the exact solve
-from service.matting_solver import solve_band
-from service.matting_system import band_system
+from service.matting.solver import solve_band
+from service.matting.system import band_system
 matrix, rhs, _ = band_system(rgb / 255.0, matting.trimap(mask, settings) / 255.0)
 solve_band(matrix, rhs, np.full(rhs.size, 0.5), direct_max_bytes=0)  # the iterative one
 print(json.dumps([warm, signatures()]))

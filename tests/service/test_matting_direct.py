@@ -1,4 +1,4 @@
-"""service.matting_direct: the band's system solved exactly, level block by level block."""
+"""service.matting.direct: the band's system solved exactly, level block by level block."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 
-from service import matting_solver
-from service.matting_direct import NotPositiveDefinite, plan_direct, solve_direct
-from service.matting_solver import band_levels, solve_band
-from service.matting_system import band_system
-from service.matting_threads import side_by_side
+from service.matting import solver as matting_solver
+from service.matting.direct import NotPositiveDefinite, plan_direct, solve_direct
+from service.matting.solver import band_levels, solve_band
+from service.matting.system import band_system
+from service.matting.threads import side_by_side
 
 from tests.service.test_matting_solver import band
 

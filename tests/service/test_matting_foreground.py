@@ -1,4 +1,4 @@
-"""service.matting_foreground: pymatting's ML foreground estimate, to the bit."""
+"""service.matting.foreground: pymatting's ML foreground estimate, to the bit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pymatting.foreground.estimate_foreground_ml import estimate_foreground_ml
 
-from service.matting_foreground import estimate_foreground, rgba_bytes
+from service.matting.foreground import estimate_foreground, rgba_bytes
 from tests.support import FIXTURES
 
 
@@ -52,7 +52,7 @@ def test_rgba_bytes_are_rembgs_stack_scale_clip_and_truncation():
 
 def recorded_side_by_side(monkeypatch) -> list:
     """Records each level that ran its sweeps side by side (through matting_threads)."""
-    from service import matting_foreground, matting_threads
+    from service.matting import foreground as matting_foreground, threads as matting_threads
 
     calls = []
 
@@ -75,7 +75,7 @@ def test_a_big_level_runs_its_two_sweeps_side_by_side_and_is_still_pymattings(mo
 def test_with_the_helper_busy_the_sweeps_run_one_after_the_other_to_the_same_bits(monkeypatch):
     import threading
 
-    from service import matting_threads
+    from service.matting import threads as matting_threads
 
     busy = threading.BoundedSemaphore(1)
     busy.acquire()  # as when another matting job holds the helper

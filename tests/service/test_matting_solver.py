@@ -1,4 +1,4 @@
-"""service.matting_solver: pymatting's incomplete Cholesky and CG, the band cut in two halves."""
+"""service.matting.solver: pymatting's incomplete Cholesky and CG, the band cut in two halves."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import scipy.sparse.linalg
 from pymatting.preconditioner.ichol import ichol
 from pymatting.solver.cg import cg
 
-from service.matting_solver import DIRECT_MAX_BYTES, incomplete_cholesky, solve_band, split_band
-from service.matting_system import band_system
+from service.matting.solver import DIRECT_MAX_BYTES, incomplete_cholesky, solve_band, split_band
+from service.matting.system import band_system
 
 
 def band(seed: int, shape=(48, 64)):
@@ -180,7 +180,7 @@ def test_bands_of_one_or_two_pixels_are_solved_exactly(unknown_pixels, direct_ma
 
 def test_a_factor_beyond_the_cap_raises_value_error_instead_of_growing_forever(monkeypatch):
     """With the cap lowered below what the factor needs, growth stops at the cap."""
-    import service.matting_solver as solver
+    import service.matting.solver as solver
 
     matrix, _, split = split_system(0)
     monkeypatch.setattr(solver, "_MAX_NNZ", 3 * matrix.shape[0])

@@ -1,4 +1,4 @@
-"""service.matting_system: the unknown pixels' rows of pymatting's matting Laplacian."""
+"""service.matting.system: the unknown pixels' rows of pymatting's matting Laplacian."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymatting.laplacian.cf_laplacian import cf_laplacian
 
-from service.matting_system import band_system
+from service.matting.system import band_system
 
 
 def pymatting_system(image: np.ndarray, trimap: np.ndarray):

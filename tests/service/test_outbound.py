@@ -1,4 +1,4 @@
-"""service.outbound: the address policy, caps and timeouts, against real HTTP servers on loopback.
+"""service.net.outbound: the address policy, caps and timeouts, against real HTTP servers on loopback.
 
 Names are pointed at chosen addresses by an injected resolver; for the requests that must
 succeed, the test policy treats 127.0.0.2 as the one "public" address, so that no traffic ever
@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from protocol.errors import TaskFailure
-from service.outbound import OutboundHttp, is_public_address, literal_address
+from service.net.outbound import OutboundHttp, is_public_address, literal_address
 
 PUBLIC_FOR_TEST = "127.0.0.2"
 

@@ -1,4 +1,4 @@
-"""service.pipeline (+ the real u2netp runtime): equal to rembg's reference output.
+"""service.imaging.pipeline (+ the real u2netp runtime): equal to rembg's reference output.
 
 Golden files under tests/fixtures/golden were produced by rembg 2.0.86 itself with the same
 u2netp file (see tests/fixtures/golden/README.md for the command).
@@ -16,9 +16,9 @@ from PIL import Image
 
 from protocol.errors import TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
-from service import pipeline
-from service.models import FAMILIES
-from service.runtime import load_runtime
+from service.imaging import pipeline
+from service.inference.families import FAMILIES
+from service.inference.runtime import load_runtime
 
 from tests.support import FIXTURES, MODEL, fixture_bytes, open_image, shared_image
 

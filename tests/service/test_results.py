@@ -1,4 +1,4 @@
-"""service.results: what getResponse answers, for how long, and to whom."""
+"""service.tasks.results and service.cluster.results: what getResponse answers, for how long, and to whom."""
 
 from __future__ import annotations
 
@@ -12,19 +12,21 @@ from redis import asyncio as redis_asyncio
 from protocol.codec import decode_frame
 from protocol.errors import ErrorItem
 from protocol.messages import BackgroundRemovalResult, TaskStatusItem
-from service.results import Handover, RedisResultsBook, ResultsBook, TaskState, owner_of
-from service.storage import ImageStore
-from service.taskqueue import JobQueue
+from service.cluster.jobs import JobQueue
+from service.cluster.results import Handover, RedisResultsBook
+from service.storage.directory import DirectoryImageStore
+from service.tasks.ports import TaskState
+from service.tasks.results import InMemoryResultsBook, scope_of
 from tests.support import FakeClock, start_redis
 
-ALICE, BOB = owner_of("alice"), owner_of("bob")
+ALICE, BOB = scope_of("alice"), scope_of("bob")
 T1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
 
 
-def book(tmp_path, retention: float = 100) -> tuple[ResultsBook, ImageStore, FakeClock]:
+def book(tmp_path, retention: float = 100) -> tuple[InMemoryResultsBook, DirectoryImageStore, FakeClock]:
     clock = FakeClock()
-    store = ImageStore(tmp_path, default_ttl=1000, clock=clock)
-    return ResultsBook(store, retention=retention, clock=clock), store, clock
+    store = DirectoryImageStore(tmp_path, default_ttl=1000, clock=clock)
+    return InMemoryResultsBook(store, retention=retention, clock=clock), store, clock
 
 
 def result(image_uuid: str, **payload) -> BackgroundRemovalResult:
@@ -98,7 +100,7 @@ def redis_server(tmp_path_factory):
 async def redis_book(redis_server, tmp_path):
     client = redis_asyncio.from_url(redis_server.url)
     await client.flushdb()
-    store = ImageStore(tmp_path, default_ttl=1000)
+    store = DirectoryImageStore(tmp_path, default_ttl=1000)
     yield RedisResultsBook(client, store, retention=100), store, client
     await client.aclose()
 
@@ -132,10 +134,10 @@ async def test_redis_only_the_first_to_end_a_task_records_and_hands_over(redis_b
     handover = Handover("rbg:outbox:s1", "rbg:wake:s1", 100, 60)
     outcome = result(stored.uuid, imageBase64Data=base64.b64encode(b"\x89PNG-bytes").decode())
     answer = msgspec.json.encode(outcome)
-    assert await results.succeed(ALICE, T1, outcome, 300, handover, answer)
-    assert not await results.succeed(ALICE, T1, outcome, 300, handover, answer)  # a slow twin
-    assert not await results.fail(ALICE, T1, ErrorItem(code="internalServerError", message="m"),
-                                  handover)
+    assert await results.finish_and_hand_over(ALICE, T1, outcome, 300, handover)
+    assert not await results.finish_and_hand_over(ALICE, T1, outcome, 300, handover)  # a slow twin
+    failure = ErrorItem(code="internalServerError", message="m")
+    assert not await results.finish_and_hand_over(ALICE, T1, failure, None, handover)
     [(_, fields)] = await client.xrange("rbg:outbox:s1")
     assert fields[b"kind"] == b"data" and fields[b"item"] == answer
     assert 100 < await client.ttl(results.key(ALICE, T1)) <= 300  # the ttl beyond the retention

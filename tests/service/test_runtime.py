@@ -1,4 +1,4 @@
-"""service.runtime and service.fetch_model: the model file and its batch dimension."""
+"""service.inference.runtime and service.fetch_model: the model file and its batch dimension."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 
 from service.fetch_model import MD5
-from service.models import FAMILIES, load_registry
+from service.inference.families import FAMILIES
+from service.inference.registry import load_registry
 from service.config import Config, ModelOverride
-from service.runtime import OnnxModel, cuda_usable, with_symbolic_batch
+from service.inference.runtime import OnnxModel, cuda_usable, with_symbolic_batch
 from tests.support import MODEL, build_isnet_test_model
 
 
@@ -51,7 +52,7 @@ def test_registry_serves_rembg_1_4_by_the_embedded_model_and_detects_families(tm
 
 def test_openvino_with_fewer_threads_than_cores_does_not_pin_them(tmp_path):
     """Two 1-thread workers on one host would otherwise share the first core."""
-    from service.runtime import OpenVinoModel
+    from service.inference.runtime import OpenVinoModel
 
     path = build_isnet_test_model(tmp_path / "m.onnx", size=320)
     limited = OpenVinoModel(path, threads=1)

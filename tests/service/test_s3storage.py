@@ -1,4 +1,4 @@
-"""service.s3storage against a real S3 API (SeaweedFS's weed mini on loopback)."""
+"""service.storage.s3 against a real S3 API (SeaweedFS's weed mini on loopback)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from service.s3storage import S3ImageStore
+from service.storage.s3 import S3ImageStore
 from tests.support import FakeClock, start_seaweedfs
 
 

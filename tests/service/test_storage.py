@@ -1,15 +1,16 @@
-"""service.storage: images by UUID with an expiry, swept from disk."""
+"""service.storage.directory: images by UUID with an expiry, swept from disk."""
 
 from __future__ import annotations
 
-from service.pipeline import CONTENT_TYPES
-from service.storage import STORED_EXTENSIONS, ImageStore
+from service.imaging.formats import CONTENT_TYPES
+from service.imaging.formats import STORED_EXTENSIONS
+from service.storage.directory import DirectoryImageStore
 from tests.support import FakeClock as Clock
 
 
 async def test_an_image_lives_for_its_ttl_then_is_gone_and_swept(tmp_path):
     clock = Clock()
-    store = ImageStore(tmp_path, default_ttl=3600, clock=clock)
+    store = DirectoryImageStore(tmp_path, default_ttl=3600, clock=clock)
     stored = await store.put(b"png-bytes", "png", ttl=60)
     assert stored.path.read_bytes() == b"png-bytes"
     assert (await store.load(stored.uuid))[1] == b"png-bytes"
@@ -24,7 +25,7 @@ async def test_an_image_lives_for_its_ttl_then_is_gone_and_swept(tmp_path):
 
 async def test_default_ttl_applies_when_the_task_gives_none(tmp_path):
     clock = Clock()
-    store = ImageStore(tmp_path, default_ttl=100, clock=clock)
+    store = DirectoryImageStore(tmp_path, default_ttl=100, clock=clock)
     stored = await store.put(b"x", "jpg")
     clock.now += 99
     assert store.get(stored.uuid) is not None
@@ -35,8 +36,8 @@ async def test_default_ttl_applies_when_the_task_gives_none(tmp_path):
 async def test_processes_sharing_the_directory_see_each_others_images(tmp_path):
     """Gateways and workers share one directory; an earlier run's files are found the same way."""
     clock = Clock()
-    writer = ImageStore(tmp_path, default_ttl=3600, clock=clock)
-    reader = ImageStore(tmp_path, default_ttl=3600, clock=clock)
+    writer = DirectoryImageStore(tmp_path, default_ttl=3600, clock=clock)
+    reader = DirectoryImageStore(tmp_path, default_ttl=3600, clock=clock)
     stored = await writer.put(b"kept", "webp", ttl=120)
     assert (await reader.load(stored.uuid))[1] == b"kept"
     assert reader.get(stored.uuid).extension == "webp"

@@ -1,0 +1,65 @@
+"""One client's authentication state: whether it has authenticated, and with which key.
+
+Pure bookkeeping, no I/O: the transport asks ``admit`` before running a task. (Which taskUUIDs
+are known is the service's results book's business: it outlives sockets.)
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Callable
+
+from .errors import Code, ErrorItem
+from .messages import Authenticate, AuthenticationResult, Ping, Task
+
+__all__ = ["AuthStage", "AuthState"]
+
+
+class AuthStage(enum.Enum):
+    AWAITING_AUTH = "awaiting-auth"
+    OPEN = "open"
+
+
+class AuthState:
+    """Args:
+        key_is_valid: decides whether an API key is accepted (the service holds the keys).
+    """
+
+    def __init__(self, key_is_valid: Callable[[str], bool]) -> None:
+        self._key_is_valid = key_is_valid
+        self.stage = AuthStage.AWAITING_AUTH
+        self.api_key: str | None = None
+        self.session_uuid: str | None = None
+
+    def authenticate(self, task: Authenticate,
+                     session_for: Callable[[str | None, str], str]) -> AuthenticationResult | ErrorItem:
+        """Open the session, or refuse the key.
+
+        ``session_for(requested_session_uuid, api_key)`` is asked for the connectionSessionUUID
+        only once the key is accepted. A refused key leaves an already open session as it was.
+        """
+        if not self._key_is_valid(task.api_key):
+            return ErrorItem(code=Code.INVALID_API_KEY, message="Invalid API key.",
+                             parameter="apiKey", type="string", taskType="authentication")
+        session_uuid = session_for(task.session_uuid, task.api_key)
+        self.stage = AuthStage.OPEN
+        self.api_key = task.api_key
+        self.session_uuid = session_uuid
+        return AuthenticationResult(taskType="authentication", connectionSessionUUID=session_uuid)
+
+    def admit(self, task: Task) -> ErrorItem | None:
+        """None when ``task`` may run now; otherwise the error to send instead.
+
+        Pings and authentication are always admitted (the Python SDK pings before its auth reply
+        arrives). Everything else needs an open session.
+        """
+        if isinstance(task, (Ping, Authenticate)):
+            return None
+        if self.stage is not AuthStage.OPEN:
+            # missingApiKey makes the Python SDK reconnect and authenticate, which is the cure.
+            return ErrorItem(code=Code.MISSING_API_KEY,
+                             message="Not authenticated: send an authentication task with your "
+                                     "apiKey before any other task.",
+                             parameter="apiKey", type="string",
+                             taskType=task.task_type, taskUUID=task.task_uuid)
+        return None

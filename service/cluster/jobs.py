@@ -1,0 +1,259 @@
+"""The distributed mode's job queue: a Redis Stream that gateways add removals to and workers
+read in batches.
+
+- ``rbg:jobs``: the stream; each entry is one removal (``job``: msgpack of ``Job``), its input
+  already stored by the gateway (the task's image is the stored imageUUID).
+- ``workers``: the consumer group. A worker reads up to a batch at once
+  (``XREADGROUP COUNT=max_batch``), runs the model through its own micro-batcher, records the
+  outcome in the results book and hands the answer to the session's outbox (one Lua script: only
+  the first to end a task does either), then ``XACK``s and deletes the entry.
+- A worker that dies leaves its entries pending. Every worker runs ``XAUTOCLAIM`` for entries
+  idle longer than ``claim_after`` and runs them again; an entry delivered more than
+  ``max_attempts`` times fails its task with ``workerFailed``. A worker re-claims its own
+  unfinished entries (``XCLAIM ... JUSTID``) so that a slow task is not taken for a dead one.
+
+``QueuedWork`` is the gateway's ``WorkExecutor``: removals become jobs, everything else runs
+on the gateway. Inference stays behind ``Processor`` -> ``MicroBatcher`` -> ``infer_batch``: a
+Triton client could replace the runtime without gateways noticing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+import msgspec
+
+from protocol.codec import encode_answer
+from protocol.errors import Code, ErrorItem
+from protocol.messages import RemoveBackground
+
+from ..net.delivery import WebhookSender
+from ..tasks.outcomes import Destination, destination, error_item_for
+from ..tasks.ports import Requester, WorkResult, WorkTask
+from ..tasks.processor import Processor
+from ..tasks.work import LocalWork
+from .relay import RelayedSession
+from .results import Handover, RedisResultsBook
+
+__all__ = ["Job", "JobQueue", "QueuedWork", "Worker", "STREAM", "GROUP"]
+
+log = logging.getLogger(__name__)
+
+STREAM = "jobs"
+GROUP = "workers"
+
+
+class Job(msgspec.Struct, array_like=True):
+    task: RemoveBackground
+    scope: bytes  # digest of the API key: the results book's scope
+    handover: Handover | None  # the session outbox that waits, if any
+
+
+class JobQueue:
+    """The gateways' end: add a job (and turn its task's admission lease into a record)."""
+
+    def __init__(self, redis: Any, results: RedisResultsBook, prefix: str = "rbg") -> None:
+        self._redis = redis
+        self._results = results
+        self._stream = f"{prefix}:{STREAM}"
+        # Jobs in the stream (queued or running; workers delete what they finish), for the
+        # overload limit. Counted up at once when we add one, re-read from Redis by ``watch``.
+        self.backlog = 0
+
+    async def add(self, task: RemoveBackground, scope: bytes, handover: Handover | None) -> None:
+        job = Job(task, scope, handover)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            # No MAXLEN: trimming would drop jobs nobody ran. Workers delete what they finished.
+            pipe.xadd(self._stream, {"job": msgspec.msgpack.encode(job)})
+            pipe.expire(self._results.key(scope, task.task_uuid), self._results.PROCESSING_SECONDS)
+            await pipe.execute()
+        self.backlog += 1
+
+    async def watch(self, interval: float = 0.25) -> None:
+        """Keep ``backlog`` close to the stream's length (other gateways add, workers finish)."""
+        while True:
+            try:
+                self.backlog = await self._redis.xlen(self._stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gateway: reading the job backlog failed")
+            await asyncio.sleep(interval)
+
+
+class QueuedWork:
+    """The gateway's ``WorkExecutor``: a removal's input is stored here and the removal queued
+    as a job, whose worker records and answers it; image uploads run here."""
+
+    def __init__(self, processor: Processor, queue: JobQueue) -> None:
+        self._processor = processor
+        self._queue = queue
+        self._local = LocalWork(processor)
+
+    def check_destinations(self, task: RemoveBackground) -> None:
+        self._processor.check_destinations(task)
+
+    async def execute(self, task: WorkTask, requester: Requester) -> WorkResult | None:
+        if not isinstance(task, RemoveBackground):
+            return await self._local.execute(task, requester)
+        # Client sessions are relayed through Redis in this mode; the job names their outbox.
+        answers = requester.answers
+        handover = answers.handover if isinstance(answers, RelayedSession) else None
+        stored = await self._processor.store_input(task)
+        await self._queue.add(stored, requester.scope, handover)
+        return None
+
+
+class Worker:
+    """Args:
+        redis: an async redis client.
+        processor: runs a removal (the worker's own model, batcher and CPU pool).
+        results: the shared results book.
+        webhooks: posts outcomes of webhook tasks.
+        max_batch: entries read at once (and kept in flight: two batches' worth).
+        claim_after: seconds an entry may sit unacknowledged before others take it.
+        max_attempts: deliveries of one entry before its task fails.
+    """
+
+    def __init__(self, redis: Any, processor: Processor, results: RedisResultsBook,
+                 webhooks: WebhookSender, max_batch: int, claim_after: float = 30.0,
+                 max_attempts: int = 3, prefix: str = "rbg", name: str | None = None) -> None:
+        self._redis = redis
+        self._processor = processor
+        self._results = results
+        self._webhooks = webhooks
+        self._max_batch = max(1, max_batch)
+        self._claim_after = claim_after
+        self._max_attempts = max_attempts
+        self._stream = f"{prefix}:{STREAM}"
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self._in_flight: dict[bytes, asyncio.Task] = {}
+        self._room = asyncio.Event()  # set whenever a job ends: the reader may read again
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+        except Exception as error:  # BUSYGROUP: another worker made it first
+            if "BUSYGROUP" not in str(error):
+                raise
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read(), name="worker-read"),
+                       loop.create_task(self._claim(), name="worker-claim")]
+        log.info("worker %s reading %s (batches of %d)", self.name, self._stream, self._max_batch)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight.values()))
+
+    async def _read(self) -> None:
+        while True:
+            free = 2 * self._max_batch - len(self._in_flight)
+            if free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                replies = await self._redis.xreadgroup(GROUP, self.name, {self._stream: ">"},
+                                                       count=min(free, self._max_batch), block=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker: reading the job stream failed")
+                await asyncio.sleep(1)
+                continue
+            for _, entries in replies or []:
+                for entry_id, fields in entries:
+                    self._start(entry_id, fields)
+
+    def _start(self, entry_id: bytes, fields: dict) -> None:
+        if entry_id in self._in_flight:
+            return
+        running = asyncio.get_running_loop().create_task(self._run(entry_id, fields))
+        self._in_flight[entry_id] = running
+
+        def finished(_: asyncio.Task) -> None:
+            self._in_flight.pop(entry_id, None)
+            self._room.set()
+
+        running.add_done_callback(finished)
+
+    async def _run(self, entry_id: bytes, fields: dict) -> None:
+        try:
+            job = msgspec.msgpack.decode(fields[b"job"], type=Job)
+        except (KeyError, msgspec.DecodeError):
+            log.error("dropping an unreadable job entry %s", entry_id)
+            await self._done(entry_id)
+            return
+        task = job.task
+        # whom the CPU pool and the batcher take turns between: the client session, if any
+        client = job.handover.outbox_key if job.handover else job.scope
+        try:
+            result = await self._processor.remove_background(task, client)
+        except Exception as error:
+            await self._end(job, error_item_for(task, error))
+        else:
+            await self._end(job, result)
+        await self._done(entry_id)
+
+    async def _end(self, job: Job, outcome: Any) -> None:
+        """Record the outcome; hand it to the session, or POST it, exactly once."""
+        task = job.task
+        where = destination(task)
+        handover = job.handover if where is Destination.CLIENT else None
+        ttl = None if isinstance(outcome, ErrorItem) else task.output.ttl
+        first = await self._results.finish_and_hand_over(job.scope, task.task_uuid, outcome, ttl,
+                                                         handover)
+        if first and where is Destination.WEBHOOK:
+            self._webhooks.deliver(task.webhook_url, encode_answer(outcome), task.task_uuid)
+
+    async def _done(self, entry_id: bytes) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self._stream, GROUP, entry_id)
+            pipe.xdel(self._stream, entry_id)
+            await pipe.execute()
+
+    async def _claim(self) -> None:
+        """Keep our own entries fresh; take over those of workers that stopped."""
+        interval = max(0.2, self._claim_after / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self._in_flight:
+                    await self._redis.xclaim(self._stream, GROUP, self.name, 0,
+                                             list(self._in_flight), justid=True)
+                _, claimed, _ = await self._redis.xautoclaim(
+                    self._stream, GROUP, self.name, int(self._claim_after * 1000),
+                    start_id="0-0", count=self._max_batch)
+                for entry_id, fields in claimed:
+                    await self._retry_or_fail(entry_id, fields)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker: claiming stale jobs failed")
+
+    async def _retry_or_fail(self, entry_id: bytes, fields: dict | None) -> None:
+        if not fields:  # deleted meanwhile
+            await self._done(entry_id)
+            return
+        pending = await self._redis.xpending_range(self._stream, GROUP, min=entry_id,
+                                                   max=entry_id, count=1)
+        attempts = pending[0]["times_delivered"] if pending else 1
+        if attempts <= self._max_attempts:
+            log.warning("worker %s: took over job %s (attempt %d)", self.name, entry_id, attempts)
+            self._start(entry_id, fields)
+            return
+        job = msgspec.msgpack.decode(fields[b"job"], type=Job)
+        log.error("job %s failed: %d workers stopped while running it", entry_id, attempts - 1)
+        await self._end(job, ErrorItem(
+            code=Code.WORKER_FAILED, taskType=job.task.task_type, taskUUID=job.task.task_uuid,
+            message=f"The task was started {attempts - 1} times and each time the worker running "
+                    "it stopped; it was not completed. Sending it again may succeed."))
+        await self._done(entry_id)

@@ -1,0 +1,212 @@
+"""Client sessions kept in Redis (the distributed mode): answers outlive sockets *and* gateways.
+
+Each session has
+- ``rbg:session:<uuid>``: a hash with the digest of its API key and ``cursor``, the id of the
+  last outbox entry its client was sent; it expires ``linger`` seconds after its last socket left;
+- ``rbg:outbox:<uuid>``: a stream of the session's answers (``kind`` data/errors, ``item`` JSON),
+  written by whoever finished the task (a worker, or the gateway for what it answers itself);
+- ``rbg:wake:<uuid>``: a pub/sub channel; a message means "the outbox has something new".
+The gateway holding the session's socket subscribes to its channel and relays new entries to the
+socket, moving the cursor past each one sent. A client resuming on any gateway (after its socket
+or its gateway died) gets everything after the cursor. Delivered entries are trimmed.
+
+A REST request gets a throw-away session of its own: workers answer it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid as uuidlib
+from typing import Any
+
+import msgspec
+
+from protocol.errors import ErrorItem
+
+from ..tasks.ports import FrameSender
+from ..tasks.results import scope_of
+from .results import Handover
+
+__all__ = ["Relay", "RelayedSession", "RedisSessions", "frame_of"]
+
+log = logging.getLogger(__name__)
+_OUTBOX_CAP = 10_000  # entries an absent client may have waiting (approximate, MAXLEN ~)
+_CATCH_UP_SECONDS = 5.0  # how often every held session's outbox is read without a wake-up
+
+
+def frame_of(kind: bytes, item: bytes) -> bytes:
+    """An outbox entry as the one-item frame a socket sends."""
+    return b'{"' + kind + b'":[' + item + b"]}"
+
+
+class RelayedSession:
+    """One client session whose answers pass through its Redis outbox."""
+
+    def __init__(self, relay: "Relay", session_uuid: str) -> None:
+        self.uuid = session_uuid
+        self._relay = relay
+        self._sender: FrameSender | None = None
+        self._lock = asyncio.Lock()
+        keys = relay.keys(session_uuid)
+        self.handover = Handover(keys.outbox, keys.channel, _OUTBOX_CAP, int(relay.linger))
+        self.keys = keys
+
+    async def deliver(self, item: Any) -> None:
+        """An answer produced on this gateway: into the outbox like a worker's."""
+        kind = "errors" if isinstance(item, ErrorItem) else "data"
+        item_json = msgspec.json.encode(item)
+        handover = self.handover  # the same entry, cap, lifetime and wake-up as results._END
+        async with self._relay.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(handover.outbox_key, {"kind": kind, "item": item_json},
+                      maxlen=handover.max_length, approximate=True)
+            pipe.expire(handover.outbox_key, handover.lifetime)
+            pipe.publish(handover.channel, b"1")
+            await pipe.execute()
+
+    async def attach(self, sender: FrameSender) -> None:
+        self._sender = sender
+        await self._relay.subscribe(self)
+        await self.drain()
+
+    def detach(self, sender: FrameSender, now: float) -> None:
+        if self._sender is sender:
+            self._sender = None
+            asyncio.get_running_loop().create_task(self._relay.left(self))
+
+    async def drain(self) -> None:
+        """Send what the outbox holds after the cursor, oldest first, while the socket takes it."""
+        async with self._lock:
+            redis = self._relay.redis
+            cursor = await redis.hget(self.keys.session, "cursor") or b"0-0"
+            while self._sender is not None:
+                batch = await redis.xread({self.keys.outbox: cursor}, count=64)
+                if not batch:
+                    return
+                for entry_id, fields in batch[0][1]:
+                    sender = self._sender
+                    if sender is None or not await sender(frame_of(fields[b"kind"], fields[b"item"])):
+                        return  # the socket is gone: the entry waits for a resume
+                    cursor = entry_id
+                    async with redis.pipeline(transaction=False) as pipe:
+                        pipe.hset(self.keys.session, "cursor", cursor)
+                        pipe.xtrim(self.keys.outbox, minid=cursor)
+                        await pipe.execute()
+
+
+class _SessionKeys:
+    def __init__(self, prefix: str, session_uuid: str) -> None:
+        self.session = f"{prefix}:session:{session_uuid}"
+        self.outbox = f"{prefix}:outbox:{session_uuid}"
+        self.channel = f"{prefix}:wake:{session_uuid}"
+
+
+class Relay:
+    """One gateway's pub/sub link: wakes the sessions whose sockets it holds."""
+
+    def __init__(self, redis: Any, linger: float, prefix: str = "rbg") -> None:
+        self.redis = redis
+        self.linger = max(linger, 1.0)
+        self._prefix = prefix
+        self._pubsub = redis.pubsub()
+        self._attached: dict[bytes, RelayedSession] = {}
+        self._listener: asyncio.Task | None = None
+
+    def keys(self, session_uuid: str) -> _SessionKeys:
+        return _SessionKeys(self._prefix, session_uuid)
+
+    async def subscribe(self, session: RelayedSession) -> None:
+        channel = session.handover.channel.encode()
+        self._attached[channel] = session
+        await self._pubsub.subscribe(channel)
+        await self.redis.expire(session.keys.session, int(self.linger))
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen(), name="relay")
+
+    async def left(self, session: RelayedSession) -> None:
+        channel = session.handover.channel.encode()
+        holder = self._attached.get(channel)
+        if holder is not None and holder is not session:
+            return  # the client already resumed it here on another socket
+        if holder is session:
+            del self._attached[channel]
+            await self._pubsub.unsubscribe(channel)
+        await self.redis.expire(session.keys.session, int(self.linger))
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        refreshed = caught_up = loop.time()
+        while True:
+            now = loop.time()
+            if now - refreshed >= self.linger / 3:
+                refreshed = now
+                await self._keep_alive()
+            if now - caught_up >= _CATCH_UP_SECONDS:
+                # Pub/sub is at most once: a wake-up published while our connection was being
+                # re-established is lost. The outboxes are not, so look at all of them now and then.
+                caught_up = now
+                for session in list(self._attached.values()):
+                    loop.create_task(session.drain())
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except Exception:  # a lost Redis connection: redis-py reconnects on the next call
+                log.exception("relay: pub/sub read failed")
+                await asyncio.sleep(0.5)
+                caught_up = 0.0  # wake-ups may have been lost meanwhile
+                continue
+            if message is None:
+                continue
+            session = self._attached.get(message["channel"])
+            if session is not None:
+                loop.create_task(session.drain())
+
+    async def _keep_alive(self) -> None:
+        """Held sessions never reach their expiry; those of a gateway that died do."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for session in self._attached.values():
+                    pipe.expire(session.keys.session, int(self.linger))
+                await pipe.execute()
+        except Exception:
+            log.exception("relay: refreshing the held sessions failed")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        await self._pubsub.aclose()
+
+
+class RedisSessions:
+    """Client sessions in Redis (a ``SessionStore``, the twin of
+    ``service.tasks.sessions.InMemorySessions``): a session opened on one gateway resumes on
+    any other."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self.linger = relay.linger
+
+    async def resume_or_create(self, requested: str | None, api_key: str) -> RelayedSession:
+        digest = scope_of(api_key)
+        if requested is not None:
+            known = await self._relay.redis.hget(self._relay.keys(requested).session, "key")
+            if known is not None and hmac.compare_digest(known, digest):
+                return RelayedSession(self._relay, requested)
+        return await self._create(key=digest)
+
+    async def ephemeral(self) -> RelayedSession:
+        """A session for one REST request: nobody resumes it; it expires on its own."""
+        return await self._create()
+
+    async def _create(self, **fields: bytes) -> RelayedSession:
+        """A new session, its cursor before the first outbox entry, expiring after ``linger``."""
+        session = RelayedSession(self._relay, str(uuidlib.uuid4()))
+        await self._relay.redis.hset(session.keys.session, mapping={**fields, "cursor": "0-0"})
+        await self._relay.redis.expire(session.keys.session, int(self.linger))
+        return session
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def sweep(self) -> int:
+        return 0  # Redis expires what nobody resumed

@@ -1,0 +1,1 @@
+"""Images: the accepted formats (``formats``, light) and the pure pipeline (``pipeline``)."""

@@ -1,0 +1,2 @@
+"""Models: preprocessing families (``families``, light), runtimes and the registry (these
+import onnxruntime, onnx and OpenVINO)."""

@@ -1,0 +1,100 @@
+"""The model registry: which model id is served by which ONNX file, with which preprocessing.
+
+Each model id has a preprocessing family (``service.inference.families``), given by the
+operator or told from the model's input size.
+
+Ids: every ``<name>.onnx`` in the models dir (the embedded ``u2netp``), every ``--model ID=PATH``,
+and ``runware:109@1`` (RemBG 1.4), which falls back to the embedded model when the operator gave
+no RMBG-1.4 file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.messages import DEFAULT_MODEL
+
+from ..config import Config
+from .families import FAMILIES, FAMILY_BY_SIZE, Family
+from .runtime import Runtime, cuda_usable, load_runtime
+
+__all__ = ["LoadedModel", "ModelRegistry", "ModelLoadError", "load_registry", "EMBEDDED_ID"]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ID = "u2netp"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    id: str
+    runtime: Runtime
+    family: Family
+
+
+class ModelRegistry:
+    def __init__(self, models: dict[str, LoadedModel]) -> None:
+        self._models = models
+
+    def get(self, model_id: str) -> LoadedModel | None:
+        return self._models.get(model_id)
+
+    def ids(self) -> list[str]:
+        return sorted(self._models)
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def _family(runtime: Runtime, requested: str | None, model_id: str) -> Family:
+    if requested is not None:
+        if requested not in FAMILIES:
+            raise ModelLoadError(f"model {model_id}: unknown family {requested!r} "
+                                 f"(known: {', '.join(FAMILIES)})")
+        return FAMILIES[requested]
+    size = runtime.input_size
+    if size is None or size[0] != size[1] or size[0] not in FAMILY_BY_SIZE:
+        raise ModelLoadError(f"model {model_id}: cannot tell its family from input size {size}; "
+                             f"give it as --model {model_id}=PATH:FAMILY ({', '.join(FAMILIES)})")
+    return FAMILY_BY_SIZE[size[0]]
+
+
+def load_registry(config: Config) -> ModelRegistry:
+    """Load every configured model into a runtime (one session per distinct file)."""
+    use_cuda = cuda_usable()
+    specs: dict[str, tuple[Path, str | None]] = {}
+    if config.models_dir.is_dir():
+        for path in sorted(config.models_dir.glob("*.onnx")):
+            specs[path.stem] = (path, None)
+    for override in config.models:
+        specs[override.id] = (override.path, override.family)
+    if DEFAULT_MODEL not in specs:
+        if EMBEDDED_ID not in specs:
+            raise ModelLoadError(f"no model file for {DEFAULT_MODEL} and no embedded "
+                                 f"{config.models_dir / (EMBEDDED_ID + '.onnx')}: run `make install`")
+        log.warning("no RMBG-1.4 file given: %s is served by the embedded %s model "
+                    "(pass --model %s=/path/to/rmbg-1.4.onnx for the real one)",
+                    DEFAULT_MODEL, EMBEDDED_ID, DEFAULT_MODEL)
+        specs[DEFAULT_MODEL] = specs[EMBEDDED_ID]
+
+    runtimes: dict[Path, Runtime] = {}
+    models: dict[str, LoadedModel] = {}
+    for model_id, (path, family_name) in specs.items():
+        resolved = path.resolve()
+        if not resolved.is_file():
+            raise ModelLoadError(f"model {model_id}: no file at {path}")
+        if resolved not in runtimes:
+            runtimes[resolved] = load_runtime(resolved, config.runtime, use_cuda=use_cuda,
+                                              threads=config.inference_threads)
+        runtime = runtimes[resolved]
+        family = _family(runtime, family_name, model_id)
+        models[model_id] = LoadedModel(model_id, runtime, family)
+        log.info("model %s: file=%s family=%s provider=%s", model_id, resolved, family.name,
+                 runtime.provider)
+    return ModelRegistry(models)

@@ -1,0 +1,144 @@
+"""The micro-batcher: one per model runtime, one future per image, one batch at a time, fair.
+
+A batch forms from whatever is queued, up to ``max_batch`` images; when fewer are waiting it
+waits at most ``max_wait`` seconds for more. Images are taken round-robin across their clients
+(sockets), one per client per turn, so a socket that queued 100 images delays another socket's
+single image by at most one batch. Inference runs on the batcher's own thread (the runtime
+parallelises inside one call); the event loop only moves arrays and futures.
+
+Time is injectable (``clock`` and ``sleep``) so that tests drive max_wait without real waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Hashable
+
+import numpy as np
+
+from .fairness import RoundRobin
+
+__all__ = ["MicroBatcher", "InferBatch"]
+
+log = logging.getLogger(__name__)
+
+InferBatch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class _Pending:
+    tensor: np.ndarray
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    """Args:
+        infer: float32[N,...] -> float32[N,...], one output per input, in order.
+        max_batch: the most images one call receives.
+        max_wait: seconds to wait for a batch to fill once one image is queued.
+        executor: where ``infer`` runs; by default a thread of its own.
+        clock / sleep: the event loop's time and asyncio.sleep unless a test injects others.
+        on_batch: called with (images, seconds) after each inference call (metrics).
+    """
+
+    def __init__(self, infer: InferBatch, *, max_batch: int, max_wait: float,
+                 executor: Executor | None = None, name: str = "model",
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._infer = infer
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._clock = clock
+        self._sleep = sleep
+        self._on_batch = on_batch  # (images, seconds) after each inference call
+        self._queue: RoundRobin[_Pending] = RoundRobin()  # images by client, taken in turn
+        self._arrived = asyncio.Event()
+        self._runner: asyncio.Task | None = None
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+            self._runner = None
+
+    async def submit(self, tensor: np.ndarray, client: Hashable = None) -> np.ndarray:
+        """Queue one input for ``client``; resolves to its own output row once its batch ran."""
+        self.start()
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put(client, _Pending(tensor, future))
+        self._arrived.set()
+        return await future
+
+    def _take_round_robin(self, limit: int) -> list[_Pending]:
+        """Up to ``limit`` images, one per client per turn, in round-robin order."""
+        taken: list[_Pending] = []
+        while len(taken) < limit and self._queue:
+            pending = self._queue.take()
+            if not pending.future.done():  # a caller that went away needs no inference
+                taken.append(pending)
+        return taken
+
+    async def _wait_for_arrival(self, timeout: float) -> bool:
+        """True when an image arrived within ``timeout`` seconds."""
+        self._arrived.clear()
+        arrival = asyncio.ensure_future(self._arrived.wait())
+        timer = asyncio.ensure_future(self._sleep(timeout))
+        try:
+            await asyncio.wait((arrival, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrival.cancel()
+            timer.cancel()
+        return self._arrived.is_set()
+
+    async def _collect(self) -> list[_Pending]:
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = self._take_round_robin(self.max_batch)
+        deadline = self._now() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self._queue:
+                remaining = deadline - self._now()
+                if remaining <= 0 or not await self._wait_for_arrival(remaining):
+                    break
+            batch.extend(self._take_round_robin(self.max_batch - len(batch)))
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            if not batch:
+                continue
+            try:
+                stacked = np.stack([pending.tensor for pending in batch])
+                started = time.perf_counter()
+                outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), time.perf_counter() - started)
+                if len(outputs) != len(batch):
+                    raise RuntimeError(f"inference returned {len(outputs)} outputs for {len(batch)} inputs")
+            except Exception as error:  # one failed batch fails its own futures, not the batcher
+                log.exception("inference failed for a batch of %d", len(batch))
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                continue
+            for pending, output in zip(batch, outputs):
+                if not pending.future.done():
+                    pending.future.set_result(output)

@@ -1,0 +1,114 @@
+"""Images as files by UUID in a directory, each with an expiry (an ``ImageStore``).
+
+URL outputs are served by the service itself (``GET /images/<uuid>.<ext>``). An expired image is
+gone for readers at once; the sweeper deletes its file soon after.
+
+The disk is the truth: a file's modification time is its expiry. So several processes sharing
+the directory (gateways and workers of one machine, or a shared volume) see each other's images,
+and files of an earlier run stay reachable until they expire. The in-memory index only saves a
+``stat`` per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Callable
+
+from ..imaging.formats import STORED_EXTENSIONS
+from .store import StoredImage, is_image_uuid
+
+__all__ = ["DirectoryImageStore"]
+
+
+class DirectoryImageStore:
+    """Args:
+        root: the directory holding the files (created if missing).
+        default_ttl: seconds an image lives when its task names no ttl.
+        clock: seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(self, root: Path, default_ttl: int, clock: Callable[[], float] = time.time) -> None:
+        self.root = root
+        self.default_ttl = default_ttl
+        self._clock = clock
+        self._images: dict[str, StoredImage] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    async def put(self, data: bytes, extension: str, ttl: int | None = None) -> StoredImage:
+        """Write ``data`` under a new UUID (atomically: readers never see a partial file)."""
+        image_uuid = str(uuidlib.uuid4())
+        path = self.root / f"{image_uuid}.{extension}"
+        expires_at = self._clock() + (ttl if ttl is not None else self.default_ttl)
+        await asyncio.to_thread(_write_atomically, path, data, expires_at)
+        stored = StoredImage(image_uuid, extension, path, expires_at)
+        self._images[image_uuid] = stored
+        return stored
+
+    def get(self, image_uuid: str) -> StoredImage | None:
+        stored = self._images.get(image_uuid) or self._on_disk(image_uuid)
+        if stored is None or stored.expires_at <= self._clock():
+            return None
+        return stored
+
+    def _on_disk(self, image_uuid: str) -> StoredImage | None:
+        """Another process's image (or an earlier run's): found by name, expiry from mtime."""
+        if not is_image_uuid(image_uuid):
+            return None  # never let a client's string become a path
+        for extension in STORED_EXTENSIONS:
+            path = self.root / f"{image_uuid}.{extension}"
+            try:
+                expires_at = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            stored = StoredImage(image_uuid, extension, path, expires_at)
+            self._images[image_uuid] = stored
+            return stored
+        return None
+
+    async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None:
+        """The live image's record and bytes; None when unknown, expired or its file is gone."""
+        stored = self.get(image_uuid)
+        if stored is None:
+            return None
+        try:
+            return stored, await asyncio.to_thread(stored.path.read_bytes)
+        except FileNotFoundError:
+            return None
+
+    def url_for(self, stored: StoredImage, base_url: str) -> str:
+        """Where clients fetch it: our own ``GET /images/...``."""
+        return f"{base_url}/images/{stored.filename}"
+
+    async def sweep(self) -> int:
+        """Delete every expired file (whoever wrote it) and forget it; returns how many."""
+        removed = await asyncio.to_thread(_remove_expired, self.root, self._clock())
+        for image_uuid in removed:
+            self._images.pop(image_uuid, None)
+        return len(removed)
+
+
+def _remove_expired(root: Path, now: float) -> list[str]:
+    removed = []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            stem, _, extension = entry.name.partition(".")
+            if extension not in STORED_EXTENSIONS:
+                continue  # a partial file, or not ours
+            try:
+                if entry.stat().st_mtime <= now:
+                    os.unlink(entry.path)
+                    removed.append(stem)
+            except FileNotFoundError:
+                pass  # another process swept it first
+    return removed
+
+
+def _write_atomically(path: Path, data: bytes, expires_at: float) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.utime(partial, (expires_at, expires_at))  # the expiry, for every process that reads it
+    os.replace(partial, path)

@@ -1,0 +1,90 @@
+"""Task inputs: turn the string a client gave (UUID, URL, data URI, bare base64) into image bytes.
+
+Every input that is not already stored is stored, so the ``inputImageUUID`` of a result works as
+a later input. URL inputs are fetched through ``OutboundHttp`` and its address policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from protocol.errors import Code, TaskFailure
+from protocol.messages import UUID_PATTERN
+
+from ..imaging.formats import sniff_format
+from ..net.outbound import OutboundHttp
+from ..storage.store import ImageStore, StoredImage
+
+__all__ = ["ResolvedInput", "InputResolver"]
+
+_UUID = re.compile(UUID_PATTERN)
+_DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*?);base64,", re.IGNORECASE)
+# Decoding base64 of this size or more happens on a worker thread, not on the event loop.
+_THREAD_BASE64_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    stored: StoredImage
+    data: bytes
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.b64decode("".join(text.split()), validate=True)
+
+
+class InputResolver:
+    def __init__(self, store: ImageStore, http: OutboundHttp) -> None:
+        self._store = store
+        self._http = http
+
+    async def resolve(self, value: str, parameter: str) -> ResolvedInput:
+        """Bytes and stored record of the image ``value`` names. Raises TaskFailure."""
+        value = value.strip()
+        if _UUID.match(value):
+            return await self._stored(value, parameter)
+        if value[:8].lower().startswith(("http://", "https://")):
+            data = await self._http.get(value, parameter)
+        elif value[:5].lower() == "data:":
+            data = await self._decode(_data_uri_payload(value, parameter), parameter)
+        elif "://" in value[:16]:
+            raise TaskFailure(Code.FORBIDDEN_URL, "Only http and https URLs are accepted.",
+                              parameter=parameter, type="string")
+        else:
+            data = await self._decode(value, parameter)
+        return await self.store(data, parameter)
+
+    async def store(self, data: bytes, parameter: str) -> ResolvedInput:
+        extension = sniff_format(data, parameter)
+        stored = await self._store.put(data, extension)
+        return ResolvedInput(stored, data)
+
+    async def _stored(self, image_uuid: str, parameter: str) -> ResolvedInput:
+        loaded = await self._store.load(image_uuid)
+        if loaded is None:
+            raise TaskFailure(Code.UNKNOWN_IMAGE_UUID,
+                              f"No image with UUID {image_uuid} (unknown or expired).",
+                              parameter=parameter, type="string")
+        return ResolvedInput(*loaded)
+
+    async def _decode(self, text: str, parameter: str) -> bytes:
+        try:
+            if len(text) >= _THREAD_BASE64_BYTES:
+                return await asyncio.to_thread(_b64decode, text)
+            return _b64decode(text)
+        except (binascii.Error, ValueError):
+            raise TaskFailure.invalid(parameter, "string",
+                                      "Expected an image UUID, an http(s) URL, a data URI or "
+                                      "base64-encoded image data.") from None
+
+
+def _data_uri_payload(value: str, parameter: str) -> str:
+    match = _DATA_URI.match(value)
+    if match is None:
+        raise TaskFailure.invalid(parameter, "string",
+                                  "A data URI must look like data:image/png;base64,<data>.")
+    return value[match.end():]

@@ -1,0 +1,127 @@
+"""Runs one typed work task to its typed result, whatever transport it came by.
+
+The steps of a removal, each where it belongs: resolve the input (I/O, event loop) -> decode and
+preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, background, encode
+(worker thread) -> store -> result. Failures are raised as TaskFailure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Mapping
+
+import msgspec
+import numpy as np
+
+from protocol.errors import Code, TaskFailure
+from protocol.messages import (
+    BackgroundRemovalResult, ImageUpload, ImageUploadResult, RemoveBackground,
+)
+
+from ..config import Config
+from ..imaging import pipeline
+from ..imaging.formats import CONTENT_TYPES, EXTENSIONS
+from ..inference.families import Family
+from ..net.delivery import put_to_upload_endpoint
+from ..net.outbound import OutboundHttp
+from ..scheduling.batcher import MicroBatcher
+from ..scheduling.fairness import FairExecutor
+from ..storage.store import ImageStore, StoredImage
+from .inputs import InputResolver
+
+__all__ = ["ModelRoute", "Processor"]
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """How a model id is served: its preprocessing and the batcher that runs it."""
+
+    family: Family
+    batcher: MicroBatcher
+
+
+class Processor:
+    """Args:
+        models: every model id this process serves (none on a gateway).
+        cpu: the pool for decode, resize, matting and encode, taking turns between clients.
+    """
+
+    def __init__(self, config: Config, models: Mapping[str, ModelRoute], store: ImageStore,
+                 inputs: InputResolver, http: OutboundHttp, cpu: FairExecutor) -> None:
+        self._config = config
+        self._http = http
+        self._models = models
+        self._store = store
+        self._inputs = inputs
+        self._cpu = cpu
+
+    def image_url(self, stored: StoredImage) -> str:
+        return self._store.url_for(stored, self._config.base_url())
+
+    async def upload(self, task: ImageUpload, client: Hashable = None) -> ImageUploadResult:
+        resolved = await self._inputs.resolve(task.image, "image")
+        # Refuse what could never be processed now, rather than at the first removal.
+        await self._cpu.run(client, pipeline.decode_image, resolved.data,
+                            self._config.max_image_pixels, "image")
+        return ImageUploadResult(taskType="imageUpload", taskUUID=task.task_uuid,
+                                 imageUUID=resolved.stored.uuid,
+                                 imageURL=self.image_url(resolved.stored))
+
+    def _route(self, task: RemoveBackground) -> ModelRoute:
+        route = self._models.get(task.model)
+        if route is None:
+            raise TaskFailure(Code.UNSUPPORTED_MODEL,
+                              f"Unknown model {task.model!r}. Available: "
+                              + ", ".join(sorted(self._models)) + ".",
+                              parameter="model", type="string")
+        return route
+
+    def check_destinations(self, task: RemoveBackground) -> None:
+        """Refuse forbidden webhook/upload URLs before any work is done (or acknowledged)."""
+        if task.webhook_url is not None:
+            self._http.check_url(task.webhook_url, "webhookURL")
+        if task.upload_endpoint is not None:
+            self._http.check_url(task.upload_endpoint, "uploadEndpoint")
+
+    async def store_input(self, task: RemoveBackground) -> RemoveBackground:
+        """The distributed mode's gateway half: fetch or decode the input and store it, so that
+        the job names it by imageUUID (workers read it from the shared storage)."""
+        resolved = await self._inputs.resolve(task.image, task.image_parameter)
+        return msgspec.structs.replace(task, image=resolved.stored.uuid)
+
+    async def remove_background(self, task: RemoveBackground,
+                                client: Hashable = None) -> BackgroundRemovalResult:
+        """``client`` is whom the CPU pool and the batcher take turns between. The task's
+        destinations were checked when it was accepted."""
+        route = self._route(task)
+        resolved = await self._inputs.resolve(task.image, task.image_parameter)
+        max_pixels, limit_name = self._config.max_image_pixels, "the limit"
+        if task.settings.alpha_matting and self._config.max_matting_pixels < max_pixels:
+            max_pixels, limit_name = self._config.max_matting_pixels, "the limit with alphaMatting"
+        decoded, tensor = await self._cpu.run(client, _prepare, resolved.data, route.family,
+                                             max_pixels, task.image_parameter, limit_name)
+        prediction = await route.batcher.submit(tensor, client)
+        encoded = await self._cpu.run(client, pipeline.render, decoded, prediction, task.settings,
+                                     task.output, self._config.png_compress_level)
+        extension = EXTENSIONS[task.output.format]
+        if task.upload_endpoint is not None:
+            await put_to_upload_endpoint(self._http, task.upload_endpoint, encoded,
+                                         CONTENT_TYPES[extension])
+        stored = await self._store.put(encoded, extension, task.output.ttl)
+        result = BackgroundRemovalResult(
+            taskType="imageBackgroundRemoval", taskUUID=task.task_uuid, imageUUID=stored.uuid,
+            inputImageUUID=resolved.stored.uuid,
+            cost=self._config.price_per_image if task.include_cost else None,
+        )
+        if task.output.type == "URL":
+            result.imageURL = self.image_url(stored)
+            return result
+        fields = await self._cpu.run(client, pipeline.payload_fields, encoded, extension,
+                                     task.output.type)
+        return msgspec.structs.replace(result, **fields)
+
+
+def _prepare(data: bytes, family: Family, max_pixels: int, parameter: str,
+             limit_name: str) -> tuple[pipeline.DecodedImage, np.ndarray]:
+    decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name)
+    return decoded, pipeline.preprocess(decoded, family)

@@ -1,0 +1,25 @@
+"""Work tasks run in this process: the ``WorkExecutor`` of the single-process mode, and of a
+gateway for what it runs itself (image uploads)."""
+
+from __future__ import annotations
+
+from protocol.messages import ImageUpload, RemoveBackground
+
+from .ports import Requester, WorkResult, WorkTask
+from .processor import Processor
+
+__all__ = ["LocalWork"]
+
+
+class LocalWork:
+    def __init__(self, processor: Processor) -> None:
+        self._processor = processor
+
+    def check_destinations(self, task: RemoveBackground) -> None:
+        self._processor.check_destinations(task)
+
+    async def execute(self, task: WorkTask, requester: Requester) -> WorkResult:
+        async with requester.pipeline_slots:
+            if isinstance(task, ImageUpload):
+                return await self._processor.upload(task, requester.client)
+            return await self._processor.remove_background(task, requester.client)

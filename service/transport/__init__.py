@@ -1,0 +1,2 @@
+"""The service's one port: HTTP routing and process life (``http``), WebSocket connections
+(``websocket``), the REST twin (``rest``), and what they share (``context``)."""

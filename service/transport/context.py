@@ -1,0 +1,80 @@
+"""What the transports share, built once by the composition root (``service.app``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..config import Config
+from ..metrics import Metrics
+from ..storage.store import ImageStore
+from ..tasks.dispatch import ClientLimits, TaskPorts
+from ..tasks.ports import SessionStore
+
+__all__ = ["OpenSocket", "OpenSockets", "ServerContext"]
+
+
+class OpenSocket(Protocol):
+    """What the registry needs of a WebSocket connection."""
+
+    @property
+    def api_key(self) -> str | None: ...
+
+    last_heard: float  # time.monotonic() of the last frame received
+    closing: bool
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class OpenSockets:
+    """Every open WebSocket of this process: the per-key cap, the idle reaper, the shutdown."""
+
+    def __init__(self, metrics: Metrics, max_per_key: int) -> None:
+        self._metrics = metrics
+        self._max_per_key = max_per_key
+        self._open: set[OpenSocket] = set()
+
+    def add(self, connection: OpenSocket) -> None:
+        self._open.add(connection)
+        self._metrics.sockets.set(len(self._open))
+
+    def discard(self, connection: OpenSocket) -> None:
+        self._open.discard(connection)
+        self._metrics.sockets.set(len(self._open))
+
+    def may_open(self, api_key: str, connection: OpenSocket) -> bool:
+        """Whether ``connection`` may authenticate with ``api_key`` (the per-key cap)."""
+        others = sum(1 for c in self._open if c is not connection and c.api_key == api_key)
+        return others < self._max_per_key
+
+    def silent_for(self, seconds: float) -> list[OpenSocket]:
+        """Sockets that have received nothing for ``seconds`` and are not closing already."""
+        since = time.monotonic() - seconds
+        return [c for c in self._open if c.last_heard < since and not c.closing]
+
+    def all(self) -> list[OpenSocket]:
+        return list(self._open)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    config: Config
+    tasks: TaskPorts
+    sessions: SessionStore
+    store: ImageStore
+    metrics: Metrics
+    sockets: OpenSockets
+    pipeline_slots: int  # images of one client in the pipeline at once
+
+    def socket_limits(self) -> ClientLimits:
+        return ClientLimits(self.config.frame_error_bytes, self.config.max_tasks_per_frame,
+                            self.config.max_in_flight_per_socket, self.pipeline_slots)
+
+    def request_limits(self) -> ClientLimits:
+        # A REST request may have all of its tasks in flight at once.
+        return ClientLimits(self.config.frame_error_bytes, self.config.max_tasks_per_frame,
+                            self.config.max_tasks_per_frame, self.pipeline_slots)

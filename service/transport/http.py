@@ -1,0 +1,169 @@
+"""WebSocket and plain HTTP on one port: the routes and the listening socket.
+
+Routes (aiohttp serves both kinds of request on the one port):
+- ``POST /v1``: the REST twin (``rest``): a JSON array of tasks in, all answers out;
+- ``GET /``: the browser page (drop images, watch cutouts stream back);
+- ``GET /images/<uuid>.<ext>``: a stored image (404 once its ttl has passed);
+- ``GET /healthz``: the process is alive;
+- ``GET /readyz``: 200 when the models are loaded and the server is not draining, else 503;
+- ``GET /metrics``: Prometheus text format.
+Every GET asking for an upgrade is a WebSocket handshake, on any path and with any query string
+(the JS SDK appends ``?sdk=js&version=...``), refused with 503 while draining. Browsers' pages
+from origins other than ours and ``--allowed-origin`` get 403 for sockets and for POSTs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import re
+from pathlib import Path
+
+from aiohttp import web
+
+from protocol.messages import UUID_PATTERN
+
+from ..config import Config
+from ..imaging.formats import CONTENT_TYPES
+from .context import OpenSockets, ServerContext
+from .rest import answer_rest_request
+from .websocket import Connection
+
+__all__ = ["Listener", "start_server"]
+
+_IMAGE_PATH = re.compile(
+    r"^/images/(?P<uuid>" + UUID_PATTERN.strip("^$") + r")\.(?P<ext>[a-z]{3,4})$")
+_SERVER = "rembg-stream"
+# The browser page: plain HTML and JS, no build step, nothing from a CDN.
+_PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str,
+              extra: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status.value, body=body,
+                        headers={"Content-Type": content_type, **(extra or {})})
+
+
+def _text(status: http.HTTPStatus, text: str, extra: dict[str, str] | None = None) -> web.Response:
+    return _response(status, (text + "\n").encode(), "text/plain; charset=utf-8", extra)
+
+
+async def _image(context: ServerContext, path: str) -> web.Response | None:
+    match = _IMAGE_PATH.match(path)
+    if match is None:
+        return None
+    loaded = await context.store.load(match["uuid"])
+    if loaded is None or loaded[0].extension != match["ext"]:
+        return _text(http.HTTPStatus.NOT_FOUND, "no such image (unknown or expired)")
+    stored, data = loaded
+    return _response(http.HTTPStatus.OK, data,
+                     CONTENT_TYPES.get(stored.extension, "application/octet-stream"),
+                     {"Cache-Control": "private, max-age=60"})
+
+
+async def _page_or_probe(context: ServerContext, path: str) -> web.Response:
+    if path in ("/", "/index.html"):
+        return _response(http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8",
+                         {"Cache-Control": "no-cache"})
+    if path == "/healthz":
+        return _text(http.HTTPStatus.OK, "ok")
+    if path == "/readyz":
+        if context.tasks.workload.draining:
+            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining")
+        return _text(http.HTTPStatus.OK, "ready")
+    if path == "/metrics":
+        return _response(http.HTTPStatus.OK, context.metrics.exposition(),
+                         "text/plain; version=0.0.4; charset=utf-8")
+    return await _image(context, path) or _text(http.HTTPStatus.NOT_FOUND, "not found")
+
+
+async def _websocket(context: ServerContext, request: web.Request) -> web.StreamResponse:
+    if context.tasks.workload.draining:
+        return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down")
+    websocket = web.WebSocketResponse(
+        # A ping every interval; a peer whose pong is not back within half of it is dropped.
+        # Any data arriving counts as a pong, so a long upload does not get its socket dropped.
+        heartbeat=context.config.ping_interval,
+        max_msg_size=context.config.max_frame_bytes,  # beyond it the socket is closed with 1009
+        # permessage-deflate costs far more CPU than it saves on base64 image payloads.
+        compress=False,
+        timeout=3,  # a peer that ignores our close frame is dropped after this
+        decode_text=False,  # the JSON decoder takes bytes; decoding to str first is a copy
+    )
+    transport = request.transport
+    await websocket.prepare(request)
+    assert transport is not None  # present until the handler returns
+    await Connection(websocket, transport, request.remote, context).serve()
+    return websocket
+
+
+def _allowed_origins(config: Config) -> frozenset[str]:
+    return frozenset((config.own_origin(), *config.allowed_origins))
+
+
+class Listener:
+    """The listening socket and the aiohttp machinery behind it."""
+
+    def __init__(self, sockets: OpenSockets, runner: web.AppRunner) -> None:
+        self._sockets = sockets
+        self._runner = runner
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [address[:2] for address in self._runner.addresses]
+
+    async def close(self) -> None:
+        """Stop accepting, close every socket with 1001 (going away), then let go."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        await asyncio.gather(*(c.close(1001, "going away") for c in self._sockets.all()))
+        await self._runner.cleanup()
+
+
+async def start_server(context: ServerContext) -> Listener:
+    config = context.config
+    origins = _allowed_origins(config)
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        # Browsers send Origin; a page from anywhere else may neither open a socket nor POST
+        # tasks. Clients that send no Origin (SDKs, curl) are not browsers and pass.
+        # Plain GETs (the page, images, probes) stay open to any page, as images are meant to be.
+        origin = request.headers.get("Origin")
+        upgrade = _is_upgrade(request)
+        reads_only = request.method in ("GET", "HEAD") and not upgrade
+        if origin is not None and origin not in origins and not reads_only:
+            return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
+        if not config.serves_clients and (upgrade or request.path == "/v1"):
+            return _text(http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway")
+        if upgrade:
+            return await _websocket(context, request)
+        if request.path == "/v1":
+            if request.method != "POST":
+                return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, "POST a JSON array of tasks",
+                             {"Allow": "POST"})
+            return await answer_rest_request(context, request)
+        if request.method not in ("GET", "HEAD"):
+            return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, "only GET here",
+                         {"Allow": "GET, HEAD"})
+        return await _page_or_probe(context, request.path)
+
+    application = web.Application(client_max_size=config.frame_error_bytes + 1)
+
+    async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = _SERVER  # every answer, handshakes included
+
+    application.on_response_prepare.append(name_the_server)
+    application.router.add_route("*", "/{path:.*}", route)
+    # No access log: a line per request would cost more than a cached probe answer. A graceful
+    # stop has drained the tasks before the runner shuts down; what is still open 5 s later is cut.
+    runner = web.AppRunner(application, access_log=None, handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    return Listener(context.sockets, runner)
+
+
+def _is_upgrade(request: web.Request) -> bool:
+    """Every GET asking for a WebSocket is a handshake, on any path and with any query string
+    (the JS SDK appends ``?sdk=js&version=...``)."""
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"

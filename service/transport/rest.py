@@ -1,0 +1,168 @@
+"""The REST twin: ``POST /v1`` with the same JSON array of tasks a socket frame carries,
+answered with ``{"data": [...], "errors": [...]}`` once every task in it is done.
+
+Validation, limits, the results book and the micro-batcher are the socket's own (the shared
+``Dispatcher``). What differs:
+- the API key comes from ``Authorization: Bearer KEY`` or from an ``authentication`` element
+  anywhere before the tasks it covers; it opens no session, so it adds no item to ``data``;
+- sync tasks' results, async/webhook tasks' acknowledgements, pongs and getResponse answers all
+  go into ``data``, in completion order; every refusal and failure goes into ``errors``;
+- the HTTP status is 200 when anything succeeded, else the status the first error stands for
+  (401 bad or missing key, 413 too large, 429 over a limit, 503 shutting down, 500 a server
+  fault, 400 anything else the client must fix).
+A client that hangs up early loses only the response: its tasks run to the end and stay in the
+results book for getResponse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from protocol.codec import encode_rest_response
+from protocol.errors import Code, ErrorItem
+from protocol.messages import Authenticate
+
+from ..tasks.dispatch import Dispatcher
+from ..tasks.ports import ClientSession
+from ..tasks.results import scope_of
+from .context import ServerContext
+
+__all__ = ["RestExchange", "answer_rest_request", "status_for"]
+
+_STATUS_BY_CODE = {
+    Code.INVALID_API_KEY: http.HTTPStatus.UNAUTHORIZED,
+    Code.MISSING_API_KEY: http.HTTPStatus.UNAUTHORIZED,
+    Code.FRAME_TOO_LARGE: http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    Code.TOO_MANY_TASKS: http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    Code.OVERLOADED: http.HTTPStatus.TOO_MANY_REQUESTS,
+    Code.TOO_MANY_TASKS_IN_FLIGHT: http.HTTPStatus.TOO_MANY_REQUESTS,
+    Code.SHUTTING_DOWN: http.HTTPStatus.SERVICE_UNAVAILABLE,
+    Code.INTERNAL: http.HTTPStatus.INTERNAL_SERVER_ERROR,
+}
+
+
+def status_for(data: list[Any], errors: list[ErrorItem]) -> http.HTTPStatus:
+    if data or not errors:
+        return http.HTTPStatus.OK
+    return _STATUS_BY_CODE.get(errors[0].code, http.HTTPStatus.BAD_REQUEST)
+
+
+class _AnswerFrame(msgspec.Struct):
+    data: list[msgspec.Raw] = []
+    errors: list[ErrorItem] = []
+
+
+class RestExchange:
+    """One request's tasks; every answer is collected for the single response.
+
+    Work tasks' outcomes reach it through a client session of the request's own (in the
+    distributed mode, workers answer through that session's outbox); immediate replies are
+    collected directly.
+    """
+
+    def __init__(self, context: ServerContext) -> None:
+        self._context = context
+        self._dispatcher = Dispatcher(context.tasks, context.request_limits(),
+                                      reply=self.collect, authenticate=self._authenticate)
+        self.data: list[Any] = []
+        self.errors: list[ErrorItem] = []
+        self._session: ClientSession | None = None
+        self._answered = 0  # work tasks' answers that arrived through the session
+        self._all_answered = asyncio.Event()
+
+    async def open(self) -> None:
+        self._session = await self._context.sessions.ephemeral()
+        await self._session.attach(self._take_frame)
+        self._dispatcher.open(b"", self._session)
+
+    async def _take_frame(self, frame: bytes) -> bool:
+        answer = msgspec.json.decode(frame, type=_AnswerFrame)
+        self.data += answer.data
+        self.errors += answer.errors
+        self._answered += 1
+        if self._answered >= self._dispatcher.accepted:
+            self._all_answered.set()
+        return True
+
+    async def run(self, body: bytes) -> None:
+        """Every task of ``body``, answered."""
+        await self._dispatcher.handle_frame(body)
+        await self._dispatcher.finished()
+        # Each accepted work task sends exactly one answer through the session.
+        while self._answered < self._dispatcher.accepted:
+            self._all_answered.clear()
+            await self._all_answered.wait()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.detach(self._take_frame, 0.0)
+
+    async def collect(self, item: Any) -> None:
+        (self.errors if isinstance(item, ErrorItem) else self.data).append(item)
+
+    async def _authenticate(self, task: Authenticate) -> None:
+        reply = self._dispatcher.auth.authenticate(task, lambda requested, api_key: "")
+        if isinstance(reply, ErrorItem):
+            await self.collect(reply)
+        elif self._session is not None:
+            self._dispatcher.open(scope_of(task.api_key), self._session)
+
+    async def bearer(self, authorization: str) -> None:
+        """``Authorization: Bearer KEY``: the same check as an authentication element."""
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            await self.collect(ErrorItem(
+                code=Code.INVALID_API_KEY, message="The Authorization header must be "
+                "'Bearer <API key>'.", parameter="apiKey", type="string",
+                taskType="authentication"))
+            return
+        await self._authenticate(Authenticate(api_key=key.strip()))
+
+    def response(self) -> bytes:
+        return encode_rest_response(self.data, self.errors)
+
+
+def _too_large(limit: int, size: int | None) -> ErrorItem:
+    told = f"{size:,} bytes" if size is not None else "more bytes than allowed"
+    return ErrorItem(code=Code.FRAME_TOO_LARGE,
+                     message=f"The request body has {told}; the limit is {limit:,}. Send fewer "
+                             "or smaller images per request.", max=limit)
+
+
+def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]) -> web.Response:
+    headers: dict[str, str] = {}
+    retry_ms = max((e.retryAfterMs or 0 for e in errors), default=0)
+    if status in (http.HTTPStatus.TOO_MANY_REQUESTS, http.HTTPStatus.SERVICE_UNAVAILABLE) and retry_ms:
+        headers["Retry-After"] = str(max(1, round(retry_ms / 1000)))
+    return web.Response(status=status.value, body=body, content_type="application/json",
+                        headers=headers)
+
+
+async def answer_rest_request(context: ServerContext, request: web.Request) -> web.Response:
+    exchange = RestExchange(context)
+    limit = context.config.frame_error_bytes
+    body: bytes | None = None
+    if request.content_length is not None and request.content_length > limit:
+        await exchange.collect(_too_large(limit, request.content_length))
+    else:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # chunked, no length given up front
+            await exchange.collect(_too_large(limit, None))
+    if body is not None:
+        await exchange.open()
+        try:
+            authorization = request.headers.get("Authorization")
+            if authorization is not None:
+                await exchange.bearer(authorization)
+            await exchange.run(body)
+        finally:
+            exchange.close()
+    status = status_for(exchange.data, exchange.errors)
+    payload = await asyncio.to_thread(exchange.response) if exchange.data else exchange.response()
+    return _json_response(status, payload, exchange.errors)

@@ -1,0 +1,150 @@
+"""One WebSocket connection: frames in, answers out through the client session it opened.
+
+What a frame's tasks do is the dispatcher's business (``service.tasks.dispatch``, shared with
+the REST twin); the connection holds one and adds what only a socket has. Every frame sent is a text frame with one
+``data`` or one ``errors`` object; errors go one per frame (the JS SDK only reads ``errors[0]``).
+
+A work task's answer goes to the client session it was sent under, not to this socket: if the
+socket is gone by then, the session keeps the answer until the client resumes on a new socket.
+
+Limits, each answered with its own error and the socket kept: frames over the soft size cap,
+tasks beyond the per-frame count, tasks beyond the per-socket in-flight count, tasks while the
+service-wide queue is full (``overloaded``), sockets beyond the per-key count. A frame over the
+hard cap closes the socket with 1009 (aiohttp does that while reading it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from protocol.codec import encode_answer
+from protocol.errors import Code, ErrorItem
+from protocol.messages import Authenticate
+
+from ..tasks.dispatch import Dispatcher
+from ..tasks.ports import ClientSession
+from ..tasks.results import scope_of
+from .context import ServerContext
+
+__all__ = ["Connection"]
+
+log = logging.getLogger(__name__)
+
+_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+class Connection:
+    """Args:
+        websocket: the prepared (handshake done) aiohttp WebSocket.
+        transport: its TCP transport, kept for cutting off a peer that stopped reading.
+        peer: the client's address, for the log.
+    """
+
+    def __init__(self, websocket: web.WebSocketResponse, transport: asyncio.Transport,
+                 peer: str | None, context: ServerContext) -> None:
+        self._context = context
+        self._config = context.config
+        self._dispatcher = Dispatcher(context.tasks, context.socket_limits(),
+                                      reply=self._reply, authenticate=self._authenticate)
+        self._websocket = websocket
+        self._transport = transport
+        self._peer = peer
+        self._client: ClientSession | None = None
+        self.last_heard = time.monotonic()
+        self.closing = False
+
+    @property
+    def api_key(self) -> str | None:
+        return self._dispatcher.api_key
+
+    async def serve(self) -> None:
+        sockets, metrics = self._context.sockets, self._context.metrics
+        sockets.add(self)
+        try:
+            async for message in self._websocket:
+                # ERROR: a frame over the hard cap (closed with 1009) or a lost keepalive pong.
+                if message.type not in _FRAMES:
+                    break
+                self.last_heard = time.monotonic()
+                metrics.bytes_in.inc(len(message.data))
+                await self._dispatcher.handle_frame(message.data)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            if self._client is not None:
+                self._client.detach(self._send, self._context.sessions.now())
+            sockets.discard(self)
+        # Tasks already accepted run to completion: their answers wait in the client session
+        # for a resume, and the results book keeps them for getResponse.
+
+    async def close(self, code: int, reason: str, grace: float = 5.0) -> None:
+        """Close politely; a peer that does not complete the closing handshake in ``grace``
+        seconds (it stopped reading) loses its TCP connection instead."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._websocket.close(code=code, message=reason.encode()), grace)
+        except (asyncio.TimeoutError, ConnectionError):
+            self._reset()
+
+    def _reset(self) -> None:
+        """Drop the TCP connection at once, with an RST: a peer that does not read would
+        otherwise keep megabytes queued in the kernel while it trickles them out."""
+        self.closing = True
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._transport.abort()
+
+    async def _send(self, payload: bytes) -> bool:
+        """True when the frame went out. A client that does not read within the send timeout is
+        cut off (in the background, so that nobody waits on it)."""
+        try:
+            await asyncio.wait_for(self._websocket.send_frame(payload, WSMsgType.TEXT),
+                                   self._config.send_timeout)
+        except (ConnectionError, RuntimeError):  # closed, or closing
+            return False
+        except asyncio.TimeoutError:
+            if not self.closing:
+                log.warning("cutting off %s: it has not read for %.0f s",
+                            self._peer, self._config.send_timeout)
+                self._reset()
+            return False
+        self._context.metrics.bytes_out.inc(len(payload))
+        return True
+
+    async def _reply(self, item: Any) -> None:
+        await self._send(encode_answer(item))
+
+    async def _authenticate(self, task: Authenticate) -> None:
+        if not self._context.sockets.may_open(task.api_key, self):
+            await self._reply(ErrorItem(
+                code=Code.TOO_MANY_CONNECTIONS,
+                message=f"This API key already has {self._config.max_sockets_per_key} open "
+                        "sockets; close some first.",
+                parameter="apiKey", type="string", taskType="authentication"))
+            return
+        sessions = self._context.sessions
+        client: ClientSession | None = None
+        if self._context.tasks.key_is_valid(task.api_key):
+            client = await sessions.resume_or_create(task.session_uuid, task.api_key)
+        reply = self._dispatcher.auth.authenticate(
+            task, lambda requested, api_key: client.uuid if client else "")
+        if isinstance(reply, ErrorItem) or client is None:
+            log.info("refused an API key from %s", self._peer)
+            await self._reply(reply)
+            return
+        previous, self._client = self._client, client
+        if previous is not None and previous is not client:
+            previous.detach(self._send, sessions.now())
+        self._dispatcher.open(scope_of(task.api_key), client)
+        await self._reply(reply)
+        await client.attach(self._send)  # then whatever waited for this session

@@ -1,0 +1,61 @@
+"""protocol.auth: what a socket may do before and after authenticating."""
+
+from __future__ import annotations
+
+from protocol.messages import (
+    Authenticate, AuthenticationResult, GetResponse, ImageUpload, Ping, RemoveBackground,
+    BackgroundSettings, OutputSpec,
+)
+from protocol.auth import AuthState, AuthStage
+
+U1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
+S1 = "5bedeed1-b86d-4b18-8ced-05682ec000d6"
+
+
+def removal(task_uuid: str = U1) -> RemoveBackground:
+    return RemoveBackground(task_uuid=task_uuid, task_type="removeBackground", model="u2netp",
+                            image="x", image_parameter="inputs.image",
+                            settings=BackgroundSettings(), output=OutputSpec())
+
+
+def open_session(keys=("good",)) -> AuthState:
+    session = AuthState(lambda key: key in keys)
+    assert isinstance(session.authenticate(Authenticate(api_key="good"), lambda r, k: S1),
+                      AuthenticationResult)
+    return session
+
+
+def test_pings_and_authentication_are_admitted_before_authentication():
+    session = AuthState(lambda key: True)
+    assert session.admit(Ping()) is None
+    assert session.admit(Authenticate(api_key="k")) is None
+
+
+def test_work_before_authentication_is_refused_with_the_tasks_uuid():
+    session = AuthState(lambda key: True)
+    error = session.admit(removal())
+    assert (error.code, error.taskUUID, error.taskType) == ("missingApiKey", U1, "removeBackground")
+    error = session.admit(ImageUpload(task_uuid=U1, image="x"))
+    assert error.taskType == "imageUpload"
+
+
+def test_a_wrong_key_is_refused_with_task_type_authentication_and_no_task_uuid():
+    session = AuthState(lambda key: key == "good")
+    asked = []
+    error = session.authenticate(Authenticate(api_key="bad"), lambda r, k: asked.append(k) or S1)
+    assert (error.code, error.taskType, error.parameter, error.taskUUID) == \
+        ("invalidApiKey", "authentication", "apiKey", None)
+    assert asked == [] and session.stage is AuthStage.AWAITING_AUTH
+
+
+def test_authentication_returns_the_session_uuid_chosen_by_the_directory():
+    session = AuthState(lambda key: True)
+    reply = session.authenticate(Authenticate(api_key="k", session_uuid=S1), lambda r, k: r)
+    assert reply == AuthenticationResult(taskType="authentication", connectionSessionUUID=S1)
+    assert session.stage is AuthStage.OPEN
+
+
+def test_get_response_needs_authentication_too():
+    session = AuthState(lambda key: True)
+    assert session.admit(GetResponse(task_uuid=U1)).code == "missingApiKey"
+    assert open_session().admit(GetResponse(task_uuid=U1)) is None
