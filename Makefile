@@ -8,7 +8,7 @@ MODEL  := models/u2netp.onnx
 
 JS_SDK := tests/js/node_modules/.installed
 
-.PHONY: install run test schema bench clean
+.PHONY: install run test test-unit lint schema bench clean
 
 install: $(VENV)/.installed $(MODEL)
 
@@ -24,6 +24,11 @@ $(VENV)/.installed: pyproject.toml
 # Test-only Python packages (pytest, hypothesis, the official runware SDK).
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Lint-only Python packages (ruff, mypy, import-linter).
+$(VENV)/.installed-lint: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[lint]'
 	touch $@
 
 $(MODEL): | $(VENV)/.installed
@@ -50,6 +55,18 @@ $(REDIS_SERVER):
 
 test: install $(VENV)/.installed-test $(JS_SDK) $(CHROMIUM) $(REDIS_SERVER)
 	$(PY) -m pytest
+
+# The tests that start no process (no server, redis, browser): under a minute.
+test-unit: install $(VENV)/.installed-test
+	$(PY) -m pytest -m "not integration" -q
+
+# Style, types (strict on protocol/), and the layers of docs/architecture.md.
+lint: $(VENV)/.installed-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict protocol
+	$(VENV)/bin/mypy service load
+	$(VENV)/bin/lint-imports
 
 # Ratios against raw onnxruntime/OpenVINO and rembg's own server, measured in one run.
 bench: install

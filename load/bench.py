@@ -31,9 +31,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import aiohttp
 import numpy as np
@@ -59,7 +59,7 @@ def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -71,11 +71,18 @@ def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def _process(command: list[str], ready_url: str, env: dict[str, str] | None = None,
-             timeout: float = 120) -> Iterator[subprocess.Popen]:
+def _process(
+    command: list[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[subprocess.Popen]:
     log = open(BENCH_DIR / f"{Path(command[0]).name}-{int(time.time())}.log", "wb")
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})}, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     try:
         _wait_http(ready_url, timeout, process)
         yield process
@@ -93,8 +100,8 @@ def _process(command: list[str], ready_url: str, env: dict[str, str] | None = No
 
 
 def _model_input(image: bytes) -> np.ndarray:
-    from service.inference.families import FAMILIES
     from service.imaging.pipeline import decode_image, preprocess
+    from service.inference.families import FAMILIES
 
     return preprocess(decode_image(image, 40_000_000), FAMILIES["u2net"])[np.newaxis]
 
@@ -130,8 +137,20 @@ def raw_openvino(tensor: np.ndarray, seconds: float) -> tuple[float, int]:
 
 def _service(runtime: str = "auto", *flags: str):
     port = _free_port()
-    command = [sys.executable, "-m", "service", "--port", str(port), "--runtime", runtime,
-               "--storage-dir", str(BENCH_DIR / "storage"), "--log-level", "WARNING", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--port",
+        str(port),
+        "--runtime",
+        runtime,
+        "--storage-dir",
+        str(BENCH_DIR / "storage"),
+        "--log-level",
+        "WARNING",
+        *flags,
+    ]
     return port, _process(command, f"http://127.0.0.1:{port}/healthz")
 
 
@@ -145,18 +164,32 @@ def distributed(image: bytes, tasks_per_socket: int) -> dict:
         _service_load(port, image, 1, 2, process.pid)
         results["embedded"] = _service_load(port, image, 8, tasks_per_socket, process.pid)
     redis_port = _free_port()
-    redis_command = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                     "--save", "", "--appendonly", "no", "--dir", str(BENCH_DIR)]
+    redis_command = [
+        "redis-server",
+        "--port",
+        str(redis_port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(BENCH_DIR),
+    ]
     with _redis(redis_command, redis_port):
         url = f"redis://127.0.0.1:{redis_port}/0"
         for workers, split in ((1, ()), (2, ("--inference-threads", "1", "--cpu-workers", "1"))):
             gateway_port, gateway = _service("auto", "--redis", url, "--role", "gateway")
             with gateway as gateway_process, contextlib.ExitStack() as stack:
                 for _ in range(workers):
-                    stack.enter_context(_service("auto", "--redis", url, "--role", "worker", *split)[1])
+                    stack.enter_context(
+                        _service("auto", "--redis", url, "--role", "worker", *split)[1]
+                    )
                 _service_load(gateway_port, image, 1, 2, gateway_process.pid)
                 results[f"workers_{workers}"] = _service_load(
-                    gateway_port, image, 8, tasks_per_socket, gateway_process.pid)
+                    gateway_port, image, 8, tasks_per_socket, gateway_process.pid
+                )
     return results
 
 
@@ -180,9 +213,17 @@ def _redis(command: list[str], port: int) -> Iterator[subprocess.Popen]:
 
 
 def _service_load(port: int, image: bytes, connections: int, tasks: int, pid: int) -> dict:
-    config = LoadConfig(url=f"ws://127.0.0.1:{port}", images=(image,), connections=connections,
-                        tasks_per_connection=tasks, window=1, output_type="base64Data",
-                        output_format="PNG", server_pid=pid, progress=False)
+    config = LoadConfig(
+        url=f"ws://127.0.0.1:{port}",
+        images=(image,),
+        connections=connections,
+        tasks_per_connection=tasks,
+        window=1,
+        output_type="base64Data",
+        output_format="PNG",
+        server_pid=pid,
+        progress=False,
+    )
     return asyncio.run(run_load(config)).summary()
 
 
@@ -196,8 +237,13 @@ async def _fairness(port: int, image: bytes) -> dict:
     payload = base64.b64encode(image).decode()
 
     def task() -> dict:
-        return {"taskType": "removeBackground", "taskUUID": str(uuid.uuid4()),
-                "inputs": {"image": payload}, "outputType": "base64Data", "outputFormat": "PNG"}
+        return {
+            "taskType": "removeBackground",
+            "taskUUID": str(uuid.uuid4()),
+            "inputs": {"image": payload},
+            "outputType": "base64Data",
+            "outputFormat": "PNG",
+        }
 
     async def connect():
         ws = await websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None)
@@ -223,8 +269,11 @@ async def _fairness(port: int, image: bytes) -> dict:
         await heavy.close()
         await light.close()
     # The wait the heavy socket causes: its latency minus what the same task takes alone.
-    return {"lone_task_s": round(lone, 3), "behind_100_s": round(waited, 3),
-            "extra_wait_s": round(waited - lone, 3)}
+    return {
+        "lone_task_s": round(lone, 3),
+        "behind_100_s": round(waited, 3),
+        "extra_wait_s": round(waited - lone, 3),
+    }
 
 
 # --------------------------------------------------------------------------- rembg s
@@ -238,8 +287,10 @@ def _rembg_python() -> Path:
     if not stamp.exists():
         print(f"installing rembg[cpu,cli]=={REMBG_VERSION} into {venv} (once) ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                        f"rembg[cpu,cli]=={REMBG_VERSION}"], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", f"rembg[cpu,cli]=={REMBG_VERSION}"],
+            check=True,
+        )
         stamp.touch()
     return python
 
@@ -271,9 +322,14 @@ async def _rembg_load(port: int, image: bytes, concurrency: int, total: int) -> 
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     latencies.sort()
-    return {"images_per_s": round(total / elapsed, 3), "failures": failures,
-            "latency_s": {"p50": round(percentile(latencies, .5), 4),
-                          "p95": round(percentile(latencies, .95), 4)}}
+    return {
+        "images_per_s": round(total / elapsed, 3),
+        "failures": failures,
+        "latency_s": {
+            "p50": round(percentile(latencies, 0.5), 4),
+            "p95": round(percentile(latencies, 0.95), 4),
+        },
+    }
 
 
 def rembg_server(image: bytes, tasks: int) -> dict:
@@ -282,13 +338,25 @@ def rembg_server(image: bytes, tasks: int) -> dict:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL, home / "u2netp.onnx")
     port = _free_port()
-    command = [str(python.parent / "rembg"), "s", "--host", "127.0.0.1", "--port", str(port),
-               "--no-ui", "--log_level", "warning"]
-    with _process(command, f"http://127.0.0.1:{port}/api", env={"U2NET_HOME": str(home)},
-                  timeout=300):
+    command = [
+        str(python.parent / "rembg"),
+        "s",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-ui",
+        "--log_level",
+        "warning",
+    ]
+    with _process(
+        command, f"http://127.0.0.1:{port}/api", env={"U2NET_HOME": str(home)}, timeout=300
+    ):
         asyncio.run(_rembg_load(port, image, 1, 2))  # load the model (first request)
-        return {"c1": asyncio.run(_rembg_load(port, image, 1, tasks)),
-                "c8": asyncio.run(_rembg_load(port, image, 8, tasks * 3))}
+        return {
+            "c1": asyncio.run(_rembg_load(port, image, 1, tasks)),
+            "c8": asyncio.run(_rembg_load(port, image, 8, tasks * 3)),
+        }
 
 
 # --------------------------------------------------------------------------- alpha matting
@@ -319,7 +387,9 @@ print(json.dumps(times))
 MATTING_RUNS = 3  # per image and side; the fastest counts (the machine's noise only adds time)
 
 
-async def _service_matting(port: int, image: bytes, alpha_matting: bool = True) -> tuple[float, bytes]:
+async def _service_matting(
+    port: int, image: bytes, alpha_matting: bool = True
+) -> tuple[float, bytes]:
     import base64
     import uuid
 
@@ -329,10 +399,21 @@ async def _service_matting(port: int, image: bytes, alpha_matting: bool = True) 
         await ws.send(json.dumps([{"taskType": "authentication", "apiKey": "bench"}]))
         await ws.recv()
         start = time.perf_counter()
-        await ws.send(json.dumps([{
-            "taskType": "removeBackground", "taskUUID": str(uuid.uuid4()), "model": "u2netp",
-            "inputs": {"image": base64.b64encode(image).decode()}, "outputType": "base64Data",
-            "outputFormat": "PNG", "settings": {"alphaMatting": alpha_matting}}]))
+        await ws.send(
+            json.dumps(
+                [
+                    {
+                        "taskType": "removeBackground",
+                        "taskUUID": str(uuid.uuid4()),
+                        "model": "u2netp",
+                        "inputs": {"image": base64.b64encode(image).decode()},
+                        "outputType": "base64Data",
+                        "outputFormat": "PNG",
+                        "settings": {"alphaMatting": alpha_matting},
+                    }
+                ]
+            )
+        )
         item = json.loads(await ws.recv())["data"][0]
         return time.perf_counter() - start, base64.b64decode(item["imageBase64Data"])
 
@@ -348,10 +429,11 @@ def _matting_inputs(images_dir: Path) -> tuple[Path, list[str]]:
         shutil.copyfile(images_dir / name, inputs / name)
     source, factor, enlarged = MATTING_ENLARGED
     if source in names:
-        with Image.open(images_dir / source) as image:
-            image = image.convert("RGB")
-            image.resize((image.width * factor, image.height * factor),
-                         Image.Resampling.LANCZOS).save(inputs / enlarged, quality=92)
+        with Image.open(images_dir / source) as opened:
+            image = opened.convert("RGB")
+            image.resize(
+                (image.width * factor, image.height * factor), Image.Resampling.LANCZOS
+            ).save(inputs / enlarged, quality=92)
         names.append(enlarged)
     return inputs, names
 
@@ -366,16 +448,29 @@ def matting(images_dir: Path) -> list[dict]:
     home = BENCH_DIR / "u2net-home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL, home / "u2netp.onnx")
-    finished = subprocess.run([str(_rembg_python()), "-c", _REMBG_MATTING, str(out_dir),
-                               str(images_dir / names[0]), str(MATTING_RUNS), *names],
-                              env={**os.environ, "U2NET_HOME": str(home)}, capture_output=True,
-                              text=True, check=True)
+    finished = subprocess.run(
+        [
+            str(_rembg_python()),
+            "-c",
+            _REMBG_MATTING,
+            str(out_dir),
+            str(images_dir / names[0]),
+            str(MATTING_RUNS),
+            *names,
+        ],
+        env={**os.environ, "U2NET_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rembg_times = json.loads(finished.stdout.strip().splitlines()[-1])
     rows = []
     port, server = _service()
     with server:
         # As on rembg's side: one plain removal first, so that neither side times a first call.
-        asyncio.run(_service_matting(port, (images_dir / names[0]).read_bytes(), alpha_matting=False))
+        asyncio.run(
+            _service_matting(port, (images_dir / names[0]).read_bytes(), alpha_matting=False)
+        )
         for name in names:
             image = (images_dir / name).read_bytes()
             runs = [asyncio.run(_service_matting(port, image)) for _ in range(MATTING_RUNS)]
@@ -383,12 +478,17 @@ def matting(images_dir: Path) -> list[dict]:
             ours = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3].astype(int)
             theirs = np.asarray(Image.open(out_dir / f"{name}.png").convert("RGBA"))[..., 3]
             difference = np.abs(ours - theirs)
-            rows.append({"image": name, "size": "x".join(map(str, theirs.shape[::-1])),
-                         "rembg_s": round(rembg_times[name], 3),
-                         "service_s": round(seconds, 3),
-                         "ratio": round(seconds / rembg_times[name], 3),
-                         "alpha_mean_diff_255": round(float(difference.mean()), 4),
-                         "alpha_max_diff_255": int(difference.max())})
+            rows.append(
+                {
+                    "image": name,
+                    "size": "x".join(map(str, theirs.shape[::-1])),
+                    "rembg_s": round(rembg_times[name], 3),
+                    "service_s": round(seconds, 3),
+                    "ratio": round(seconds / rembg_times[name], 3),
+                    "alpha_mean_diff_255": round(float(difference.mean()), 4),
+                    "alpha_max_diff_255": int(difference.max()),
+                }
+            )
     return rows
 
 
@@ -396,15 +496,21 @@ def matting(images_dir: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m load.bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="per raw-runtime measurement")
     parser.add_argument("--tasks", type=int, default=16, help="tasks per socket at concurrency 1")
     parser.add_argument("--skip-rembg", action="store_true", help="leave out rembg (s and matting)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON too")
-    parser.add_argument("--only-distributed", action="store_true",
-                        help="measure only the distributed mode against the embedded one")
-    parser.add_argument("--only-matting", action="store_true",
-                        help="measure only alpha matting against rembg's")
+    parser.add_argument(
+        "--only-distributed",
+        action="store_true",
+        help="measure only the distributed mode against the embedded one",
+    )
+    parser.add_argument(
+        "--only-matting", action="store_true", help="measure only alpha matting against rembg's"
+    )
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(exist_ok=True)
     image_path = SHARED_IMAGE if SHARED_IMAGE.exists() else LOCAL_IMAGE
@@ -432,11 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         results["service_c8"] = _service_load(port, image, 8, per_socket_c8, process.pid)
         results["fairness"] = asyncio.run(_fairness(port, image))
         results["idle_1000_sockets"] = asyncio.run(
-            run_idle(f"ws://127.0.0.1:{port}", 1000, 2.0, process.pid))
+            run_idle(f"ws://127.0.0.1:{port}", 1000, 2.0, process.pid)
+        )
     port, server = _service("onnxruntime")
     with server as process:
         _service_load(port, image, 1, 2, process.pid)
-        results["service_onnxruntime_c8"] = _service_load(port, image, 8, per_socket_c8, process.pid)
+        results["service_onnxruntime_c8"] = _service_load(
+            port, image, 8, per_socket_c8, process.pid
+        )
     results["distributed"] = distributed(image, per_socket_c8)
     if not args.skip_rembg:
         results["rembg_s"] = rembg_server(image, args.tasks)
@@ -472,7 +581,9 @@ def _print_report(r: dict) -> None:
         f"ratio service c8 / raw onnxruntime     x{c8['images_per_s'] / raw:.2f}   (target >= 1.2)",
     ]
     if "rembg_s" in r:
-        lines.append(f"ratio service c8 / rembg s c8          x{c8['images_per_s'] / r['rembg_s']['c8']['images_per_s']:.2f}   (target >= 2)")
+        lines.append(
+            f"ratio service c8 / rembg s c8          x{c8['images_per_s'] / r['rembg_s']['c8']['images_per_s']:.2f}   (target >= 2)"
+        )
     fairness = r["fairness"]
     idle = r["idle_1000_sockets"]
     lines += [
@@ -489,13 +600,17 @@ def _print_report(r: dict) -> None:
 
 
 def _matting_lines(rows: list[dict]) -> list[str]:
-    lines = [f"alpha matting: one task through the service vs rembg remove(alpha_matting=True), "
-             f"fastest of {MATTING_RUNS}"]
+    lines = [
+        f"alpha matting: one task through the service vs rembg remove(alpha_matting=True), "
+        f"fastest of {MATTING_RUNS}"
+    ]
     for row in rows:
-        lines.append(f"  {row['image']:16s} {row['size']:>9s}  rembg {row['rembg_s']:6.2f} s  "
-                     f"service {row['service_s']:6.2f} s"
-                     f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
-                     f"{row['alpha_mean_diff_255']:.3f}/255 max {row['alpha_max_diff_255']}/255")
+        lines.append(
+            f"  {row['image']:16s} {row['size']:>9s}  rembg {row['rembg_s']:6.2f} s  "
+            f"service {row['service_s']:6.2f} s"
+            f"  ratio {row['ratio']:.2f} (target <= 0.2)  alpha diff mean "
+            f"{row['alpha_mean_diff_255']:.3f}/255 max {row['alpha_max_diff_255']}/255"
+        )
     return lines
 
 
@@ -505,9 +620,11 @@ def _distributed_lines(d: dict) -> list[str]:
     lines.append(f"  embedded                       {embedded:7.2f} img/s")
     for workers in (1, 2):
         row = d[f"workers_{workers}"]
-        lines.append(f"  {workers} worker{'s' if workers > 1 else ' '}                      "
-                     f"{row['images_per_s']:7.2f} img/s   x{row['images_per_s'] / embedded:.2f} embedded"
-                     f"   (target >= 0.90)   lost/dup {row['lost']}/{row['duplicated']}")
+        lines.append(
+            f"  {workers} worker{'s' if workers > 1 else ' '}                      "
+            f"{row['images_per_s']:7.2f} img/s   x{row['images_per_s'] / embedded:.2f} embedded"
+            f"   (target >= 0.90)   lost/dup {row['lost']}/{row['duplicated']}"
+        )
     return lines
 
 

@@ -11,9 +11,9 @@ count as lost.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import base64
 import io
+import itertools
 import json
 import sys
 import time
@@ -81,7 +81,7 @@ class Report:
     failures: list[str]
 
     def summary(self) -> dict[str, Any]:
-        latencies = sorted(l for c in self.connections for l in c.latencies)
+        latencies = sorted(seconds for c in self.connections for seconds in c.latencies)
         ok = sum(c.ok for c in self.connections)
         sent = sum(c.sent for c in self.connections)
         errors: Counter = Counter()
@@ -99,8 +99,16 @@ class Report:
             "undecodable": sum(c.undecodable for c in self.connections),
             "elapsed_s": round(self.elapsed, 3),
             "images_per_s": round(ok / self.elapsed, 3) if self.elapsed > 0 else 0.0,
-            "latency_s": {name: round(percentile(latencies, q), 4)
-                          for name, q in (("p50", .5), ("p90", .9), ("p95", .95), ("p99", .99), ("max", 1.0))},
+            "latency_s": {
+                name: round(percentile(latencies, q), 4)
+                for name, q in (
+                    ("p50", 0.5),
+                    ("p90", 0.9),
+                    ("p95", 0.95),
+                    ("p99", 0.99),
+                    ("max", 1.0),
+                )
+            },
             "per_connection_images_per_s": {
                 "min": round(min(per_connection), 3) if per_connection else 0.0,
                 "max": round(max(per_connection), 3) if per_connection else 0.0,
@@ -137,9 +145,11 @@ class _Progress:
         ok = sum(c.ok for c in self._stats)
         errors = sum(sum(c.errors.values()) for c in self._stats)
         elapsed = time.monotonic() - self._start
-        recent = sorted(l for c in self._stats for l in c.latencies[-50:])
-        return (f"done {ok} | errors {errors} | {ok / elapsed if elapsed else 0:.2f} img/s | "
-                f"p50 {percentile(recent, .5):.2f} s")
+        recent = sorted(seconds for c in self._stats for seconds in c.latencies[-50:])
+        return (
+            f"done {ok} | errors {errors} | {ok / elapsed if elapsed else 0:.2f} img/s | "
+            f"p50 {percentile(recent, 0.5):.2f} s"
+        )
 
     async def run(self) -> None:
         while True:
@@ -169,16 +179,21 @@ class _Pacer:
             await asyncio.sleep(delay)
 
 
-async def _one_connection(config: LoadConfig, stats: ConnectionStats, stop_at: float | None,
-                          pacer: _Pacer | None, http: aiohttp.ClientSession, url: str) -> None:
+async def _one_connection(
+    config: LoadConfig,
+    stats: ConnectionStats,
+    stop_at: float | None,
+    pacer: _Pacer | None,
+    http: aiohttp.ClientSession,
+    url: str,
+) -> None:
     images = [base64.b64encode(image).decode() for image in config.images]
     pending: dict[str, float] = {}
     answered: set[str] = set()
     window = asyncio.Semaphore(config.window if pacer is None else 1_000_000)
     done_sending = asyncio.Event()
 
-    async with websockets.connect(url, max_size=None, compression=None,
-                                  open_timeout=30) as ws:
+    async with websockets.connect(url, max_size=None, compression=None, open_timeout=30) as ws:
         await ws.send(json.dumps([{"taskType": "authentication", "apiKey": config.api_key}]))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
         if "data" not in reply:
@@ -192,19 +207,23 @@ async def _one_connection(config: LoadConfig, stats: ConnectionStats, stop_at: f
         async def sender() -> None:
             index = 0
             while want_more():
-                frame = []
+                frame: list[dict[str, Any]] = []
                 for _ in range(config.frame_size):
                     if not want_more() and frame:
                         break
                     await (pacer.wait() if pacer else window.acquire())
                     task_uuid = str(uuid.uuid4())
-                    frame.append({
-                        "taskType": "removeBackground", "taskUUID": task_uuid,
-                        "inputs": {"image": images[index % len(images)]},
-                        "outputType": config.output_type, "outputFormat": config.output_format,
-                        **({"settings": config.settings} if config.settings else {}),
-                        **({"model": config.model} if config.model else {}),
-                    })
+                    frame.append(
+                        {
+                            "taskType": "removeBackground",
+                            "taskUUID": task_uuid,
+                            "inputs": {"image": images[index % len(images)]},
+                            "outputType": config.output_type,
+                            "outputFormat": config.output_format,
+                            **({"settings": config.settings} if config.settings else {}),
+                            **({"model": config.model} if config.model else {}),
+                        }
+                    )
                     index += 1
                     pending[task_uuid] = time.monotonic()
                     stats.sent += 1
@@ -250,7 +269,7 @@ async def _one_connection(config: LoadConfig, stats: ConnectionStats, stop_at: f
         try:
             await sender()
             await asyncio.wait_for(receiving, config.task_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # what is still pending is lost
         finally:
             receiving.cancel()
@@ -265,9 +284,12 @@ async def run_load(config: LoadConfig) -> Report:
     start = time.monotonic()
     async with aiohttp.ClientSession() as http:
         outcomes = await asyncio.gather(
-            *(_one_connection(config, s, stop_at, pacer, http, url)
-              for s, url in zip(stats, itertools.cycle(config.urls()))),
-            return_exceptions=True)
+            *(
+                _one_connection(config, s, stop_at, pacer, http, url)
+                for s, url in zip(stats, itertools.cycle(config.urls()))
+            ),
+            return_exceptions=True,
+        )
     elapsed = time.monotonic() - start
     ticker.cancel()
     progress.finish()
@@ -276,8 +298,9 @@ async def run_load(config: LoadConfig) -> Report:
     return Report(stats, elapsed, memory, failures)
 
 
-async def run_idle(url: str, connections: int, hold: float, server_pid: int | None,
-                   api_key: str = "load-test") -> dict[str, Any]:
+async def run_idle(
+    url: str, connections: int, hold: float, server_pid: int | None, api_key: str = "load-test"
+) -> dict[str, Any]:
     """Open ``connections`` sockets that only authenticate and ping; report the server's memory.
     ``url`` may name several servers, comma-separated: sockets go to each in turn."""
     before = process_memory(server_pid) if server_pid else None
@@ -303,9 +326,13 @@ async def run_idle(url: str, connections: int, hold: float, server_pid: int | No
         after = process_memory(server_pid) if server_pid else None
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    result: dict[str, Any] = {"connections_open": len(sockets), "connection_failures": failures,
-                              "pongs": pongs, "server_memory_before": before,
-                              "server_memory_after": after}
+    result: dict[str, Any] = {
+        "connections_open": len(sockets),
+        "connection_failures": failures,
+        "pongs": pongs,
+        "server_memory_before": before,
+        "server_memory_after": after,
+    }
     if before and after and sockets:
         grown = after["rss"] - before["rss"]
         result["rss_growth_bytes"] = grown

@@ -7,7 +7,7 @@ are known is the service's results book's business: it outlives sockets.)
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import Code, ErrorItem
 from .messages import Authenticate, AuthenticationResult, Ping, Task
@@ -21,7 +21,9 @@ class AuthStage(enum.Enum):
 
 
 class AuthState:
-    """Args:
+    """Whether a socket or request has authenticated, and with which key.
+
+    Args:
         key_is_valid: decides whether an API key is accepted (the service holds the keys).
     """
 
@@ -31,16 +33,22 @@ class AuthState:
         self.api_key: str | None = None
         self.session_uuid: str | None = None
 
-    def authenticate(self, task: Authenticate,
-                     session_for: Callable[[str | None, str], str]) -> AuthenticationResult | ErrorItem:
+    def authenticate(
+        self, task: Authenticate, session_for: Callable[[str | None, str], str]
+    ) -> AuthenticationResult | ErrorItem:
         """Open the session, or refuse the key.
 
         ``session_for(requested_session_uuid, api_key)`` is asked for the connectionSessionUUID
         only once the key is accepted. A refused key leaves an already open session as it was.
         """
         if not self._key_is_valid(task.api_key):
-            return ErrorItem(code=Code.INVALID_API_KEY, message="Invalid API key.",
-                             parameter="apiKey", type="string", taskType="authentication")
+            return ErrorItem(
+                code=Code.INVALID_API_KEY,
+                message="Invalid API key.",
+                parameter="apiKey",
+                type="string",
+                taskType="authentication",
+            )
         session_uuid = session_for(task.session_uuid, task.api_key)
         self.stage = AuthStage.OPEN
         self.api_key = task.api_key
@@ -57,9 +65,13 @@ class AuthState:
             return None
         if self.stage is not AuthStage.OPEN:
             # missingApiKey makes the Python SDK reconnect and authenticate, which is the cure.
-            return ErrorItem(code=Code.MISSING_API_KEY,
-                             message="Not authenticated: send an authentication task with your "
-                                     "apiKey before any other task.",
-                             parameter="apiKey", type="string",
-                             taskType=task.task_type, taskUUID=task.task_uuid)
+            return ErrorItem(
+                code=Code.MISSING_API_KEY,
+                message="Not authenticated: send an authentication task with your "
+                "apiKey before any other task.",
+                parameter="apiKey",
+                type="string",
+                taskType=task.task_type,
+                taskUUID=task.task_uuid,
+            )
         return None

@@ -8,20 +8,47 @@ A task's siblings are unaffected by its error.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from msgspec import inspect as mi
 
 from .errors import Code, ErrorItem, TaskFailure
 from .messages import (
-    DEFAULT_MODEL, OUTPUT_FORMATS, OUTPUT_TYPES, Authenticate, AuthenticationRequest,
-    BackgroundSettings, DataFrame, ErrorsFrame, GetResponse, GetResponseRequest, ImageUpload,
-    ImageUploadRequest, OutputSpec, Ping, PingRequest, RemoveBackground, RemoveBackgroundRequest, RestResponse, Task,
+    DEFAULT_MODEL,
+    OUTPUT_FORMATS,
+    OUTPUT_TYPES,
+    Authenticate,
+    AuthenticationRequest,
+    BackgroundSettings,
+    DataFrame,
+    DeliveryMethod,
+    ErrorsFrame,
+    GetResponse,
+    GetResponseRequest,
+    ImageUpload,
+    ImageUploadRequest,
+    OutputFormat,
+    OutputSpec,
+    OutputType,
+    Ping,
+    PingRequest,
+    RemoveBackground,
+    RemoveBackgroundRequest,
+    RestResponse,
+    Task,
 )
 
-__all__ = ["DecodedFrame", "decode_frame", "encode_data", "encode_errors", "encode_answer",
-           "encode_rest_response", "TASK_TYPES"]
+__all__ = [
+    "DecodedFrame",
+    "decode_frame",
+    "encode_data",
+    "encode_errors",
+    "encode_answer",
+    "encode_rest_response",
+    "TASK_TYPES",
+]
 
 
 class DecodedFrame(msgspec.Struct):
@@ -167,8 +194,11 @@ _SETTING_NAMES = (
     ("alphaMattingBackgroundThreshold", "background_threshold"),
     ("alphaMattingErodeSize", "erode_size"),
 )
-_OUTPUT_TYPE_BY_FOLDED = {name.lower(): name for name in OUTPUT_TYPES}
-_OUTPUT_FORMAT_BY_FOLDED = {name.lower(): name for name in OUTPUT_FORMATS} | {"jpeg": "JPG"}
+_OUTPUT_TYPE_BY_FOLDED: dict[str, OutputType] = {name.lower(): name for name in OUTPUT_TYPES}
+_OUTPUT_FORMAT_BY_FOLDED: dict[str, OutputFormat] = {
+    name.lower(): name for name in OUTPUT_FORMATS
+} | {"jpeg": "JPG"}
+_DELIVERY_METHODS: dict[str, DeliveryMethod] = {"sync": "sync", "async": "async"}
 
 
 def _settings(request: RemoveBackgroundRequest) -> BackgroundSettings:
@@ -182,7 +212,12 @@ def _settings(request: RemoveBackgroundRequest) -> BackgroundSettings:
     return BackgroundSettings(**values)
 
 
-def _choice(value: str | None, by_folded: dict[str, str], parameter: str, default: str) -> str:
+Choice = TypeVar("Choice", bound=str)
+
+
+def _choice(
+    value: str | None, by_folded: dict[str, Choice], parameter: str, default: Choice
+) -> Choice:
     if value is None:
         return default
     chosen = by_folded.get(value.lower())
@@ -199,12 +234,13 @@ def _remove_background(raw: msgspec.Raw, task_type: str) -> Task:
     elif request.inputImage is not None:
         image, parameter = request.inputImage, "inputImage"
     else:
-        modern = request.inputs is not None or (task_type == "removeBackground" and request.settings)
+        modern = request.inputs is not None or (
+            task_type == "removeBackground" and request.settings
+        )
         raise TaskFailure.missing("inputs.image" if modern else "inputImage", "string")
     if not image.strip():
         raise TaskFailure.invalid(parameter, "string", "The image must not be empty.")
-    delivery = _choice(request.deliveryMethod, {"sync": "sync", "async": "async"},
-                       "deliveryMethod", "sync")
+    delivery = _choice(request.deliveryMethod, _DELIVERY_METHODS, "deliveryMethod", "sync")
     output = OutputSpec(
         type=_choice(request.outputType, _OUTPUT_TYPE_BY_FOLDED, "outputType", "URL"),
         format=_choice(request.outputFormat, _OUTPUT_FORMAT_BY_FOLDED, "outputFormat", "JPG"),
@@ -215,10 +251,17 @@ def _remove_background(raw: msgspec.Raw, task_type: str) -> Task:
     if not model:
         raise TaskFailure.invalid("model", "string", "The model must not be empty.")
     return RemoveBackground(
-        task_uuid=request.taskUUID, task_type=task_type, model=model, image=image,
-        image_parameter=parameter, settings=_settings(request), output=output,
-        include_cost=bool(request.includeCost), delivery_method=delivery,
-        webhook_url=request.webhookURL, upload_endpoint=request.uploadEndpoint,
+        task_uuid=request.taskUUID,
+        task_type=task_type,
+        model=model,
+        image=image,
+        image_parameter=parameter,
+        settings=_settings(request),
+        output=output,
+        include_cost=bool(request.includeCost),
+        delivery_method=delivery,
+        webhook_url=request.webhookURL,
+        upload_endpoint=request.uploadEndpoint,
     )
 
 
@@ -242,8 +285,11 @@ def _frame_error(data: bytes | str) -> DecodedFrame:
     except msgspec.DecodeError as error:
         item = ErrorItem(code=Code.INVALID_JSON, message=f"The frame is not valid JSON: {error}.")
         return DecodedFrame(tasks=[], errors=[item])
-    item = ErrorItem(code=Code.INVALID_FRAME,
-                     message="A frame must be a JSON array of task objects.", type="array")
+    item = ErrorItem(
+        code=Code.INVALID_FRAME,
+        message="A frame must be a JSON array of task objects.",
+        type="array",
+    )
     if isinstance(value, dict):
         # A lone task object: tell its sender which task was refused.
         task_uuid, task_type = value.get("taskUUID"), value.get("taskType")
@@ -256,19 +302,26 @@ def _decode_task(raw: msgspec.Raw, index: int) -> Task | ErrorItem:
     try:
         header = _header_decoder.decode(raw)
     except msgspec.DecodeError:
-        return ErrorItem(code=Code.INVALID_TASK,
-                         message=f"Element {index} of the frame is not a task object.", type="object")
+        return ErrorItem(
+            code=Code.INVALID_TASK,
+            message=f"Element {index} of the frame is not a task object.",
+            type="object",
+        )
     task_type = header.taskType if isinstance(header.taskType, str) else None
     task_uuid = header.taskUUID if isinstance(header.taskUUID, str) else None
     try:
         if header.taskType is None:
             raise TaskFailure.missing("taskType", "string")
         decoder = TASK_TYPES.get(task_type) if task_type is not None else None
-        if decoder is None:
-            raise TaskFailure(Code.UNSUPPORTED_TASK_TYPE,
-                              f"Unsupported taskType {header.taskType!r}. Supported: "
-                              + ", ".join(TASK_TYPES) + ".",
-                              parameter="taskType", type="string")
+        if decoder is None or task_type is None:
+            raise TaskFailure(
+                Code.UNSUPPORTED_TASK_TYPE,
+                f"Unsupported taskType {header.taskType!r}. Supported: "
+                + ", ".join(TASK_TYPES)
+                + ".",
+                parameter="taskType",
+                type="string",
+            )
         return decoder(raw, task_type)
     except TaskFailure as failure:
         return failure.item(task_type, task_uuid)

@@ -38,7 +38,6 @@ class Code:
     INVALID_JSON = "invalidJSON"
     INVALID_FRAME = "invalidFrame"
     INVALID_TASK = "invalidTask"
-    MISSING_TASK_TYPE = "missingTaskType"
     UNSUPPORTED_TASK_TYPE = "unsupportedTaskType"
     INVALID_API_KEY = "invalidApiKey"
     MISSING_API_KEY = "missingApiKey"
@@ -110,18 +109,32 @@ class TaskFailure(Exception):
         self.max = max
 
     @classmethod
-    def invalid(cls, parameter: str, type: str, detail: str, **hints: int | float) -> "TaskFailure":
-        return cls(code_for("invalid", parameter),
-                   f"Invalid value for {parameter} parameter. {detail}",
-                   parameter=parameter, type=type, **hints)
+    def invalid(cls, parameter: str, type: str, detail: str, **hints: int | float) -> TaskFailure:
+        return cls(
+            code_for("invalid", parameter),
+            f"Invalid value for {parameter} parameter. {detail}",
+            parameter=parameter,
+            type=type,
+            **hints,
+        )
 
     @classmethod
-    def missing(cls, parameter: str, type: str) -> "TaskFailure":
-        return cls(code_for("missing", parameter),
-                   f"Missing required parameter {parameter}.", parameter=parameter, type=type)
+    def missing(cls, parameter: str, type: str) -> TaskFailure:
+        return cls(
+            code_for("missing", parameter),
+            f"Missing required parameter {parameter}.",
+            parameter=parameter,
+            type=type,
+        )
 
     def item(self, task_type: str | None, task_uuid: str | None) -> ErrorItem:
         return ErrorItem(
-            code=self.code, message=self.message, parameter=self.parameter, type=self.type,
-            taskType=task_type, taskUUID=task_uuid, min=self.min, max=self.max,
+            code=self.code,
+            message=self.message,
+            parameter=self.parameter,
+            type=self.type,
+            taskType=task_type,
+            taskUUID=task_uuid,
+            min=self.min,
+            max=self.max,
         )

@@ -11,20 +11,45 @@ Three layers, each a msgspec struct:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
 __all__ = [
-    "UUID_PATTERN", "OUTPUT_TYPES", "OUTPUT_FORMATS", "DEFAULT_MODEL",
-    "AuthenticationRequest", "PingRequest", "ImageUploadRequest", "GetResponseRequest",
-    "RemoveBackgroundRequest", "BackgroundSettingsFields", "InputsField",
-    "Authenticate", "Ping", "ImageUpload", "GetResponse", "RemoveBackground",
-    "BackgroundSettings", "OutputSpec", "Task",
-    "AuthenticationResult", "PongResult", "ImageUploadResult", "BackgroundRemovalResult",
-    "TaskAcknowledgement", "TaskStatusItem",
-    "DataFrame", "ErrorsFrame", "RestResponse", "REQUEST_TYPES", "RESULT_TYPES",
+    "OutputType",
+    "OutputFormat",
+    "DeliveryMethod",
+    "UUID_PATTERN",
+    "OUTPUT_TYPES",
+    "OUTPUT_FORMATS",
+    "DEFAULT_MODEL",
+    "AuthenticationRequest",
+    "PingRequest",
+    "ImageUploadRequest",
+    "GetResponseRequest",
+    "RemoveBackgroundRequest",
+    "BackgroundSettingsFields",
+    "InputsField",
+    "Authenticate",
+    "Ping",
+    "ImageUpload",
+    "GetResponse",
+    "RemoveBackground",
+    "BackgroundSettings",
+    "OutputSpec",
+    "Task",
+    "AuthenticationResult",
+    "PongResult",
+    "ImageUploadResult",
+    "BackgroundRemovalResult",
+    "TaskAcknowledgement",
+    "TaskStatusItem",
+    "DataFrame",
+    "ErrorsFrame",
+    "RestResponse",
+    "REQUEST_TYPES",
+    "RESULT_TYPES",
 ]
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -33,8 +58,11 @@ Threshold = Annotated[int, Meta(ge=1, le=255)]
 Channel = Annotated[int, Meta(ge=0, le=255)]
 Rgba = Annotated[list[Channel], Meta(min_length=4, max_length=4)]
 
-OUTPUT_TYPES = ("URL", "dataURI", "base64Data")
-OUTPUT_FORMATS = ("JPG", "PNG", "WEBP")
+OutputType = Literal["URL", "dataURI", "base64Data"]
+OutputFormat = Literal["JPG", "PNG", "WEBP"]
+DeliveryMethod = Literal["sync", "async"]
+OUTPUT_TYPES: tuple[OutputType, ...] = ("URL", "dataURI", "base64Data")
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("JPG", "PNG", "WEBP")
 DEFAULT_MODEL = "runware:109@1"  # "RemBG 1.4" on the Runware platform
 
 
@@ -146,8 +174,8 @@ class BackgroundSettings(msgspec.Struct, frozen=True):
 
 
 class OutputSpec(msgspec.Struct, frozen=True):
-    type: Literal["URL", "dataURI", "base64Data"] = "URL"
-    format: Literal["JPG", "PNG", "WEBP"] = "JPG"
+    type: OutputType = "URL"
+    format: OutputFormat = "JPG"
     quality: int = 95
     ttl: int | None = None
 
@@ -161,12 +189,12 @@ class RemoveBackground(msgspec.Struct, frozen=True):
     settings: BackgroundSettings
     output: OutputSpec
     include_cost: bool = False
-    delivery_method: Literal["sync", "async"] = "sync"
+    delivery_method: DeliveryMethod = "sync"
     webhook_url: str | None = None
     upload_endpoint: str | None = None
 
 
-Task = Union[Authenticate, Ping, ImageUpload, GetResponse, RemoveBackground]
+Task = Authenticate | Ping | ImageUpload | GetResponse | RemoveBackground
 
 
 # --------------------------------------------------------------------------- results
@@ -238,7 +266,18 @@ class RestResponse(msgspec.Struct):
     errors: list[Any]
 
 
-REQUEST_TYPES = (AuthenticationRequest, PingRequest, ImageUploadRequest, GetResponseRequest,
-                 RemoveBackgroundRequest)
-RESULT_TYPES = (AuthenticationResult, PongResult, ImageUploadResult, BackgroundRemovalResult,
-                TaskAcknowledgement, TaskStatusItem)
+REQUEST_TYPES = (
+    AuthenticationRequest,
+    PingRequest,
+    ImageUploadRequest,
+    GetResponseRequest,
+    RemoveBackgroundRequest,
+)
+RESULT_TYPES = (
+    AuthenticationResult,
+    PongResult,
+    ImageUploadResult,
+    BackgroundRemovalResult,
+    TaskAcknowledgement,
+    TaskStatusItem,
+)

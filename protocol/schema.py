@@ -21,7 +21,8 @@ _TITLE = "Runware background-removal WebSocket protocol (rembg-stream subset)"
 
 def _components(ref_template: str) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        (*REQUEST_TYPES, *RESULT_TYPES, ErrorItem), ref_template=ref_template)
+        (*REQUEST_TYPES, *RESULT_TYPES, ErrorItem), ref_template=ref_template
+    )
     return components
 
 
@@ -43,8 +44,12 @@ def _frames(template: str) -> dict[str, Any]:
             "title": "DataFrame",
             "description": "Server to client: results, acknowledgements, pongs.",
             "type": "object",
-            "properties": {"data": {"type": "array",
-                                    "items": {"anyOf": [_ref(template, t) for t in RESULT_TYPES]}}},
+            "properties": {
+                "data": {
+                    "type": "array",
+                    "items": {"anyOf": [_ref(template, t) for t in RESULT_TYPES]},
+                }
+            },
             "required": ["data"],
         },
         "ErrorsFrame": {
@@ -63,7 +68,9 @@ def json_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": _TITLE,
-        "anyOf": [{"$ref": _REF.format(name=name)} for name in ("ClientFrame", "DataFrame", "ErrorsFrame")],
+        "anyOf": [
+            {"$ref": _REF.format(name=name)} for name in ("ClientFrame", "DataFrame", "ErrorsFrame")
+        ],
         "$defs": dict(sorted(definitions.items())),
     }
 
@@ -72,24 +79,44 @@ def asyncapi() -> dict[str, Any]:
     """An AsyncAPI 3.0 document for the one WebSocket channel."""
     template = "#/components/schemas/{name}"
     schemas = {**_components(template), **_frames(template)}
-    messages = {name: {"name": name, "contentType": "application/json",
-                       "payload": {"$ref": template.format(name=name)}}
-                for name in ("ClientFrame", "DataFrame", "ErrorsFrame")}
+    messages = {
+        name: {
+            "name": name,
+            "contentType": "application/json",
+            "payload": {"$ref": template.format(name=name)},
+        }
+        for name in ("ClientFrame", "DataFrame", "ErrorsFrame")
+    }
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": _TITLE, "version": "1.0.0",
-                 "description": "Text frames of JSON. Clients send arrays of tasks; the server "
-                                "answers each task with a data item or an error item carrying "
-                                "its taskUUID, in completion order."},
+        "info": {
+            "title": _TITLE,
+            "version": "1.0.0",
+            "description": "Text frames of JSON. Clients send arrays of tasks; the server "
+            "answers each task with a data item or an error item carrying "
+            "its taskUUID, in completion order.",
+        },
         "servers": {"local": {"host": "127.0.0.1:7600", "protocol": "ws"}},
-        "channels": {"tasks": {"address": "/", "messages": {
-            name: {"$ref": f"#/components/messages/{name}"} for name in messages}}},
+        "channels": {
+            "tasks": {
+                "address": "/",
+                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in messages},
+            }
+        },
         "operations": {
-            "sendTasks": {"action": "receive", "channel": {"$ref": "#/channels/tasks"},
-                          "messages": [{"$ref": "#/channels/tasks/messages/ClientFrame"}]},
-            "streamResults": {"action": "send", "channel": {"$ref": "#/channels/tasks"},
-                              "messages": [{"$ref": "#/channels/tasks/messages/DataFrame"},
-                                           {"$ref": "#/channels/tasks/messages/ErrorsFrame"}]},
+            "sendTasks": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/tasks"},
+                "messages": [{"$ref": "#/channels/tasks/messages/ClientFrame"}],
+            },
+            "streamResults": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/tasks"},
+                "messages": [
+                    {"$ref": "#/channels/tasks/messages/DataFrame"},
+                    {"$ref": "#/channels/tasks/messages/ErrorsFrame"},
+                ],
+            },
         },
         "components": {"schemas": dict(sorted(schemas.items())), "messages": messages},
     }

@@ -11,8 +11,9 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import Config, ModelOverride
 from .inference.families import FAMILIES
@@ -54,45 +55,92 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--public-url", str, "base URL of imageURL results (default: http://HOST:PORT)"),
     ("--storage-dir", Path, "where stored inputs and outputs live"),
     ("--default-ttl", int, "seconds a stored image lives when the task sets no ttl"),
-    ("--result-retention", int, "seconds getResponse answers for a finished task (at least its ttl)"),
+    (
+        "--result-retention",
+        int,
+        "seconds getResponse answers for a finished task (at least its ttl)",
+    ),
     ("--webhook-attempts", int, "tries per webhook delivery"),
     ("--webhook-backoff", float, "seconds before the second webhook try, doubled after each"),
     ("--price-per-image", float, "cost reported per image with includeCost"),
-    ("--runtime", str, "auto, onnxruntime or openvino (auto: onnxruntime+CUDA on a GPU host, "
-                       "else OpenVINO)"),
-    ("--max-batch", int, "most images per inference call (default: what the runtime prefers: "
-                         "16 on CUDA, one per OpenVINO stream, 1 for onnxruntime on CPU)"),
+    (
+        "--runtime",
+        str,
+        "auto, onnxruntime or openvino (auto: onnxruntime+CUDA on a GPU host, else OpenVINO)",
+    ),
+    (
+        "--max-batch",
+        int,
+        "most images per inference call (default: what the runtime prefers: "
+        "16 on CUDA, one per OpenVINO stream, 1 for onnxruntime on CPU)",
+    ),
     ("--max-wait-ms", float, "milliseconds a batch waits to fill"),
-    ("--socket-concurrency", int, "images of one socket in the pipeline at once (default: 2 x max batch, at least 4)"),
+    (
+        "--socket-concurrency",
+        int,
+        "images of one socket in the pipeline at once (default: 2 x max batch, at least 4)",
+    ),
     ("--cpu-workers", int, "threads for decode/matting/encode (default: one per core)"),
     ("--inference-threads", int, "onnxruntime intra-op threads (default: one per core)"),
-    ("--max-frame-bytes", int, "hard cap on an incoming frame: beyond it the socket is closed (1009)"),
-    ("--frame-error-bytes", int, "soft cap: a larger frame is refused with frameTooLarge, the socket stays"),
+    (
+        "--max-frame-bytes",
+        int,
+        "hard cap on an incoming frame: beyond it the socket is closed (1009)",
+    ),
+    (
+        "--frame-error-bytes",
+        int,
+        "soft cap: a larger frame is refused with frameTooLarge, the socket stays",
+    ),
     ("--max-tasks-per-frame", int, "tasks accepted from one frame"),
     ("--max-in-flight-per-socket", int, "unfinished tasks one socket may have"),
     ("--max-sockets-per-key", int, "open sockets one API key may have"),
     ("--max-queued-tasks", int, "unfinished tasks service-wide; beyond it new ones get overloaded"),
     ("--send-timeout", float, "seconds a send may wait on a client that does not read"),
-    ("--ping-interval", float, "seconds between keepalive pings; a peer whose pong is not "
-     "back within half of it is dropped"),
+    (
+        "--ping-interval",
+        float,
+        "seconds between keepalive pings; a peer whose pong is not "
+        "back within half of it is dropped",
+    ),
     ("--idle-timeout", float, "seconds without any message before a socket is closed"),
     ("--session-linger", float, "seconds results wait for a client that went away (resume)"),
     ("--drain-grace", float, "seconds in-flight tasks get to finish on SIGTERM"),
     ("--max-image-pixels", int, "largest image accepted, in pixels, checked before decoding"),
     ("--max-matting-pixels", int, "largest image accepted with alphaMatting, in pixels"),
     ("--max-download-bytes", int, "largest URL input downloaded"),
-    ("--s3-bucket", str, "keep images in this S3 bucket instead of --storage-dir; imageURL is "
-                         "then a presigned GET that expires with the image"),
+    (
+        "--s3-bucket",
+        str,
+        "keep images in this S3 bucket instead of --storage-dir; imageURL is "
+        "then a presigned GET that expires with the image",
+    ),
     ("--s3-endpoint", str, "the S3 API's URL, for S3-compatible stores (SeaweedFS, MinIO, ...)"),
-    ("--s3-access-key", str, "S3 access key (default: AWS_ACCESS_KEY_ID and boto3's other sources)"),
+    (
+        "--s3-access-key",
+        str,
+        "S3 access key (default: AWS_ACCESS_KEY_ID and boto3's other sources)",
+    ),
     ("--s3-secret-key", str, "S3 secret key (better given as RBG_S3_SECRET_KEY)"),
     ("--s3-region", str, "S3 region (signing)"),
-    ("--redis", str, "redis://HOST:PORT/DB: the distributed mode (gateways and workers share "
-                     "queue, results and sessions there); none: everything in this process"),
-    ("--role", str, "with --redis: gateway (holds sockets, queues tasks), worker (runs the "
-                    "model on queued tasks) or all (both)"),
-    ("--claim-after", float, "with --redis: seconds a job may go unfinished before other "
-                             "workers take it over from its (dead) worker"),
+    (
+        "--redis",
+        str,
+        "redis://HOST:PORT/DB: the distributed mode (gateways and workers share "
+        "queue, results and sessions there); none: everything in this process",
+    ),
+    (
+        "--role",
+        str,
+        "with --redis: gateway (holds sockets, queues tasks), worker (runs the "
+        "model on queued tasks) or all (both)",
+    ),
+    (
+        "--claim-after",
+        float,
+        "with --redis: seconds a job may go unfinished before other "
+        "workers take it over from its (dead) worker",
+    ),
     ("--max-attempts", int, "with --redis: workers that may start one job before it fails"),
 )
 
@@ -107,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m service",
         description="Background-removal WebSocket service speaking the Runware task API.",
         epilog=f"Every flag can also be set by an environment variable: {ENV_PREFIX}<FLAG> "
-               f"(e.g. {ENV_PREFIX}PORT, {ENV_PREFIX}API_KEY=k1,k2, {ENV_PREFIX}ALLOW_PRIVATE_URLS=1).",
+        f"(e.g. {ENV_PREFIX}PORT, {ENV_PREFIX}API_KEY=k1,k2, {ENV_PREFIX}ALLOW_PRIVATE_URLS=1).",
     )
     for flag, kind, help_text in _SCALAR_FLAGS:
         field = _field(flag)
@@ -115,19 +163,41 @@ def build_parser() -> argparse.ArgumentParser:
         default = kind(from_env) if from_env is not None else getattr(defaults, field)
         shown = "" if default is None else " (default %(default)s)"
         parser.add_argument(flag, type=kind, default=default, dest=field, help=help_text + shown)
-    parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
-                        help="accepted API key; repeat for several. None given: any key is accepted")
-    parser.add_argument("--allowed-origin", action="append", dest="allowed_origins", metavar="ORIGIN",
-                        help="a web page origin allowed to open sockets, e.g. https://app.example.com; "
-                             "repeatable (the service's own origin always is)")
-    parser.add_argument("--model", action="append", dest="models", type=parse_model,
-                        metavar="ID=PATH[:FAMILY]",
-                        help="serve an ONNX file under a model id, e.g. runware:109@1=/m/rmbg-1.4.onnx")
-    parser.add_argument("--allow-private-urls", action="store_true",
-                        default=_env_flag("ALLOW_PRIVATE_URLS"),
-                        help="let URL inputs, webhooks and uploads reach loopback/private addresses")
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL") or defaults.log_level,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accepted API key; repeat for several. None given: any key is accepted",
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        dest="allowed_origins",
+        metavar="ORIGIN",
+        help="a web page origin allowed to open sockets, e.g. https://app.example.com; "
+        "repeatable (the service's own origin always is)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        type=parse_model,
+        metavar="ID=PATH[:FAMILY]",
+        help="serve an ONNX file under a model id, e.g. runware:109@1=/m/rmbg-1.4.onnx",
+    )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        default=_env_flag("ALLOW_PRIVATE_URLS"),
+        help="let URL inputs, webhooks and uploads reach loopback/private addresses",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL") or defaults.log_level,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+    )
     return parser
 
 
@@ -148,9 +218,14 @@ def config_from_args(argv: list[str] | None = None) -> Config:
 
 def main(argv: list[str] | None = None) -> None:
     config = config_from_args(argv)
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp").setLevel(
+        max(logging.WARNING, logging.getLevelName(config.log_level))
+    )
     from .app import run  # after logging is set up: loading models logs
 
     try:

@@ -10,7 +10,8 @@ import hmac
 import logging
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import from_url as redis_from_url
 
@@ -47,8 +48,9 @@ log = logging.getLogger(__name__)
 class App:
     """Every long-lived object of one process, wired together."""
 
-    def __init__(self, config: Config, registry: ModelRegistry,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, registry: ModelRegistry, clock: Callable[[], float] = time.time
+    ) -> None:
         pipeline.use_own_pixel_limit()
         self.config = config
         self.registry = registry
@@ -56,18 +58,22 @@ class App:
         self.cpu = FairExecutor(config.worker_count(), name="cpu")  # decode/resize/matting/encode
         self.store = _image_store(config, clock)
         self.http = OutboundHttp(
-            allow_private=config.allow_private_urls, max_download_bytes=config.max_download_bytes,
+            allow_private=config.allow_private_urls,
+            max_download_bytes=config.max_download_bytes,
             connect_timeout=config.download_connect_timeout,
             total_timeout=config.download_total_timeout,
         )
         self._batchers = self._build_batchers()
         largest_batch = max((b.max_batch for b in self._batchers.values()), default=1)
-        routes = {model.id: ModelRoute(model.family, self._batchers[model.id])
-                  for model in registry}
-        self.processor = Processor(config, routes, self.store, InputResolver(self.store, self.http),
-                                   self.http, self.cpu)
-        self.webhooks = WebhookSender(self.http, attempts=config.webhook_attempts,
-                                      backoff=config.webhook_backoff)
+        routes = {
+            model.id: ModelRoute(model.family, self._batchers[model.id]) for model in registry
+        }
+        self.processor = Processor(
+            config, routes, self.store, InputResolver(self.store, self.http), self.http, self.cpu
+        )
+        self.webhooks = WebhookSender(
+            self.http, attempts=config.webhook_attempts, backoff=config.webhook_backoff
+        )
         self.workload = Workload(config.max_queued_tasks)
         self._redis: Any = None
         self._relay: Relay | None = None
@@ -84,15 +90,23 @@ class App:
         else:
             work = self._distributed(config, largest_batch)
         self._keys = tuple(key.encode() for key in config.api_keys)
-        self.tasks = TaskPorts(self.results, work, self.workload, self.webhooks, self.metrics,
-                               self.key_is_valid)
+        self.tasks = TaskPorts(
+            self.results, work, self.workload, self.webhooks, self.metrics, self.key_is_valid
+        )
         self.sockets = OpenSockets(self.metrics, config.max_sockets_per_key)
         self.context = ServerContext(
-            config, self.tasks, self.sessions, self.store, self.metrics, self.sockets,
-            pipeline_slots=config.socket_concurrency or max(4, 2 * largest_batch))
+            config,
+            self.tasks,
+            self.sessions,
+            self.store,
+            self.metrics,
+            self.sockets,
+            pipeline_slots=config.socket_concurrency or max(4, 2 * largest_batch),
+        )
 
     def _distributed(self, config: Config, largest_batch: int) -> WorkExecutor:
         """Queue, results book and sessions in Redis; this process's role decides which end."""
+        assert config.redis is not None
         self._redis = redis_from_url(config.redis)
         results = RedisResultsBook(self._redis, self.store, config.result_retention)
         self.results = results
@@ -104,9 +118,15 @@ class App:
             self.workload = Workload(config.max_queued_tasks, backlog=lambda: jobs.backlog)
             work = QueuedWork(self.processor, jobs)
         if config.runs_models:
-            self._worker = Worker(self._redis, self.processor, results, self.webhooks,
-                                  max_batch=largest_batch, claim_after=config.claim_after,
-                                  max_attempts=config.max_attempts)
+            self._worker = Worker(
+                self._redis,
+                self.processor,
+                results,
+                self.webhooks,
+                max_batch=largest_batch,
+                claim_after=config.claim_after,
+                max_attempts=config.max_attempts,
+            )
         return work
 
     def _build_batchers(self) -> dict[str, MicroBatcher]:
@@ -119,7 +139,8 @@ class App:
                 shared[key] = MicroBatcher(
                     model.runtime.infer_batch,
                     max_batch=self.config.max_batch or model.runtime.preferred_batch,
-                    max_wait=self.config.max_wait_ms / 1000, name=model.id,
+                    max_wait=self.config.max_wait_ms / 1000,
+                    name=model.id,
                     on_batch=self._batch_observer(model.id),
                 )
             by_id[model.id] = shared[key]
@@ -129,6 +150,7 @@ class App:
         def observe(images: int, seconds: float) -> None:
             self.metrics.observe_batch(model_id, images, seconds)
             self.workload.observe_batch(images, seconds)
+
         return observe
 
     def key_is_valid(self, api_key: str) -> bool:
@@ -192,8 +214,15 @@ def _image_store(config: Config, clock: Callable[[], float]) -> ImageStore:
         return DirectoryImageStore(config.storage_dir, config.default_ttl, clock)
     from .storage.s3 import S3ImageStore  # boto3 is imported only when S3 is used
 
-    return S3ImageStore(config.s3_endpoint, config.s3_bucket, config.s3_access_key,
-                        config.s3_secret_key, config.s3_region, config.default_ttl, clock)
+    return S3ImageStore(
+        config.s3_endpoint,
+        config.s3_bucket,
+        config.s3_access_key,
+        config.s3_secret_key,
+        config.s3_region,
+        config.default_ttl,
+        clock,
+    )
 
 
 def build_app(config: Config) -> App:
@@ -219,15 +248,22 @@ async def run(config: Config) -> None:
     server = await serve(app)
     housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")
     for host, port in server.addresses:
-        log.info("listening on ws://%s:%s (images at %s/images/)",
-                 f"[{host}]" if ":" in host else host, port, config.base_url())
+        log.info(
+            "listening on ws://%s:%s (images at %s/images/)",
+            f"[{host}]" if ":" in host else host,
+            port,
+            config.base_url(),
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down: draining %d tasks (up to %.0f s)", app.workload.unfinished,
-             config.drain_grace)
+    log.info(
+        "shutting down: draining %d tasks (up to %.0f s)",
+        app.workload.unfinished,
+        config.drain_grace,
+    )
     await app.drain()
     await server.close()  # closes open sockets with 1001 (going away)
     housekeeping.cancel()

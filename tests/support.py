@@ -13,9 +13,9 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import onnx
 import pytest
@@ -99,8 +99,14 @@ def stop_process(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-def wait_until_ready(process: subprocess.Popen, ready: Callable[[], bool], what: str,
-                     log: Callable[[], str], timeout: float, interval: float) -> None:
+def wait_until_ready(
+    process: subprocess.Popen,
+    ready: Callable[[], bool],
+    what: str,
+    log: Callable[[], str],
+    timeout: float,
+    interval: float,
+) -> None:
     """Poll ``ready()`` until it says so. A process that exits, or is not ready in time (it is
     stopped then), fails the caller with its log."""
     deadline = time.monotonic() + timeout * UNIT
@@ -114,17 +120,36 @@ def wait_until_ready(process: subprocess.Popen, ready: Callable[[], bool], what:
     raise RuntimeError(f"{what} did not become ready:\n{log()}")
 
 
-def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None,
-                 port: int | None = None) -> ServerProcess:
+def start_server(
+    tmp: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> ServerProcess:
     """Start ``python -m service`` for real and wait until /healthz answers."""
     port = port or free_port()
     log_path = tmp / f"server-{port}.log"
-    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-               "--storage-dir", str(tmp / f"storage-{port}"), "--models-dir", str(MODEL.parent),
-               "--log-level", "DEBUG", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-dir",
+        str(tmp / f"storage-{port}"),
+        "--models-dir",
+        str(MODEL.parent),
+        "--log-level",
+        "DEBUG",
+        *args,
+    ]
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     server = ServerProcess(process, port, log_path)
 
     def healthy() -> bool:
@@ -156,9 +181,24 @@ def start_redis(tmp: Path) -> RedisProcess:
     port = free_port()
     log_path = tmp / f"redis-{port}.log"
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp), "--logfile", str(log_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+            "--logfile",
+            str(log_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
 
     def answers_ping() -> bool:
         try:
@@ -168,9 +208,14 @@ def start_redis(tmp: Path) -> RedisProcess:
         except OSError:
             return False
 
-    wait_until_ready(process, answers_ping, "redis-server",
-                     lambda: log_path.read_text(errors="replace") if log_path.exists() else "",
-                     timeout=20, interval=0.05)
+    wait_until_ready(
+        process,
+        answers_ping,
+        "redis-server",
+        lambda: log_path.read_text(errors="replace") if log_path.exists() else "",
+        timeout=20,
+        interval=0.05,
+    )
     return RedisProcess(process, port)
 
 
@@ -185,8 +230,16 @@ class S3Process:
     secret_key: str = "rbg-test-secret-0123456789"
 
     def flags(self) -> list[str]:
-        return ["--s3-endpoint", self.endpoint, "--s3-bucket", self.bucket,
-                "--s3-access-key", self.access_key, "--s3-secret-key", self.secret_key]
+        return [
+            "--s3-endpoint",
+            self.endpoint,
+            "--s3-bucket",
+            self.bucket,
+            "--s3-access-key",
+            self.access_key,
+            "--s3-secret-key",
+            self.secret_key,
+        ]
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -197,29 +250,68 @@ def start_seaweedfs(tmp: Path) -> S3Process:
     identities file holding one access key; the bucket is created at start."""
     weed = Path(sys.executable).parent / "weed"
     identities = tmp / "s3-identities.json"
-    identities.write_text(json.dumps({"identities": [{
-        "name": "rbg", "credentials": [{"accessKey": S3Process.access_key,
-                                        "secretKey": S3Process.secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    ports = {name: free_port() for name in (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-        "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
-        "admin.port", "admin.port.grpc", "debug.port", "s3.debug.port")}
-    command = [str(weed), "mini", f"-dir={tmp / 'weed-data'}", "-ip=127.0.0.1",
-               "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
-               f"-s3.config={identities}", f"-bucket={S3Process.bucket}",
-               *(f"-{name}={port}" for name, port in ports.items())]
+    identities.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "rbg",
+                        "credentials": [
+                            {"accessKey": S3Process.access_key, "secretKey": S3Process.secret_key}
+                        ],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    ports = {
+        name: free_port()
+        for name in (
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "s3.port.iceberg",
+            "s3.port.lance",
+            "admin.port",
+            "admin.port.grpc",
+            "debug.port",
+            "s3.debug.port",
+        )
+    }
+    command = [
+        str(weed),
+        "mini",
+        f"-dir={tmp / 'weed-data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-admin.ui=false",
+        "-webdav=false",
+        f"-s3.config={identities}",
+        f"-bucket={S3Process.bucket}",
+        *(f"-{name}={port}" for name, port in ports.items()),
+    ]
     log = open(tmp / "weed.log", "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     server = S3Process(process, f"http://127.0.0.1:{ports['s3.port']}")
     import boto3
     from botocore.config import Config as BotoConfig
 
-    client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                          aws_access_key_id=server.access_key,
-                          aws_secret_access_key=server.secret_key,
-                          config=BotoConfig(signature_version="s3v4", retries={"max_attempts": 1},
-                                            s3={"addressing_style": "path"}))
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        config=BotoConfig(
+            signature_version="s3v4", retries={"max_attempts": 1}, s3={"addressing_style": "path"}
+        ),
+    )
 
     def bucket_writable() -> bool:
         try:
@@ -228,9 +320,14 @@ def start_seaweedfs(tmp: Path) -> S3Process:
         except Exception:  # not listening yet, or the filer/volume behind S3 not up yet
             return False
 
-    wait_until_ready(process, bucket_writable, "weed mini",
-                     lambda: (tmp / "weed.log").read_text(errors="replace"),
-                     timeout=90, interval=0.3)
+    wait_until_ready(
+        process,
+        bucket_writable,
+        "weed mini",
+        lambda: (tmp / "weed.log").read_text(errors="replace"),
+        timeout=90,
+        interval=0.3,
+    )
     return server
 
 
@@ -251,8 +348,10 @@ def build_isnet_test_model(path: Path, size: int = 1024) -> Path:
     load use it so that they measure the service, not the model.
     """
     graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
-         helper.make_node("Sigmoid", ["mean"], ["output"])],
+        [
+            helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("Sigmoid", ["mean"], ["output"]),
+        ],
         "isnet_test",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])],

@@ -109,7 +109,9 @@ class QueuedWork:
 
 
 class Worker:
-    """Args:
+    """Reads jobs in batches, runs them, records and answers each once.
+
+    Args:
         redis: an async redis client.
         processor: runs a removal (the worker's own model, batcher and CPU pool).
         results: the shared results book.
@@ -119,9 +121,18 @@ class Worker:
         max_attempts: deliveries of one entry before its task fails.
     """
 
-    def __init__(self, redis: Any, processor: Processor, results: RedisResultsBook,
-                 webhooks: WebhookSender, max_batch: int, claim_after: float = 30.0,
-                 max_attempts: int = 3, prefix: str = "rbg", name: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        processor: Processor,
+        results: RedisResultsBook,
+        webhooks: WebhookSender,
+        max_batch: int,
+        claim_after: float = 30.0,
+        max_attempts: int = 3,
+        prefix: str = "rbg",
+        name: str | None = None,
+    ) -> None:
         self._redis = redis
         self._processor = processor
         self._results = results
@@ -142,8 +153,10 @@ class Worker:
             if "BUSYGROUP" not in str(error):
                 raise
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read(), name="worker-read"),
-                       loop.create_task(self._claim(), name="worker-claim")]
+        self._tasks = [
+            loop.create_task(self._read(), name="worker-read"),
+            loop.create_task(self._claim(), name="worker-claim"),
+        ]
         log.info("worker %s reading %s (batches of %d)", self.name, self._stream, self._max_batch)
 
     async def stop(self) -> None:
@@ -161,8 +174,13 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
-                replies = await self._redis.xreadgroup(GROUP, self.name, {self._stream: ">"},
-                                                       count=min(free, self._max_batch), block=1000)
+                replies = await self._redis.xreadgroup(
+                    GROUP,
+                    self.name,
+                    {self._stream: ">"},
+                    count=min(free, self._max_batch),
+                    block=1000,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -209,9 +227,10 @@ class Worker:
         where = destination(task)
         handover = job.handover if where is Destination.CLIENT else None
         ttl = None if isinstance(outcome, ErrorItem) else task.output.ttl
-        first = await self._results.finish_and_hand_over(job.scope, task.task_uuid, outcome, ttl,
-                                                         handover)
-        if first and where is Destination.WEBHOOK:
+        first = await self._results.finish_and_hand_over(
+            job.scope, task.task_uuid, outcome, ttl, handover
+        )
+        if first and where is Destination.WEBHOOK and task.webhook_url is not None:
             self._webhooks.deliver(task.webhook_url, encode_answer(outcome), task.task_uuid)
 
     async def _done(self, entry_id: bytes) -> None:
@@ -227,11 +246,17 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 if self._in_flight:
-                    await self._redis.xclaim(self._stream, GROUP, self.name, 0,
-                                             list(self._in_flight), justid=True)
+                    await self._redis.xclaim(
+                        self._stream, GROUP, self.name, 0, list(self._in_flight), justid=True
+                    )
                 _, claimed, _ = await self._redis.xautoclaim(
-                    self._stream, GROUP, self.name, int(self._claim_after * 1000),
-                    start_id="0-0", count=self._max_batch)
+                    self._stream,
+                    GROUP,
+                    self.name,
+                    int(self._claim_after * 1000),
+                    start_id="0-0",
+                    count=self._max_batch,
+                )
                 for entry_id, fields in claimed:
                     await self._retry_or_fail(entry_id, fields)
             except asyncio.CancelledError:
@@ -243,8 +268,9 @@ class Worker:
         if not fields:  # deleted meanwhile
             await self._done(entry_id)
             return
-        pending = await self._redis.xpending_range(self._stream, GROUP, min=entry_id,
-                                                   max=entry_id, count=1)
+        pending = await self._redis.xpending_range(
+            self._stream, GROUP, min=entry_id, max=entry_id, count=1
+        )
         attempts = pending[0]["times_delivered"] if pending else 1
         if attempts <= self._max_attempts:
             log.warning("worker %s: took over job %s (attempt %d)", self.name, entry_id, attempts)
@@ -252,8 +278,14 @@ class Worker:
             return
         job = msgspec.msgpack.decode(fields[b"job"], type=Job)
         log.error("job %s failed: %d workers stopped while running it", entry_id, attempts - 1)
-        await self._end(job, ErrorItem(
-            code=Code.WORKER_FAILED, taskType=job.task.task_type, taskUUID=job.task.task_uuid,
-            message=f"The task was started {attempts - 1} times and each time the worker running "
-                    "it stopped; it was not completed. Sending it again may succeed."))
+        await self._end(
+            job,
+            ErrorItem(
+                code=Code.WORKER_FAILED,
+                taskType=job.task.task_type,
+                taskUUID=job.task.task_uuid,
+                message=f"The task was started {attempts - 1} times and each time the worker running "
+                "it stopped; it was not completed. Sending it again may succeed.",
+            ),
+        )
         await self._done(entry_id)

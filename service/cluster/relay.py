@@ -44,7 +44,7 @@ def frame_of(kind: bytes, item: bytes) -> bytes:
 class RelayedSession:
     """One client session whose answers pass through its Redis outbox."""
 
-    def __init__(self, relay: "Relay", session_uuid: str) -> None:
+    def __init__(self, relay: Relay, session_uuid: str) -> None:
         self.uuid = session_uuid
         self._relay = relay
         self._sender: FrameSender | None = None
@@ -59,8 +59,12 @@ class RelayedSession:
         item_json = msgspec.json.encode(item)
         handover = self.handover  # the same entry, cap, lifetime and wake-up as results._END
         async with self._relay.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(handover.outbox_key, {"kind": kind, "item": item_json},
-                      maxlen=handover.max_length, approximate=True)
+            pipe.xadd(
+                handover.outbox_key,
+                {"kind": kind, "item": item_json},
+                maxlen=handover.max_length,
+                approximate=True,
+            )
             pipe.expire(handover.outbox_key, handover.lifetime)
             pipe.publish(handover.channel, b"1")
             await pipe.execute()
@@ -86,7 +90,9 @@ class RelayedSession:
                     return
                 for entry_id, fields in batch[0][1]:
                     sender = self._sender
-                    if sender is None or not await sender(frame_of(fields[b"kind"], fields[b"item"])):
+                    if sender is None or not await sender(
+                        frame_of(fields[b"kind"], fields[b"item"])
+                    ):
                         return  # the socket is gone: the entry waits for a resume
                     cursor = entry_id
                     async with redis.pipeline(transaction=False) as pipe:
@@ -149,7 +155,9 @@ class Relay:
                 for session in list(self._attached.values()):
                     loop.create_task(session.drain())
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
             except Exception:  # a lost Redis connection: redis-py reconnects on the next call
                 log.exception("relay: pub/sub read failed")
                 await asyncio.sleep(0.5)
@@ -157,9 +165,9 @@ class Relay:
                 continue
             if message is None:
                 continue
-            session = self._attached.get(message["channel"])
-            if session is not None:
-                loop.create_task(session.drain())
+            woken = self._attached.get(message["channel"])
+            if woken is not None:
+                loop.create_task(woken.drain())
 
     async def _keep_alive(self) -> None:
         """Held sessions never reach their expiry; those of a gateway that died do."""

@@ -22,6 +22,7 @@ from ..tasks.results import reply_item, without_payload
 
 __all__ = ["Handover", "RedisResultsBook"]
 
+
 class _StoredOutcome(msgspec.Struct, array_like=True):
     """A finished task's record as Redis keeps it (msgpack)."""
 
@@ -72,7 +73,9 @@ class Handover(msgspec.Struct, frozen=True, array_like=True):
 
 
 class RedisResultsBook:
-    def __init__(self, redis: Any, store: ImageStore, retention: float, prefix: str = "rbg") -> None:
+    def __init__(
+        self, redis: Any, store: ImageStore, retention: float, prefix: str = "rbg"
+    ) -> None:
         self._redis = redis
         self._store = store
         self.retention = retention
@@ -87,19 +90,28 @@ class RedisResultsBook:
         return f"{self._prefix}:task:{scope.hex()}:{task_uuid}"
 
     async def begin(self, scope: bytes, task_uuid: str, task_type: str) -> bool:
-        return bool(await self._begin(keys=[self.key(scope, task_uuid)],
-                                      args=[task_type, self.ADMISSION_LEASE]))
+        return bool(
+            await self._begin(
+                keys=[self.key(scope, task_uuid)], args=[task_type, self.ADMISSION_LEASE]
+            )
+        )
 
-    async def succeed(self, scope: bytes, task_uuid: str, result: WorkResult,
-                      ttl: int | None = None) -> bool:
+    async def succeed(
+        self, scope: bytes, task_uuid: str, result: WorkResult, ttl: int | None = None
+    ) -> bool:
         return await self.finish_and_hand_over(scope, task_uuid, result, ttl, None)
 
     async def fail(self, scope: bytes, task_uuid: str, error: ErrorItem) -> bool:
         return await self.finish_and_hand_over(scope, task_uuid, error, None, None)
 
-    async def finish_and_hand_over(self, scope: bytes, task_uuid: str,
-                                   outcome: WorkResult | ErrorItem, ttl: int | None,
-                                   handover: Handover | None) -> bool:
+    async def finish_and_hand_over(
+        self,
+        scope: bytes,
+        task_uuid: str,
+        outcome: WorkResult | ErrorItem,
+        ttl: int | None,
+        handover: Handover | None,
+    ) -> bool:
         """Record the outcome and, with ``handover``, put the answer in that outbox; True when
         this call ended the task (so nobody else records or answers it)."""
         if isinstance(outcome, ErrorItem):
@@ -110,12 +122,20 @@ class RedisResultsBook:
             state, kind = TaskState.SUCCESS, "data"
             stored = _StoredOutcome(result=_json.encode(without), payload_kind=payload_kind)
         keys = [self.key(scope, task_uuid)]
-        args: list[Any] = [state.value, msgspec.msgpack.encode(stored),
-                           int(max(self.retention, ttl or 0))]
+        args: list[Any] = [
+            state.value,
+            msgspec.msgpack.encode(stored),
+            int(max(self.retention, ttl or 0)),
+        ]
         if handover is not None:
             keys.append(handover.outbox_key)
-            args += [kind, _json.encode(outcome), handover.channel, handover.max_length,
-                     handover.lifetime]
+            args += [
+                kind,
+                _json.encode(outcome),
+                handover.channel,
+                handover.max_length,
+                handover.lifetime,
+            ]
         return bool(await self._end(keys=keys, args=args))
 
     async def get(self, scope: bytes, task_uuid: str) -> TaskRecord | None:
@@ -130,8 +150,10 @@ class RedisResultsBook:
         outcome = msgspec.msgpack.decode(fields[b"outcome"], type=_StoredOutcome)
         if outcome.error is not None:
             record.error = msgspec.json.decode(outcome.error, type=ErrorItem)
-        else:
-            kind = ImageUploadResult if task_type == "imageUpload" else BackgroundRemovalResult
+        elif outcome.result is not None:
+            kind: type[WorkResult] = (
+                ImageUploadResult if task_type == "imageUpload" else BackgroundRemovalResult
+            )
             record.result = msgspec.json.decode(outcome.result, type=kind)
             record.payload_kind = outcome.payload_kind
         return record

@@ -21,7 +21,10 @@ MAGIC_FORMATS: tuple[tuple[bytes, str], ...] = (
     (b"BM", "bmp"),
 )
 CONTENT_TYPES = {
-    "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif",
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
     "bmp": "image/bmp",
 }
 # outputFormat -> the extension its file is stored under
@@ -39,5 +42,9 @@ def sniff_format(data: bytes, parameter: str = IMAGE_PARAMETER) -> str:
     for magic, extension in MAGIC_FORMATS:
         if data.startswith(magic):
             return extension
-    raise TaskFailure(Code.INVALID_IMAGE, "The image is not a JPEG, PNG, WEBP, GIF or BMP file.",
-                      parameter=parameter, type="string")
+    raise TaskFailure(
+        Code.INVALID_IMAGE,
+        "The image is not a JPEG, PNG, WEBP, GIF or BMP file.",
+        parameter=parameter,
+        type="string",
+    )

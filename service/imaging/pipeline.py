@@ -33,11 +33,19 @@ from .formats import CONTENT_TYPES, IMAGE_PARAMETER, sniff_format
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DecodedImage", "use_own_pixel_limit", "decode_image", "preprocess", "mask_from_prediction",
-    "post_process_mask", "cutout", "apply_background", "encode_image", "encode_png", "render",
+    "DecodedImage",
+    "use_own_pixel_limit",
+    "decode_image",
+    "preprocess",
+    "mask_from_prediction",
+    "post_process_mask",
+    "cutout",
+    "apply_background",
+    "encode_image",
+    "encode_png",
+    "render",
     "payload_fields",
 ]
-
 
 
 def use_own_pixel_limit() -> None:
@@ -58,8 +66,9 @@ class DecodedImage:
         return self.image.size
 
 
-def decode_image(data: bytes, max_pixels: int, parameter: str = IMAGE_PARAMETER,
-                 limit_name: str = "the limit") -> DecodedImage:
+def decode_image(
+    data: bytes, max_pixels: int, parameter: str = IMAGE_PARAMETER, limit_name: str = "the limit"
+) -> DecodedImage:
     """Decode, check the pixel count from the header *before* decoding, apply EXIF orientation.
 
     Raises TaskFailure (invalidImage / imageTooLarge) naming ``parameter``; ``limit_name`` says
@@ -70,29 +79,41 @@ def decode_image(data: bytes, max_pixels: int, parameter: str = IMAGE_PARAMETER,
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
-            raise TaskFailure(Code.IMAGE_TOO_LARGE,
-                              f"The image has {width}x{height} pixels; {limit_name} is "
-                              f"{max_pixels:,} pixels.", parameter=parameter, type="string",
-                              max=max_pixels)
-        image = ImageOps.exif_transpose(image)
-        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-            image.mode == "P" and "transparency" in image.info)
-        image = image.convert("RGBA" if has_alpha else "RGB")
+            raise TaskFailure(
+                Code.IMAGE_TOO_LARGE,
+                f"The image has {width}x{height} pixels; {limit_name} is {max_pixels:,} pixels.",
+                parameter=parameter,
+                type="string",
+                max=max_pixels,
+            )
+        upright = ImageOps.exif_transpose(image)
+        has_alpha = upright.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            upright.mode == "P" and "transparency" in upright.info
+        )
+        converted = upright.convert("RGBA" if has_alpha else "RGB")
     except TaskFailure:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise TaskFailure(Code.INVALID_IMAGE, f"The image could not be decoded: {error}.",
-                          parameter=parameter, type="string") from None
-    return DecodedImage(image)
+        raise TaskFailure(
+            Code.INVALID_IMAGE,
+            f"The image could not be decoded: {error}.",
+            parameter=parameter,
+            type="string",
+        ) from None
+    return DecodedImage(converted)
 
 
 def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
     """The model input for one image: float32[3, S, S], as rembg's ``normalize`` makes it."""
-    small = decoded.image.convert("RGB").resize((family.size, family.size), Image.Resampling.LANCZOS)
+    small = decoded.image.convert("RGB").resize(
+        (family.size, family.size), Image.Resampling.LANCZOS
+    )
     pixels = np.asarray(small, dtype=np.float32)
     scale = max(float(pixels.max()), 1e-6) if family.divide_by_max else 255.0
-    pixels = (pixels / scale - np.asarray(family.mean, np.float32)) / np.asarray(family.std, np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    normalised = (pixels / scale - np.asarray(family.mean, np.float32)) / np.asarray(
+        family.std, np.float32
+    )
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
 def mask_from_prediction(prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -162,7 +183,9 @@ def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings
     return Image.fromarray(_naive_cutout(decoded.image, mask), mode="RGBA")
 
 
-def apply_background(image: Image.Image, rgba: tuple[int, int, int, int], output_format: str) -> Image.Image:
+def apply_background(
+    image: Image.Image, rgba: tuple[int, int, int, int], output_format: str
+) -> Image.Image:
     """Composite the cutout onto the background colour.
 
     PNG/WEBP keep transparency: the colour is alpha-composited under the cutout as rembg does
@@ -201,9 +224,14 @@ def encode_png(image: Image.Image, level: int) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
     header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[image.mode], 0, 0, 0)
-    return b"".join((b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header),
-                     _png_chunk(b"IDAT", isal_zlib.compress(filtered, level)),
-                     _png_chunk(b"IEND", b"")))
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", isal_zlib.compress(filtered, level)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
 
 
 def encode_image(image: Image.Image, output: OutputSpec, png_compress_level: int) -> bytes:
@@ -225,8 +253,13 @@ def payload_fields(encoded: bytes, extension: str, output_type: str) -> dict[str
     return {"imageDataURI": f"data:{CONTENT_TYPES[extension]};base64,{text}"}
 
 
-def render(decoded: DecodedImage, prediction: np.ndarray, settings: BackgroundSettings,
-           output: OutputSpec, png_compress_level: int) -> bytes:
+def render(
+    decoded: DecodedImage,
+    prediction: np.ndarray,
+    settings: BackgroundSettings,
+    output: OutputSpec,
+    png_compress_level: int,
+) -> bytes:
     """From the model's raw output for one image to the encoded result file."""
     mask = mask_from_prediction(prediction, decoded.size)
     image = apply_background(cutout(decoded, mask, settings), settings.rgba, output.format)

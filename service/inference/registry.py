@@ -55,13 +55,16 @@ class ModelLoadError(RuntimeError):
 def _family(runtime: Runtime, requested: str | None, model_id: str) -> Family:
     if requested is not None:
         if requested not in FAMILIES:
-            raise ModelLoadError(f"model {model_id}: unknown family {requested!r} "
-                                 f"(known: {', '.join(FAMILIES)})")
+            raise ModelLoadError(
+                f"model {model_id}: unknown family {requested!r} (known: {', '.join(FAMILIES)})"
+            )
         return FAMILIES[requested]
     size = runtime.input_size
     if size is None or size[0] != size[1] or size[0] not in FAMILY_BY_SIZE:
-        raise ModelLoadError(f"model {model_id}: cannot tell its family from input size {size}; "
-                             f"give it as --model {model_id}=PATH:FAMILY ({', '.join(FAMILIES)})")
+        raise ModelLoadError(
+            f"model {model_id}: cannot tell its family from input size {size}; "
+            f"give it as --model {model_id}=PATH:FAMILY ({', '.join(FAMILIES)})"
+        )
     return FAMILY_BY_SIZE[size[0]]
 
 
@@ -76,11 +79,17 @@ def load_registry(config: Config) -> ModelRegistry:
         specs[override.id] = (override.path, override.family)
     if DEFAULT_MODEL not in specs:
         if EMBEDDED_ID not in specs:
-            raise ModelLoadError(f"no model file for {DEFAULT_MODEL} and no embedded "
-                                 f"{config.models_dir / (EMBEDDED_ID + '.onnx')}: run `make install`")
-        log.warning("no RMBG-1.4 file given: %s is served by the embedded %s model "
-                    "(pass --model %s=/path/to/rmbg-1.4.onnx for the real one)",
-                    DEFAULT_MODEL, EMBEDDED_ID, DEFAULT_MODEL)
+            raise ModelLoadError(
+                f"no model file for {DEFAULT_MODEL} and no embedded "
+                f"{config.models_dir / (EMBEDDED_ID + '.onnx')}: run `make install`"
+            )
+        log.warning(
+            "no RMBG-1.4 file given: %s is served by the embedded %s model "
+            "(pass --model %s=/path/to/rmbg-1.4.onnx for the real one)",
+            DEFAULT_MODEL,
+            EMBEDDED_ID,
+            DEFAULT_MODEL,
+        )
         specs[DEFAULT_MODEL] = specs[EMBEDDED_ID]
 
     runtimes: dict[Path, Runtime] = {}
@@ -90,11 +99,17 @@ def load_registry(config: Config) -> ModelRegistry:
         if not resolved.is_file():
             raise ModelLoadError(f"model {model_id}: no file at {path}")
         if resolved not in runtimes:
-            runtimes[resolved] = load_runtime(resolved, config.runtime, use_cuda=use_cuda,
-                                              threads=config.inference_threads)
+            runtimes[resolved] = load_runtime(
+                resolved, config.runtime, use_cuda=use_cuda, threads=config.inference_threads
+            )
         runtime = runtimes[resolved]
         family = _family(runtime, family_name, model_id)
         models[model_id] = LoadedModel(model_id, runtime, family)
-        log.info("model %s: file=%s family=%s provider=%s", model_id, resolved, family.name,
-                 runtime.provider)
+        log.info(
+            "model %s: file=%s family=%s provider=%s",
+            model_id,
+            resolved,
+            family.name,
+            runtime.provider,
+        )
     return ModelRegistry(models)

@@ -22,12 +22,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["OnnxModel", "OpenVinoModel", "Runtime", "RUNTIMES", "cuda_usable",
-           "with_symbolic_batch", "load_runtime", "openvino_available"]
+__all__ = [
+    "OnnxModel",
+    "OpenVinoModel",
+    "Runtime",
+    "RUNTIMES",
+    "cuda_usable",
+    "with_symbolic_batch",
+    "load_runtime",
+    "openvino_available",
+]
 
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 
 log = logging.getLogger(__name__)
+
 
 def _quiet_onnxruntime() -> None:
     """onnxruntime logs a warning per unused initializer and, with the GPU wheel on a host
@@ -82,9 +91,14 @@ class OnnxModel:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        self.inference_session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
-                                            providers=providers)
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if use_cuda
+            else ["CPUExecutionProvider"]
+        )
+        self.inference_session = ort.InferenceSession(
+            model.SerializeToString(), sess_options=options, providers=providers
+        )
         self.path = path
         self.provider = self.inference_session.get_providers()[0]
         self.on_gpu = self.provider == "CUDAExecutionProvider"

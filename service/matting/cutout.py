@@ -69,8 +69,9 @@ def _square_erosion(region: np.ndarray, size: int, border_value: int) -> np.ndar
     """
     eroded = region.view(np.uint8)
     for axis in (0, 1):
-        eroded = ndimage.minimum_filter1d(eroded, size, axis=axis, mode="constant",
-                                          cval=border_value)
+        eroded = ndimage.minimum_filter1d(
+            eroded, size, axis=axis, mode="constant", cval=border_value
+        )
     return eroded.view(bool)
 
 
@@ -80,7 +81,8 @@ def trimap(mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
     # scipy's filters release the GIL: the two erosions run side by side where a helper is idle
     is_foreground, is_background = side_by_side(
         lambda: _square_erosion(mask > settings.foreground_threshold, size, 0),
-        lambda: _square_erosion(mask < settings.background_threshold, size, 1))
+        lambda: _square_erosion(mask < settings.background_threshold, size, 1),
+    )
     result = np.full(mask.shape, 128, dtype=np.uint8)
     result[is_foreground] = 255
     result[is_background] = 0

@@ -56,12 +56,12 @@ def _fortran(module: str, name: str, arguments: int) -> types.ExternalFunction:
     return types.ExternalFunction(symbol, types.void(*([types.intp] * arguments)))
 
 
-_dpotrf = _fortran("lapack", "dpotrf", 5)   # uplo, n, a, lda, info
-_dtrsm = _fortran("blas", "dtrsm", 11)      # side, uplo, transa, diag, m, n, alpha, a, lda, b, ldb
-_dsyrk = _fortran("blas", "dsyrk", 10)      # uplo, trans, n, k, alpha, a, lda, beta, c, ldc
-_dgemm = _fortran("blas", "dgemm", 13)      # ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc
-_dgemv = _fortran("blas", "dgemv", 11)      # trans, m, n, alpha, a, lda, x, incx, beta, y, incy
-_dtrsv = _fortran("blas", "dtrsv", 8)       # uplo, trans, diag, n, a, lda, x, incx
+_dpotrf = _fortran("lapack", "dpotrf", 5)  # uplo, n, a, lda, info
+_dtrsm = _fortran("blas", "dtrsm", 11)  # side, uplo, transa, diag, m, n, alpha, a, lda, b, ldb
+_dsyrk = _fortran("blas", "dsyrk", 10)  # uplo, trans, n, k, alpha, a, lda, beta, c, ldc
+_dgemm = _fortran("blas", "dgemm", 13)  # ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc
+_dgemv = _fortran("blas", "dgemv", 11)  # trans, m, n, alpha, a, lda, x, incx, beta, y, incy
+_dtrsv = _fortran("blas", "dtrsv", 8)  # uplo, trans, diag, n, a, lda, x, incx
 
 
 class NotPositiveDefinite(ValueError):
@@ -82,8 +82,13 @@ _ONE, _MINUS_ONE = np.array([1.0]), np.array([-1.0])
 def _cholesky(block, size):
     """block (size x size, lower triangle) <- its Cholesky factor; LAPACK's info (0: done)."""
     ints = np.array([size, 0], np.int32)  # n, info
-    _dpotrf(_LOWER.ctypes.data, ints[0:].ctypes.data, block.ctypes.data, ints[0:].ctypes.data,
-            ints[1:].ctypes.data)
+    _dpotrf(
+        _LOWER.ctypes.data,
+        ints[0:].ctypes.data,
+        block.ctypes.data,
+        ints[0:].ctypes.data,
+        ints[1:].ctypes.data,
+    )
     return ints[1]
 
 
@@ -97,8 +102,9 @@ _BYTES = 8  # of a float64
 
 
 @numba.njit(cache=True, nogil=True)
-def _staircase(indptr, indices, order, position, row_start, row_end, column_start, column_end,
-               stairs):
+def _staircase(
+    indptr, indices, order, position, row_start, row_end, column_start, column_end, stairs
+):
     """The runs of the coupling of rows row_start:row_end, columns column_start:column_end:
     stairs[0] = their count, stairs[1:count + 2] their row bounds (within the block),
     stairs[_RUNS + 2 + g] run g's first column with an entry (columns: none)."""
@@ -126,11 +132,19 @@ def _right_solve_transposed(factor, size, coupling, rows, stairs):
         if bottom == top or first == size:
             continue  # an empty run, or rows with no entry: zero, and they stay zero
         ints = np.array([bottom - top, size - first, size, rows], np.int32)  # m, n, lda, ldb
-        _dtrsm(_RIGHT.ctypes.data, _LOWER.ctypes.data, _TRANSPOSED.ctypes.data,
-               _PLAIN.ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
-               _ONE.ctypes.data, factor.ctypes.data + _BYTES * (first + first * size),
-               ints[2:].ctypes.data, coupling.ctypes.data + _BYTES * (top + first * rows),
-               ints[3:].ctypes.data)
+        _dtrsm(
+            _RIGHT.ctypes.data,
+            _LOWER.ctypes.data,
+            _TRANSPOSED.ctypes.data,
+            _PLAIN.ctypes.data,
+            ints[0:].ctypes.data,
+            ints[1:].ctypes.data,
+            _ONE.ctypes.data,
+            factor.ctypes.data + _BYTES * (first + first * size),
+            ints[2:].ctypes.data,
+            coupling.ctypes.data + _BYTES * (top + first * rows),
+            ints[3:].ctypes.data,
+        )
         stairs[0] += 0 * ints[0]  # ints lives until here
 
 
@@ -146,12 +160,34 @@ def _subtract_gram(block, size, passed, width, stairs):
         ints = np.array([bottom - top, width - first, size, top], np.int32)  # m, k, ld, above
         m, k, ld = ints[0:].ctypes.data, ints[1:].ctypes.data, ints[2:].ctypes.data
         run = passed.ctypes.data + _BYTES * (top + first * size)
-        _dsyrk(_LOWER.ctypes.data, _PLAIN.ctypes.data, m, k, _MINUS_ONE.ctypes.data, run, ld,
-               _ONE.ctypes.data, block.ctypes.data + _BYTES * (top + top * size), ld)
+        _dsyrk(
+            _LOWER.ctypes.data,
+            _PLAIN.ctypes.data,
+            m,
+            k,
+            _MINUS_ONE.ctypes.data,
+            run,
+            ld,
+            _ONE.ctypes.data,
+            block.ctypes.data + _BYTES * (top + top * size),
+            ld,
+        )
         if top > 0:
-            _dgemm(_PLAIN.ctypes.data, _TRANSPOSED.ctypes.data, m, ints[3:].ctypes.data, k,
-                   _MINUS_ONE.ctypes.data, run, ld, passed.ctypes.data + _BYTES * first * size,
-                   ld, _ONE.ctypes.data, block.ctypes.data + _BYTES * top, ld)
+            _dgemm(
+                _PLAIN.ctypes.data,
+                _TRANSPOSED.ctypes.data,
+                m,
+                ints[3:].ctypes.data,
+                k,
+                _MINUS_ONE.ctypes.data,
+                run,
+                ld,
+                passed.ctypes.data + _BYTES * first * size,
+                ld,
+                _ONE.ctypes.data,
+                block.ctypes.data + _BYTES * top,
+                ld,
+            )
         stairs[0] += 0 * ints[0]  # ints lives until here
 
 
@@ -160,8 +196,19 @@ def _subtract_product(passed, rows, width, vector, out):
     """out (rows) -= passed (rows x width) @ vector."""
     ints = np.array([rows, width, 1], np.int32)  # m, n, increment
     m, n, one = ints[0:].ctypes.data, ints[1:].ctypes.data, ints[2:].ctypes.data
-    _dgemv(_PLAIN.ctypes.data, m, n, _MINUS_ONE.ctypes.data, passed.ctypes.data, m,
-           vector.ctypes.data, one, _ONE.ctypes.data, out.ctypes.data, one)
+    _dgemv(
+        _PLAIN.ctypes.data,
+        m,
+        n,
+        _MINUS_ONE.ctypes.data,
+        passed.ctypes.data,
+        m,
+        vector.ctypes.data,
+        one,
+        _ONE.ctypes.data,
+        out.ctypes.data,
+        one,
+    )
     return ints[0]
 
 
@@ -171,8 +218,16 @@ def _triangular_solve(factor, size, vector, transposed):
     ints = np.array([size, 1], np.int32)  # n, increment
     n, one = ints[0:].ctypes.data, ints[1:].ctypes.data
     trans = _TRANSPOSED if transposed else _PLAIN
-    _dtrsv(_LOWER.ctypes.data, trans.ctypes.data, _PLAIN.ctypes.data, n, factor.ctypes.data, n,
-           vector.ctypes.data, one)
+    _dtrsv(
+        _LOWER.ctypes.data,
+        trans.ctypes.data,
+        _PLAIN.ctypes.data,
+        n,
+        factor.ctypes.data,
+        n,
+        vector.ctypes.data,
+        one,
+    )
     return ints[0]
 
 
@@ -181,9 +236,11 @@ def _triangular_solve(factor, size, vector, transposed):
 # a range of new numbers, so its rows are order[start:end], and an entry's column is in a level
 # when position[column] falls in its range. (Renumbering the matrix first would cost more.)
 
+
 @numba.njit(cache=True, nogil=True)
-def _gather(indptr, indices, data, order, position, row_start, row_end, column_start,
-            column_end, out):
+def _gather(
+    indptr, indices, data, order, position, row_start, row_end, column_start, column_end, out
+):
     """out (column-major, rows x columns) <- the matrix's block, zeros where it has no entry.
 
     A level's own block is zeroed on and below the diagonal only: its factorisation reads
@@ -192,9 +249,9 @@ def _gather(indptr, indices, data, order, position, row_start, row_end, column_s
     rows = row_end - row_start
     if row_start == column_start:
         for j in range(rows):
-            out[j * rows + j:(j + 1) * rows] = 0.0
+            out[j * rows + j : (j + 1) * rows] = 0.0
     else:
-        out[:rows * (column_end - column_start)] = 0.0
+        out[: rows * (column_end - column_start)] = 0.0
     for i in range(row_start, row_end):
         row = order[i]
         for e in range(indptr[row], indptr[row + 1]):
@@ -204,8 +261,9 @@ def _gather(indptr, indices, data, order, position, row_start, row_end, column_s
 
 
 @numba.njit(cache=True, nogil=True)
-def _coupled_product(indptr, indices, data, order, position, row_start, row_end, column_start,
-                     column_end, x, out):
+def _coupled_product(
+    indptr, indices, data, order, position, row_start, row_end, column_start, column_end, x, out
+):
     """out (columns) <- C^T x[rows], C the block of the given rows and columns."""
     out[:] = 0.0
     for i in range(row_start, row_end):
@@ -219,9 +277,24 @@ def _coupled_product(indptr, indices, data, order, position, row_start, row_end,
 
 # --- the two passes over a chain of levels --------------------------------------------------
 
+
 @numba.njit(cache=True, nogil=True)
-def _forward_chain(indptr, indices, data, order, position, offsets, chain, towards, rhs, y,
-                   factors, factor_starts, block_out, rhs_out):
+def _forward_chain(
+    indptr,
+    indices,
+    data,
+    order,
+    position,
+    offsets,
+    chain,
+    towards,
+    rhs,
+    y,
+    factors,
+    factor_starts,
+    block_out,
+    rhs_out,
+):
     """Factorise the chain's levels in turn (forward substitution alongside).
 
     ``chain`` lists adjacent levels, ending next to ``towards`` (the separator, or -1). Each
@@ -246,12 +319,14 @@ def _forward_chain(indptr, indices, data, order, position, offsets, chain, towar
         if size == 0:
             width = 0
             continue
-        block = factors[factor_starts[k]:factor_starts[k] + size * size]
+        block = factors[factor_starts[k] : factor_starts[k] + size * size]
         _gather(indptr, indices, data, order, position, start, end, start, end, block)
         values = rhs[start:end].copy()
         if width > 0:
             _subtract_gram(block, size, passed, width, stairs)
-            _subtract_product(passed, size, width, y[previous_start:previous_start + width], values)
+            _subtract_product(
+                passed, size, width, y[previous_start : previous_start + width], values
+            )
         if _cholesky(block, size) != 0:
             return -(k + 1)
         _triangular_solve(block, size, values, False)
@@ -261,26 +336,46 @@ def _forward_chain(indptr, indices, data, order, position, offsets, chain, towar
         if following >= 0:
             rows = offsets[following + 1] - offsets[following]
             if rows > 0:
-                _gather(indptr, indices, data, order, position, offsets[following],
-                        offsets[following + 1], start, end, passed)
-                _staircase(indptr, indices, order, position, offsets[following],
-                           offsets[following + 1], start, end, stairs)
+                _gather(
+                    indptr,
+                    indices,
+                    data,
+                    order,
+                    position,
+                    offsets[following],
+                    offsets[following + 1],
+                    start,
+                    end,
+                    passed,
+                )
+                _staircase(
+                    indptr,
+                    indices,
+                    order,
+                    position,
+                    offsets[following],
+                    offsets[following + 1],
+                    start,
+                    end,
+                    stairs,
+                )
                 _right_solve_transposed(block, size, passed, rows, stairs)
                 width = size
         previous_start = start
     if towards >= 0 and width > 0:
         rows = offsets[towards + 1] - offsets[towards]
-        block_out[:rows * rows] = 0.0
+        block_out[: rows * rows] = 0.0
         rhs_out[:rows] = 0.0
         _subtract_gram(block_out, rows, passed, width, stairs)
-        _subtract_product(passed, rows, width, y[previous_start:previous_start + width], rhs_out)
+        _subtract_product(passed, rows, width, y[previous_start : previous_start + width], rhs_out)
         return 1
     return 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _backward_chain(indptr, indices, data, order, position, offsets, chain, towards, y, x,
-                    factors, factor_starts):
+def _backward_chain(
+    indptr, indices, data, order, position, offsets, chain, towards, y, x, factors, factor_starts
+):
     """x for the chain's levels, outwards from ``towards`` (whose x is final already)."""
     for step in range(chain.shape[0] - 1, -1, -1):
         k = chain[step]
@@ -288,13 +383,24 @@ def _backward_chain(indptr, indices, data, order, position, offsets, chain, towa
         size = end - start
         if size == 0:
             continue
-        block = factors[factor_starts[k]:factor_starts[k] + size * size]
+        block = factors[factor_starts[k] : factor_starts[k] + size * size]
         values = y[start:end].copy()
         following = chain[step + 1] if step + 1 < chain.shape[0] else towards
         if following >= 0 and offsets[following + 1] > offsets[following]:
             coupled = np.empty(size)
-            _coupled_product(indptr, indices, data, order, position, offsets[following],
-                             offsets[following + 1], start, end, x, coupled)
+            _coupled_product(
+                indptr,
+                indices,
+                data,
+                order,
+                position,
+                offsets[following],
+                offsets[following + 1],
+                start,
+                end,
+                x,
+                coupled,
+            )
             _triangular_solve(block, size, coupled, False)
             values -= coupled
         _triangular_solve(block, size, values, True)
@@ -302,19 +408,33 @@ def _backward_chain(indptr, indices, data, order, position, offsets, chain, towa
 
 
 @numba.njit(cache=True, nogil=True)
-def _separator(indptr, indices, data, order, position, offsets, level, rhs, y, x, factors,
-               factor_starts, passed_blocks, passed_rhs):
+def _separator(
+    indptr,
+    indices,
+    data,
+    order,
+    position,
+    offsets,
+    level,
+    rhs,
+    y,
+    x,
+    factors,
+    factor_starts,
+    passed_blocks,
+    passed_rhs,
+):
     """Factorise the separator, its block less what both chains passed on, and solve its x.
     0, or -(level + 1) when its block is not positive definite."""
     start, end = offsets[level], offsets[level + 1]
     size = end - start
     if size == 0:
         return 0
-    block = factors[factor_starts[level]:factor_starts[level] + size * size]
+    block = factors[factor_starts[level] : factor_starts[level] + size * size]
     _gather(indptr, indices, data, order, position, start, end, start, end, block)
     values = rhs[start:end].copy()
     for side in range(2):
-        block += passed_blocks[side, :size * size]
+        block += passed_blocks[side, : size * size]
         values += passed_rhs[side, :size]
     if _cholesky(block, size) != 0:
         return -(level + 1)
@@ -327,15 +447,16 @@ def _separator(indptr, indices, data, order, position, offsets, level, rhs, y, x
 
 # --- the plan and the solve -----------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DirectPlan:
     """Levels numbered in order (``order[new] = old``), the chains and what they will cost."""
 
     order: np.ndarray
-    offsets: np.ndarray       # level k is new unknowns offsets[k]:offsets[k+1]
-    first: np.ndarray         # levels of the first chain, from the band's first end inwards
-    second: np.ndarray        # levels of the second chain, from the other end inwards
-    separator: int            # the level both chains end next to (-1: none)
+    offsets: np.ndarray  # level k is new unknowns offsets[k]:offsets[k+1]
+    first: np.ndarray  # levels of the first chain, from the band's first end inwards
+    second: np.ndarray  # levels of the second chain, from the other end inwards
+    separator: int  # the level both chains end next to (-1: none)
     factor_bytes: int
 
 
@@ -350,7 +471,7 @@ def plan_direct(level: np.ndarray) -> DirectPlan:
     # potrf s^3/3, trsm s^2 t, syrk s t^2 (t the next level's size): per level, either direction,
     # and what a level costs beyond its flops (calls, gathers, small blocks running slower), as
     # flops: measured on animal-3's two chains, one of wide levels and one of narrow ones
-    work = s ** 3 / 3 + s * s * following + s * following * following + 3e6 * (s > 0)
+    work = s**3 / 3 + s * s * following + s * following * following + 3e6 * (s > 0)
     before = np.cumsum(work) - work
     after = work.sum() - before - work
     middle = int(np.argmin(np.maximum(before, after) + work)) if count > 2 else -1
@@ -380,8 +501,9 @@ def _one_blas_thread() -> None:
             return
 
 
-def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan,
-                 side_by_side: Callable = side_by_side) -> np.ndarray:
+def solve_direct(
+    matrix, rhs: np.ndarray, plan: DirectPlan, side_by_side: Callable = side_by_side
+) -> np.ndarray:
     """Solve ``matrix`` (CSR, in its own numbering) x = rhs, exactly, as the plan says.
 
     ``side_by_side(first, second)`` runs the two chains (``threads.side_by_side``; a
@@ -391,8 +513,14 @@ def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan,
     order = plan.order
     position = np.empty_like(order)
     position[order] = np.arange(order.size)
-    arguments = (matrix.indptr.astype(np.int64), matrix.indices, matrix.data, order, position,
-                 plan.offsets)
+    arguments = (
+        matrix.indptr.astype(np.int64),
+        matrix.indices,
+        matrix.data,
+        order,
+        position,
+        plan.offsets,
+    )
     sizes = np.diff(plan.offsets)
     factor_starts = np.concatenate([[0], np.cumsum(sizes * sizes)])
     factors = np.empty(int(factor_starts[-1]))
@@ -410,22 +538,33 @@ def solve_direct(matrix, rhs: np.ndarray, plan: DirectPlan,
     _one_blas_thread()
 
     def forward(side: int):
-        return lambda: _forward_chain(*arguments, chains[side], separator, b, y, factors,
-                                      factor_starts, passed_blocks[side], passed_rhs[side])
+        return lambda: _forward_chain(
+            *arguments,
+            chains[side],
+            separator,
+            b,
+            y,
+            factors,
+            factor_starts,
+            passed_blocks[side],
+            passed_rhs[side],
+        )
 
     statuses = side_by_side(forward(0), forward(1))
     failed = [status for status in statuses if status < 0]
     if failed:
         raise NotPositiveDefinite(f"level {-failed[0] - 1} of the band is not positive definite")
     if separator >= 0:
-        status = _separator(*arguments, separator, b, y, x, factors, factor_starts,
-                            passed_blocks, passed_rhs)
+        status = _separator(
+            *arguments, separator, b, y, x, factors, factor_starts, passed_blocks, passed_rhs
+        )
         if status < 0:
             raise NotPositiveDefinite("the band's separator level is not positive definite")
 
     def backward(side: int):
-        return lambda: _backward_chain(*arguments, chains[side], separator, y, x, factors,
-                                       factor_starts)
+        return lambda: _backward_chain(
+            *arguments, chains[side], separator, y, x, factors, factor_starts
+        )
 
     side_by_side(backward(0), backward(1))
     solution = np.empty_like(x)

@@ -57,8 +57,9 @@ def _resize_nearest(target, source):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sweep(image, alpha, foreground, background, first_row, end_row, regularization,
-           gradient_weight):
+def _sweep(
+    image, alpha, foreground, background, first_row, end_row, regularization, gradient_weight
+):
     """Rows first_row:end_row of one Gauss-Seidel sweep over a level, in place.
 
     Types follow pymatting's: alpha, the weights and a00 are float32, while 1 - alpha, a01 and
@@ -186,8 +187,7 @@ def _estimate(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     for level in range(levels + 1):
         width = round(full_width ** (level / levels))
         height = round(full_height ** (level / levels))
-        arrays = _level_inputs(image, alpha, foreground, background, height, width,
-                               level == levels)
+        arrays = _level_inputs(image, alpha, foreground, background, height, width, level == levels)
         small = width <= SMALL_SIZE and height <= SMALL_SIZE
         sweeps = SMALL_ITERATIONS if small else BIG_ITERATIONS
         if sweeps == 2 and height * width >= _SIDE_BY_SIDE_PIXELS:
@@ -216,7 +216,9 @@ def _rgba_bytes(foreground, alpha, out):
     for y in range(alpha.shape[0]):
         for x in range(alpha.shape[1]):
             for c in range(3):
-                out[y, x, c] = np.uint8(max(0.0, min(255.0, np.float64(foreground[y, x, c]) * 255.0)))
+                out[y, x, c] = np.uint8(
+                    max(0.0, min(255.0, np.float64(foreground[y, x, c]) * 255.0))
+                )
             out[y, x, 3] = np.uint8(max(0.0, min(255.0, alpha[y, x] * 255.0)))
 
 

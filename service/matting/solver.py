@@ -47,8 +47,15 @@ from pymatting.solver.cg import cg
 from .direct import NotPositiveDefinite, plan_direct, solve_direct
 from .threads import side_by_side
 
-__all__ = ["BandSplit", "DIRECT_MAX_BYTES", "IncompleteCholesky", "band_levels",
-           "incomplete_cholesky", "solve_band", "split_band"]
+__all__ = [
+    "BandSplit",
+    "DIRECT_MAX_BYTES",
+    "IncompleteCholesky",
+    "band_levels",
+    "incomplete_cholesky",
+    "solve_band",
+    "split_band",
+]
 
 RTOL = 1e-7  # pymatting's default, which rembg uses
 DISCARD_THRESHOLD = 1e-4  # pymatting's default; sparser factors needed shifts on some images
@@ -65,6 +72,7 @@ _FIRST_FILL = 8
 DIRECT_MAX_BYTES = 2 << 30
 
 # --- splitting the band -------------------------------------------------------------------
+
 
 @numba.njit(cache=True, nogil=True)
 def _breadth_first(indptr, indices, start, level, base, queue):
@@ -148,11 +156,32 @@ def split_band(matrix: scipy.sparse.csr_matrix, level: np.ndarray | None = None)
 
 # --- the factorisation --------------------------------------------------------------------
 
+
 @numba.njit(cache=True, nogil=True)
-def _factorise_columns(first_column, end_column, a_values, a_rows, a_starts,
-                       values, rows, starts, ends, position, room_end,
-                       next_entry, row_lists, diagonal, column, in_column, column_rows,
-                       discard_threshold, log_start, log_rows, log_amounts, failed):
+def _factorise_columns(
+    first_column,
+    end_column,
+    a_values,
+    a_rows,
+    a_starts,
+    values,
+    rows,
+    starts,
+    ends,
+    position,
+    room_end,
+    next_entry,
+    row_lists,
+    diagonal,
+    column,
+    in_column,
+    column_rows,
+    discard_threshold,
+    log_start,
+    log_rows,
+    log_amounts,
+    failed,
+):
     """pymatting's left-looking thresholded incomplete Cholesky, over a range of columns.
 
     Column j of L is written at ``values[starts[j]:ends[j]]`` (diagonal first, then rows in
@@ -287,8 +316,14 @@ def _backward(values, rows, starts, ends, x, first_column, end_column):
 class IncompleteCholesky:
     """The preconditioner: applying it solves L L^T z = r, the halves side by side."""
 
-    def __init__(self, values: np.ndarray, rows: np.ndarray, starts: np.ndarray,
-                 ends: np.ndarray, split: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        values: np.ndarray,
+        rows: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        split: tuple[int, int],
+    ) -> None:
         self.values, self.rows, self.starts, self.ends = values, rows, starts, ends
         self.first_end = split[0]
         self.separator_start = split[0] + split[1]
@@ -297,28 +332,40 @@ class IncompleteCholesky:
         """L as one compact CSC matrix (diagonal first in each column)."""
         lengths = self.ends - self.starts
         pointers = np.concatenate([[0], np.cumsum(lengths)])
-        picks = np.concatenate([np.arange(s, e) for s, e in zip(self.starts, self.ends)])
+        picks = np.concatenate(
+            [np.arange(s, e) for s, e in zip(self.starts, self.ends, strict=True)]
+        )
         size = self.starts.size
-        return scipy.sparse.csc_matrix((self.values[picks], self.rows[picks], pointers),
-                                       shape=(size, size))
+        return scipy.sparse.csc_matrix(
+            (self.values[picks], self.rows[picks], pointers), shape=(size, size)
+        )
 
     def __call__(self, residual: np.ndarray) -> np.ndarray:
         x = np.array(residual, dtype=np.float64, copy=True)
         size, first_end, separator = x.size, self.first_end, self.separator_start
         factor = (self.values, self.rows, self.starts, self.ends)
         spills = np.zeros((2, size - separator))
-        side_by_side(lambda: _forward(*factor, x, 0, first_end, separator, spills[0]),
-                     lambda: _forward(*factor, x, first_end, separator, separator, spills[1]))
+        side_by_side(
+            lambda: _forward(*factor, x, 0, first_end, separator, spills[0]),
+            lambda: _forward(*factor, x, first_end, separator, separator, spills[1]),
+        )
         x[separator:] -= spills[0] + spills[1]
         _forward(*factor, x, separator, size, size, spills[0])
         _backward(*factor, x, separator, size)
-        side_by_side(lambda: _backward(*factor, x, 0, first_end),
-                     lambda: _backward(*factor, x, first_end, separator))
+        side_by_side(
+            lambda: _backward(*factor, x, 0, first_end),
+            lambda: _backward(*factor, x, first_end, separator),
+        )
         return x
 
 
-def _factorise(matrix: scipy.sparse.csc_matrix, split: tuple[int, int], shift: float,
-               discard_threshold: float, rooms: list[int]) -> IncompleteCholesky | int:
+def _factorise(
+    matrix: scipy.sparse.csc_matrix,
+    split: tuple[int, int],
+    shift: float,
+    discard_threshold: float,
+    rooms: list[int],
+) -> IncompleteCholesky | int:
     """One attempt at one shift: the factor, or pymatting's failure code (-1 pivot, -2 room).
 
     The halves' columns are factorised side by side, then the separator's, from the state one
@@ -339,12 +386,37 @@ def _factorise(matrix: scipy.sparse.csc_matrix, split: tuple[int, int], shift: f
     log_amounts = np.empty(log_rows.size, np.float64)
     failed = np.zeros(1, np.int64)  # set by the half that fails, so that the other stops
 
-    def columns(first_column: int, end_column: int, part: int, lists: np.ndarray,
-                own_diagonal: np.ndarray, scratch: tuple, log_start: int) -> tuple[int, int]:
-        return _factorise_columns(first_column, end_column, matrix.data, a_rows, a_starts,
-                                  values, rows, starts, ends, offsets[part], offsets[part + 1],
-                                  next_entry, lists, own_diagonal, *scratch, discard_threshold,
-                                  log_start, log_rows, log_amounts, failed)
+    def columns(
+        first_column: int,
+        end_column: int,
+        part: int,
+        lists: np.ndarray,
+        own_diagonal: np.ndarray,
+        scratch: tuple,
+        log_start: int,
+    ) -> tuple[int, int]:
+        return _factorise_columns(
+            first_column,
+            end_column,
+            matrix.data,
+            a_rows,
+            a_starts,
+            values,
+            rows,
+            starts,
+            ends,
+            offsets[part],
+            offsets[part + 1],
+            next_entry,
+            lists,
+            own_diagonal,
+            *scratch,
+            discard_threshold,
+            log_start,
+            log_rows,
+            log_amounts,
+            failed,
+        )
 
     def scratch() -> tuple:
         return np.zeros(size), np.zeros(size, np.bool_), np.empty(size, np.int64)
@@ -353,7 +425,8 @@ def _factorise(matrix: scipy.sparse.csc_matrix, split: tuple[int, int], shift: f
     first_scratch = scratch()
     (first_end_status, _), (second_end_status, logged) = side_by_side(
         lambda: columns(0, first_end, 0, first_lists, diagonal, first_scratch, size),
-        lambda: columns(first_end, separator, 1, second_lists, diagonal, scratch(), separator))
+        lambda: columns(first_end, separator, 1, second_lists, diagonal, scratch(), separator),
+    )
     failures = [status for status in (first_end_status, second_end_status) if status in (-1, -2)]
     if failures:
         return min(failures)  # room first; the retry at the same shift then meets the pivot
@@ -372,9 +445,12 @@ def _within_cap(rooms: list[int]) -> list[int]:
     return rooms if total <= _MAX_NNZ else [room * _MAX_NNZ // total for room in rooms]
 
 
-def incomplete_cholesky(matrix: scipy.sparse.csc_matrix, split: tuple[int, int] | None = None,
-                        discard_threshold: float = DISCARD_THRESHOLD,
-                        first_fill: int = _FIRST_FILL) -> IncompleteCholesky:
+def incomplete_cholesky(
+    matrix: scipy.sparse.csc_matrix,
+    split: tuple[int, int] | None = None,
+    discard_threshold: float = DISCARD_THRESHOLD,
+    first_fill: int = _FIRST_FILL,
+) -> IncompleteCholesky:
     """pymatting's ``ichol`` (same shifts, same factor), without its printed warnings.
 
     ``split`` (first half, second half) says how the rows are numbered (see ``split_band``);
@@ -393,7 +469,7 @@ def incomplete_cholesky(matrix: scipy.sparse.csc_matrix, split: tuple[int, int] 
     for part in range(3):
         columns = bounds[part + 1] - bounds[part]
         whole = columns * (columns + 1) // 2 if part == 2 else 0
-        nonzeros = int(column_nonzeros[bounds[part]:bounds[part + 1]].sum())
+        nonzeros = int(column_nonzeros[bounds[part] : bounds[part + 1]].sum())
         rooms.append(first_fill * nonzeros + columns + whole)
     rooms = _within_cap(rooms)
     shifts = list(_SHIFTS)
@@ -444,8 +520,12 @@ def _numbered(matrix: scipy.sparse.csr_matrix, order: np.ndarray) -> tuple:
     return arrays[::-1]
 
 
-def solve_band(matrix: scipy.sparse.csr_matrix, rhs: np.ndarray, first_guess: np.ndarray,
-               direct_max_bytes: int = DIRECT_MAX_BYTES) -> np.ndarray:
+def solve_band(
+    matrix: scipy.sparse.csr_matrix,
+    rhs: np.ndarray,
+    first_guess: np.ndarray,
+    direct_max_bytes: int = DIRECT_MAX_BYTES,
+) -> np.ndarray:
     """Solve the band's system (see ``system.band_system``).
 
     Exactly (``direct``) when its factor fits in ``direct_max_bytes``; otherwise, or

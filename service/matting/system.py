@@ -58,8 +58,13 @@ def _window_statistics(image, centres_y, centres_x, epsilon, means, inverses):
         a12 /= _AREA
         a22 /= _AREA
         # pymatting's closed-form 3x3 inverse (both signs flipped, which cancels).
-        det = (a00 * a12 * a12 + a01 * a01 * a22 + a02 * a02 * a11
-               - a00 * a11 * a22 - 2 * a01 * a02 * a12)
+        det = (
+            a00 * a12 * a12
+            + a01 * a01 * a22
+            + a02 * a02 * a11
+            - a00 * a11 * a22
+            - 2 * a01 * a02 * a12
+        )
         inv_det = 1.0 / det
         means[n, 0], means[n, 1], means[n, 2] = mean[0], mean[1], mean[2]
         inverses[n, 0] = (a12 * a12 - a11 * a22) * inv_det
@@ -71,8 +76,20 @@ def _window_statistics(image, centres_y, centres_x, epsilon, means, inverses):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _unknown_rows(image, known_alpha, unknown_index, window_index, rows_y, rows_x,
-                  means, inverses, indptr, indices, values, rhs):
+def _unknown_rows(
+    image,
+    known_alpha,
+    unknown_index,
+    window_index,
+    rows_y,
+    rows_x,
+    means,
+    inverses,
+    indptr,
+    indices,
+    values,
+    rhs,
+):
     """Fill row u (pixel rows_y[u], rows_x[u]) of L_uu into CSR arrays, and -L_uk a_k into rhs."""
     height, width = unknown_index.shape
     for u in numba.prange(rows_y.shape[0]):
@@ -146,8 +163,9 @@ def _window_centres(unknown: np.ndarray) -> np.ndarray:
     return wide
 
 
-def band_system(image: np.ndarray, trimap: np.ndarray,
-                epsilon: float = EPSILON) -> tuple[scipy.sparse.csr_matrix, np.ndarray, np.ndarray]:
+def band_system(
+    image: np.ndarray, trimap: np.ndarray, epsilon: float = EPSILON
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray, np.ndarray]:
     """L_uu (CSR, rows and columns in row-major pixel order), -L_uk a_k, and the unknown pixels.
 
     image: float64[h, w, 3] in [0, 1]; trimap: float64[h, w] with 0, 1 known and anything else
@@ -176,8 +194,20 @@ def band_system(image: np.ndarray, trimap: np.ndarray,
     values = np.empty(indptr[-1], np.float64)
     rhs = np.empty(flat_unknown.size, np.float64)
     known_alpha = np.where(trimap == 1.0, 1.0, 0.0)
-    _unknown_rows(image, known_alpha, unknown_index, window_index, rows_y, rows_x,
-                  means, inverses, indptr, indices, values, rhs)
+    _unknown_rows(
+        image,
+        known_alpha,
+        unknown_index,
+        window_index,
+        rows_y,
+        rows_x,
+        means,
+        inverses,
+        indptr,
+        indices,
+        values,
+        rhs,
+    )
     size = flat_unknown.size
     matrix = scipy.sparse.csr_matrix((values, indices, indptr), shape=(size, size))
     return matrix, rhs, flat_unknown

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from protocol.errors import Code, TaskFailure
 
@@ -42,15 +42,23 @@ async def retrying(attempt: Callable[[], Awaitable[int]], attempts: int, backoff
 
 
 class WebhookSender:
-    """Args:
+    """POSTs outcomes to webhook URLs in the background, with retries.
+
+    Args:
         http: the outbound client (and its address policy).
         attempts: tries per delivery.
         backoff: seconds before the second try; doubled for each further one.
         max_concurrent: deliveries in flight at once; more wait their turn.
     """
 
-    def __init__(self, http: OutboundHttp, *, attempts: int = 4, backoff: float = 1.0,
-                 max_concurrent: int = 64) -> None:
+    def __init__(
+        self,
+        http: OutboundHttp,
+        *,
+        attempts: int = 4,
+        backoff: float = 1.0,
+        max_concurrent: int = 64,
+    ) -> None:
         self._http = http
         self.attempts = attempts
         self.backoff = backoff
@@ -68,9 +76,12 @@ class WebhookSender:
 
     async def _deliver(self, url: str, body: bytes, task_uuid: str) -> None:
         async with self._slots:
+
             def post() -> Awaitable[int]:
-                return self._http.send("POST", url, body, "application/json", "webhookURL",
-                                       Code.WEBHOOK_FAILED)
+                return self._http.send(
+                    "POST", url, body, "application/json", "webhookURL", Code.WEBHOOK_FAILED
+                )
+
             try:
                 status = await retrying(post, self.attempts, self.backoff)
             except TaskFailure as failure:
@@ -79,8 +90,12 @@ class WebhookSender:
             if 200 <= status < 300:
                 log.debug("webhook for task %s delivered (HTTP %d)", task_uuid, status)
             else:
-                log.warning("webhook for task %s to %s answered HTTP %d after retries",
-                            task_uuid, url, status)
+                log.warning(
+                    "webhook for task %s to %s answered HTTP %d after retries",
+                    task_uuid,
+                    url,
+                    status,
+                )
 
     async def close(self, grace: float = 5.0) -> None:
         """Give deliveries in flight ``grace`` seconds, then cancel the rest."""
@@ -90,13 +105,25 @@ class WebhookSender:
                 task.cancel()
 
 
-async def put_to_upload_endpoint(http: OutboundHttp, url: str, data: bytes, content_type: str,
-                                 *, attempts: int = 3, backoff: float = 0.5) -> None:
+async def put_to_upload_endpoint(
+    http: OutboundHttp,
+    url: str,
+    data: bytes,
+    content_type: str,
+    *,
+    attempts: int = 3,
+    backoff: float = 0.5,
+) -> None:
     """PUT the raw file, as presigned-URL storage expects. Raises TaskFailure(uploadFailed)."""
+
     def put() -> Awaitable[int]:
         return http.send("PUT", url, data, content_type, "uploadEndpoint", Code.UPLOAD_FAILED)
 
     status = await retrying(put, attempts, backoff)
     if not 200 <= status < 300:
-        raise TaskFailure(Code.UPLOAD_FAILED, f"The uploadEndpoint answered HTTP {status}.",
-                          parameter="uploadEndpoint", type="string")
+        raise TaskFailure(
+            Code.UPLOAD_FAILED,
+            f"The uploadEndpoint answered HTTP {status}.",
+            parameter="uploadEndpoint",
+            type="string",
+        )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
 from urllib.parse import urljoin
 
 import aiohttp
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from protocol.errors import Code, TaskFailure
@@ -87,7 +87,9 @@ class _PolicyResolver(AbstractResolver):
         self._inner = inner
         self._allowed = allowed
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         answers = await self._inner.resolve(host, port, family)
         permitted = [answer for answer in answers if self._allowed(answer["host"])]
         if not permitted:
@@ -103,7 +105,9 @@ def _failure(code: str, message: str, parameter: str, **hints: int) -> TaskFailu
 
 
 class OutboundHttp:
-    """Args:
+    """Every HTTP request the service makes, under one address policy.
+
+    Args:
         allow_private: reach loopback/private addresses too (trusted deployments, tests).
         max_download_bytes: the most a GET may return.
         connect_timeout / total_timeout: seconds, for every request.
@@ -112,9 +116,16 @@ class OutboundHttp:
         address_allowed: the policy for one address (``is_public_address`` by default).
     """
 
-    def __init__(self, *, allow_private: bool, max_download_bytes: int, connect_timeout: float,
-                 total_timeout: float, resolver: AbstractResolver | None = None,
-                 address_allowed: Callable[[str], bool] = is_public_address) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        max_download_bytes: int,
+        connect_timeout: float,
+        total_timeout: float,
+        resolver: AbstractResolver | None = None,
+        address_allowed: Callable[[str], bool] = is_public_address,
+    ) -> None:
         self.allow_private = allow_private
         self.max_download_bytes = max_download_bytes
         self._resolver = resolver
@@ -126,8 +137,9 @@ class OutboundHttp:
         if self._session is None:
             inner = self._resolver or aiohttp.ThreadedResolver()
             # No DNS cache: each connection is made to an answer checked for that connection.
-            connector = aiohttp.TCPConnector(resolver=_PolicyResolver(inner, self._allowed),
-                                             limit=128, use_dns_cache=False)
+            connector = aiohttp.TCPConnector(
+                resolver=_PolicyResolver(inner, self._allowed), limit=128, use_dns_cache=False
+            )
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
 
@@ -148,11 +160,15 @@ class OutboundHttp:
             raise _failure(Code.FORBIDDEN_URL, "Only http and https URLs are accepted.", parameter)
         address = literal_address(parsed.host)
         if address is not None and not self._allowed(address):
-            raise _failure(Code.FORBIDDEN_URL,
-                           f"The URL points to a non-public address ({address}).", parameter)
+            raise _failure(
+                Code.FORBIDDEN_URL,
+                f"The URL points to a non-public address ({address}).",
+                parameter,
+            )
 
     async def get(self, url: str, parameter: str) -> bytes:
         """GET ``url`` (following up to 5 checked redirects), at most max_download_bytes."""
+
         async def attempt() -> bytes:
             nonlocal url
             for _ in range(_MAX_REDIRECTS + 1):
@@ -162,23 +178,39 @@ class OutboundHttp:
                         url = urljoin(url, response.headers["Location"])
                         continue
                     if response.status != 200:
-                        raise _failure(Code.DOWNLOAD_FAILED,
-                                       f"Fetching the image answered HTTP {response.status}.",
-                                       parameter)
+                        raise _failure(
+                            Code.DOWNLOAD_FAILED,
+                            f"Fetching the image answered HTTP {response.status}.",
+                            parameter,
+                        )
                     return await self._read_capped(response, parameter)
-            raise _failure(Code.DOWNLOAD_FAILED, f"More than {_MAX_REDIRECTS} redirects.", parameter)
+            raise _failure(
+                Code.DOWNLOAD_FAILED, f"More than {_MAX_REDIRECTS} redirects.", parameter
+            )
 
         return await self._guarded(attempt(), parameter, Code.DOWNLOAD_FAILED, "Fetching the image")
 
-    async def send(self, method: str, url: str, body: bytes, content_type: str, parameter: str,
-                   failure_code: str) -> int:
+    async def send(
+        self,
+        method: str,
+        url: str,
+        body: bytes,
+        content_type: str,
+        parameter: str,
+        failure_code: str,
+    ) -> int:
         """POST/PUT ``body``; returns the HTTP status. Redirects are not followed (a redirected
         POST/PUT would lose or change its body). Raises TaskFailure(failure_code) on no answer."""
         self.check_url(url, parameter)
 
         async def attempt() -> int:
-            async with self._client().request(method, url, data=body, allow_redirects=False,
-                                              headers={"Content-Type": content_type}) as response:
+            async with self._client().request(
+                method,
+                url,
+                data=body,
+                allow_redirects=False,
+                headers={"Content-Type": content_type},
+            ) as response:
                 await response.read()
                 return response.status
 
@@ -189,19 +221,27 @@ class OutboundHttp:
         try:
             return await request
         except aiohttp.ClientConnectorError as error:
-            if isinstance(error.os_error, _ForbiddenAddress) or isinstance(error.__cause__, _ForbiddenAddress):
-                raise _failure(Code.FORBIDDEN_URL, "The URL points to a non-public address.",
-                               parameter) from None
-            raise _failure(failure_code, f"{what} failed: could not connect ({error}).",
-                           parameter) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            if isinstance(error.os_error, _ForbiddenAddress) or isinstance(
+                error.__cause__, _ForbiddenAddress
+            ):
+                raise _failure(
+                    Code.FORBIDDEN_URL, "The URL points to a non-public address.", parameter
+                ) from None
+            raise _failure(
+                failure_code, f"{what} failed: could not connect ({error}).", parameter
+            ) from None
+        except (TimeoutError, aiohttp.ClientError) as error:
             reason = "timed out" if isinstance(error, asyncio.TimeoutError) else str(error)
             raise _failure(failure_code, f"{what} failed: {reason}.", parameter) from None
 
     async def _read_capped(self, response: aiohttp.ClientResponse, parameter: str) -> bytes:
         cap = self.max_download_bytes
-        too_large = _failure(Code.IMAGE_TOO_LARGE,
-                             f"The image at the URL is larger than {cap:,} bytes.", parameter, max=cap)
+        too_large = _failure(
+            Code.IMAGE_TOO_LARGE,
+            f"The image at the URL is larger than {cap:,} bytes.",
+            parameter,
+            max=cap,
+        )
         if response.content_length is not None and response.content_length > cap:
             raise too_large
         chunks: list[bytes] = []

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Hashable
 
 import numpy as np
 
@@ -36,7 +36,9 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Args:
+    """Collects single images into batches for one inference function.
+
+    Args:
         infer: float32[N,...] -> float32[N,...], one output per input, in order.
         max_batch: the most images one call receives.
         max_wait: seconds to wait for a batch to fill once one image is queued.
@@ -45,11 +47,18 @@ class MicroBatcher:
         on_batch: called with (images, seconds) after each inference call (metrics).
     """
 
-    def __init__(self, infer: InferBatch, *, max_batch: int, max_wait: float,
-                 executor: Executor | None = None, name: str = "model",
-                 clock: Callable[[], float] | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        infer: InferBatch,
+        *,
+        max_batch: int,
+        max_wait: float,
+        executor: Executor | None = None,
+        name: str = "model",
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._infer = infer
@@ -132,13 +141,15 @@ class MicroBatcher:
                 if self._on_batch is not None:
                     self._on_batch(len(batch), time.perf_counter() - started)
                 if len(outputs) != len(batch):
-                    raise RuntimeError(f"inference returned {len(outputs)} outputs for {len(batch)} inputs")
+                    raise RuntimeError(
+                        f"inference returned {len(outputs)} outputs for {len(batch)} inputs"
+                    )
             except Exception as error:  # one failed batch fails its own futures, not the batcher
                 log.exception("inference failed for a batch of %d", len(batch))
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
-            for pending, output in zip(batch, outputs):
+            for pending, output in zip(batch, outputs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(output)

@@ -8,9 +8,11 @@ item per client ahead of it, not by 100.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Generic, Hashable, TypeVar
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 __all__ = ["RoundRobin", "FairExecutor"]
 
@@ -71,10 +73,15 @@ class FairExecutor:
                 continue
             self._busy += 1
             job = self._pool.submit(function, *args)
-            job.add_done_callback(lambda job, future=future: loop.call_soon_threadsafe(
-                self._finished, job, future))
+            job.add_done_callback(functools.partial(self._finished_soon, loop, future))
 
-    def _finished(self, job, future: asyncio.Future) -> None:
+    def _finished_soon(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], job: Future[Any]
+    ) -> None:
+        """On the worker thread: let the event loop take the outcome."""
+        loop.call_soon_threadsafe(self._finished, job, future)
+
+    def _finished(self, job: Future[Any], future: asyncio.Future[Any]) -> None:
         self._busy -= 1
         if not future.done():
             error = job.exception()

@@ -15,8 +15,8 @@ import asyncio
 import os
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..imaging.formats import STORED_EXTENSIONS
 from .store import StoredImage, is_image_uuid
@@ -25,13 +25,17 @@ __all__ = ["DirectoryImageStore"]
 
 
 class DirectoryImageStore:
-    """Args:
+    """Images as files in one directory.
+
+    Args:
         root: the directory holding the files (created if missing).
         default_ttl: seconds an image lives when its task names no ttl.
         clock: seconds since the epoch; injectable for tests.
     """
 
-    def __init__(self, root: Path, default_ttl: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, root: Path, default_ttl: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.root = root
         self.default_ttl = default_ttl
         self._clock = clock
@@ -72,7 +76,7 @@ class DirectoryImageStore:
     async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None:
         """The live image's record and bytes; None when unknown, expired or its file is gone."""
         stored = self.get(image_uuid)
-        if stored is None:
+        if stored is None or stored.path is None:
             return None
         try:
             return stored, await asyncio.to_thread(stored.path.read_bytes)

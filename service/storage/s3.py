@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid as uuidlib
-from typing import Callable
+from collections.abc import Callable
 
 from ..imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
 from .store import StoredImage, is_image_uuid
@@ -27,7 +27,9 @@ _MAX_PRESIGN_SECONDS = 7 * 86_400
 
 
 class S3ImageStore:
-    """Args:
+    """Images as objects in one S3 bucket.
+
+    Args:
         endpoint: the S3 API's URL (None: AWS).
         bucket: where the images go (it must exist).
         access_key, secret_key, region: credentials (None: boto3's usual sources, e.g. the
@@ -35,17 +37,31 @@ class S3ImageStore:
         default_ttl: seconds an image lives when its task names no ttl.
     """
 
-    def __init__(self, endpoint: str | None, bucket: str, access_key: str | None,
-                 secret_key: str | None, region: str, default_ttl: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        endpoint: str | None,
+        bucket: str,
+        access_key: str | None,
+        secret_key: str | None,
+        region: str,
+        default_ttl: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         import boto3
         from botocore.config import Config as BotoConfig
 
         self._client = boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key, region_name=region,
-            config=BotoConfig(signature_version="s3v4", s3={"addressing_style": "path"},
-                              retries={"max_attempts": 3, "mode": "standard"}))
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+            config=BotoConfig(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+        )
         self._bucket = bucket
         self.default_ttl = default_ttl
         self._clock = clock
@@ -56,9 +72,13 @@ class S3ImageStore:
         expires_at = self._clock() + (ttl if ttl is not None else self.default_ttl)
         key = f"{image_uuid}.{extension}"
         await asyncio.to_thread(
-            self._client.put_object, Bucket=self._bucket, Key=key, Body=data,
+            self._client.put_object,
+            Bucket=self._bucket,
+            Key=key,
+            Body=data,
             ContentType=CONTENT_TYPES.get(extension, "application/octet-stream"),
-            Metadata={"expires-at": f"{expires_at:.3f}"})
+            Metadata={"expires-at": f"{expires_at:.3f}"},
+        )
         stored = StoredImage(image_uuid, extension, None, expires_at)
         self._known[image_uuid] = stored
         return stored
@@ -72,13 +92,17 @@ class S3ImageStore:
             return None
         return loaded
 
-    def _fetch(self, image_uuid: str, known: StoredImage | None) -> tuple[StoredImage, bytes] | None:
+    def _fetch(
+        self, image_uuid: str, known: StoredImage | None
+    ) -> tuple[StoredImage, bytes] | None:
         from botocore.exceptions import ClientError
 
         extensions = (known.extension,) if known else STORED_EXTENSIONS
         for extension in extensions:
             try:
-                reply = self._client.get_object(Bucket=self._bucket, Key=f"{image_uuid}.{extension}")
+                reply = self._client.get_object(
+                    Bucket=self._bucket, Key=f"{image_uuid}.{extension}"
+                )
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     continue
@@ -91,8 +115,8 @@ class S3ImageStore:
         """A presigned GET that lives as long as the image (at most S3's 7 days)."""
         seconds = int(min(_MAX_PRESIGN_SECONDS, max(1, stored.expires_at - self._clock())))
         return self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self._bucket, "Key": stored.filename},
-            ExpiresIn=seconds)
+            "get_object", Params={"Bucket": self._bucket, "Key": stored.filename}, ExpiresIn=seconds
+        )
 
     async def sweep(self) -> int:
         return 0  # the bucket's lifecycle rule deletes; expired objects are already unreadable

@@ -22,14 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from protocol.auth import AuthState
 from protocol.codec import decode_frame, encode_answer
 from protocol.errors import Code, ErrorItem
 from protocol.messages import (
-    Authenticate, GetResponse, Ping, PongResult, RemoveBackground, Task, TaskAcknowledgement,
+    Authenticate,
+    GetResponse,
+    Ping,
+    PongResult,
+    RemoveBackground,
+    Task,
+    TaskAcknowledgement,
 )
 
 from ..metrics import Metrics
@@ -68,9 +75,13 @@ class ClientLimits:
 
 
 class Dispatcher:
-    def __init__(self, ports: TaskPorts, limits: ClientLimits,
-                 reply: Callable[[Any], Awaitable[None]],
-                 authenticate: Callable[[Authenticate], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        ports: TaskPorts,
+        limits: ClientLimits,
+        reply: Callable[[Any], Awaitable[None]],
+        authenticate: Callable[[Authenticate], Awaitable[None]],
+    ) -> None:
         self._ports = ports
         self._limits = limits
         self._reply = reply
@@ -98,11 +109,14 @@ class Dispatcher:
         metrics, limit_bytes = self._ports.metrics, self._limits.frame_error_bytes
         if len(message) > limit_bytes:
             metrics.frames_refused.labels(Code.FRAME_TOO_LARGE).inc()
-            await self._reply(ErrorItem(
-                code=Code.FRAME_TOO_LARGE,
-                message=f"The frame has {len(message):,} bytes; the limit is "
-                        f"{limit_bytes:,}. Send fewer or smaller images per frame.",
-                max=limit_bytes))
+            await self._reply(
+                ErrorItem(
+                    code=Code.FRAME_TOO_LARGE,
+                    message=f"The frame has {len(message):,} bytes; the limit is "
+                    f"{limit_bytes:,}. Send fewer or smaller images per frame.",
+                    max=limit_bytes,
+                )
+            )
             return
         if len(message) >= _THREAD_PARSE_BYTES:
             frame = await asyncio.to_thread(decode_frame, message)
@@ -115,9 +129,14 @@ class Dispatcher:
         for index, task in enumerate(frame.tasks):
             try:
                 if index >= limit:
-                    await self._reply(refusal(
-                        task, Code.TOO_MANY_TASKS,
-                        f"At most {limit} tasks are accepted per frame.", max=limit))
+                    await self._reply(
+                        refusal(
+                            task,
+                            Code.TOO_MANY_TASKS,
+                            f"At most {limit} tasks are accepted per frame.",
+                            max=limit,
+                        )
+                    )
                 else:
                     await self._dispatch(task)
             except Exception as error:  # a bug in one task's handling must not drop the client
@@ -136,14 +155,19 @@ class Dispatcher:
             await self._authenticate(task)
             return
         refused = self.auth.admit(task)
-        if refused is None and isinstance(task, GetResponse):
-            await self._get_response(task)
-            return
-        refused = refused or await self._admission(task)
-        if refused is not None:
-            self._ports.metrics.tasks.labels(task.task_type, refused.code).inc()
-            await self._reply(refused)
-            return
+        if isinstance(task, GetResponse):
+            if refused is None:
+                await self._get_response(task)
+                return
+        else:
+            refused = refused or await self._admission(task)
+            if refused is None:
+                self._start(task)
+                return
+        self._ports.metrics.tasks.labels(task.task_type, refused.code).inc()
+        await self._reply(refused)
+
+    def _start(self, task: WorkTask) -> None:
         assert self._answers is not None  # admitted, so the transport has opened
         self.accepted += 1
         self._ports.workload.unfinished += 1
@@ -159,16 +183,24 @@ class Dispatcher:
         if refused is not None:
             return refused
         if len(self._running) >= self._limits.max_in_flight:
-            return refusal(task, Code.TOO_MANY_TASKS_IN_FLIGHT,
-                           f"This client already has {len(self._running)} unfinished tasks; wait "
-                           "for some answers first.", max=self._limits.max_in_flight)
+            return refusal(
+                task,
+                Code.TOO_MANY_TASKS_IN_FLIGHT,
+                f"This client already has {len(self._running)} unfinished tasks; wait "
+                "for some answers first.",
+                max=self._limits.max_in_flight,
+            )
         refused = workload.overload_refusal(task)
         if refused is not None:
             return refused
         if not await self._ports.results.begin(self._scope, task.task_uuid, task.task_type):
-            return refusal(task, Code.CONFLICT_TASK_UUID,
-                           "This taskUUID was already used; poll getResponse for its result.",
-                           parameter="taskUUID", type="string")
+            return refusal(
+                task,
+                Code.CONFLICT_TASK_UUID,
+                "This taskUUID was already used; poll getResponse for its result.",
+                parameter="taskUUID",
+                type="string",
+            )
         return None
 
     async def _get_response(self, task: GetResponse) -> None:
@@ -179,10 +211,15 @@ class Dispatcher:
             return
         item = await results.reply(record, task.task_uuid) if record else None
         if item is None:
-            await self._reply(refusal(
-                task, Code.TASK_NOT_FOUND,
-                "No task with this taskUUID (unknown, expired, or sent with another key).",
-                parameter="taskUUID", type="string"))
+            await self._reply(
+                refusal(
+                    task,
+                    Code.TASK_NOT_FOUND,
+                    "No task with this taskUUID (unknown, expired, or sent with another key).",
+                    parameter="taskUUID",
+                    type="string",
+                )
+            )
         else:
             await self._reply(item)
 

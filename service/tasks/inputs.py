@@ -52,8 +52,12 @@ class InputResolver:
         elif value[:5].lower() == "data:":
             data = await self._decode(_data_uri_payload(value, parameter), parameter)
         elif "://" in value[:16]:
-            raise TaskFailure(Code.FORBIDDEN_URL, "Only http and https URLs are accepted.",
-                              parameter=parameter, type="string")
+            raise TaskFailure(
+                Code.FORBIDDEN_URL,
+                "Only http and https URLs are accepted.",
+                parameter=parameter,
+                type="string",
+            )
         else:
             data = await self._decode(value, parameter)
         return await self.store(data, parameter)
@@ -66,9 +70,12 @@ class InputResolver:
     async def _stored(self, image_uuid: str, parameter: str) -> ResolvedInput:
         loaded = await self._store.load(image_uuid)
         if loaded is None:
-            raise TaskFailure(Code.UNKNOWN_IMAGE_UUID,
-                              f"No image with UUID {image_uuid} (unknown or expired).",
-                              parameter=parameter, type="string")
+            raise TaskFailure(
+                Code.UNKNOWN_IMAGE_UUID,
+                f"No image with UUID {image_uuid} (unknown or expired).",
+                parameter=parameter,
+                type="string",
+            )
         return ResolvedInput(*loaded)
 
     async def _decode(self, text: str, parameter: str) -> bytes:
@@ -77,14 +84,17 @@ class InputResolver:
                 return await asyncio.to_thread(_b64decode, text)
             return _b64decode(text)
         except (binascii.Error, ValueError):
-            raise TaskFailure.invalid(parameter, "string",
-                                      "Expected an image UUID, an http(s) URL, a data URI or "
-                                      "base64-encoded image data.") from None
+            raise TaskFailure.invalid(
+                parameter,
+                "string",
+                "Expected an image UUID, an http(s) URL, a data URI or base64-encoded image data.",
+            ) from None
 
 
 def _data_uri_payload(value: str, parameter: str) -> str:
     match = _DATA_URI.match(value)
     if match is None:
-        raise TaskFailure.invalid(parameter, "string",
-                                  "A data URI must look like data:image/png;base64,<data>.")
-    return value[match.end():]
+        raise TaskFailure.invalid(
+            parameter, "string", "A data URI must look like data:image/png;base64,<data>."
+        )
+    return value[match.end() :]

@@ -41,10 +41,15 @@ def error_item_for(task: Task, error: Exception) -> ErrorItem:
     if isinstance(error, TaskFailure):
         return error.item(task.task_type, task.task_uuid)
     log.error("task %s failed", task.task_uuid, exc_info=error)
-    return ErrorItem(code=Code.INTERNAL, message="The task failed on the server.",
-                     taskType=task.task_type, taskUUID=task.task_uuid)
+    return ErrorItem(
+        code=Code.INTERNAL,
+        message="The task failed on the server.",
+        taskType=task.task_type,
+        taskUUID=task.task_uuid,
+    )
 
 
 def refusal(task: Task, code: str, message: str, **fields: Any) -> ErrorItem:
-    return ErrorItem(code=code, message=message, taskType=task.task_type,
-                     taskUUID=task.task_uuid, **fields)
+    return ErrorItem(
+        code=code, message=message, taskType=task.task_type, taskUUID=task.task_uuid, **fields
+    )

@@ -11,15 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Hashable, Protocol
+from typing import Any, Protocol
 
 from protocol.errors import ErrorItem
-from protocol.messages import BackgroundRemovalResult, ImageUpload, ImageUploadResult, RemoveBackground
+from protocol.messages import (
+    BackgroundRemovalResult,
+    ImageUpload,
+    ImageUploadResult,
+    RemoveBackground,
+)
 
 __all__ = [
-    "Answers", "ClientSession", "FrameSender", "Requester", "ResultsStore", "SessionStore",
-    "TaskRecord", "TaskState", "WorkExecutor", "WorkResult", "WorkTask",
+    "Answers",
+    "ClientSession",
+    "FrameSender",
+    "Requester",
+    "ResultsStore",
+    "SessionStore",
+    "TaskRecord",
+    "TaskState",
+    "WorkExecutor",
+    "WorkResult",
+    "WorkTask",
 ]
 
 WorkTask = ImageUpload | RemoveBackground
@@ -91,8 +106,9 @@ class ResultsStore(Protocol):
         """Enter a task as processing; False when the taskUUID is already known."""
         ...
 
-    async def succeed(self, scope: bytes, task_uuid: str, result: WorkResult,
-                      ttl: int | None = None) -> bool:
+    async def succeed(
+        self, scope: bytes, task_uuid: str, result: WorkResult, ttl: int | None = None
+    ) -> bool:
         """Record the result; True when this call ended the task."""
         ...
 
@@ -100,8 +116,7 @@ class ResultsStore(Protocol):
         """Record the failure; True when this call ended the task."""
         ...
 
-    async def get(self, scope: bytes, task_uuid: str) -> TaskRecord | None:
-        ...
+    async def get(self, scope: bytes, task_uuid: str) -> TaskRecord | None: ...
 
     async def reply(self, record: TaskRecord, task_uuid: str) -> Any | None:
         """The getResponse item for ``record``; None when its image has expired meanwhile."""

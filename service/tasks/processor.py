@@ -7,15 +7,18 @@ preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, backgro
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Hashable, Mapping
 
 import msgspec
 import numpy as np
 
 from protocol.errors import Code, TaskFailure
 from protocol.messages import (
-    BackgroundRemovalResult, ImageUpload, ImageUploadResult, RemoveBackground,
+    BackgroundRemovalResult,
+    ImageUpload,
+    ImageUploadResult,
+    RemoveBackground,
 )
 
 from ..config import Config
@@ -41,13 +44,22 @@ class ModelRoute:
 
 
 class Processor:
-    """Args:
+    """Runs removals and uploads to their results.
+
+    Args:
         models: every model id this process serves (none on a gateway).
         cpu: the pool for decode, resize, matting and encode, taking turns between clients.
     """
 
-    def __init__(self, config: Config, models: Mapping[str, ModelRoute], store: ImageStore,
-                 inputs: InputResolver, http: OutboundHttp, cpu: FairExecutor) -> None:
+    def __init__(
+        self,
+        config: Config,
+        models: Mapping[str, ModelRoute],
+        store: ImageStore,
+        inputs: InputResolver,
+        http: OutboundHttp,
+        cpu: FairExecutor,
+    ) -> None:
         self._config = config
         self._http = http
         self._models = models
@@ -61,19 +73,27 @@ class Processor:
     async def upload(self, task: ImageUpload, client: Hashable = None) -> ImageUploadResult:
         resolved = await self._inputs.resolve(task.image, "image")
         # Refuse what could never be processed now, rather than at the first removal.
-        await self._cpu.run(client, pipeline.decode_image, resolved.data,
-                            self._config.max_image_pixels, "image")
-        return ImageUploadResult(taskType="imageUpload", taskUUID=task.task_uuid,
-                                 imageUUID=resolved.stored.uuid,
-                                 imageURL=self.image_url(resolved.stored))
+        await self._cpu.run(
+            client, pipeline.decode_image, resolved.data, self._config.max_image_pixels, "image"
+        )
+        return ImageUploadResult(
+            taskType="imageUpload",
+            taskUUID=task.task_uuid,
+            imageUUID=resolved.stored.uuid,
+            imageURL=self.image_url(resolved.stored),
+        )
 
     def _route(self, task: RemoveBackground) -> ModelRoute:
         route = self._models.get(task.model)
         if route is None:
-            raise TaskFailure(Code.UNSUPPORTED_MODEL,
-                              f"Unknown model {task.model!r}. Available: "
-                              + ", ".join(sorted(self._models)) + ".",
-                              parameter="model", type="string")
+            raise TaskFailure(
+                Code.UNSUPPORTED_MODEL,
+                f"Unknown model {task.model!r}. Available: "
+                + ", ".join(sorted(self._models))
+                + ".",
+                parameter="model",
+                type="string",
+            )
         return route
 
     def check_destinations(self, task: RemoveBackground) -> None:
@@ -89,8 +109,9 @@ class Processor:
         resolved = await self._inputs.resolve(task.image, task.image_parameter)
         return msgspec.structs.replace(task, image=resolved.stored.uuid)
 
-    async def remove_background(self, task: RemoveBackground,
-                                client: Hashable = None) -> BackgroundRemovalResult:
+    async def remove_background(
+        self, task: RemoveBackground, client: Hashable = None
+    ) -> BackgroundRemovalResult:
         """``client`` is whom the CPU pool and the batcher take turns between. The task's
         destinations were checked when it was accepted."""
         route = self._route(task)
@@ -98,30 +119,49 @@ class Processor:
         max_pixels, limit_name = self._config.max_image_pixels, "the limit"
         if task.settings.alpha_matting and self._config.max_matting_pixels < max_pixels:
             max_pixels, limit_name = self._config.max_matting_pixels, "the limit with alphaMatting"
-        decoded, tensor = await self._cpu.run(client, _prepare, resolved.data, route.family,
-                                             max_pixels, task.image_parameter, limit_name)
+        decoded, tensor = await self._cpu.run(
+            client,
+            _prepare,
+            resolved.data,
+            route.family,
+            max_pixels,
+            task.image_parameter,
+            limit_name,
+        )
         prediction = await route.batcher.submit(tensor, client)
-        encoded = await self._cpu.run(client, pipeline.render, decoded, prediction, task.settings,
-                                     task.output, self._config.png_compress_level)
+        encoded = await self._cpu.run(
+            client,
+            pipeline.render,
+            decoded,
+            prediction,
+            task.settings,
+            task.output,
+            self._config.png_compress_level,
+        )
         extension = EXTENSIONS[task.output.format]
         if task.upload_endpoint is not None:
-            await put_to_upload_endpoint(self._http, task.upload_endpoint, encoded,
-                                         CONTENT_TYPES[extension])
+            await put_to_upload_endpoint(
+                self._http, task.upload_endpoint, encoded, CONTENT_TYPES[extension]
+            )
         stored = await self._store.put(encoded, extension, task.output.ttl)
         result = BackgroundRemovalResult(
-            taskType="imageBackgroundRemoval", taskUUID=task.task_uuid, imageUUID=stored.uuid,
+            taskType="imageBackgroundRemoval",
+            taskUUID=task.task_uuid,
+            imageUUID=stored.uuid,
             inputImageUUID=resolved.stored.uuid,
             cost=self._config.price_per_image if task.include_cost else None,
         )
         if task.output.type == "URL":
             result.imageURL = self.image_url(stored)
             return result
-        fields = await self._cpu.run(client, pipeline.payload_fields, encoded, extension,
-                                     task.output.type)
+        fields = await self._cpu.run(
+            client, pipeline.payload_fields, encoded, extension, task.output.type
+        )
         return msgspec.structs.replace(result, **fields)
 
 
-def _prepare(data: bytes, family: Family, max_pixels: int, parameter: str,
-             limit_name: str) -> tuple[pipeline.DecodedImage, np.ndarray]:
+def _prepare(
+    data: bytes, family: Family, max_pixels: int, parameter: str, limit_name: str
+) -> tuple[pipeline.DecodedImage, np.ndarray]:
     decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name)
     return decoded, pipeline.preprocess(decoded, family)

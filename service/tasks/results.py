@@ -14,7 +14,8 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -48,6 +49,7 @@ async def reply_item(store: ImageStore, record: TaskRecord, task_uuid: str) -> A
     None when the result's image has meanwhile expired from storage."""
     if record.state is TaskState.PROCESSING:
         return TaskStatusItem(taskType=record.task_type, taskUUID=task_uuid, status="processing")
+    assert record.result is not None  # a finished record holds its result or its error
     result = msgspec.structs.replace(record.result, taskType=record.task_type, status="success")
     if record.payload_kind is None:
         return result
@@ -60,15 +62,22 @@ async def reply_item(store: ImageStore, record: TaskRecord, task_uuid: str) -> A
 
 
 class InMemoryResultsBook:
-    """Args:
+    """The results book of one process.
+
+    Args:
         store: where result images are re-read from when a payload must be rebuilt.
         retention: seconds a finished task stays answerable (at least its ttl).
         capacity: the most records kept; beyond it the oldest records are dropped.
         clock: seconds since the epoch.
     """
 
-    def __init__(self, store: ImageStore, retention: float, capacity: int = 200_000,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        retention: float,
+        capacity: int = 200_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self.retention = retention
         self._capacity = capacity
@@ -82,23 +91,23 @@ class InMemoryResultsBook:
         if known is not None and known.expires_at > self._clock():
             return False
         # A processing record lives until it ends; the deadline is only a backstop.
-        self._records[key] = TaskRecord(task_type, TaskState.PROCESSING,
-                                        self._clock() + 7 * 86_400)
+        self._records[key] = TaskRecord(task_type, TaskState.PROCESSING, self._clock() + 7 * 86_400)
         self._records.move_to_end(key)
         self._evict()
         return True
 
-    async def succeed(self, scope: bytes, task_uuid: str, result: WorkResult,
-                      ttl: int | None = None) -> bool:
+    async def succeed(
+        self, scope: bytes, task_uuid: str, result: WorkResult, ttl: int | None = None
+    ) -> bool:
         stored, kind = without_payload(result)
-        return self._end(scope, task_uuid, TaskState.SUCCESS, ttl, result=stored,
-                         payload_kind=kind)
+        return self._end(scope, task_uuid, TaskState.SUCCESS, ttl, result=stored, payload_kind=kind)
 
     async def fail(self, scope: bytes, task_uuid: str, error: ErrorItem) -> bool:
         return self._end(scope, task_uuid, TaskState.FAILED, None, error=error)
 
-    def _end(self, scope: bytes, task_uuid: str, state: TaskState, ttl: int | None,
-             **fields: Any) -> bool:
+    def _end(
+        self, scope: bytes, task_uuid: str, state: TaskState, ttl: int | None, **fields: Any
+    ) -> bool:
         """True when this call ended the task (it was processing and still in the book)."""
         record = self._records.get((scope, task_uuid))
         if record is None or record.state is not TaskState.PROCESSING:

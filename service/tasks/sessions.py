@@ -16,7 +16,8 @@ import logging
 import time
 import uuid as uuidlib
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from protocol.codec import encode_answer
 
@@ -65,15 +66,21 @@ class InMemoryClientSession:
 
 
 class InMemorySessions:
-    """Args:
+    """The client sessions of one process.
+
+    Args:
         linger: seconds a session without a socket keeps its results (at least 120, the
             platform's documented buffering time).
         max_buffered: frames a detached session holds; beyond it the oldest go.
         clock: seconds (monotonic or epoch; only differences matter).
     """
 
-    def __init__(self, linger: float = 120.0, max_buffered: int = 1000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        linger: float = 120.0,
+        max_buffered: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.linger = linger
         self._max_buffered = max_buffered
         self._clock = clock
@@ -94,8 +101,9 @@ class InMemorySessions:
         return self._new(b"")
 
     def _new(self, api_key: bytes) -> InMemoryClientSession:
-        return InMemoryClientSession(str(uuidlib.uuid4()), api_key, self._clock(),
-                                     self._max_buffered)
+        return InMemoryClientSession(
+            str(uuidlib.uuid4()), api_key, self._clock(), self._max_buffered
+        )
 
     def now(self) -> float:
         return self._clock()
@@ -103,8 +111,11 @@ class InMemorySessions:
     def sweep(self) -> int:
         """Forget sessions detached for longer than ``linger``; returns how many."""
         limit = self._clock() - self.linger
-        gone = [s.uuid for s in self._sessions.values()
-                if s.detached_since is not None and s.detached_since <= limit]
+        gone = [
+            s.uuid
+            for s in self._sessions.values()
+            if s.detached_since is not None and s.detached_since <= limit
+        ]
         for session_uuid in gone:
             del self._sessions[session_uuid]
         return len(gone)

@@ -3,7 +3,7 @@ draining, and when a refused client should come back."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from protocol.errors import Code, ErrorItem
 from protocol.messages import Task
@@ -14,7 +14,9 @@ __all__ = ["Workload"]
 
 
 class Workload:
-    """Args:
+    """Accepted work, draining, and the overload limit.
+
+    Args:
         max_queued: unfinished work tasks accepted service-wide; beyond it ``overloaded``.
         backlog: work accepted elsewhere that counts too (the cluster's job backlog).
     """
@@ -39,14 +41,21 @@ class Workload:
 
     def draining_refusal(self, task: Task) -> ErrorItem | None:
         if self.draining:
-            return refusal(task, Code.SHUTTING_DOWN, "The server is shutting down; reconnect and "
-                           "send the task again.", retryAfterMs=1000)
+            return refusal(
+                task,
+                Code.SHUTTING_DOWN,
+                "The server is shutting down; reconnect and send the task again.",
+                retryAfterMs=1000,
+            )
         return None
 
     def overload_refusal(self, task: Task) -> ErrorItem | None:
         if self.load() >= self.max_queued:
             retry_ms = self.retry_hint_ms()
-            return refusal(task, Code.OVERLOADED,
-                           f"The server is at capacity; retry in about {retry_ms / 1000:.1f} s.",
-                           retryAfterMs=retry_ms)
+            return refusal(
+                task,
+                Code.OVERLOADED,
+                f"The server is at capacity; retry in about {retry_ms / 1000:.1f} s.",
+                retryAfterMs=retry_ms,
+            )
         return None

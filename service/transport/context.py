@@ -71,10 +71,18 @@ class ServerContext:
     pipeline_slots: int  # images of one client in the pipeline at once
 
     def socket_limits(self) -> ClientLimits:
-        return ClientLimits(self.config.frame_error_bytes, self.config.max_tasks_per_frame,
-                            self.config.max_in_flight_per_socket, self.pipeline_slots)
+        return ClientLimits(
+            self.config.frame_error_bytes,
+            self.config.max_tasks_per_frame,
+            self.config.max_in_flight_per_socket,
+            self.pipeline_slots,
+        )
 
     def request_limits(self) -> ClientLimits:
         # A REST request may have all of its tasks in flight at once.
-        return ClientLimits(self.config.frame_error_bytes, self.config.max_tasks_per_frame,
-                            self.config.max_tasks_per_frame, self.pipeline_slots)
+        return ClientLimits(
+            self.config.frame_error_bytes,
+            self.config.max_tasks_per_frame,
+            self.config.max_tasks_per_frame,
+            self.pipeline_slots,
+        )

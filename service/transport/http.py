@@ -32,16 +32,19 @@ from .websocket import Connection
 __all__ = ["Listener", "start_server"]
 
 _IMAGE_PATH = re.compile(
-    r"^/images/(?P<uuid>" + UUID_PATTERN.strip("^$") + r")\.(?P<ext>[a-z]{3,4})$")
+    r"^/images/(?P<uuid>" + UUID_PATTERN.strip("^$") + r")\.(?P<ext>[a-z]{3,4})$"
+)
 _SERVER = "rembg-stream"
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
 _PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
 
 
-def _response(status: http.HTTPStatus, body: bytes, content_type: str,
-              extra: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status.value, body=body,
-                        headers={"Content-Type": content_type, **(extra or {})})
+def _response(
+    status: http.HTTPStatus, body: bytes, content_type: str, extra: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status.value, body=body, headers={"Content-Type": content_type, **(extra or {})}
+    )
 
 
 def _text(status: http.HTTPStatus, text: str, extra: dict[str, str] | None = None) -> web.Response:
@@ -56,15 +59,19 @@ async def _image(context: ServerContext, path: str) -> web.Response | None:
     if loaded is None or loaded[0].extension != match["ext"]:
         return _text(http.HTTPStatus.NOT_FOUND, "no such image (unknown or expired)")
     stored, data = loaded
-    return _response(http.HTTPStatus.OK, data,
-                     CONTENT_TYPES.get(stored.extension, "application/octet-stream"),
-                     {"Cache-Control": "private, max-age=60"})
+    return _response(
+        http.HTTPStatus.OK,
+        data,
+        CONTENT_TYPES.get(stored.extension, "application/octet-stream"),
+        {"Cache-Control": "private, max-age=60"},
+    )
 
 
 async def _page_or_probe(context: ServerContext, path: str) -> web.Response:
     if path in ("/", "/index.html"):
-        return _response(http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8",
-                         {"Cache-Control": "no-cache"})
+        return _response(
+            http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8", {"Cache-Control": "no-cache"}
+        )
     if path == "/healthz":
         return _text(http.HTTPStatus.OK, "ok")
     if path == "/readyz":
@@ -72,8 +79,11 @@ async def _page_or_probe(context: ServerContext, path: str) -> web.Response:
             return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining")
         return _text(http.HTTPStatus.OK, "ready")
     if path == "/metrics":
-        return _response(http.HTTPStatus.OK, context.metrics.exposition(),
-                         "text/plain; version=0.0.4; charset=utf-8")
+        return _response(
+            http.HTTPStatus.OK,
+            context.metrics.exposition(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
     return await _image(context, path) or _text(http.HTTPStatus.NOT_FOUND, "not found")
 
 
@@ -134,17 +144,23 @@ async def start_server(context: ServerContext) -> Listener:
         if origin is not None and origin not in origins and not reads_only:
             return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
         if not config.serves_clients and (upgrade or request.path == "/v1"):
-            return _text(http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway")
+            return _text(
+                http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway"
+            )
         if upgrade:
             return await _websocket(context, request)
         if request.path == "/v1":
             if request.method != "POST":
-                return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, "POST a JSON array of tasks",
-                             {"Allow": "POST"})
+                return _text(
+                    http.HTTPStatus.METHOD_NOT_ALLOWED,
+                    "POST a JSON array of tasks",
+                    {"Allow": "POST"},
+                )
             return await answer_rest_request(context, request)
         if request.method not in ("GET", "HEAD"):
-            return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, "only GET here",
-                         {"Allow": "GET, HEAD"})
+            return _text(
+                http.HTTPStatus.METHOD_NOT_ALLOWED, "only GET here", {"Allow": "GET, HEAD"}
+            )
         return await _page_or_probe(context, request.path)
 
     application = web.Application(client_max_size=config.frame_error_bytes + 1)

@@ -67,8 +67,12 @@ class RestExchange:
 
     def __init__(self, context: ServerContext) -> None:
         self._context = context
-        self._dispatcher = Dispatcher(context.tasks, context.request_limits(),
-                                      reply=self.collect, authenticate=self._authenticate)
+        self._dispatcher = Dispatcher(
+            context.tasks,
+            context.request_limits(),
+            reply=self.collect,
+            authenticate=self._authenticate,
+        )
         self.data: list[Any] = []
         self.errors: list[ErrorItem] = []
         self._session: ClientSession | None = None
@@ -116,10 +120,15 @@ class RestExchange:
         """``Authorization: Bearer KEY``: the same check as an authentication element."""
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            await self.collect(ErrorItem(
-                code=Code.INVALID_API_KEY, message="The Authorization header must be "
-                "'Bearer <API key>'.", parameter="apiKey", type="string",
-                taskType="authentication"))
+            await self.collect(
+                ErrorItem(
+                    code=Code.INVALID_API_KEY,
+                    message="The Authorization header must be 'Bearer <API key>'.",
+                    parameter="apiKey",
+                    type="string",
+                    taskType="authentication",
+                )
+            )
             return
         await self._authenticate(Authenticate(api_key=key.strip()))
 
@@ -129,18 +138,25 @@ class RestExchange:
 
 def _too_large(limit: int, size: int | None) -> ErrorItem:
     told = f"{size:,} bytes" if size is not None else "more bytes than allowed"
-    return ErrorItem(code=Code.FRAME_TOO_LARGE,
-                     message=f"The request body has {told}; the limit is {limit:,}. Send fewer "
-                             "or smaller images per request.", max=limit)
+    return ErrorItem(
+        code=Code.FRAME_TOO_LARGE,
+        message=f"The request body has {told}; the limit is {limit:,}. Send fewer "
+        "or smaller images per request.",
+        max=limit,
+    )
 
 
 def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]) -> web.Response:
     headers: dict[str, str] = {}
     retry_ms = max((e.retryAfterMs or 0 for e in errors), default=0)
-    if status in (http.HTTPStatus.TOO_MANY_REQUESTS, http.HTTPStatus.SERVICE_UNAVAILABLE) and retry_ms:
+    if (
+        status in (http.HTTPStatus.TOO_MANY_REQUESTS, http.HTTPStatus.SERVICE_UNAVAILABLE)
+        and retry_ms
+    ):
         headers["Retry-After"] = str(max(1, round(retry_ms / 1000)))
-    return web.Response(status=status.value, body=body, content_type="application/json",
-                        headers=headers)
+    return web.Response(
+        status=status.value, body=body, content_type="application/json", headers=headers
+    )
 
 
 async def answer_rest_request(context: ServerContext, request: web.Request) -> web.Response:

@@ -41,18 +41,29 @@ _FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 
 class Connection:
-    """Args:
+    """One WebSocket connection, holding its dispatcher.
+
+    Args:
         websocket: the prepared (handshake done) aiohttp WebSocket.
         transport: its TCP transport, kept for cutting off a peer that stopped reading.
         peer: the client's address, for the log.
     """
 
-    def __init__(self, websocket: web.WebSocketResponse, transport: asyncio.Transport,
-                 peer: str | None, context: ServerContext) -> None:
+    def __init__(
+        self,
+        websocket: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        peer: str | None,
+        context: ServerContext,
+    ) -> None:
         self._context = context
         self._config = context.config
-        self._dispatcher = Dispatcher(context.tasks, context.socket_limits(),
-                                      reply=self._reply, authenticate=self._authenticate)
+        self._dispatcher = Dispatcher(
+            context.tasks,
+            context.socket_limits(),
+            reply=self._reply,
+            authenticate=self._authenticate,
+        )
         self._websocket = websocket
         self._transport = transport
         self._peer = peer
@@ -92,7 +103,7 @@ class Connection:
         self.closing = True
         try:
             await asyncio.wait_for(self._websocket.close(code=code, message=reason.encode()), grace)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             self._reset()
 
     def _reset(self) -> None:
@@ -108,14 +119,18 @@ class Connection:
         """True when the frame went out. A client that does not read within the send timeout is
         cut off (in the background, so that nobody waits on it)."""
         try:
-            await asyncio.wait_for(self._websocket.send_frame(payload, WSMsgType.TEXT),
-                                   self._config.send_timeout)
+            await asyncio.wait_for(
+                self._websocket.send_frame(payload, WSMsgType.TEXT), self._config.send_timeout
+            )
         except (ConnectionError, RuntimeError):  # closed, or closing
             return False
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if not self.closing:
-                log.warning("cutting off %s: it has not read for %.0f s",
-                            self._peer, self._config.send_timeout)
+                log.warning(
+                    "cutting off %s: it has not read for %.0f s",
+                    self._peer,
+                    self._config.send_timeout,
+                )
                 self._reset()
             return False
         self._context.metrics.bytes_out.inc(len(payload))
@@ -126,18 +141,24 @@ class Connection:
 
     async def _authenticate(self, task: Authenticate) -> None:
         if not self._context.sockets.may_open(task.api_key, self):
-            await self._reply(ErrorItem(
-                code=Code.TOO_MANY_CONNECTIONS,
-                message=f"This API key already has {self._config.max_sockets_per_key} open "
-                        "sockets; close some first.",
-                parameter="apiKey", type="string", taskType="authentication"))
+            await self._reply(
+                ErrorItem(
+                    code=Code.TOO_MANY_CONNECTIONS,
+                    message=f"This API key already has {self._config.max_sockets_per_key} open "
+                    "sockets; close some first.",
+                    parameter="apiKey",
+                    type="string",
+                    taskType="authentication",
+                )
+            )
             return
         sessions = self._context.sessions
         client: ClientSession | None = None
         if self._context.tasks.key_is_valid(task.api_key):
             client = await sessions.resume_or_create(task.session_uuid, task.api_key)
         reply = self._dispatcher.auth.authenticate(
-            task, lambda requested, api_key: client.uuid if client else "")
+            task, lambda requested, api_key: client.uuid if client else ""
+        )
         if isinstance(reply, ErrorItem) or client is None:
             log.info("refused an API key from %s", self._peer)
             await self._reply(reply)

@@ -32,8 +32,9 @@ def fast_server_with(tmp_path_factory, fast_model):
     started: list[ServerProcess] = []
 
     def start(*flags: str) -> ServerProcess:
-        started.append(start_server(tmp_path_factory.mktemp("fast"), "--model",
-                                    f"fast={fast_model}", *flags))
+        started.append(
+            start_server(tmp_path_factory.mktemp("fast"), "--model", f"fast={fast_model}", *flags)
+        )
         return started[-1]
 
     yield start
@@ -44,9 +45,20 @@ def fast_server_with(tmp_path_factory, fast_model):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, isnet_model, fast_model) -> ServerProcess:
     """Open server: any key, private URLs allowed (for the local image host), batches of 4."""
-    process = start_server(tmp_path_factory.mktemp("open"), "--allow-private-urls",
-                           "--max-batch", "4", "--max-wait-ms", "20", "--webhook-backoff", "0.05",
-                           "--model", f"isnet-test={isnet_model}", "--model", f"fast={fast_model}")
+    process = start_server(
+        tmp_path_factory.mktemp("open"),
+        "--allow-private-urls",
+        "--max-batch",
+        "4",
+        "--max-wait-ms",
+        "20",
+        "--webhook-backoff",
+        "0.05",
+        "--model",
+        f"isnet-test={isnet_model}",
+        "--model",
+        f"fast={fast_model}",
+    )
     yield process
     process.stop()
 
@@ -55,8 +67,12 @@ def server(tmp_path_factory, isnet_model, fast_model) -> ServerProcess:
 def keyed_server(tmp_path_factory) -> ServerProcess:
     """Keys required (given by the environment variable), private URLs refused, and the
     onnxruntime runtime (the open server runs the default, OpenVINO on this CPU)."""
-    process = start_server(tmp_path_factory.mktemp("keyed"), "--runtime", "onnxruntime",
-                           env={"RBG_API_KEY": ",".join(API_KEYS)})
+    process = start_server(
+        tmp_path_factory.mktemp("keyed"),
+        "--runtime",
+        "onnxruntime",
+        env={"RBG_API_KEY": ",".join(API_KEYS)},
+    )
     yield process
     process.stop()
 

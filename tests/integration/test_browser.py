@@ -23,10 +23,22 @@ def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "browser-cutout.png"
     config = tmp_path / "browser.json"
-    config.write_text(json.dumps({"url": f"{server.http_url}/", "image": str(FIXTURES / "car-1.jpg"),
-                                  "screenshot": str(screenshot)}))
-    finished = subprocess.run(["node", "browser_page.mjs", str(config)], cwd=JS,
-                              capture_output=True, text=True, timeout=240 * UNIT)
+    config.write_text(
+        json.dumps(
+            {
+                "url": f"{server.http_url}/",
+                "image": str(FIXTURES / "car-1.jpg"),
+                "screenshot": str(screenshot),
+            }
+        )
+    )
+    finished = subprocess.run(
+        ["node", "browser_page.mjs", str(config)],
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        timeout=240 * UNIT,
+    )
     assert finished.returncode == 0, finished.stderr
     result = json.loads(finished.stdout.strip().splitlines()[-1])
     assert (result["width"], result["height"]) == (480, 360)

@@ -10,8 +10,13 @@ from tests.support import FIXTURES, ROOT, UNIT, open_image
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", "remove", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300 * UNIT)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "remove", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300 * UNIT,
+    )
 
 
 def test_in_process_service_writes_cutouts_and_lists_failures(tmp_path):
@@ -29,9 +34,19 @@ def test_in_process_service_writes_cutouts_and_lists_failures(tmp_path):
 
 
 def test_a_running_service_with_settings(server, tmp_path):
-    finished = cli(str(FIXTURES / "car-1.jpg"), str(FIXTURES / "anime-girl-1.jpg"),
-                   "--out", str(tmp_path), "--url", server.ws_url, "--only-mask", "--format", "JPG",
-                   "--quality", "80")
+    finished = cli(
+        str(FIXTURES / "car-1.jpg"),
+        str(FIXTURES / "anime-girl-1.jpg"),
+        "--out",
+        str(tmp_path),
+        "--url",
+        server.ws_url,
+        "--only-mask",
+        "--format",
+        "JPG",
+        "--quality",
+        "80",
+    )
     assert finished.returncode == 0, finished.stderr
     assert "2 of 2 written" in finished.stdout
     mask = open_image((tmp_path / "anime-girl-1.jpg").read_bytes())

@@ -16,8 +16,12 @@ CAR = b64(fixture_bytes("car-1.jpg"))
 
 
 def removal(**fields) -> dict:
-    return {"taskType": "removeBackground", "taskUUID": new_uuid(), "inputs": {"image": CAR},
-            **fields}
+    return {
+        "taskType": "removeBackground",
+        "taskUUID": new_uuid(),
+        "inputs": {"image": CAR},
+        **fields,
+    }
 
 
 @dataclass
@@ -26,7 +30,9 @@ class Receiver:
 
     base_url: str = ""
     requests: list[tuple[str, str, dict, bytes]] = field(default_factory=list)
-    scripts: dict[str, list[int]] = field(default_factory=dict)  # path -> statuses to answer in turn
+    scripts: dict[str, list[int]] = field(
+        default_factory=dict
+    )  # path -> statuses to answer in turn
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -42,8 +48,9 @@ class Receiver:
 
     async def wait_for(self, count: int, path: str, timeout: float = 60) -> list:
         async with self.arrived:
-            await asyncio.wait_for(self.arrived.wait_for(
-                lambda: len(self.at(path)) >= count), timeout)
+            await asyncio.wait_for(
+                self.arrived.wait_for(lambda: len(self.at(path)) >= count), timeout
+            )
         return self.at(path)
 
     def at(self, path: str) -> list:
@@ -82,8 +89,9 @@ async def poll(client: Client, task_uuid: str, attempts: int = 240) -> dict:
 
 
 async def test_async_delivery_acknowledges_at_once_and_serves_the_result_by_polling(client: Client):
-    task = removal(deliveryMethod="async", outputType="base64Data", outputFormat="PNG",
-                   includeCost=True)
+    task = removal(
+        deliveryMethod="async", outputType="base64Data", outputFormat="PNG", includeCost=True
+    )
     await client.send(task)
     ack = await client.recv()
     assert ack == {"data": [{"taskType": "removeBackground", "taskUUID": task["taskUUID"]}]}
@@ -145,9 +153,13 @@ async def test_a_finished_task_uuid_sent_again_is_a_conflict_and_still_pollable(
 # --------------------------------------------------------------------------- webhooks
 
 
-async def test_webhook_gets_one_post_per_result_with_the_sync_body(client: Client, receiver: Receiver):
-    tasks = [removal(webhookURL=f"{receiver.base_url}/hook?token=abc", outputFormat="PNG")
-             for _ in range(2)]
+async def test_webhook_gets_one_post_per_result_with_the_sync_body(
+    client: Client, receiver: Receiver
+):
+    tasks = [
+        removal(webhookURL=f"{receiver.base_url}/hook?token=abc", outputFormat="PNG")
+        for _ in range(2)
+    ]
     await client.send(*tasks)
     acks = [(await client.recv())["data"][0] for _ in tasks]
     assert sorted(a["taskUUID"] for a in acks) == sorted(t["taskUUID"] for t in tasks)
@@ -193,8 +205,9 @@ async def test_task_errors_are_posted_to_the_webhook(client: Client, receiver: R
 
 
 async def test_upload_endpoint_gets_the_raw_file_by_put(client: Client, receiver: Receiver):
-    task = removal(uploadEndpoint=f"{receiver.base_url}/bucket/out.png?X-Amz-Signature=abc",
-                   outputFormat="PNG")
+    task = removal(
+        uploadEndpoint=f"{receiver.base_url}/bucket/out.png?X-Amz-Signature=abc", outputFormat="PNG"
+    )
     item = await client.run(task)
     assert item["kind"] == "data"
     ((method, path, headers, body),) = receiver.at("/bucket/out.png")
@@ -213,8 +226,9 @@ async def test_a_refusing_upload_endpoint_fails_the_task(client: Client, receive
 
 
 @pytest.mark.parametrize("field_name", ["webhookURL", "uploadEndpoint"])
-async def test_outgoing_urls_obey_the_private_address_policy(keyed_server, receiver: Receiver,
-                                                             field_name: str):
+async def test_outgoing_urls_obey_the_private_address_policy(
+    keyed_server, receiver: Receiver, field_name: str
+):
     async with websockets.connect(keyed_server.ws_url) as websocket:
         client = Client(websocket)
         await client.authenticate("secret-one")

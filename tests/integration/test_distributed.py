@@ -19,8 +19,17 @@ import websockets
 
 from load.harness import LoadConfig, run_load
 from tests.support import (
-    UNIT, Client, S3Process, ServerProcess, b64, fixture_bytes, new_uuid, open_image,
-    start_redis, start_seaweedfs, start_server,
+    UNIT,
+    Client,
+    S3Process,
+    ServerProcess,
+    b64,
+    fixture_bytes,
+    new_uuid,
+    open_image,
+    start_redis,
+    start_seaweedfs,
+    start_server,
 )
 
 CAR = b64(fixture_bytes("car-1.jpg"))
@@ -35,9 +44,18 @@ class Cluster:
         self.processes: list[ServerProcess] = []
 
     def start(self, role: str, *flags: str, port: int | None = None) -> ServerProcess:
-        process = start_server(self.tmp, "--redis", self.redis.url, "--role", role,
-                               *self.storage, "--model", f"fast={self.fast_model}", *flags,
-                               port=port)
+        process = start_server(
+            self.tmp,
+            "--redis",
+            self.redis.url,
+            "--role",
+            role,
+            *self.storage,
+            "--model",
+            f"fast={self.fast_model}",
+            *flags,
+            port=port,
+        )
         self.processes.append(process)
         return process
 
@@ -76,8 +94,15 @@ def lone_cluster(tmp_path, fast_model):
 
 
 def fast(**fields) -> dict:
-    return {"taskType": "removeBackground", "taskUUID": new_uuid(), "inputImage": CAR,
-            "model": "fast", "outputType": "base64Data", "outputFormat": "PNG", **fields}
+    return {
+        "taskType": "removeBackground",
+        "taskUUID": new_uuid(),
+        "inputImage": CAR,
+        "model": "fast",
+        "outputType": "base64Data",
+        "outputFormat": "PNG",
+        **fields,
+    }
 
 
 def real(**fields) -> dict:
@@ -88,12 +113,16 @@ def real(**fields) -> dict:
 def batches_run(worker: ServerProcess) -> float:
     with urllib.request.urlopen(f"{worker.http_url}/metrics") as response:
         text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("rbg_batch_size_count"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("rbg_batch_size_count")
+    )
 
 
-async def connect(gateway: ServerProcess, key: str = "cluster-key",
-                  session: str | None = None) -> tuple[Client, str]:
+async def connect(
+    gateway: ServerProcess, key: str = "cluster-key", session: str | None = None
+) -> tuple[Client, str]:
     websocket = await websockets.connect(gateway.ws_url, max_size=None)
     client = Client(websocket)
     auth = {"taskType": "authentication", "apiKey": key}
@@ -139,14 +168,22 @@ def wait_for_pending(cluster: Cluster, at_least: int = 1, timeout: float = 30) -
 async def test_200_tasks_over_20_sockets_across_two_gateways_each_answered_once(cluster):
     before = [batches_run(worker) for worker in cluster.workers]
     urls = ",".join(gateway.ws_url for gateway in cluster.gateways)
-    report = await run_load(LoadConfig(
-        url=urls, images=(fixture_bytes("car-1.jpg"),), connections=20, tasks_per_connection=10,
-        model="fast", output_type="base64Data", progress=False))
+    report = await run_load(
+        LoadConfig(
+            url=urls,
+            images=(fixture_bytes("car-1.jpg"),),
+            connections=20,
+            tasks_per_connection=10,
+            model="fast",
+            output_type="base64Data",
+            progress=False,
+        )
+    )
     summary = report.summary()
     assert summary["tasks_sent"] == 200 and summary["tasks_ok"] == 200, summary
     assert (summary["lost"], summary["duplicated"], summary["cross_delivered"]) == (0, 0, 0)
     assert not summary["connection_failures"]
-    ran = [batches_run(worker) - was for worker, was in zip(cluster.workers, before)]
+    ran = [batches_run(worker) - was for worker, was in zip(cluster.workers, before, strict=True)]
     assert all(batches > 0 for batches in ran), f"a worker ran nothing: {ran}"
 
 
@@ -154,18 +191,21 @@ async def test_one_of_two_workers_killed_mid_batch_loses_nothing(cluster):
     """Sockets on both gateways, both workers busy, one SIGKILLed: the other finishes its jobs."""
     clients = [(await connect(gateway, "kill-one"))[0] for gateway in cluster.gateways * 2]
     tasks = [[real() for _ in range(3)] for _ in clients]
-    for client, own in zip(clients, tasks):
+    for client, own in zip(clients, tasks, strict=True):
         await client.send(*own)
     victim = cluster.workers[1]
-    pending_of = lambda: {c["name"].decode(): c["pending"] for c in  # noqa: E731
-                          cluster.client().xpending("rbg:jobs", "workers")["consumers"]}
+
+    def pending_of() -> dict[str, int]:
+        consumers = cluster.client().xpending("rbg:jobs", "workers")["consumers"]
+        return {c["name"].decode(): c["pending"] for c in consumers}
+
     deadline = time.monotonic() + 30 * UNIT
     while len([n for n, count in pending_of().items() if count > 0]) < 2:
         assert time.monotonic() < deadline, "both workers never held jobs at once"
         time.sleep(0.005)
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait()
-    for client, own in zip(clients, tasks):
+    for client, own in zip(clients, tasks, strict=True):
         answers = await client.collect([t["taskUUID"] for t in own], timeout=120)
         assert all(answer["kind"] == "data" for answer in answers.values()), answers
     for client in clients:
@@ -210,22 +250,33 @@ async def test_url_outputs_are_presigned_s3_urls_and_outputs_serve_as_inputs(clu
 
 
 def test_the_rest_twin_on_a_gateway_is_answered_by_the_workers(cluster):
-    tasks = [fast(), fast(deliveryMethod="async"), {"taskType": "ping", "ping": True},
-             fast(outputQuality=5)]
+    tasks = [
+        fast(),
+        fast(deliveryMethod="async"),
+        {"taskType": "ping", "ping": True},
+        fast(outputQuality=5),
+    ]
     request = urllib.request.Request(
-        f"{cluster.gateways[1].http_url}/v1", data=json.dumps(tasks).encode(), method="POST",
-        headers={"Authorization": "Bearer rest-cluster", "Content-Type": "application/json"})
+        f"{cluster.gateways[1].http_url}/v1",
+        data=json.dumps(tasks).encode(),
+        method="POST",
+        headers={"Authorization": "Bearer rest-cluster", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=60 * UNIT) as response:
         answer = json.loads(response.read())
     data = {item.get("taskUUID", "pong"): item for item in answer["data"]}
     assert data[tasks[0]["taskUUID"]]["imageBase64Data"]
-    assert data[tasks[1]["taskUUID"]] == {"taskType": "removeBackground", "taskUUID": tasks[1]["taskUUID"]}
+    assert data[tasks[1]["taskUUID"]] == {
+        "taskType": "removeBackground",
+        "taskUUID": tasks[1]["taskUUID"],
+    }
     assert "pong" in data
     assert [e["code"] for e in answer["errors"]] == ["invalidOutputQuality"]
 
 
-async def kill_gateway_with_jobs_queued(cluster: Cluster, gateway: ServerProcess, key: str,
-                                       count: int) -> tuple[str, list[dict]]:
+async def kill_gateway_with_jobs_queued(
+    cluster: Cluster, gateway: ServerProcess, key: str, count: int
+) -> tuple[str, list[dict]]:
     """A client sends ``count`` slow tasks; its gateway dies (SIGKILL) once Redis has them."""
     client, session = await connect(gateway, key)
     tasks = [real() for _ in range(count)]
@@ -345,7 +396,8 @@ async def test_an_answer_whose_wake_up_was_lost_still_arrives(cluster):
     """Pub/sub is at most once; the outbox is read now and then without a wake-up too."""
     client, session = await connect(cluster.gateways[0], "lost-wake-up")
     item = {"taskType": "ping", "pong": True}
-    cluster.client().xadd(f"rbg:outbox:{session}",
-                          {"kind": "data", "item": json.dumps(item)})  # and no PUBLISH
+    cluster.client().xadd(
+        f"rbg:outbox:{session}", {"kind": "data", "item": json.dumps(item)}
+    )  # and no PUBLISH
     assert await client.recv(timeout=15) == {"data": [item]}
     await client.ws.close()

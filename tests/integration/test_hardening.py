@@ -16,14 +16,24 @@ import websockets
 from PIL import Image
 
 from tests.support import (
-    ROOT, UNIT, Client, b64, fixture_bytes, http_get, new_uuid, start_server,
+    ROOT,
+    UNIT,
+    Client,
+    b64,
+    fixture_bytes,
+    http_get,
+    new_uuid,
+    start_server,
 )
 
 
 def small_png(width: int = 64, height: int = 48, noise: bool = False) -> bytes:
     rng = np.random.default_rng(width * height)
-    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8) if noise else \
-        np.full((height, width, 3), 120, np.uint8)
+    pixels = (
+        rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        if noise
+        else np.full((height, width, 3), 120, np.uint8)
+    )
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
@@ -34,8 +44,15 @@ SMALL = b64(small_png())
 
 def fast(image: str = SMALL, **fields) -> dict:
     """A removal on the stand-in model: costs next to nothing."""
-    return {"taskType": "removeBackground", "taskUUID": new_uuid(), "model": "fast",
-            "inputs": {"image": image}, "outputType": "base64Data", "outputFormat": "PNG", **fields}
+    return {
+        "taskType": "removeBackground",
+        "taskUUID": new_uuid(),
+        "model": "fast",
+        "inputs": {"image": image},
+        "outputType": "base64Data",
+        "outputFormat": "PNG",
+        **fields,
+    }
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -43,9 +60,16 @@ def png_claiming(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", b"")
+        + chunk(b"IEND", b"")
+    )
 
 
 U = "9ad4918a-e9d0-440a-ac59-057a966cd421"
@@ -53,11 +77,19 @@ U = "9ad4918a-e9d0-440a-ac59-057a966cd421"
 # (name, task-or-raw-frame, expected code). Tasks are sent beside a good sibling in one frame.
 BAD_TASKS = [
     ("missing taskType", {"taskUUID": new_uuid()}, "missingTaskType"),
-    ("unknown taskType", {"taskType": "imageInference", "taskUUID": new_uuid()}, "unsupportedTaskType"),
+    (
+        "unknown taskType",
+        {"taskType": "imageInference", "taskUUID": new_uuid()},
+        "unsupportedTaskType",
+    ),
     ("taskType not a string", {"taskType": 5, "taskUUID": new_uuid()}, "unsupportedTaskType"),
     ("missing taskUUID", {"taskType": "removeBackground", "inputImage": SMALL}, "missingTaskUUID"),
     ("taskUUID not a UUID", fast(taskUUID="1234"), "invalidTaskUUID"),
-    ("no image", {"taskType": "removeBackground", "taskUUID": new_uuid(), "settings": {}}, "missingInputImage"),
+    (
+        "no image",
+        {"taskType": "removeBackground", "taskUUID": new_uuid(), "settings": {}},
+        "missingInputImage",
+    ),
     ("empty image", fast(""), "invalidInputImage"),
     ("image is a number", {**fast(), "inputs": {"image": 42}}, "invalidInputImage"),
     ("inputs not an object", {**fast(), "inputs": "x"}, "invalidInputs"),
@@ -77,7 +109,11 @@ BAD_TASKS = [
     ("ttl under 60", fast(ttl=10), "invalidTtl"),
     ("rgba of 3", fast(settings={"rgba": [1, 2, 3]}), "invalidRgba"),
     ("rgba over 255", fast(settings={"rgba": [1, 2, 3, 256]}), "invalidRgba"),
-    ("threshold 0", fast(settings={"alphaMattingBackgroundThreshold": 0}), "invalidAlphaMattingBackgroundThreshold"),
+    (
+        "threshold 0",
+        fast(settings={"alphaMattingBackgroundThreshold": 0}),
+        "invalidAlphaMattingBackgroundThreshold",
+    ),
     ("erode 256", fast(alphaMattingErodeSize=256), "invalidAlphaMattingErodeSize"),
     ("alphaMatting a string", fast(alphaMatting="yes"), "invalidAlphaMatting"),
     ("settings not an object", fast(settings=[1]), "invalidSettings"),
@@ -86,10 +122,22 @@ BAD_TASKS = [
     ("webhook not http", fast(webhookURL="ftp://example.com/hook"), "forbiddenURL"),
     ("uploadEndpoint to a file", fast(uploadEndpoint="file:///tmp/x"), "forbiddenURL"),
     ("includeCost a string", fast(includeCost="true"), "invalidIncludeCost"),
-    ("getResponse for nothing", {"taskType": "getResponse", "taskUUID": new_uuid()}, "taskNotFound"),
+    (
+        "getResponse for nothing",
+        {"taskType": "getResponse", "taskUUID": new_uuid()},
+        "taskNotFound",
+    ),
     ("getResponse without UUID", {"taskType": "getResponse"}, "missingTaskUUID"),
-    ("imageUpload without image", {"taskType": "imageUpload", "taskUUID": new_uuid()}, "missingImage"),
-    ("imageUpload of junk", {"taskType": "imageUpload", "taskUUID": new_uuid(), "image": b64(b"junk")}, "invalidImage"),
+    (
+        "imageUpload without image",
+        {"taskType": "imageUpload", "taskUUID": new_uuid()},
+        "missingImage",
+    ),
+    (
+        "imageUpload of junk",
+        {"taskType": "imageUpload", "taskUUID": new_uuid(), "image": b64(b"junk")},
+        "invalidImage",
+    ),
 ]
 
 
@@ -112,16 +160,19 @@ async def test_bad_task_gets_its_code_and_its_sibling_still_runs(client: Client,
     assert await client.ping()
 
 
-@pytest.mark.parametrize("frame,code", [
-    (b"\x00\x01\x02", "invalidJSON"),
-    ("[{]", "invalidJSON"),
-    ("{}", "invalidFrame"),
-    ("null", "invalidFrame"),
-    ('"[]"', "invalidFrame"),
-    ("[[]]", "invalidTask"),
-    ('["task"]', "invalidTask"),
-    ("[null]", "invalidTask"),
-])
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        (b"\x00\x01\x02", "invalidJSON"),
+        ("[{]", "invalidJSON"),
+        ("{}", "invalidFrame"),
+        ("null", "invalidFrame"),
+        ('"[]"', "invalidFrame"),
+        ("[[]]", "invalidTask"),
+        ('["task"]', "invalidTask"),
+        ("[null]", "invalidTask"),
+    ],
+)
 async def test_bad_frames_get_a_frame_error_and_the_socket_stays(client: Client, frame, code):
     await client.send_raw(frame)
     assert (await client.recv())["errors"][0]["code"] == code
@@ -134,10 +185,29 @@ async def test_bad_frames_get_a_frame_error_and_the_socket_stays(client: Client,
 @pytest.fixture(scope="module")
 def limits_server(fast_server_with):
     return fast_server_with(
-        "--max-tasks-per-frame", "4", "--max-in-flight-per-socket", "3", "--max-sockets-per-key", "3",
-        "--max-queued-tasks", "5", "--frame-error-bytes", "3000000", "--max-frame-bytes", "4000000",
-        "--send-timeout", "2", "--ping-interval", "2", "--idle-timeout", "3",
-        "--socket-concurrency", "1", "--max-matting-pixels", "10000")
+        "--max-tasks-per-frame",
+        "4",
+        "--max-in-flight-per-socket",
+        "3",
+        "--max-sockets-per-key",
+        "3",
+        "--max-queued-tasks",
+        "5",
+        "--frame-error-bytes",
+        "3000000",
+        "--max-frame-bytes",
+        "4000000",
+        "--send-timeout",
+        "2",
+        "--ping-interval",
+        "2",
+        "--idle-timeout",
+        "3",
+        "--socket-concurrency",
+        "1",
+        "--max-matting-pixels",
+        "10000",
+    )
 
 
 async def connect(server, key: str = "limits-key") -> Client:
@@ -212,11 +282,11 @@ async def test_overload_refuses_new_tasks_at_once_and_every_accepted_one_complet
     try:
         big = b64(small_png(800, 600, noise=True))
         sent = [[fast(big) for _ in range(3)] for _ in clients]
-        for client, tasks in zip(clients, sent):
+        for client, tasks in zip(clients, sent, strict=True):
             for task in tasks:
                 await client.send(task)
         outcomes = []
-        for client, tasks in zip(clients, sent):
+        for client, tasks in zip(clients, sent, strict=True):
             answers = await client.collect([t["taskUUID"] for t in tasks])
             outcomes += [answers[t["taskUUID"]] for t in tasks]
         refused = [o for o in outcomes if o["kind"] == "errors"]
@@ -245,8 +315,10 @@ def raw_websocket(port: int) -> socket.socket:
     """A client that completes the handshake and then neither reads nor answers pings."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    sock.sendall(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     response = b""
     while b"\r\n\r\n" not in response:
         response += sock.recv(1)
@@ -257,11 +329,16 @@ def raw_websocket(port: int) -> socket.socket:
 def masked_text_frame(payload: bytes) -> bytes:
     import os
     import struct
+
     mask = os.urandom(4)
     length = len(payload)
-    header = b"\x81" + (bytes([0x80 | length]) if length < 126 else
-                        bytes([0x80 | 126]) + struct.pack(">H", length) if length < 65536 else
-                        bytes([0x80 | 127]) + struct.pack(">Q", length))
+    header = b"\x81" + (
+        bytes([0x80 | length])
+        if length < 126
+        else bytes([0x80 | 126]) + struct.pack(">H", length)
+        if length < 65536
+        else bytes([0x80 | 127]) + struct.pack(">Q", length)
+    )
     key = np.resize(np.frombuffer(mask, np.uint8), length)
     return header + mask + (np.frombuffer(payload, np.uint8) ^ key).tobytes()
 
@@ -274,7 +351,7 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
             pass
     except ConnectionResetError:
         pass
-    except socket.timeout:
+    except TimeoutError:
         return False
     return True
 
@@ -294,7 +371,7 @@ def frames_until_closed(sock: socket.socket, timeout: float) -> bytes | None:
             received += chunk
     except ConnectionResetError:
         pass
-    except socket.timeout:
+    except TimeoutError:
         return None
     return received
 
@@ -306,9 +383,9 @@ def frame_opcodes(stream: bytes) -> list[int]:
         length, at = stream[at + 1] & 0x7F, at + 2
         opcodes.append(stream[at - 2] & 0x0F)
         if length == 126:
-            length, at = int.from_bytes(stream[at:at + 2], "big"), at + 2
+            length, at = int.from_bytes(stream[at : at + 2], "big"), at + 2
         elif length == 127:
-            length, at = int.from_bytes(stream[at:at + 8], "big"), at + 8
+            length, at = int.from_bytes(stream[at : at + 8], "big"), at + 8
         at += length
     return opcodes
 
@@ -317,8 +394,11 @@ async def test_a_dead_peer_is_dropped_by_keepalive_and_others_are_served(keepali
     """A peer that answers no ping (its network is gone) is dropped long before the idle timeout,
     without a closing handshake nobody would answer."""
     sock = raw_websocket(keepalive_server.port)
-    sock.sendall(masked_text_frame(json.dumps(
-        [{"taskType": "authentication", "apiKey": "dead-peer"}]).encode()))
+    sock.sendall(
+        masked_text_frame(
+            json.dumps([{"taskType": "authentication", "apiKey": "dead-peer"}]).encode()
+        )
+    )
     try:
         dropped = asyncio.create_task(asyncio.to_thread(frames_until_closed, sock, 20 * UNIT))
         healthy = await connect(keepalive_server, "bystander")
@@ -361,9 +441,15 @@ async def test_silent_sockets_are_closed_after_the_idle_timeout(limits_server):
 
 
 async def test_results_finished_while_away_are_delivered_after_resume(server):
-    slow = {"taskType": "removeBackground", "taskUUID": new_uuid(), "model": "u2netp",
-            "inputs": {"image": b64(fixture_bytes("anime-girl-1.jpg"))}, "outputType": "URL",
-            "outputFormat": "PNG", "settings": {"alphaMatting": True}}
+    slow = {
+        "taskType": "removeBackground",
+        "taskUUID": new_uuid(),
+        "model": "u2netp",
+        "inputs": {"image": b64(fixture_bytes("anime-girl-1.jpg"))},
+        "outputType": "URL",
+        "outputFormat": "PNG",
+        "settings": {"alphaMatting": True},
+    }
     websocket = await websockets.connect(server.ws_url, max_size=None)
     first = Client(websocket)
     session = await first.authenticate("resume-key")
@@ -372,8 +458,9 @@ async def test_results_finished_while_away_are_delivered_after_resume(server):
     await asyncio.sleep(4 * UNIT)  # the task finishes while nobody is connected
     async with websockets.connect(server.ws_url, max_size=None) as websocket:
         again = Client(websocket)
-        await again.send({"taskType": "authentication", "apiKey": "resume-key",
-                          "connectionSessionUUID": session})
+        await again.send(
+            {"taskType": "authentication", "apiKey": "resume-key", "connectionSessionUUID": session}
+        )
         assert (await again.recv())["data"][0]["connectionSessionUUID"] == session
         item = (await again.recv(60))["data"][0]
         assert item["taskUUID"] == slow["taskUUID"] and http_get(item["imageURL"])[0] == 200
@@ -386,17 +473,35 @@ async def test_a_session_is_not_resumed_under_another_key(server):
         session = await Client(websocket).authenticate("owner-key")
     async with websockets.connect(server.ws_url) as websocket:
         thief = Client(websocket)
-        await thief.send({"taskType": "authentication", "apiKey": "thief-key",
-                          "connectionSessionUUID": session})
+        await thief.send(
+            {"taskType": "authentication", "apiKey": "thief-key", "connectionSessionUUID": session}
+        )
         assert (await thief.recv())["data"][0]["connectionSessionUUID"] != session
 
 
 async def test_load_100_sockets_10_tasks_nothing_lost_duplicated_or_cross_delivered(server):
     finished = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "load", "--url", server.ws_url, "--connections", "100",
-        "--tasks-per-connection", "10", "--window", "2", "--model", "fast", "--json",
-        "--image", str(ROOT / "tests" / "fixtures" / "car-1.jpg"), "--output-format", "JPG",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "load",
+        "--url",
+        server.ws_url,
+        "--connections",
+        "100",
+        "--tasks-per-connection",
+        "10",
+        "--window",
+        "2",
+        "--model",
+        "fast",
+        "--json",
+        "--image",
+        str(ROOT / "tests" / "fixtures" / "car-1.jpg"),
+        "--output-format",
+        "JPG",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await asyncio.wait_for(finished.communicate(), 300 * UNIT)
     summary = json.loads(out)
     assert summary["tasks_sent"] == 1000 and summary["tasks_ok"] == 1000
@@ -411,9 +516,16 @@ def test_metrics_and_readiness(server):
     status, headers, body = http_get(f"{server.http_url}/metrics")
     text = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    for name in ("rbg_tasks_total", "rbg_queued_tasks", "rbg_batch_size_bucket",
-                 "rbg_inference_seconds_bucket", "rbg_open_sockets", "rbg_received_bytes_total",
-                 "rbg_sent_bytes_total", "rbg_task_seconds_bucket"):
+    for name in (
+        "rbg_tasks_total",
+        "rbg_queued_tasks",
+        "rbg_batch_size_bucket",
+        "rbg_inference_seconds_bucket",
+        "rbg_open_sockets",
+        "rbg_received_bytes_total",
+        "rbg_sent_bytes_total",
+        "rbg_task_seconds_bucket",
+    ):
         assert name in text, name
     assert 'rbg_tasks_total{outcome="success",task_type="removeBackground"}' in text
     assert http_get(f"{server.http_url}/readyz")[0] == 200
@@ -426,10 +538,16 @@ def test_sigterm_drains_accepted_tasks_then_closes_with_1001(tmp_path):
         async with websockets.connect(process.ws_url, max_size=None) as websocket:
             client = Client(websocket)
             await client.authenticate()
-            tasks = [{"taskType": "removeBackground", "taskUUID": new_uuid(),
-                      "inputs": {"image": b64(fixture_bytes("car-1.jpg"))},
-                      "outputType": "base64Data", "settings": {"alphaMatting": True}}
-                     for _ in range(3)]
+            tasks = [
+                {
+                    "taskType": "removeBackground",
+                    "taskUUID": new_uuid(),
+                    "inputs": {"image": b64(fixture_bytes("car-1.jpg"))},
+                    "outputType": "base64Data",
+                    "settings": {"alphaMatting": True},
+                }
+                for _ in range(3)
+            ]
             await client.send(*tasks)
             await asyncio.sleep(0.3)
             process.process.send_signal(signal.SIGTERM)
@@ -437,8 +555,9 @@ def test_sigterm_drains_accepted_tasks_then_closes_with_1001(tmp_path):
             assert (await asyncio.to_thread(http_get, f"{process.http_url}/readyz"))[0] == 503
             with pytest.raises(websockets.InvalidStatus):
                 await websockets.connect(process.ws_url)
-            late = await client.run({"taskType": "removeBackground", "taskUUID": new_uuid(),
-                                     "inputs": {"image": SMALL}})
+            late = await client.run(
+                {"taskType": "removeBackground", "taskUUID": new_uuid(), "inputs": {"image": SMALL}}
+            )
             assert late["code"] == "shuttingDown"
             answers = await client.collect([t["taskUUID"] for t in tasks])
             assert all(a["kind"] == "data" for a in answers.values())

@@ -9,11 +9,20 @@ from pathlib import Path
 import websockets
 
 from service.__main__ import config_from_args
+from service.app import App
+from service.app import serve as start_in_process
 from service.config import ModelOverride
 from service.inference.registry import load_registry
-from service.app import App, serve as start_in_process
 from tests.support import (
-    Client, FakeClock, MODEL, b64, fixture_bytes, free_port, http_get, new_uuid, start_server,
+    MODEL,
+    Client,
+    FakeClock,
+    b64,
+    fixture_bytes,
+    free_port,
+    http_get,
+    new_uuid,
+    start_server,
 )
 
 
@@ -33,8 +42,16 @@ def test_flags_win_over_environment_and_every_flag_has_a_variable(monkeypatch):
 
 
 async def test_url_outputs_answer_404_after_their_ttl(tmp_path):
-    config = config_from_args(["--port", str(free_port()), "--storage-dir", str(tmp_path),
-                               "--models-dir", str(MODEL.parent)])
+    config = config_from_args(
+        [
+            "--port",
+            str(free_port()),
+            "--storage-dir",
+            str(tmp_path),
+            "--models-dir",
+            str(MODEL.parent),
+        ]
+    )
     clock = FakeClock()
     app = App(config, load_registry(config), clock=clock)
     server = await start_in_process(app)
@@ -42,19 +59,35 @@ async def test_url_outputs_answer_404_after_their_ttl(tmp_path):
         async with websockets.connect(f"ws://127.0.0.1:{config.port}", max_size=None) as ws:
             client = Client(ws)
             await client.authenticate()
-            short = await client.run({"taskType": "removeBackground", "taskUUID": new_uuid(),
-                                      "inputs": {"image": b64(fixture_bytes("car-1.jpg"))},
-                                      "outputFormat": "PNG", "ttl": 60})
-            default = await client.run({"taskType": "removeBackground", "taskUUID": new_uuid(),
-                                        "inputs": {"image": short["inputImageUUID"]}})
+            short = await client.run(
+                {
+                    "taskType": "removeBackground",
+                    "taskUUID": new_uuid(),
+                    "inputs": {"image": b64(fixture_bytes("car-1.jpg"))},
+                    "outputFormat": "PNG",
+                    "ttl": 60,
+                }
+            )
+            default = await client.run(
+                {
+                    "taskType": "removeBackground",
+                    "taskUUID": new_uuid(),
+                    "inputs": {"image": short["inputImageUUID"]},
+                }
+            )
             # The server runs on this event loop: fetch from a thread.
             status = lambda url: asyncio.to_thread(http_get, url)  # noqa: E731
             assert (await status(short["imageURL"]))[0] == 200
             clock.now += 61
             assert (await status(short["imageURL"]))[0] == 404
             assert (await status(default["imageURL"]))[0] == 200
-            gone = await client.run({"taskType": "removeBackground", "taskUUID": new_uuid(),
-                                     "inputs": {"image": short["imageUUID"]}})
+            gone = await client.run(
+                {
+                    "taskType": "removeBackground",
+                    "taskUUID": new_uuid(),
+                    "inputs": {"image": short["imageUUID"]},
+                }
+            )
             assert gone["code"] == "unknownImageUUID"
             assert await app.store.sweep() == 1
     finally:
@@ -65,12 +98,14 @@ async def test_url_outputs_answer_404_after_their_ttl(tmp_path):
 def test_public_url_is_the_base_of_image_urls(tmp_path):
     server = start_server(tmp_path, "--public-url", "https://cdn.example.com/bg/")
     try:
+
         async def upload() -> dict:
             async with websockets.connect(server.ws_url, max_size=None) as ws:
                 client = Client(ws)
                 await client.authenticate()
-                return await client.run({"taskType": "imageUpload",
-                                         "image": b64(fixture_bytes("car-1.jpg"))})
+                return await client.run(
+                    {"taskType": "imageUpload", "image": b64(fixture_bytes("car-1.jpg"))}
+                )
 
         item = asyncio.run(upload())
         assert item["imageURL"] == f"https://cdn.example.com/bg/images/{item['imageUUID']}.jpg"

@@ -19,20 +19,32 @@ import websockets
 
 from tests.integration.conftest import API_KEYS
 from tests.support import (
-    ROOT, UNIT, Client, b64, fixture_bytes, new_uuid, open_image,
+    ROOT,
+    UNIT,
+    Client,
+    b64,
+    fixture_bytes,
+    new_uuid,
+    open_image,
 )
 
 CAR = fixture_bytes("car-1.jpg")
 
 
-def post(url: str, body: bytes | str | list, headers: dict[str, str] | None = None,
-         ) -> tuple[int, dict[str, str], dict]:
+def post(
+    url: str,
+    body: bytes | str | list,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], dict]:
     if isinstance(body, list):
         body = json.dumps(body)
     data = body.encode() if isinstance(body, str) else body
     request = urllib.request.Request(
-        url, data=data, method="POST",
-        headers={"Content-Type": "application/json", **(headers or {})})
+        url,
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=120 * UNIT) as response:
             return response.status, dict(response.headers), json.loads(response.read())
@@ -65,12 +77,15 @@ async def test_a_removal_over_rest_equals_the_same_removal_over_a_socket(keyed_s
     settings = {"outputType": "base64Data", "outputFormat": "PNG", "postProcessMask": True}
     over_rest = removal(b64(CAR), **settings)
     status, headers, answer = await asyncio.to_thread(
-        post, f"{keyed_server.http_url}/v1", [over_rest], bearer(API_KEYS[0]))
+        post, f"{keyed_server.http_url}/v1", [over_rest], bearer(API_KEYS[0])
+    )
     assert status == 200, answer
     assert headers["Content-Type"].startswith("application/json")
     assert answer["errors"] == []
     [item] = answer["data"]
-    assert item["taskType"] == "imageBackgroundRemoval" and item["taskUUID"] == over_rest["taskUUID"]
+    assert (
+        item["taskType"] == "imageBackgroundRemoval" and item["taskUUID"] == over_rest["taskUUID"]
+    )
     async with websockets.connect(keyed_server.ws_url, max_size=None) as websocket:
         client = Client(websocket)
         await client.authenticate(API_KEYS[0])
@@ -83,8 +98,9 @@ async def test_a_removal_over_rest_equals_the_same_removal_over_a_socket(keyed_s
 
 def test_authentication_can_be_the_first_element_instead_of_a_header(keyed_server):
     task = removal(b64(CAR), outputType="URL", outputFormat="PNG")
-    status, _, answer = post(f"{keyed_server.http_url}/v1",
-                             [{"taskType": "authentication", "apiKey": API_KEYS[1]}, task])
+    status, _, answer = post(
+        f"{keyed_server.http_url}/v1", [{"taskType": "authentication", "apiKey": API_KEYS[1]}, task]
+    )
     assert status == 200, answer
     [item] = answer["data"]  # the authentication element adds no item
     assert item["taskUUID"] == task["taskUUID"] and item["imageURL"].endswith(".png")
@@ -104,7 +120,9 @@ def test_a_mixed_array_answers_every_task_in_its_own_list(server):
     assert pongs == [{"taskType": "ping", "pong": True}]
     results = by_uuid([item for item in answer["data"] if "taskUUID" in item])
     assert set(results) == {good["taskUUID"], also_good["taskUUID"]}
-    assert open_image(base64.b64decode(results[also_good["taskUUID"]]["imageBase64Data"])).mode == "L"
+    assert (
+        open_image(base64.b64decode(results[also_good["taskUUID"]]["imageBase64Data"])).mode == "L"
+    )
     errors = answer["errors"]
     assert len(errors) == 3
     quality = next(e for e in errors if e.get("taskUUID") == bad["taskUUID"])
@@ -119,10 +137,13 @@ def test_async_over_rest_is_acknowledged_then_answered_by_get_response(server):
     task = fast(deliveryMethod="async")
     status, _, answer = post(url, [task], key)
     assert status == 200 and answer["data"] == [
-        {"taskType": "removeBackground", "taskUUID": task["taskUUID"]}]
+        {"taskType": "removeBackground", "taskUUID": task["taskUUID"]}
+    ]
     deadline = time.monotonic() + 60 * UNIT
     while True:
-        status, _, polled = post(url, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}], key)
+        status, _, polled = post(
+            url, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}], key
+        )
         assert status == 200, polled
         [item] = polled["data"]
         if item["status"] == "success":
@@ -131,14 +152,17 @@ def test_async_over_rest_is_acknowledged_then_answered_by_get_response(server):
         time.sleep(0.1)
     assert open_image(base64.b64decode(item["imageBase64Data"])).mode == "RGBA"
     # Another key sees nothing of it.
-    status, _, other = post(url, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}],
-                            bearer("someone-else"))
+    status, _, other = post(
+        url, [{"taskType": "getResponse", "taskUUID": task["taskUUID"]}], bearer("someone-else")
+    )
     assert status == 400 and other["errors"][0]["code"] == "taskNotFound"
 
 
 async def test_a_result_sent_over_rest_can_be_polled_from_a_socket(server):
     task = fast()
-    status, _, answer = await asyncio.to_thread(post, f"{server.http_url}/v1", [task], bearer("both"))
+    status, _, answer = await asyncio.to_thread(
+        post, f"{server.http_url}/v1", [task], bearer("both")
+    )
     assert status == 200, answer
     async with websockets.connect(server.ws_url, max_size=None) as websocket:
         client = Client(websocket)
@@ -164,11 +188,14 @@ def test_no_key_or_a_wrong_key_is_401_and_nothing_runs(keyed_server):
     assert status == 401 and answer["errors"][0]["code"] == "invalidApiKey"
 
 
-@pytest.mark.parametrize("body, code", [
-    (b"{not json", "invalidJSON"),
-    (b'{"taskType": "ping"}', "invalidFrame"),
-    (b"[42]", "invalidTask"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        (b"{not json", "invalidJSON"),
+        (b'{"taskType": "ping"}', "invalidFrame"),
+        (b"[42]", "invalidTask"),
+    ],
+)
 def test_a_body_that_is_not_an_array_of_tasks_is_400(server, body, code):
     status, _, answer = post(f"{server.http_url}/v1", body, bearer("garbage"))
     assert status == 400 and answer["data"] == []
@@ -180,8 +207,9 @@ def test_only_post_is_allowed_and_foreign_pages_are_refused(server):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request)
     assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"
-    status, _, _ = post(f"{server.http_url}/v1", [fast()],
-                        {**bearer("page"), "Origin": "https://evil.example.net"})
+    status, _, _ = post(
+        f"{server.http_url}/v1", [fast()], {**bearer("page"), "Origin": "https://evil.example.net"}
+    )
     assert status == 403
 
 
@@ -204,15 +232,19 @@ def test_limits_answer_413_or_per_task_errors(small_limits_server):
 
 def test_a_chunked_body_over_the_limit_is_refused_too(small_limits_server):
     """No Content-Length up front: the limit holds while the body streams in."""
+
     def chunks():
         yield b'[{"taskType":"removeBackground","inputImage":"'
         for _ in range(10):
             yield b"A" * 100_000
         yield b'"}]'
 
-    request = urllib.request.Request(f"{small_limits_server.http_url}/v1", data=chunks(),
-                                     method="POST", headers={"Transfer-Encoding": "chunked",
-                                                             **bearer("limits")})
+    request = urllib.request.Request(
+        f"{small_limits_server.http_url}/v1",
+        data=chunks(),
+        method="POST",
+        headers={"Transfer-Encoding": "chunked", **bearer("limits")},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request)
     assert refused.value.code == 413
@@ -232,11 +264,18 @@ def readme_example() -> str:
 def test_the_readme_curl_example_works_as_written(keyed_server, tmp_path):
     assert shutil.which("curl"), "curl is needed for this test"
     (tmp_path / "photo.jpg").write_bytes(CAR)
-    script = (readme_example()
-              .replace("http://127.0.0.1:7600", keyed_server.http_url)
-              .replace("YOUR_KEY", API_KEYS[0]))
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path,
-                         capture_output=True, timeout=120 * UNIT, check=True)
+    script = (
+        readme_example()
+        .replace("http://127.0.0.1:7600", keyed_server.http_url)
+        .replace("YOUR_KEY", API_KEYS[0])
+    )
+    run = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120 * UNIT,
+        check=True,
+    )
     answer = json.loads(run.stdout)
     assert answer["errors"] == []
     [item] = answer["data"]

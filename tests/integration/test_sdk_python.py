@@ -42,11 +42,19 @@ async def sdk(server):
 
 @pytest.mark.parametrize("output_type", ["URL", "dataURI", "base64Data"])
 async def test_background_removal_for_each_output_type(sdk: Runware, output_type: str):
-    settings = IBackgroundRemovalSettings(alphaMatting=True, postProcessMask=True,
-                                          alphaMattingErodeSize=10, rgba=[255, 255, 255, 0])
-    results = await sdk.imageBackgroundRemoval(IImageBackgroundRemoval(
-        inputImage=str(CAR), settings=settings, outputType=output_type, outputFormat="PNG",
-        includeCost=True, model="runware:109@1"))
+    settings = IBackgroundRemovalSettings(
+        alphaMatting=True, postProcessMask=True, alphaMattingErodeSize=10, rgba=[255, 255, 255, 0]
+    )
+    results = await sdk.imageBackgroundRemoval(
+        IImageBackgroundRemoval(
+            inputImage=str(CAR),
+            settings=settings,
+            outputType=output_type,
+            outputFormat="PNG",
+            includeCost=True,
+            model="runware:109@1",
+        )
+    )
     (result,) = results
     assert result.imageUUID and result.inputImageUUID and result.taskUUID
     assert result.cost == pytest.approx(0.0013)
@@ -56,8 +64,11 @@ async def test_background_removal_for_each_output_type(sdk: Runware, output_type
 
 
 async def test_url_input_without_settings(sdk: Runware, image_host: str):
-    (result,) = await sdk.imageBackgroundRemoval(IImageBackgroundRemoval(
-        inputImage=f"{image_host}/car.jpg", outputType="base64Data", outputFormat="WEBP"))
+    (result,) = await sdk.imageBackgroundRemoval(
+        IImageBackgroundRemoval(
+            inputImage=f"{image_host}/car.jpg", outputType="base64Data", outputFormat="WEBP"
+        )
+    )
     assert open_image(base64.b64decode(result.imageBase64Data)).format == "WEBP"
 
 
@@ -67,8 +78,9 @@ async def test_stays_connected_through_several_heartbeats(sdk: Runware):
     await asyncio.sleep(12 * UNIT)  # the SDK pings every 5 s and reconnects after 30 s silence
     assert sdk._ws is socket and sdk.connected()
     assert sdk._last_pong_time > first_pong
-    (result,) = await sdk.imageBackgroundRemoval(IImageBackgroundRemoval(
-        inputImage=str(CAR), outputType="URL", outputFormat="JPG"))
+    (result,) = await sdk.imageBackgroundRemoval(
+        IImageBackgroundRemoval(inputImage=str(CAR), outputType="URL", outputFormat="JPG")
+    )
     assert result.imageURL.endswith(".jpg")
 
 
@@ -77,8 +89,12 @@ async def test_a_dropped_socket_mid_task_is_recovered_by_conflict_and_polling(se
     sdk = Runware(api_key="python-sdk-drop", url=server.ws_url)
     await sdk.connect()
     anime = FIXTURES / "anime-girl-1.jpg"
-    request = IImageBackgroundRemoval(inputImage=str(anime), outputType="URL", outputFormat="PNG",
-                                      settings=IBackgroundRemovalSettings(alphaMatting=True))
+    request = IImageBackgroundRemoval(
+        inputImage=str(anime),
+        outputType="URL",
+        outputFormat="PNG",
+        settings=IBackgroundRemovalSettings(alphaMatting=True),
+    )
     call = asyncio.create_task(sdk.imageBackgroundRemoval(request))
     await asyncio.sleep(1.0 * UNIT)  # uploaded, and the removal is running on the server
     sdk._ws.transport.abort()  # the network drops

@@ -16,14 +16,23 @@ from tests.support import Client, b64, data_uri, fixture_bytes, http_get, new_uu
 
 CAR = fixture_bytes("car-1.jpg")
 ANIME = fixture_bytes("anime-girl-1.jpg")
-SEED_SETTINGS = {"rgba": [255, 255, 255, 0], "postProcessMask": True, "alphaMatting": True,
-                 "alphaMattingForegroundThreshold": 230, "alphaMattingBackgroundThreshold": 15,
-                 "alphaMattingErodeSize": 8}
+SEED_SETTINGS = {
+    "rgba": [255, 255, 255, 0],
+    "postProcessMask": True,
+    "alphaMatting": True,
+    "alphaMattingForegroundThreshold": 230,
+    "alphaMattingBackgroundThreshold": 15,
+    "alphaMattingErodeSize": 8,
+}
 
 
 def removal(image: str, **fields) -> dict:
-    return {"taskType": "removeBackground", "taskUUID": new_uuid(), "inputs": {"image": image},
-            **fields}
+    return {
+        "taskType": "removeBackground",
+        "taskUUID": new_uuid(),
+        "inputs": {"image": image},
+        **fields,
+    }
 
 
 def result_image(item: dict) -> Image.Image:
@@ -60,8 +69,15 @@ def assert_error(item: dict, code: str, parameter: str | None = None) -> dict:
 
 
 async def test_seed_example_modern_form_with_a_data_uri(client: Client):
-    task = removal(data_uri(CAR), model="runware:109@1", settings=SEED_SETTINGS,
-                   outputType="URL", outputFormat="PNG", outputQuality=95, includeCost=True)
+    task = removal(
+        data_uri(CAR),
+        model="runware:109@1",
+        settings=SEED_SETTINGS,
+        outputType="URL",
+        outputFormat="PNG",
+        outputQuality=95,
+        includeCost=True,
+    )
     item = assert_ok(await client.run(task))
     assert item["taskUUID"] == task["taskUUID"] and item["cost"] == pytest.approx(0.0013)
     assert item["imageURL"].endswith(f"/images/{item['imageUUID']}.png")
@@ -72,18 +88,34 @@ async def test_seed_example_modern_form_with_a_data_uri(client: Client):
 
 
 async def test_seed_example_legacy_form_as_the_python_sdk_sends_it(client: Client):
-    task = {"taskType": "imageBackgroundRemoval", "taskUUID": new_uuid(), "inputImage": b64(CAR),
-            "outputType": "URL", "outputFormat": "PNG", "includeCost": True, "model": "runware:109@1",
-            "returnOnlyMask": False, "alphaMatting": True, "postProcessMask": True,
-            "alphaMattingErodeSize": 10, "alphaMattingForegroundThreshold": 240,
-            "alphaMattingBackgroundThreshold": 10, "rgba": [255, 255, 255, 0]}
+    task = {
+        "taskType": "imageBackgroundRemoval",
+        "taskUUID": new_uuid(),
+        "inputImage": b64(CAR),
+        "outputType": "URL",
+        "outputFormat": "PNG",
+        "includeCost": True,
+        "model": "runware:109@1",
+        "returnOnlyMask": False,
+        "alphaMatting": True,
+        "postProcessMask": True,
+        "alphaMattingErodeSize": 10,
+        "alphaMattingForegroundThreshold": 240,
+        "alphaMattingBackgroundThreshold": 10,
+        "rgba": [255, 255, 255, 0],
+    }
     item = assert_ok(await client.run(task))
     assert result_image(item).size == (480, 360)
 
 
 async def test_flat_remove_background_as_the_js_legacy_alias_sends_it(client: Client):
-    task = {"inputImage": data_uri(CAR), "outputType": "dataURI", "outputFormat": "WEBP",
-            "taskType": "removeBackground", "taskUUID": new_uuid()}
+    task = {
+        "inputImage": data_uri(CAR),
+        "outputType": "dataURI",
+        "outputFormat": "WEBP",
+        "taskType": "removeBackground",
+        "taskUUID": new_uuid(),
+    }
     item = assert_ok(await client.run(task))
     assert item["imageDataURI"].startswith("data:image/webp;base64,")
     assert "cost" not in item
@@ -93,8 +125,11 @@ async def test_flat_remove_background_as_the_js_legacy_alias_sends_it(client: Cl
 
 
 async def test_every_output_type_and_format_in_one_frame(client: Client):
-    tasks = [removal(b64(CAR), outputType=output_type, outputFormat=fmt, outputQuality=90)
-             for output_type in ("URL", "dataURI", "base64Data") for fmt in ("JPG", "PNG", "WEBP")]
+    tasks = [
+        removal(b64(CAR), outputType=output_type, outputFormat=fmt, outputQuality=90)
+        for output_type in ("URL", "dataURI", "base64Data")
+        for fmt in ("JPG", "PNG", "WEBP")
+    ]
     await client.send(*tasks)
     answers = await client.collect([t["taskUUID"] for t in tasks])
     for task in tasks:
@@ -117,29 +152,34 @@ async def test_default_output_is_a_jpg_url_flattened_on_white(client: Client):
 
 
 async def test_return_only_mask(client: Client):
-    item = assert_ok(await client.run(removal(b64(CAR), outputFormat="PNG",
-                                              settings={"returnOnlyMask": True})))
+    item = assert_ok(
+        await client.run(removal(b64(CAR), outputFormat="PNG", settings={"returnOnlyMask": True}))
+    )
     mask = result_image(item)
     assert mask.mode == "L" and mask.size == (480, 360)
 
 
 async def test_opaque_rgba_background_fills_the_transparency(client: Client):
-    item = assert_ok(await client.run(removal(b64(CAR), outputFormat="PNG",
-                                              settings={"rgba": [0, 0, 255, 255]})))
+    item = assert_ok(
+        await client.run(removal(b64(CAR), outputFormat="PNG", settings={"rgba": [0, 0, 255, 255]}))
+    )
     image = np.asarray(result_image(item))
     assert (image[..., 3] == 255).all()
     assert tuple(image[0, 0]) == (0, 0, 255, 255)
 
 
 async def test_post_process_mask_gives_a_hard_edge(client: Client):
-    item = assert_ok(await client.run(removal(b64(CAR), outputFormat="PNG",
-                                              settings={"postProcessMask": True})))
+    item = assert_ok(
+        await client.run(removal(b64(CAR), outputFormat="PNG", settings={"postProcessMask": True}))
+    )
     assert set(np.unique(np.asarray(result_image(item))[..., 3])) <= {0, 255}
 
 
 async def test_alpha_matting_refines_the_edge(client: Client):
-    plain, matted = removal(b64(CAR), outputFormat="PNG"), \
-        removal(b64(CAR), outputFormat="PNG", settings={"alphaMatting": True})
+    plain, matted = (
+        removal(b64(CAR), outputFormat="PNG"),
+        removal(b64(CAR), outputFormat="PNG", settings={"alphaMatting": True}),
+    )
     await client.send(plain, matted)
     answers = await client.collect([plain["taskUUID"], matted["taskUUID"]])
     a = np.asarray(result_image(assert_ok(answers[plain["taskUUID"]])))[..., 3]
@@ -173,8 +213,15 @@ async def test_image_upload_then_use_by_uuid(client: Client, image_host: str, fo
     assert upload["kind"] == "data" and upload["taskType"] == "imageUpload"
     status, headers, body = http_get(upload["imageURL"])
     assert status == 200 and body == CAR and headers["Content-Type"] == "image/jpeg"
-    item = assert_ok(await client.run({"taskType": "imageBackgroundRemoval", "taskUUID": new_uuid(),
-                                       "inputImage": upload["imageUUID"]}))
+    item = assert_ok(
+        await client.run(
+            {
+                "taskType": "imageBackgroundRemoval",
+                "taskUUID": new_uuid(),
+                "inputImage": upload["imageUUID"],
+            }
+        )
+    )
     assert item["inputImageUUID"] == upload["imageUUID"]
 
 
@@ -184,8 +231,12 @@ async def test_url_input_follows_redirects(client: Client, image_host: str):
 
 
 async def test_url_input_failures_are_clear_errors(client: Client, image_host: str):
-    tasks = [removal(f"{image_host}/missing"), removal(f"{image_host}/text"),
-             removal("ftp://example.com/a.jpg"), removal("http://127.0.0.1:1/refused.jpg")]
+    tasks = [
+        removal(f"{image_host}/missing"),
+        removal(f"{image_host}/text"),
+        removal("ftp://example.com/a.jpg"),
+        removal("http://127.0.0.1:1/refused.jpg"),
+    ]
     await client.send(*tasks)
     answers = await client.collect([t["taskUUID"] for t in tasks])
     codes = [answers[t["taskUUID"]]["code"] for t in tasks]
@@ -199,8 +250,12 @@ async def test_private_urls_are_refused_unless_allowed(keyed_server, image_host:
         client = Client(websocket)
         await client.authenticate("secret-one")
         by_ip = await client.run(removal(f"{image_host}/car.jpg"))
-        by_name = await client.run({"taskType": "imageUpload",
-                                    "image": f"{image_host.replace('127.0.0.1', 'localhost')}/car.jpg"})
+        by_name = await client.run(
+            {
+                "taskType": "imageUpload",
+                "image": f"{image_host.replace('127.0.0.1', 'localhost')}/car.jpg",
+            }
+        )
         assert_error(by_ip, "forbiddenURL", "inputs.image")
         assert_error(by_name, "forbiddenURL", "image")
 
@@ -229,9 +284,14 @@ async def test_bad_tasks_fail_alone_and_the_socket_stays_up(client: Client):
     assert await client.ping()
 
 
-@pytest.mark.parametrize("frame,code", [
-    ("{not json", "invalidJSON"), ('{"taskType": "ping"}', "invalidFrame"), ("[1]", "invalidTask"),
-])
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        ("{not json", "invalidJSON"),
+        ('{"taskType": "ping"}', "invalidFrame"),
+        ("[1]", "invalidTask"),
+    ],
+)
 async def test_malformed_frames_get_errors_and_the_socket_stays_up(client: Client, frame, code):
     await client.send_raw(frame)
     reply = await client.recv()
@@ -265,6 +325,7 @@ async def test_results_stream_in_completion_order(client: Client):
 async def test_frames_larger_than_a_mebibyte_are_accepted(client: Client):
     big = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
     import io
+
     buffer = io.BytesIO()
     Image.fromarray(big).save(buffer, "PNG")
     assert len(buffer.getvalue()) > 4_000_000
@@ -277,8 +338,10 @@ async def test_many_tasks_across_sockets_are_each_answered_once_on_their_own_soc
         async with websockets.connect(server.ws_url, max_size=None) as websocket:
             client = Client(websocket)
             await client.authenticate()
-            tasks = [removal(b64(CAR), outputType="base64Data", outputFormat="JPG", outputQuality=50)
-                     for _ in range(n)]
+            tasks = [
+                removal(b64(CAR), outputType="base64Data", outputFormat="JPG", outputQuality=50)
+                for _ in range(n)
+            ]
             await client.send(*tasks)
             answers = await client.collect([t["taskUUID"] for t in tasks])
             assert all(a["kind"] == "data" for a in answers.values())
@@ -290,8 +353,13 @@ async def test_many_tasks_across_sockets_are_each_answered_once_on_their_own_soc
 
 
 async def test_an_isnet_family_model_is_served_with_its_own_preprocessing(client: Client):
-    item = assert_ok(await client.run(removal(b64(CAR), model="isnet-test", outputFormat="PNG",
-                                              settings={"returnOnlyMask": True})))
+    item = assert_ok(
+        await client.run(
+            removal(
+                b64(CAR), model="isnet-test", outputFormat="PNG", settings={"returnOnlyMask": True}
+            )
+        )
+    )
     mask = np.asarray(result_image(item)).astype(np.int16)
     # What the stand-in model computes, from the isnet recipe (1024 px, /255, mean 0.5, std 1).
     decoded = pipeline.decode_image(CAR, 40_000_000)
@@ -299,8 +367,11 @@ async def test_an_isnet_family_model_is_served_with_its_own_preprocessing(client
     prediction = 1 / (1 + np.exp(-tensor.mean(axis=0)))
     expected = pipeline.mask_from_prediction(prediction.astype(np.float32), decoded.size)
     assert np.abs(mask - expected).max() <= 1
-    u2net = assert_ok(await client.run(removal(b64(CAR), model="u2netp", outputFormat="PNG",
-                                               settings={"returnOnlyMask": True})))
+    u2net = assert_ok(
+        await client.run(
+            removal(b64(CAR), model="u2netp", outputFormat="PNG", settings={"returnOnlyMask": True})
+        )
+    )
     assert np.abs(np.asarray(result_image(u2net)).astype(np.int16) - mask).mean() > 10
 
 
@@ -322,9 +393,11 @@ async def test_ping_is_answered_before_authentication(anonymous_keyed_client: Cl
     assert await anonymous_keyed_client.ping()
 
 
-async def test_tasks_before_authentication_are_refused_and_nothing_runs(anonymous_keyed_client: Client):
+async def test_tasks_before_authentication_are_refused_and_nothing_runs(
+    anonymous_keyed_client: Client,
+):
     task = removal(b64(CAR))
-    error = (await anonymous_keyed_client.run(task))
+    error = await anonymous_keyed_client.run(task)
     assert_error(error, "missingApiKey")
     assert error["taskType"] == "removeBackground"
 
@@ -339,16 +412,20 @@ async def test_a_wrong_key_is_refused_as_the_sdks_expect(anonymous_keyed_client:
 
 
 async def test_both_configured_keys_work_and_a_session_resumes_only_under_its_key(keyed_server):
-    async with websockets.connect(keyed_server.ws_url) as first, \
-            websockets.connect(keyed_server.ws_url) as second, \
-            websockets.connect(keyed_server.ws_url) as third:
+    async with (
+        websockets.connect(keyed_server.ws_url) as first,
+        websockets.connect(keyed_server.ws_url) as second,
+        websockets.connect(keyed_server.ws_url) as third,
+    ):
         session = await Client(first).authenticate("secret-one")
-        await Client(second).send({"taskType": "authentication", "apiKey": "secret-one",
-                                   "connectionSessionUUID": session})
+        await Client(second).send(
+            {"taskType": "authentication", "apiKey": "secret-one", "connectionSessionUUID": session}
+        )
         reply = await Client(second).recv()
         assert reply == {"data": [{"taskType": "authentication", "connectionSessionUUID": session}]}
-        await Client(third).send({"taskType": "authentication", "apiKey": "secret-two",
-                                  "connectionSessionUUID": session})
+        await Client(third).send(
+            {"taskType": "authentication", "apiKey": "secret-two", "connectionSessionUUID": session}
+        )
         other = (await Client(third).recv())["data"][0]["connectionSessionUUID"]
         assert other != session
         item = await Client(third).run(removal(b64(CAR), outputType="base64Data"))

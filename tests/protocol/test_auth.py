@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+from protocol.auth import AuthStage, AuthState
 from protocol.messages import (
-    Authenticate, AuthenticationResult, GetResponse, ImageUpload, Ping, RemoveBackground,
-    BackgroundSettings, OutputSpec,
+    Authenticate,
+    AuthenticationResult,
+    BackgroundSettings,
+    GetResponse,
+    ImageUpload,
+    OutputSpec,
+    Ping,
+    RemoveBackground,
 )
-from protocol.auth import AuthState, AuthStage
 
 U1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
 S1 = "5bedeed1-b86d-4b18-8ced-05682ec000d6"
 
 
 def removal(task_uuid: str = U1) -> RemoveBackground:
-    return RemoveBackground(task_uuid=task_uuid, task_type="removeBackground", model="u2netp",
-                            image="x", image_parameter="inputs.image",
-                            settings=BackgroundSettings(), output=OutputSpec())
+    return RemoveBackground(
+        task_uuid=task_uuid,
+        task_type="removeBackground",
+        model="u2netp",
+        image="x",
+        image_parameter="inputs.image",
+        settings=BackgroundSettings(),
+        output=OutputSpec(),
+    )
 
 
 def open_session(keys=("good",)) -> AuthState:
     session = AuthState(lambda key: key in keys)
-    assert isinstance(session.authenticate(Authenticate(api_key="good"), lambda r, k: S1),
-                      AuthenticationResult)
+    assert isinstance(
+        session.authenticate(Authenticate(api_key="good"), lambda r, k: S1), AuthenticationResult
+    )
     return session
 
 
@@ -43,8 +56,12 @@ def test_a_wrong_key_is_refused_with_task_type_authentication_and_no_task_uuid()
     session = AuthState(lambda key: key == "good")
     asked = []
     error = session.authenticate(Authenticate(api_key="bad"), lambda r, k: asked.append(k) or S1)
-    assert (error.code, error.taskType, error.parameter, error.taskUUID) == \
-        ("invalidApiKey", "authentication", "apiKey", None)
+    assert (error.code, error.taskType, error.parameter, error.taskUUID) == (
+        "invalidApiKey",
+        "authentication",
+        "apiKey",
+        None,
+    )
     assert asked == [] and session.stage is AuthStage.AWAITING_AUTH
 
 

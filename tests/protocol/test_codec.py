@@ -11,8 +11,15 @@ import pytest
 from protocol.codec import decode_frame, encode_data, encode_errors
 from protocol.errors import ErrorItem
 from protocol.messages import (
-    Authenticate, BackgroundRemovalResult, BackgroundSettings, GetResponse, ImageUpload,
-    OutputSpec, Ping, PongResult, RemoveBackground,
+    Authenticate,
+    BackgroundRemovalResult,
+    BackgroundSettings,
+    GetResponse,
+    ImageUpload,
+    OutputSpec,
+    Ping,
+    PongResult,
+    RemoveBackground,
 )
 
 U1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
@@ -51,26 +58,51 @@ def test_ping_and_get_response():
 
 
 def test_image_upload():
-    assert only_task({"taskType": "imageUpload", "taskUUID": U1, "image": "data:image/png;base64,AA=="}) \
-        == ImageUpload(task_uuid=U1, image="data:image/png;base64,AA==")
+    assert only_task(
+        {"taskType": "imageUpload", "taskUUID": U1, "image": "data:image/png;base64,AA=="}
+    ) == ImageUpload(task_uuid=U1, image="data:image/png;base64,AA==")
 
 
-SEED_SETTINGS = {"rgba": [255, 255, 255, 0], "postProcessMask": True, "alphaMatting": True,
-                 "alphaMattingForegroundThreshold": 230, "alphaMattingBackgroundThreshold": 15,
-                 "alphaMattingErodeSize": 8}
-SEED_EXPECTED = BackgroundSettings(rgba=(255, 255, 255, 0), post_process_mask=True,
-                                   alpha_matting=True, foreground_threshold=230,
-                                   background_threshold=15, erode_size=8)
+SEED_SETTINGS = {
+    "rgba": [255, 255, 255, 0],
+    "postProcessMask": True,
+    "alphaMatting": True,
+    "alphaMattingForegroundThreshold": 230,
+    "alphaMattingBackgroundThreshold": 15,
+    "alphaMattingErodeSize": 8,
+}
+SEED_EXPECTED = BackgroundSettings(
+    rgba=(255, 255, 255, 0),
+    post_process_mask=True,
+    alpha_matting=True,
+    foreground_threshold=230,
+    background_threshold=15,
+    erode_size=8,
+)
 
 
 def test_the_three_spellings_of_a_removal_make_one_typed_task():
-    common = {"taskUUID": U1, "outputType": "URL", "outputFormat": "PNG", "includeCost": True,
-              "model": "runware:109@1"}
-    modern = only_task({"taskType": "removeBackground", "inputs": {"image": "abc"},
-                        "settings": SEED_SETTINGS, **common})
-    flat = only_task({"taskType": "removeBackground", "inputImage": "abc", **SEED_SETTINGS, **common})
-    legacy = only_task({"taskType": "imageBackgroundRemoval", "inputImage": "abc", **SEED_SETTINGS,
-                        **common})
+    common = {
+        "taskUUID": U1,
+        "outputType": "URL",
+        "outputFormat": "PNG",
+        "includeCost": True,
+        "model": "runware:109@1",
+    }
+    modern = only_task(
+        {
+            "taskType": "removeBackground",
+            "inputs": {"image": "abc"},
+            "settings": SEED_SETTINGS,
+            **common,
+        }
+    )
+    flat = only_task(
+        {"taskType": "removeBackground", "inputImage": "abc", **SEED_SETTINGS, **common}
+    )
+    legacy = only_task(
+        {"taskType": "imageBackgroundRemoval", "inputImage": "abc", **SEED_SETTINGS, **common}
+    )
     for task in (modern, flat, legacy):
         assert isinstance(task, RemoveBackground)
         assert task.settings == SEED_EXPECTED
@@ -89,21 +121,45 @@ def test_defaults_are_the_platforms():
 
 
 def test_nested_settings_win_over_flat_ones():
-    task = only_task({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x",
-                      "alphaMattingErodeSize": 3, "alphaMatting": True,
-                      "settings": {"alphaMattingErodeSize": 7}})
+    task = only_task(
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "alphaMattingErodeSize": 3,
+            "alphaMatting": True,
+            "settings": {"alphaMattingErodeSize": 7},
+        }
+    )
     assert task.settings.erode_size == 7 and task.settings.alpha_matting is True
 
 
 def test_output_names_are_case_insensitive():
-    task = only_task({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x",
-                      "outputType": "datauri", "outputFormat": "jpeg", "outputQuality": 20, "ttl": 60})
+    task = only_task(
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "outputType": "datauri",
+            "outputFormat": "jpeg",
+            "outputQuality": 20,
+            "ttl": 60,
+        }
+    )
     assert task.output == OutputSpec(type="dataURI", format="JPG", quality=20, ttl=60)
 
 
 def test_integer_model_ids_and_unknown_fields_are_accepted():
-    task = only_task({"taskType": "imageBackgroundRemoval", "taskUUID": U1, "inputImage": "x",
-                      "model": 109, "providerSettings": {"x": {}}, "safety": {"mode": "none"}})
+    task = only_task(
+        {
+            "taskType": "imageBackgroundRemoval",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "model": 109,
+            "providerSettings": {"x": {}},
+            "safety": {"mode": "none"},
+        }
+    )
     assert task.model == "109"
 
 
@@ -112,34 +168,167 @@ def test_integer_model_ids_and_unknown_fields_are_accepted():
 BAD_TASKS = [
     # (task, code, parameter)
     ({"taskType": "removeBackground", "taskUUID": U1}, "missingInputImage", "inputImage"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputs": {}}, "missingInputImage", "inputs.image"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputs": {"image": "  "}}, "invalidInputImage", "inputs.image"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputs": {"image": 5}}, "invalidInputImage", "inputs.image"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputQuality": 19}, "invalidOutputQuality", "outputQuality"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputQuality": 100}, "invalidOutputQuality", "outputQuality"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputQuality": "95"}, "invalidOutputQuality", "outputQuality"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputType": "file"}, "invalidOutputType", "outputType"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputFormat": "GIF"}, "invalidOutputFormat", "outputFormat"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "ttl": 59}, "invalidTtl", "ttl"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "includeCost": "yes"}, "invalidIncludeCost", "includeCost"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "deliveryMethod": "later"}, "invalidDeliveryMethod", "deliveryMethod"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "settings": {"rgba": [1, 2, 3]}}, "invalidRgba", "settings.rgba"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "settings": {"rgba": [1, 2, 3, 256]}}, "invalidRgba", "settings.rgba"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "rgba": [1, 2, 3, -1]}, "invalidRgba", "rgba"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "settings": {"alphaMattingErodeSize": 0}}, "invalidAlphaMattingErodeSize", "settings.alphaMattingErodeSize"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "alphaMattingForegroundThreshold": 256}, "invalidAlphaMattingForegroundThreshold", "alphaMattingForegroundThreshold"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "alphaMattingBackgroundThreshold": 0}, "invalidAlphaMattingBackgroundThreshold", "alphaMattingBackgroundThreshold"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "alphaMatting": 1}, "invalidAlphaMatting", "alphaMatting"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "settings": {"postProcessMask": "true"}}, "invalidPostProcessMask", "settings.postProcessMask"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "returnOnlyMask": None, "settings": 3}, "invalidSettings", "settings"),
-    ({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "model": ""}, "invalidModel", "model"),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputs": {}},
+        "missingInputImage",
+        "inputs.image",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputs": {"image": "  "}},
+        "invalidInputImage",
+        "inputs.image",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputs": {"image": 5}},
+        "invalidInputImage",
+        "inputs.image",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputQuality": 19},
+        "invalidOutputQuality",
+        "outputQuality",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputQuality": 100},
+        "invalidOutputQuality",
+        "outputQuality",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputQuality": "95"},
+        "invalidOutputQuality",
+        "outputQuality",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputType": "file"},
+        "invalidOutputType",
+        "outputType",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputFormat": "GIF"},
+        "invalidOutputFormat",
+        "outputFormat",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "ttl": 59},
+        "invalidTtl",
+        "ttl",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "includeCost": "yes"},
+        "invalidIncludeCost",
+        "includeCost",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "deliveryMethod": "later",
+        },
+        "invalidDeliveryMethod",
+        "deliveryMethod",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "settings": {"rgba": [1, 2, 3]},
+        },
+        "invalidRgba",
+        "settings.rgba",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "settings": {"rgba": [1, 2, 3, 256]},
+        },
+        "invalidRgba",
+        "settings.rgba",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "rgba": [1, 2, 3, -1]},
+        "invalidRgba",
+        "rgba",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "settings": {"alphaMattingErodeSize": 0},
+        },
+        "invalidAlphaMattingErodeSize",
+        "settings.alphaMattingErodeSize",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "alphaMattingForegroundThreshold": 256,
+        },
+        "invalidAlphaMattingForegroundThreshold",
+        "alphaMattingForegroundThreshold",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "alphaMattingBackgroundThreshold": 0,
+        },
+        "invalidAlphaMattingBackgroundThreshold",
+        "alphaMattingBackgroundThreshold",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "alphaMatting": 1},
+        "invalidAlphaMatting",
+        "alphaMatting",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "settings": {"postProcessMask": "true"},
+        },
+        "invalidPostProcessMask",
+        "settings.postProcessMask",
+    ),
+    (
+        {
+            "taskType": "removeBackground",
+            "taskUUID": U1,
+            "inputImage": "x",
+            "returnOnlyMask": None,
+            "settings": 3,
+        },
+        "invalidSettings",
+        "settings",
+    ),
+    (
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "model": ""},
+        "invalidModel",
+        "model",
+    ),
     ({"taskType": "removeBackground", "inputImage": "x"}, "missingTaskUUID", "taskUUID"),
-    ({"taskType": "removeBackground", "taskUUID": "not-a-uuid", "inputImage": "x"}, "invalidTaskUUID", "taskUUID"),
+    (
+        {"taskType": "removeBackground", "taskUUID": "not-a-uuid", "inputImage": "x"},
+        "invalidTaskUUID",
+        "taskUUID",
+    ),
     ({"taskType": "imageUpload", "taskUUID": U1}, "missingImage", "image"),
     ({"taskType": "imageUpload", "taskUUID": U1, "image": ""}, "missingImage", "image"),
     ({"taskType": "authentication"}, "missingApiKey", "apiKey"),
     ({"taskType": "authentication", "apiKey": 42}, "invalidApiKey", "apiKey"),
-    ({"taskType": "authentication", "apiKey": "k", "connectionSessionUUID": "zz"}, "invalidConnectionSessionUUID", "connectionSessionUUID"),
+    (
+        {"taskType": "authentication", "apiKey": "k", "connectionSessionUUID": "zz"},
+        "invalidConnectionSessionUUID",
+        "connectionSessionUUID",
+    ),
     ({"taskType": "imageInference", "taskUUID": U1}, "unsupportedTaskType", "taskType"),
     ({"taskType": 7, "taskUUID": U1}, "unsupportedTaskType", "taskType"),
     ({"taskUUID": U1}, "missingTaskType", "taskType"),
@@ -158,11 +347,16 @@ def test_each_bad_task_gets_its_own_routable_error(task, code, parameter):
 
 
 def test_range_errors_carry_the_expected_type_and_bounds():
-    error = only_error({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x",
-                        "outputQuality": 5})
+    error = only_error(
+        {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "outputQuality": 5}
+    )
     assert (error.type, error.min, error.max) == ("integer", 20, 99)
-    assert only_error({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x",
-                       "alphaMatting": 1}).type == "boolean"
+    assert (
+        only_error(
+            {"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", "alphaMatting": 1}
+        ).type
+        == "boolean"
+    )
 
 
 def test_siblings_of_a_bad_task_still_decode():
@@ -176,14 +370,17 @@ def test_siblings_of_a_bad_task_still_decode():
     assert [e.code for e in errors] == ["invalidOutputQuality", "invalidTask"]
 
 
-@pytest.mark.parametrize("frame,code", [
-    (b"", "invalidJSON"),
-    (b"{not json", "invalidJSON"),
-    (b"\xff\xfe", "invalidJSON"),
-    (b'"a string"', "invalidFrame"),
-    (b"42", "invalidFrame"),
-    (b"null", "invalidFrame"),
-])
+@pytest.mark.parametrize(
+    "frame,code",
+    [
+        (b"", "invalidJSON"),
+        (b"{not json", "invalidJSON"),
+        (b"\xff\xfe", "invalidJSON"),
+        (b'"a string"', "invalidFrame"),
+        (b"42", "invalidFrame"),
+        (b"null", "invalidFrame"),
+    ],
+)
 def test_a_frame_that_is_not_an_array_gets_one_frame_level_error(frame, code):
     decoded = decode_frame(frame)
     assert decoded.tasks == [] and [e.code for e in decoded.errors] == [code]
@@ -203,30 +400,71 @@ def test_empty_array_is_nothing_to_do():
 
 
 def test_results_encode_without_empty_fields_and_with_their_task_type():
-    result = BackgroundRemovalResult(taskType="imageBackgroundRemoval", taskUUID=U1,
-                                     imageUUID=U2, inputImageUUID=U1, imageURL="http://x/y.png",
-                                     cost=0.0013)
-    assert json.loads(encode_data([result])) == {"data": [{
-        "taskType": "imageBackgroundRemoval", "taskUUID": U1, "imageUUID": U2,
-        "inputImageUUID": U1, "imageURL": "http://x/y.png", "cost": 0.0013}]}
+    result = BackgroundRemovalResult(
+        taskType="imageBackgroundRemoval",
+        taskUUID=U1,
+        imageUUID=U2,
+        inputImageUUID=U1,
+        imageURL="http://x/y.png",
+        cost=0.0013,
+    )
+    assert json.loads(encode_data([result])) == {
+        "data": [
+            {
+                "taskType": "imageBackgroundRemoval",
+                "taskUUID": U1,
+                "imageUUID": U2,
+                "inputImageUUID": U1,
+                "imageURL": "http://x/y.png",
+                "cost": 0.0013,
+            }
+        ]
+    }
 
 
 def test_pong_is_a_real_boolean_in_its_own_data_array():
-    assert encode_data([PongResult(taskType="ping", pong=True)]) == b'{"data":[{"taskType":"ping","pong":true}]}'
+    assert (
+        encode_data([PongResult(taskType="ping", pong=True)])
+        == b'{"data":[{"taskType":"ping","pong":true}]}'
+    )
 
 
 def test_errors_encode_without_nulls():
-    item = ErrorItem(code="invalidApiKey", message="Invalid API key.", parameter="apiKey",
-                     taskType="authentication")
-    assert json.loads(encode_errors([item])) == {"errors": [{
-        "code": "invalidApiKey", "message": "Invalid API key.", "parameter": "apiKey",
-        "taskType": "authentication"}]}
+    item = ErrorItem(
+        code="invalidApiKey",
+        message="Invalid API key.",
+        parameter="apiKey",
+        taskType="authentication",
+    )
+    assert json.loads(encode_errors([item])) == {
+        "errors": [
+            {
+                "code": "invalidApiKey",
+                "message": "Invalid API key.",
+                "parameter": "apiKey",
+                "taskType": "authentication",
+            }
+        ]
+    }
 
 
 def test_protocol_imports_no_io_or_numeric_libraries():
     """protocol/ stays pure: importing all of it pulls in none of these."""
-    forbidden = ["asyncio", "numpy", "onnxruntime", "PIL", "websockets", "aiohttp", "service", "socket"]
-    code = ("import sys, protocol.codec, protocol.auth, protocol.errors, protocol.messages;"
-            f"print([m for m in {forbidden!r} if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    forbidden = [
+        "asyncio",
+        "numpy",
+        "onnxruntime",
+        "PIL",
+        "websockets",
+        "aiohttp",
+        "service",
+        "socket",
+    ]
+    code = (
+        "import sys, protocol.codec, protocol.auth, protocol.errors, protocol.messages;"
+        f"print([m for m in {forbidden!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

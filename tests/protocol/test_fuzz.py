@@ -4,25 +4,50 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.codec import TASK_TYPES, decode_frame
 from protocol.errors import ErrorItem
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
-field_names = st.sampled_from([
-    "taskType", "taskUUID", "inputImage", "inputs", "image", "settings", "rgba", "outputType",
-    "outputFormat", "outputQuality", "ttl", "includeCost", "alphaMatting", "apiKey", "model",
-    "alphaMattingErodeSize", "postProcessMask", "returnOnlyMask", "deliveryMethod",
-]) | st.text(max_size=8)
+field_names = st.sampled_from(
+    [
+        "taskType",
+        "taskUUID",
+        "inputImage",
+        "inputs",
+        "image",
+        "settings",
+        "rgba",
+        "outputType",
+        "outputFormat",
+        "outputQuality",
+        "ttl",
+        "includeCost",
+        "alphaMatting",
+        "apiKey",
+        "model",
+        "alphaMattingErodeSize",
+        "postProcessMask",
+        "returnOnlyMask",
+        "deliveryMethod",
+    ]
+) | st.text(max_size=8)
 task_like = st.dictionaries(field_names, json_values, max_size=8)
-tasks_with_type = st.builds(lambda t, d: {**d, "taskType": t},
-                            st.sampled_from(sorted(TASK_TYPES)), task_like)
+tasks_with_type = st.builds(
+    lambda t, d: {**d, "taskType": t}, st.sampled_from(sorted(TASK_TYPES)), task_like
+)
 
 
 def check(frame) -> None:

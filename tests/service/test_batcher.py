@@ -50,7 +50,8 @@ async def test_a_full_batch_does_not_wait_for_max_wait():
     model.gate.set()
     batcher = MicroBatcher(model, max_batch=3, max_wait=3600.0)
     outputs = await asyncio.wait_for(
-        asyncio.gather(*(batcher.submit(np.full(1, float(i))) for i in range(3))), 30)
+        asyncio.gather(*(batcher.submit(np.full(1, float(i))) for i in range(3))), 30
+    )
     assert model.calls == [3] and [float(o[0]) for o in outputs] == [0.0, 2.0, 4.0]
     await batcher.stop()
 
@@ -73,8 +74,9 @@ async def test_a_failing_batch_fails_only_its_own_images():
 
 async def test_a_wrong_number_of_outputs_is_an_error_not_a_misdelivery():
     batcher = MicroBatcher(lambda batch: batch[:1], max_batch=2, max_wait=3600.0)
-    results = await asyncio.gather(batcher.submit(np.zeros(1)), batcher.submit(np.ones(1)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        batcher.submit(np.zeros(1)), batcher.submit(np.ones(1)), return_exceptions=True
+    )
     assert all(isinstance(r, RuntimeError) for r in results)
     await batcher.stop()
 
@@ -127,8 +129,13 @@ async def settle() -> None:
 async def test_a_partial_batch_waits_max_wait_then_runs():
     time = FakeTime()
     calls = []
-    batcher = MicroBatcher(lambda b: calls.append(len(b)) or b, max_batch=4, max_wait=0.010,
-                           clock=time.clock, sleep=time.sleep)
+    batcher = MicroBatcher(
+        lambda b: calls.append(len(b)) or b,
+        max_batch=4,
+        max_wait=0.010,
+        clock=time.clock,
+        sleep=time.sleep,
+    )
     first = asyncio.create_task(batcher.submit(np.zeros(1)))
     await settle()
     await time.advance(0.005)
@@ -174,8 +181,10 @@ async def test_clients_take_turns_within_a_batch():
         return original(batch)
 
     batcher._infer = record
-    tasks = [asyncio.create_task(batcher.submit(np.full(1, v), client=o))
-             for o, v in [("a", 1), ("a", 2), ("a", 3), ("b", 10), ("c", 20)]]
+    tasks = [
+        asyncio.create_task(batcher.submit(np.full(1, v), client=o))
+        for o, v in [("a", 1), ("a", 2), ("a", 3), ("b", 10), ("c", 20)]
+    ]
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert seen[:4] == [1, 10, 20, 2] and seen[4] == 3
     await batcher.stop()

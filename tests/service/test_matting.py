@@ -30,10 +30,15 @@ def soft_mask(shape: tuple[int, int]) -> np.ndarray:
     return np.clip((1.3 - distance) * 400, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("settings", [
-    BackgroundSettings(alpha_matting=True),
-    BackgroundSettings(alpha_matting=True, foreground_threshold=230, background_threshold=15, erode_size=8),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        BackgroundSettings(alpha_matting=True),
+        BackgroundSettings(
+            alpha_matting=True, foreground_threshold=230, background_threshold=15, erode_size=8
+        ),
+    ],
+)
 def test_equal_to_pymatting_on_the_whole_image(settings):
     rgb = np.asarray(open_image(fixture_bytes("car-1.jpg")).convert("RGB"))
     mask = soft_mask(rgb.shape[:2])
@@ -70,8 +75,9 @@ def test_the_trimap_erodes_exactly_as_one_pass_with_rembgs_square(size):
     for _ in range(3):
         blobs = ndimage.gaussian_filter(rng.random((61, 48)), 3)
         mask = (255 * (blobs - blobs.min()) / np.ptp(blobs)).astype(np.uint8)
-        settings = BackgroundSettings(erode_size=size, foreground_threshold=150,
-                                      background_threshold=100)
+        settings = BackgroundSettings(
+            erode_size=size, foreground_threshold=150, background_threshold=100
+        )
         square = np.ones((size, size), dtype=np.uint8)
         foreground = ndimage.binary_erosion(mask > 150, structure=square)
         background = ndimage.binary_erosion(mask < 100, structure=square, border_value=1)
@@ -84,7 +90,9 @@ def test_the_trimap_erodes_exactly_as_one_pass_with_rembgs_square(size):
 def test_a_trimap_without_sure_background_raises_like_rembg():
     rgb = np.zeros((20, 20, 3), np.uint8)
     with pytest.raises(ValueError):
-        matting.matting_cutout(rgb, np.full((20, 20), 255, np.uint8), BackgroundSettings(alpha_matting=True))
+        matting.matting_cutout(
+            rgb, np.full((20, 20), 255, np.uint8), BackgroundSettings(alpha_matting=True)
+        )
 
 
 @pytest.mark.parametrize("shape", [(2, 40), (1, 30), (40, 2)])
@@ -131,8 +139,15 @@ def run_in_fresh_python(script: str, **env: str) -> str:
 
     from tests.support import ROOT
 
-    finished = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **env},
-                              capture_output=True, text=True, timeout=300, check=False)
+    finished = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     return finished.stdout.strip().splitlines()[-1]
 

@@ -12,7 +12,6 @@ from service.matting.direct import NotPositiveDefinite, plan_direct, solve_direc
 from service.matting.solver import band_levels, solve_band
 from service.matting.system import band_system
 from service.matting.threads import side_by_side
-
 from tests.service.test_matting_solver import band
 
 
@@ -96,7 +95,7 @@ def test_bands_of_one_to_three_levels_are_solved_exactly(levels):
         here = slice(3 * k, 3 * k + 3)
         dense[here, here] = rng.random((3, 3))
         if k + 1 < levels:
-            dense[3 * k + 3:3 * k + 6, here] = rng.random((3, 3))
+            dense[3 * k + 3 : 3 * k + 6, here] = rng.random((3, 3))
     dense = dense + dense.T + 10 * np.eye(size)
     matrix = scipy.sparse.csr_matrix(dense)
     rhs = rng.random(size)
@@ -131,8 +130,11 @@ def test_a_band_whose_factor_exceeds_the_budget_is_solved_iteratively(monkeypatc
     guess = np.full(rhs.size, 0.5)
     needed = plan_direct(band_levels(matrix)).factor_bytes
     calls = []
-    monkeypatch.setattr(matting_solver, "solve_direct",
-                        lambda *arguments: calls.append(1) or solve_direct(*arguments))
+    monkeypatch.setattr(
+        matting_solver,
+        "solve_direct",
+        lambda *arguments: calls.append(1) or solve_direct(*arguments),
+    )
     solve_band(matrix, rhs, guess, direct_max_bytes=needed - 1)
     assert calls == []
     solve_band(matrix, rhs, guess, direct_max_bytes=needed)

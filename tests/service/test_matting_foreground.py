@@ -52,7 +52,8 @@ def test_rgba_bytes_are_rembgs_stack_scale_clip_and_truncation():
 
 def recorded_side_by_side(monkeypatch) -> list:
     """Records each level that ran its sweeps side by side (through matting_threads)."""
-    from service.matting import foreground as matting_foreground, threads as matting_threads
+    from service.matting import foreground as matting_foreground
+    from service.matting import threads as matting_threads
 
     calls = []
 

@@ -19,7 +19,7 @@ def band(seed: int, shape=(48, 64)):
     """A matting system from a random image and a trimap with a wavy unknown band."""
     rng = np.random.default_rng(seed)
     image = rng.random((*shape, 3))
-    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
     edge = shape[0] / 2 + 6 * np.sin(x / 5.0 + seed)
     trimap = np.where(y < edge - 4, 1.0, np.where(y > edge + 4, 0.0, 0.5))
     return band_system(image, trimap)
@@ -48,8 +48,10 @@ def assert_same_factor(ours, theirs: scipy.sparse.csc_matrix) -> None:
 @pytest.mark.parametrize("threshold", [1e-4, 1e-3])
 def test_the_unsplit_factor_is_pymatting_ichols_bit_for_bit(seed, threshold):
     matrix, _, _ = band(seed)
-    assert_same_factor(incomplete_cholesky(matrix.tocsc(), discard_threshold=threshold),
-                       pymatting_factor(matrix, threshold))
+    assert_same_factor(
+        incomplete_cholesky(matrix.tocsc(), discard_threshold=threshold),
+        pymatting_factor(matrix, threshold),
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -91,8 +93,10 @@ def test_pieces_of_the_band_are_split_without_a_separator_between_them():
 def test_a_factor_that_outgrows_its_first_room_is_the_same_factor():
     matrix, _, split = split_system(1)
     parts = (split.first, split.second)
-    roomy, cramped = incomplete_cholesky(matrix.tocsc(), parts), incomplete_cholesky(
-        matrix.tocsc(), parts, first_fill=0)
+    roomy, cramped = (
+        incomplete_cholesky(matrix.tocsc(), parts),
+        incomplete_cholesky(matrix.tocsc(), parts, first_fill=0),
+    )
     assert roomy.lower().nnz > matrix.shape[0]  # so room for the diagonal alone was too little
     assert_same_factor(cramped, roomy.lower())
 
@@ -115,8 +119,9 @@ def test_applying_the_split_factor_inverts_l_lt():
 
 
 # Both ways solve_band has: exact (its factor fits the budget) and pymatting's iterative one.
-BOTH_SOLVES = pytest.mark.parametrize("direct_max_bytes", [DIRECT_MAX_BYTES, 0],
-                                      ids=["exact", "iterative"])
+BOTH_SOLVES = pytest.mark.parametrize(
+    "direct_max_bytes", [DIRECT_MAX_BYTES, 0], ids=["exact", "iterative"]
+)
 
 
 @BOTH_SOLVES
@@ -144,8 +149,9 @@ def test_an_indefinite_matrix_raises_value_error_like_pymatting_but_prints_nothi
 def test_a_shifted_factorisation_is_pymatting_ichols_too():
     """A matrix that needs a diagonal shift: both take the same shift."""
     matrix = scipy.sparse.csc_matrix(np.array([[1.0, 2.0], [2.0, 1.0]]))
-    assert_same_factor(incomplete_cholesky(matrix, discard_threshold=0.0),
-                       pymatting_factor(matrix, 0.0))
+    assert_same_factor(
+        incomplete_cholesky(matrix, discard_threshold=0.0), pymatting_factor(matrix, 0.0)
+    )
 
 
 @BOTH_SOLVES
@@ -156,8 +162,9 @@ def test_solves_at_once_on_many_threads_give_the_lone_solves_result(direct_max_b
     guess = np.full(matrix.shape[0], 0.5)
     alone = solve_band(matrix, rhs, guess, direct_max_bytes)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: solve_band(matrix, rhs, guess, direct_max_bytes),
-                                range(8)))
+        results = list(
+            pool.map(lambda _: solve_band(matrix, rhs, guess, direct_max_bytes), range(8))
+        )
     for result in results:
         np.testing.assert_array_equal(result, alone)
 
@@ -174,8 +181,12 @@ def test_bands_of_one_or_two_pixels_are_solved_exactly(unknown_pixels, direct_ma
         trimap[y, x] = 0.5
     matrix, rhs, _ = band_system(image, trimap)
     exact = scipy.sparse.linalg.spsolve(matrix.tocsc(), rhs)
-    np.testing.assert_allclose(solve_band(matrix, rhs, np.full(rhs.size, 0.5), direct_max_bytes),
-                               exact, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        solve_band(matrix, rhs, np.full(rhs.size, 0.5), direct_max_bytes),
+        exact,
+        rtol=1e-6,
+        atol=1e-9,
+    )
 
 
 def test_a_factor_beyond_the_cap_raises_value_error_instead_of_growing_forever(monkeypatch):
@@ -196,5 +207,6 @@ def test_a_half_that_breaks_down_stops_both_and_the_shifted_factor_is_pymatting_
     matrix = scipy.sparse.block_diag([sound, indefinite], format="csc")
     ours = incomplete_cholesky(matrix, (sound.shape[0], 2))
     assert_same_factor(ours, pymatting_factor(matrix))
-    assert not np.array_equal(ours.lower().diagonal()[:5],
-                              incomplete_cholesky(sound.tocsc()).lower().diagonal()[:5])
+    assert not np.array_equal(
+        ours.lower().diagonal()[:5], incomplete_cholesky(sound.tocsc()).lower().diagonal()[:5]
+    )

@@ -20,7 +20,9 @@ def pymatting_system(image: np.ndarray, trimap: np.ndarray):
     return matrix.tocsr(), rhs
 
 
-def random_trimap(rng: np.random.Generator, shape: tuple[int, int], unknown_share: float) -> np.ndarray:
+def random_trimap(
+    rng: np.random.Generator, shape: tuple[int, int], unknown_share: float
+) -> np.ndarray:
     trimap = rng.choice([0.0, 1.0], size=shape)
     trimap[rng.random(shape) < unknown_share] = 0.5
     return trimap

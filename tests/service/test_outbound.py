@@ -20,32 +20,73 @@ from service.net.outbound import OutboundHttp, is_public_address, literal_addres
 PUBLIC_FOR_TEST = "127.0.0.2"
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-    "100.100.100.200", "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.0.2.1",
-    "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "fe80::1%eth0", "ff02::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
-    "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1",
-    "2002:7f00:1::1", "2002:a00:1::", "2001:0:4136:e378:8000:63bf:3fff:fdd2",
-    "not an address",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "100.100.100.200",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "192.0.2.1",
+        "::1",
+        "::",
+        "fc00::1",
+        "fd12:3456::1",
+        "fe80::1",
+        "fe80::1%eth0",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::7f00:1",
+        "64:ff9b::a00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::a00:1",
+        "2002:7f00:1::1",
+        "2002:a00:1::",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "not an address",
+    ],
+)
 def test_non_public_addresses_are_refused(address):
     assert not is_public_address(address)
 
 
-@pytest.mark.parametrize("address", [
-    "8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "64:ff9b::808:808", "2002:808:808::1",
-    "::ffff:8.8.8.8",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "8.8.8.8",
+        "93.184.216.34",
+        "2606:4700:4700::1111",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+        "::ffff:8.8.8.8",
+    ],
+)
 def test_public_addresses_are_allowed(address):
     assert is_public_address(address)
 
 
-@pytest.mark.parametrize("host,address", [
-    ("2130706433", "127.0.0.1"), ("0x7f000001", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"),
-    ("127.1", "127.0.0.1"), ("[::1]", "::1"), ("[::ffff:7f00:1]", "::ffff:7f00:1"),
-    ("example.com", None), ("1.2.3.4.5", None),
-])
+@pytest.mark.parametrize(
+    "host,address",
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("[::1]", "::1"),
+        ("[::ffff:7f00:1]", "::ffff:7f00:1"),
+        ("example.com", None),
+        ("1.2.3.4.5", None),
+    ],
+)
 def test_every_spelling_of_an_ip_literal_is_recognised(host, address):
     assert literal_address(host) == address
 
@@ -62,18 +103,31 @@ class MappedResolver(AbstractResolver):
         addresses = self.answers.get(host)
         if addresses is None:
             raise OSError(f"no such host {host}")
-        return [{"hostname": host, "host": a, "port": port, "family": socket.AF_INET,
-                 "proto": 0, "flags": socket.AI_NUMERICHOST} for a in addresses]
+        return [
+            {
+                "hostname": host,
+                "host": a,
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for a in addresses
+        ]
 
     async def close(self) -> None:
         pass
 
 
 def client(resolver: MappedResolver, **caps) -> OutboundHttp:
-    return OutboundHttp(allow_private=False, resolver=resolver,
-                        address_allowed=lambda a: a == PUBLIC_FOR_TEST or is_public_address(a),
-                        max_download_bytes=caps.get("max_bytes", 1_000_000),
-                        connect_timeout=5, total_timeout=caps.get("total", 20))
+    return OutboundHttp(
+        allow_private=False,
+        resolver=resolver,
+        address_allowed=lambda a: a == PUBLIC_FOR_TEST or is_public_address(a),
+        max_download_bytes=caps.get("max_bytes", 1_000_000),
+        connect_timeout=5,
+        total_timeout=caps.get("total", 20),
+    )
 
 
 async def serve(app: web.Application, host: str) -> tuple[web.AppRunner, int]:
@@ -87,6 +141,7 @@ async def serve(app: web.Application, host: str) -> tuple[web.AppRunner, int]:
 @pytest.fixture
 async def origin():
     """A real server on 127.0.0.2 (allowed by the test policy), and one on 127.0.0.1 (refused)."""
+
     async def image(request):
         return web.Response(body=b"\x89PNG\r\n\x1a\nfake", content_type="image/png")
 
@@ -145,19 +200,25 @@ async def test_a_name_resolving_to_an_allowed_address_is_fetched_once_resolved(o
     resolver = MappedResolver({"images.test": [PUBLIC_FOR_TEST]})
     http = client(resolver)
     try:
-        assert await http.get(f"http://images.test:{public_port}/image", "inputImage") == b"\x89PNG\r\n\x1a\nfake"
+        assert (
+            await http.get(f"http://images.test:{public_port}/image", "inputImage")
+            == b"\x89PNG\r\n\x1a\nfake"
+        )
         assert resolver.lookups == ["images.test"]
     finally:
         await http.close()
 
 
-@pytest.mark.parametrize("answers", [["127.0.0.1"], ["10.0.0.5"], ["169.254.169.254"], ["100.64.0.1"]])
+@pytest.mark.parametrize(
+    "answers", [["127.0.0.1"], ["10.0.0.5"], ["169.254.169.254"], ["100.64.0.1"]]
+)
 async def test_a_name_resolving_to_a_private_address_is_refused(origin, answers):
     _, private_port = origin
     http = client(MappedResolver({"internal.test": answers}))
     try:
-        await expect_code(http.get(f"http://internal.test:{private_port}/image", "inputImage"),
-                          "forbiddenURL")
+        await expect_code(
+            http.get(f"http://internal.test:{private_port}/image", "inputImage"), "forbiddenURL"
+        )
     finally:
         await http.close()
 
@@ -187,17 +248,29 @@ async def test_dns_rebinding_gets_no_second_lookup_within_a_request(origin):
         assert len(resolver.lookups) == 1
         await http.close()  # drop the pooled connection: the next request connects anew,
         # looks up again, gets the rebinding (private) answer, and is refused
-        await expect_code(http.get(f"http://rebind.test:{public_port}/image", "inputImage"),
-                          "forbiddenURL")
+        await expect_code(
+            http.get(f"http://rebind.test:{public_port}/image", "inputImage"), "forbiddenURL"
+        )
     finally:
         await http.close()
 
 
-@pytest.mark.parametrize("url", [
-    "http://2130706433/", "http://0x7f000001/", "http://0177.0.0.1/", "http://127.1/",
-    "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://169.254.169.254/latest/meta-data/",
-    "ftp://example.com/a.png", "file:///etc/passwd", "gopher://x/", "http:///nohost",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "ftp://example.com/a.png",
+        "file:///etc/passwd",
+        "gopher://x/",
+        "http:///nohost",
+    ],
+)
 async def test_forbidden_urls_are_refused_before_any_connection(url):
     resolver = MappedResolver({})
     http = client(resolver)
@@ -213,8 +286,10 @@ async def test_every_redirect_is_checked_again(origin):
     http = client(MappedResolver({"images.test": [PUBLIC_FOR_TEST]}))
     base = f"http://images.test:{public_port}"
     try:
-        await expect_code(http.get(f"{base}/redirect?to=http://127.0.0.1:{private_port}/image",
-                                   "inputImage"), "forbiddenURL")
+        await expect_code(
+            http.get(f"{base}/redirect?to=http://127.0.0.1:{private_port}/image", "inputImage"),
+            "forbiddenURL",
+        )
         assert await http.get(f"{base}/chain/4", "inputImage")  # 5 redirects: allowed
         failure = await expect_code(http.get(f"{base}/chain/5", "inputImage"), "downloadFailed")
         assert "redirects" in failure.message
@@ -228,7 +303,9 @@ async def test_size_caps_and_slow_bodies(origin):
     base = f"http://images.test:{public_port}"
     try:
         # declared too large: refused from the headers (the body never comes)
-        await expect_code(asyncio.wait_for(http.get(f"{base}/huge", "inputImage"), 10), "imageTooLarge")
+        await expect_code(
+            asyncio.wait_for(http.get(f"{base}/huge", "inputImage"), 10), "imageTooLarge"
+        )
         # chunked, no length: cut as soon as it passes the cap
         await expect_code(http.get(f"{base}/chunked", "inputImage"), "imageTooLarge")
         # slow but legal: arrives whole
@@ -239,10 +316,13 @@ async def test_size_caps_and_slow_bodies(origin):
 
 async def test_the_total_timeout_ends_a_stalled_download(origin):
     public_port, _ = origin
-    http = client(MappedResolver({"images.test": [PUBLIC_FOR_TEST]}), max_bytes=100_000_000, total=1)
+    http = client(
+        MappedResolver({"images.test": [PUBLIC_FOR_TEST]}), max_bytes=100_000_000, total=1
+    )
     try:
-        failure = await expect_code(http.get(f"http://images.test:{public_port}/huge", "inputImage"),
-                                    "downloadFailed")
+        failure = await expect_code(
+            http.get(f"http://images.test:{public_port}/huge", "inputImage"), "downloadFailed"
+        )
         assert "timed out" in failure.message
     finally:
         await http.close()

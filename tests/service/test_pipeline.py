@@ -19,7 +19,6 @@ from protocol.messages import BackgroundSettings, OutputSpec
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
 from service.inference.runtime import load_runtime
-
 from tests.support import FIXTURES, MODEL, fixture_bytes, open_image, shared_image
 
 U2NET = FAMILIES["u2net"]
@@ -37,8 +36,13 @@ def predict(model, decoded: pipeline.DecodedImage) -> np.ndarray:
     return model.infer_batch(pipeline.preprocess(decoded, U2NET)[None])[0]
 
 
-def render(model, data: bytes, settings: BackgroundSettings = BackgroundSettings(),
-           output: OutputSpec = OutputSpec(format="PNG")) -> Image.Image:
+PLAIN = BackgroundSettings()
+PNG = OutputSpec(format="PNG")
+
+
+def render(
+    model, data: bytes, settings: BackgroundSettings = PLAIN, output: OutputSpec = PNG
+) -> Image.Image:
     decoded = pipeline.decode_image(data, MAX_PIXELS)
     return open_image(pipeline.render(decoded, predict(model, decoded), settings, output, 3))
 
@@ -66,14 +70,24 @@ def test_rgb_keeps_source_colours_where_visible_and_is_black_where_transparent(m
     assert 0 < visible.mean() < 1
 
 
-@pytest.mark.parametrize("name,settings", [
-    ("car-1.post-process.png", BackgroundSettings(post_process_mask=True)),
-    ("car-1.only-mask.png", BackgroundSettings(return_only_mask=True)),
-    ("car-1.alpha-matting.png", BackgroundSettings(alpha_matting=True)),
-    ("car-1.alpha-matting-seed.png", BackgroundSettings(alpha_matting=True, post_process_mask=True,
-                                                        foreground_threshold=230,
-                                                        background_threshold=15, erode_size=8)),
-])
+@pytest.mark.parametrize(
+    "name,settings",
+    [
+        ("car-1.post-process.png", BackgroundSettings(post_process_mask=True)),
+        ("car-1.only-mask.png", BackgroundSettings(return_only_mask=True)),
+        ("car-1.alpha-matting.png", BackgroundSettings(alpha_matting=True)),
+        (
+            "car-1.alpha-matting-seed.png",
+            BackgroundSettings(
+                alpha_matting=True,
+                post_process_mask=True,
+                foreground_threshold=230,
+                background_threshold=15,
+                erode_size=8,
+            ),
+        ),
+    ],
+)
 def test_each_setting_equals_rembgs_output(model, name, settings):
     ours = render(model, fixture_bytes("car-1.jpg"), settings)
     golden = Image.open(GOLDEN / name)
@@ -87,7 +101,9 @@ def test_each_setting_equals_rembgs_output(model, name, settings):
 
 
 def test_alpha_matting_foreground_colours_equal_rembgs(model):
-    ours = np.asarray(render(model, fixture_bytes("car-1.jpg"), BackgroundSettings(alpha_matting=True)))
+    ours = np.asarray(
+        render(model, fixture_bytes("car-1.jpg"), BackgroundSettings(alpha_matting=True))
+    )
     golden = np.asarray(Image.open(GOLDEN / "car-1.alpha-matting.png").convert("RGBA"))
     visible = (ours[..., 3] > 0) & (golden[..., 3] > 0)
     difference = np.abs(ours[visible][:, :3].astype(np.int16) - golden[visible][:, :3])
@@ -95,7 +111,9 @@ def test_alpha_matting_foreground_colours_equal_rembgs(model):
 
 
 def test_post_processed_mask_is_binary(model):
-    alpha = alpha_of(render(model, fixture_bytes("car-1.jpg"), BackgroundSettings(post_process_mask=True)))
+    alpha = alpha_of(
+        render(model, fixture_bytes("car-1.jpg"), BackgroundSettings(post_process_mask=True))
+    )
     assert set(np.unique(alpha)) <= {0, 255}
 
 
@@ -106,23 +124,31 @@ def test_post_process_opening_equals_scipys_grey_opening_with_rembgs_disk(shape)
 
     disk = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
     rng = np.random.default_rng(sum(shape))
-    for mask in (rng.integers(0, 256, shape, dtype=np.uint8),
-                 (rng.random(shape) > 0.5).astype(np.uint8) * 255):
+    for mask in (
+        rng.integers(0, 256, shape, dtype=np.uint8),
+        (rng.random(shape) > 0.5).astype(np.uint8) * 255,
+    ):
         expected = ndimage.gaussian_filter(
-            ndimage.grey_opening(mask, footprint=disk).astype(np.float64), sigma=2)
-        assert np.array_equal(pipeline.post_process_mask(mask),
-                              np.where(expected < 127, 0, 255).astype(np.uint8))
+            ndimage.grey_opening(mask, footprint=disk).astype(np.float64), sigma=2
+        )
+        assert np.array_equal(
+            pipeline.post_process_mask(mask), np.where(expected < 127, 0, 255).astype(np.uint8)
+        )
 
 
 def test_batched_inference_equals_one_image_at_a_time(model):
-    images = [pipeline.decode_image(fixture_bytes(n), MAX_PIXELS)
-              for n in ("car-1.jpg", "anime-girl-1.jpg", "car-1.jpg")]
+    images = [
+        pipeline.decode_image(fixture_bytes(n), MAX_PIXELS)
+        for n in ("car-1.jpg", "anime-girl-1.jpg", "car-1.jpg")
+    ]
     tensors = np.stack([pipeline.preprocess(d, U2NET) for d in images])
     together = model.infer_batch(tensors)
-    for decoded, tensor, row in zip(images, tensors, together):
+    for decoded, tensor, row in zip(images, tensors, together, strict=True):
         alone = model.infer_batch(tensor[None])[0]
         assert np.abs(alone - row).max() < 1e-4
-        masks = [pipeline.mask_from_prediction(p, decoded.size).astype(np.int16) for p in (alone, row)]
+        masks = [
+            pipeline.mask_from_prediction(p, decoded.size).astype(np.int16) for p in (alone, row)
+        ]
         assert np.abs(masks[0] - masks[1]).max() <= 1
 
 
@@ -143,7 +169,9 @@ def test_alpha_of_a_transparent_source_is_multiplied_like_pillows_composite():
     decoded = pipeline.decode_image(buffer.getvalue(), MAX_PIXELS)
     assert decoded.image.mode == "RGBA"
     ours = pipeline.cutout(decoded, mask, BackgroundSettings())
-    rembg_way = Image.composite(source, Image.new("RGBA", source.size, 0), Image.fromarray(mask, "L"))
+    rembg_way = Image.composite(
+        source, Image.new("RGBA", source.size, 0), Image.fromarray(mask, "L")
+    )
     assert np.array_equal(alpha_of(ours), alpha_of(rembg_way))
 
 
@@ -164,8 +192,12 @@ def test_exif_orientation_is_applied():
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that claims a huge size: signature + IHDR + an empty IDAT + IEND."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
 
@@ -176,12 +208,15 @@ def test_a_huge_image_is_refused_from_its_header():
     assert refused.value.code == "imageTooLarge" and refused.value.parameter == "inputs.image"
 
 
-@pytest.mark.parametrize("data", [
-    b"not an image at all",
-    b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,
-    fixture_bytes("car-1.jpg")[:2000],
-    b"",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not an image at all",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,
+        fixture_bytes("car-1.jpg")[:2000],
+        b"",
+    ],
+)
 def test_undecodable_images_are_invalid_image(data):
     with pytest.raises(TaskFailure) as refused:
         pipeline.decode_image(data, MAX_PIXELS)
@@ -201,7 +236,12 @@ def test_png_background_colour_is_alpha_composited_and_transparent_default_chang
     cut.putpixel((0, 0), (10, 20, 30, 255))
     assert pipeline.apply_background(cut, (255, 255, 255, 0), "PNG") is cut
     opaque = pipeline.apply_background(cut, (0, 128, 0, 255), "WEBP")
-    assert opaque.getpixel((1, 0)) == (0, 128, 0, 255) and opaque.getpixel((0, 0)) == (10, 20, 30, 255)
+    assert opaque.getpixel((1, 0)) == (0, 128, 0, 255) and opaque.getpixel((0, 0)) == (
+        10,
+        20,
+        30,
+        255,
+    )
 
 
 def test_isnet_preprocessing_divides_by_255_and_centres_on_half():

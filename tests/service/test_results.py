@@ -23,15 +23,22 @@ ALICE, BOB = scope_of("alice"), scope_of("bob")
 T1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
 
 
-def book(tmp_path, retention: float = 100) -> tuple[InMemoryResultsBook, DirectoryImageStore, FakeClock]:
+def book(
+    tmp_path, retention: float = 100
+) -> tuple[InMemoryResultsBook, DirectoryImageStore, FakeClock]:
     clock = FakeClock()
     store = DirectoryImageStore(tmp_path, default_ttl=1000, clock=clock)
     return InMemoryResultsBook(store, retention=retention, clock=clock), store, clock
 
 
 def result(image_uuid: str, **payload) -> BackgroundRemovalResult:
-    return BackgroundRemovalResult(taskType="imageBackgroundRemoval", taskUUID=T1,
-                                   imageUUID=image_uuid, inputImageUUID=image_uuid, **payload)
+    return BackgroundRemovalResult(
+        taskType="imageBackgroundRemoval",
+        taskUUID=T1,
+        imageUUID=image_uuid,
+        inputImageUUID=image_uuid,
+        **payload,
+    )
 
 
 async def test_processing_then_success_with_the_request_task_type(tmp_path):
@@ -41,7 +48,11 @@ async def test_processing_then_success_with_the_request_task_type(tmp_path):
     assert await results.reply(record, T1) == TaskStatusItem("removeBackground", T1, "processing")
     await results.succeed(ALICE, T1, result("u", imageURL="http://x/u.png"))
     reply = await results.reply(await results.get(ALICE, T1), T1)
-    assert (reply.status, reply.taskType, reply.imageURL) == ("success", "removeBackground", "http://x/u.png")
+    assert (reply.status, reply.taskType, reply.imageURL) == (
+        "success",
+        "removeBackground",
+        "http://x/u.png",
+    )
 
 
 async def test_a_known_task_uuid_is_refused_until_it_expires(tmp_path):
@@ -53,7 +64,9 @@ async def test_a_known_task_uuid_is_refused_until_it_expires(tmp_path):
     clock.now += 99
     assert (await results.get(ALICE, T1)).state is TaskState.FAILED
     clock.now += 1
-    assert await results.get(ALICE, T1) is None and await results.begin(ALICE, T1, "removeBackground")
+    assert await results.get(ALICE, T1) is None and await results.begin(
+        ALICE, T1, "removeBackground"
+    )
 
 
 async def test_records_are_invisible_to_other_keys(tmp_path):
@@ -81,7 +94,9 @@ async def test_inline_payloads_are_not_kept_but_rebuilt_from_storage(tmp_path):
     record = await results.get(ALICE, T1)
     assert record.result.imageDataURI is None and record.payload_kind == "dataURI"
     reply = await results.reply(record, T1)
-    assert reply.imageDataURI == "data:image/png;base64," + base64.b64encode(b"\x89PNG-bytes").decode()
+    assert (
+        reply.imageDataURI == "data:image/png;base64," + base64.b64encode(b"\x89PNG-bytes").decode()
+    )
     clock.now += 60  # the image's own ttl ran out first
     assert await results.reply(await results.get(ALICE, T1), T1) is None
 
@@ -120,8 +135,9 @@ async def test_redis_an_accepted_task_holds_only_a_lease_until_it_is_queued(redi
     results, _, client = redis_book
     await results.begin(ALICE, T1, "removeBackground")
     assert 0 < await client.ttl(results.key(ALICE, T1)) <= results.ADMISSION_LEASE
-    task = decode_frame(json.dumps([{"taskType": "removeBackground", "taskUUID": T1,
-                                     "inputImage": "x"}])).tasks[0]
+    task = decode_frame(
+        json.dumps([{"taskType": "removeBackground", "taskUUID": T1, "inputImage": "x"}])
+    ).tasks[0]
     await JobQueue(client, results).add(task, ALICE, None)
     assert await client.ttl(results.key(ALICE, T1)) > results.ADMISSION_LEASE
     assert await client.xlen("rbg:jobs") == 1

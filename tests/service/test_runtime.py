@@ -7,10 +7,10 @@ import hashlib
 import numpy as np
 import onnx
 
+from service.config import Config, ModelOverride
 from service.fetch_model import MD5
 from service.inference.families import FAMILIES
 from service.inference.registry import load_registry
-from service.config import Config, ModelOverride
 from service.inference.runtime import OnnxModel, cuda_usable, with_symbolic_batch
 from tests.support import MODEL, build_isnet_test_model
 
@@ -42,8 +42,9 @@ def test_cuda_detection_answers_without_raising_and_cpu_is_the_fallback():
 
 def test_registry_serves_rembg_1_4_by_the_embedded_model_and_detects_families(tmp_path):
     extra = build_isnet_test_model(tmp_path / "rmbg.onnx")
-    registry = load_registry(Config(models_dir=MODEL.parent,
-                                    models=(ModelOverride("rmbg-test", extra),)))
+    registry = load_registry(
+        Config(models_dir=MODEL.parent, models=(ModelOverride("rmbg-test", extra),))
+    )
     assert registry.get("runware:109@1").runtime is registry.get("u2netp").runtime
     assert registry.get("u2netp").family is FAMILIES["u2net"]
     assert registry.get("rmbg-test").family is FAMILIES["isnet"]

@@ -21,8 +21,9 @@ def s3(tmp_path_factory):
 
 def store(s3, clock=None) -> S3ImageStore:
     extra = {"clock": clock} if clock else {}
-    return S3ImageStore(s3.endpoint, s3.bucket, s3.access_key, s3.secret_key, "us-east-1",
-                        default_ttl=3600, **extra)
+    return S3ImageStore(
+        s3.endpoint, s3.bucket, s3.access_key, s3.secret_key, "us-east-1", default_ttl=3600, **extra
+    )
 
 
 def fetch(url: str) -> tuple[int, bytes]:
@@ -58,7 +59,10 @@ async def test_the_presigned_url_serves_the_bytes_and_refuses_tampering_and_expi
     images = store(s3)
     stored = await images.put(b"\x89PNG-presigned", "png", ttl=600)
     url = images.url_for(stored, "http://unused")
-    assert url.startswith(f"{s3.endpoint}/{s3.bucket}/{stored.uuid}.png?") and "X-Amz-Signature=" in url
+    assert (
+        url.startswith(f"{s3.endpoint}/{s3.bucket}/{stored.uuid}.png?")
+        and "X-Amz-Signature=" in url
+    )
     assert await asyncio.to_thread(fetch, url) == (200, b"\x89PNG-presigned")
     signature = url.rsplit("X-Amz-Signature=", 1)[1]
     tampered = url.replace(signature, ("0" if signature[0] != "0" else "1") + signature[1:])

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from service.imaging.formats import CONTENT_TYPES
-from service.imaging.formats import STORED_EXTENSIONS
+from service.imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
 from service.storage.directory import DirectoryImageStore
 from tests.support import FakeClock as Clock
 

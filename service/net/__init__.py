@@ -1,0 +1,2 @@
+"""Outbound HTTP: every request the service makes, under one address policy (``outbound``), and
+delivery beyond the socket, webhooks and upload endpoints (``delivery``)."""

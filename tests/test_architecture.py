@@ -1,0 +1,104 @@
+"""The layout's promises: no model runtime where none is needed, and no import cycles."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grimp
+import pytest
+
+from tests.support import ROOT
+
+RUNTIMES = ("onnxruntime", "onnx", "openvino")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The model runtimes a fresh interpreter has loaded after running ``code``."""
+    probe = f"{code}\nimport sys; print(' '.join(m for m in {RUNTIMES!r} if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "service.storage.directory",
+        "service.storage.s3",
+        "service.tasks.dispatch",
+        "service.transport.http",
+        "service.config",
+    ],
+)
+def test_these_modules_load_no_model_runtime(module):
+    assert _loaded_after(f"import {module}") == []
+
+
+def test_the_help_text_loads_no_model_runtime():
+    code = (
+        "import contextlib, io\nfrom service.__main__ import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help'])"
+    )
+    assert _loaded_after(code) == []
+
+
+def test_the_probe_sees_a_runtime_when_one_is_loaded():
+    assert _loaded_after("import service.inference.registry") != []
+
+
+def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), TYPE_CHECKING imports
+    included."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in graph.modules:
+                continue
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return groups
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph("service", "protocol", "load")
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
+    package = tmp_path / "cyclic"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import b\n"
+    )
+    (package / "b.py").write_text("from . import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _cycles(grimp.build_graph("cyclic")) == [["cyclic.a", "cyclic.b"]]
