@@ -75,9 +75,10 @@ class RelayedSession:
         await self.drain()
 
     def detach(self, sender: FrameSender, now: float) -> None:
-        if self._sender is sender:
+        # ==, not is: a socket's bound method is a new object at every access
+        if self._sender == sender:
             self._sender = None
-            asyncio.get_running_loop().create_task(self._relay.left(self))
+            self._relay.let_go(self)
 
     async def drain(self) -> None:
         """Send what the outbox holds after the cursor, oldest first, while the socket takes it."""
@@ -118,6 +119,7 @@ class Relay:
         self._pubsub = redis.pubsub()
         self._attached: dict[bytes, RelayedSession] = {}
         self._listener: asyncio.Task | None = None
+        self._letting_go: set[asyncio.Task] = set()  # left() calls under way
 
     def keys(self, session_uuid: str) -> _SessionKeys:
         return _SessionKeys(self._prefix, session_uuid)
@@ -179,7 +181,16 @@ class Relay:
         except Exception:
             log.exception("relay: refreshing the held sessions failed")
 
+    def let_go(self, session: RelayedSession) -> None:
+        """``left`` in the background: a socket's end must not wait for Redis."""
+        leaving = asyncio.get_running_loop().create_task(self.left(session))
+        self._letting_go.add(leaving)
+        leaving.add_done_callback(self._letting_go.discard)
+
     async def close(self) -> None:
+        """Finish letting go of sessions whose sockets ended, then stop listening."""
+        if self._letting_go:
+            await asyncio.gather(*self._letting_go, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
         await self._pubsub.aclose()

@@ -41,7 +41,7 @@ class InMemoryClientSession:
         """Route this session's results to ``sender`` from now on, after what waited."""
         self._sender = sender
         self.detached_since = None
-        while self._outbox and self._sender is sender:
+        while self._outbox and self._sender == sender:
             frame = self._outbox.popleft()
             if not await sender(frame):
                 self._outbox.appendleft(frame)
@@ -49,7 +49,8 @@ class InMemoryClientSession:
 
     def detach(self, sender: FrameSender, now: float) -> None:
         """The socket behind ``sender`` is gone (a newer socket may have taken over already)."""
-        if self._sender is sender:
+        # ==, not is: a socket's bound method is a new object at every access
+        if self._sender == sender:
             self._sender = None
             self.detached_since = now
 
