@@ -63,10 +63,8 @@ class Config:
     session_linger: float = 120.0  # results kept for a client that is away (resume)
     drain_grace: float = 30.0  # on SIGTERM, seconds for in-flight tasks to finish
     max_image_pixels: int = 40_000_000
-    # With alphaMatting: measured 330 MB at peak for a 1.5 MP photo (animal-3, 9% of it
-    # uncertain) and 1.6 GB at twice its size (the exact solve's factor 1.2 GB of it); bands
-    # whose factor would pass 2 GiB take the iterative solve, so a 25 MP photo needs ~5 GB
-    # and tens of seconds of a core.
+    # With alphaMatting, memory grows faster than the pixel count (docs/performance.md,
+    # "Matting"); bands whose factor would pass 2 GiB take the iterative solve.
     max_matting_pixels: int = 25_000_000
     max_download_bytes: int = 25 * 1024 * 1024
     download_connect_timeout: float = 5.0

@@ -6,7 +6,7 @@ inference server such as Triton) can stand in without the batcher or pipeline no
 
 - ``OnnxModel``: onnxruntime, with CUDA when it is really usable (the GPU path), else the CPU.
 - ``OpenVinoModel``: OpenVINO's CPU runtime reading the same ONNX file, in f32 (outputs equal
-  onnxruntime's to ~1e-6). Measured faster than onnxruntime on our CPUs; see the README.
+  onnxruntime's to ~1e-6), faster than onnxruntime on the CPU (docs/decisions/0003).
 ``load_runtime`` picks one: ``auto`` = onnxruntime+CUDA on a GPU host, else OpenVINO, else
 onnxruntime on the CPU.
 """

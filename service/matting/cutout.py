@@ -5,7 +5,7 @@ although only the trimap's unknown band is uncertain. Here:
 - the trimap is rembg's (thresholds on the mask, binary erosion with a square of the erode size,
   background eroded with border value 1);
 - only the unknown pixels' rows of the matting Laplacian are built, from the windows that
-  touch them (``system``): the same values as pymatting's, 5-30x faster on animal-3;
+  touch them (``system``): the same values as pymatting's, without the whole image's Laplacian;
 - the system L_uu a_u = -L_uk a_k is solved exactly, by block Cholesky along the band's
   breadth-first levels, from both ends of the band at once (``direct``); bands too wide
   for that factor's memory are solved as pymatting does (conjugate gradients, incomplete-Cholesky
@@ -29,8 +29,8 @@ from protocol.messages import BackgroundSettings
 from .threads import side_by_side
 
 # numba, pymatting and our kernels (system, solver, foreground) load on first use:
-# they take ~1 s to import, which plain removals, the CLI and the tests that never matte need
-# not pay. The server imports them at start-up through warm_up.
+# they take about a second to import, which plain removals, the CLI and the tests that never
+# matte need not pay. The server imports them at start-up through warm_up.
 
 __all__ = ["UnsolvableTrimap", "matting_cutout", "trimap", "warm_up"]
 
@@ -64,8 +64,7 @@ def _square_erosion(region: np.ndarray, size: int, border_value: int) -> np.ndar
     square's result, border included: the row pass only looks beyond the left or right edge,
     where the column pass's result would be the border value anyway. Each pass is a running
     minimum over bytes, whose window scipy centres where it centres the square (index
-    size // 2), so even sizes match too. About 10x faster than one pass with the square on a
-    1.5 MP mask (and twice as fast as binary erosion with the lines).
+    size // 2), so even sizes match too, and it is much faster than one pass with the square.
     """
     eroded = region.view(np.uint8)
     for axis in (0, 1):

@@ -524,8 +524,8 @@ def solve_direct(
     sizes = np.diff(plan.offsets)
     factor_starts = np.concatenate([[0], np.cumsum(sizes * sizes)])
     factors = np.empty(int(factor_starts[-1]))
-    # Fault its pages in here, in one thread: with both chains faulting their own at once, the
-    # solve took 0.22-0.42 s on animal-3 instead of 0.21-0.25 s (and half-and-half, 0.21-0.33).
+    # Fault its pages in here, in one thread: both chains faulting their own at once made the
+    # solve slower and noisier (docs/decisions/0001).
     factors[::512] = 0.0
     b = np.ascontiguousarray(rhs[order])
     y, x = np.empty_like(b), np.empty_like(b)

@@ -23,16 +23,7 @@ one core: each column needs the columns before it. Here:
 - CG (pymatting's, tolerance 1e-7 as rembg) starts from the caller's first guess, the mask.
 
 The renumbered matrix is built in one pass (``_renumber``), not by scipy's fancy indexing.
-On animal-3 the factorisation takes 0.55 s instead of 0.85-0.97 s on one core (pymatting's
-kernel: 1.15 s), and a thicker band (the mask blurred, 173,000 unknowns) 1.1 s instead of 1.8 s.
-
-Tried and not kept: looser or sparser factors (more iterations, no faster overall); stopping
-CG on an estimate of the error instead of the residual (one iteration less); a banded LAPACK
-Cholesky (1.6 s); a branch-free scatter in the factorisation (10% slower); balancing the
-halves by estimated work instead of unknowns (within the noise); splitting the band into
-blocks factorised in parallel without a separator (CG then needed 10-30x the iterations, a
-coarse space of constant and colour vectors per block did not help, and with overlap the gain
-was a few per cent).
+Measurements and the alternatives not kept: docs/decisions/0007.
 """
 
 from __future__ import annotations
@@ -66,8 +57,8 @@ _MAX_NNZ = int(4e9 / 16)  # pymatting's cap
 # 2.5-2.8). pymatting reserves its whole cap (3 GB of address space) for every factor; that
 # costs nothing where memory is overcommitted, but fails on hosts that forbid overcommit.
 _FIRST_FILL = 8
-# The exact solve's factor grows as the band's length times its width squared: 0.2 GB on
-# animal-3 (1.5 MP), 1.2 GB on it at twice the size. Wider bands take the iterative solve,
+# The exact solve's factor grows as the band's length times its width squared
+# (docs/performance.md has its size on the fixtures). Wider bands take the iterative solve,
 # whose factor is several times sparser, though slower to make and to apply.
 DIRECT_MAX_BYTES = 2 << 30
 
@@ -132,7 +123,7 @@ class BandSplit:
 def band_levels(matrix: scipy.sparse.csr_matrix) -> np.ndarray:
     """Each unknown's breadth-first level: an entry of the matrix never joins levels more than
     one apart, and pieces of the band are an empty level apart."""
-    return _band_levels(matrix.indptr, matrix.indices)  # as they are: a copy costs 7 ms here
+    return _band_levels(matrix.indptr, matrix.indices)  # as they are: a copy is not free
 
 
 def split_band(matrix: scipy.sparse.csr_matrix, level: np.ndarray | None = None) -> BandSplit:

@@ -182,8 +182,8 @@ def band_system(
     centre_y, centre_x = np.nonzero(centres)
     window_index[centre_y, centre_x] = np.arange(centre_y.size)
     image = np.ascontiguousarray(image, dtype=np.float64)
-    # Large arrays come from numpy, which asks for huge pages (faults on 4 KiB pages cost
-    # milliseconds per megapixel here); the kernels only fill them.
+    # Large arrays come from numpy, which asks for huge pages (docs/decisions/0006); the
+    # kernels only fill them.
     means, inverses = np.empty((centre_y.size, 3)), np.empty((centre_y.size, 6))
     _window_statistics(image, centre_y, centre_x, epsilon, means, inverses)
     rows_y, rows_x = np.divmod(flat_unknown, width)
