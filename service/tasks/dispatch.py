@@ -170,7 +170,7 @@ class Dispatcher:
     def _start(self, task: WorkTask) -> None:
         assert self._answers is not None  # admitted, so the transport has opened
         self.accepted += 1
-        self._ports.workload.unfinished += 1
+        self._ports.workload.task_accepted()
         self._ports.metrics.queued.inc()
         running = asyncio.create_task(self._run(task, self._answers), name=f"task-{task.task_uuid}")
         self._running.add(running)
@@ -250,7 +250,7 @@ class Dispatcher:
             ports.metrics.tasks.labels(task.task_type, "success").inc()
             await self._deliver(task, result, answers)
         finally:
-            ports.workload.unfinished -= 1
+            ports.workload.task_ended()
             ports.metrics.queued.dec()
             ports.metrics.task_seconds.labels(task.task_type).observe(time.perf_counter() - started)
 

@@ -24,13 +24,24 @@ class Workload:
     def __init__(self, max_queued: int, backlog: Callable[[], int] = lambda: 0) -> None:
         self.max_queued = max_queued
         self._backlog = backlog
-        self.unfinished = 0  # accepted here, not yet answered or handed over
+        self._unfinished = 0  # accepted here, not yet answered or handed over
         self.draining = False
         self._seconds_per_image = 0.25  # running estimate, for the retry hint
 
+    @property
+    def unfinished(self) -> int:
+        """Work tasks accepted here and not yet answered or handed over."""
+        return self._unfinished
+
+    def task_accepted(self) -> None:
+        self._unfinished += 1
+
+    def task_ended(self) -> None:
+        self._unfinished -= 1
+
     def load(self) -> int:
         """Accepted work not finished: here, plus (distributed) the cluster's job backlog."""
-        return self.unfinished + self._backlog()
+        return self._unfinished + self._backlog()
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self._seconds_per_image = 0.9 * self._seconds_per_image + 0.1 * seconds / images

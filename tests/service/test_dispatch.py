@@ -99,7 +99,8 @@ async def test_limits_per_client_per_frame_and_service_wide():
     rig.workload.max_queued = 2  # the two running fill the service
     rig.work.release.set()
     await rig.settle()
-    rig.workload.unfinished = 2
+    rig.workload.task_accepted()
+    rig.workload.task_accepted()
     await rig.send(frame(removal()))
     refused = rig.replies.items[-1]
     assert refused.code == "overloaded" and refused.retryAfterMs >= 500
