@@ -4,6 +4,7 @@ a test tells it to. The parts under test are real."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,29 @@ class Collected:
 
     def codes(self) -> list[str]:
         return [item.code for item in self.items if isinstance(item, ErrorItem)]
+
+
+class Socket:
+    """A frame sender, as a socket gives one to a client session, that works until cut."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict] = []
+        self.open = True
+
+    async def send(self, frame: bytes) -> bool:
+        if self.open:
+            self.frames.append(json.loads(frame))
+        return self.open
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` to hold (events from another task or from Redis)."""
+
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 class ScriptedWork:

@@ -1,4 +1,5 @@
-"""service.tasks.results and service.cluster.results: what getResponse answers, for how long, and to whom."""
+"""service.tasks.results and service.cluster.results: what each twin does beyond the shared
+behaviour of test_twins (expiry by its clock, the admission lease, the hand-over)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from redis import asyncio as redis_asyncio
 
 from protocol.codec import decode_frame
 from protocol.errors import ErrorItem
-from protocol.messages import BackgroundRemovalResult, TaskStatusItem
+from protocol.messages import BackgroundRemovalResult
 from service.cluster.jobs import JobQueue
 from service.cluster.results import Handover, RedisResultsBook
 from service.storage.directory import DirectoryImageStore
@@ -41,20 +42,6 @@ def result(image_uuid: str, **payload) -> BackgroundRemovalResult:
     )
 
 
-async def test_processing_then_success_with_the_request_task_type(tmp_path):
-    results, _, _ = book(tmp_path)
-    assert await results.begin(ALICE, T1, "removeBackground")
-    record = await results.get(ALICE, T1)
-    assert await results.reply(record, T1) == TaskStatusItem("removeBackground", T1, "processing")
-    await results.succeed(ALICE, T1, result("u", imageURL="http://x/u.png"))
-    reply = await results.reply(await results.get(ALICE, T1), T1)
-    assert (reply.status, reply.taskType, reply.imageURL) == (
-        "success",
-        "removeBackground",
-        "http://x/u.png",
-    )
-
-
 async def test_a_known_task_uuid_is_refused_until_it_expires(tmp_path):
     results, _, clock = book(tmp_path, retention=100)
     assert await results.begin(ALICE, T1, "removeBackground")
@@ -67,12 +54,6 @@ async def test_a_known_task_uuid_is_refused_until_it_expires(tmp_path):
     assert await results.get(ALICE, T1) is None and await results.begin(
         ALICE, T1, "removeBackground"
     )
-
-
-async def test_records_are_invisible_to_other_keys(tmp_path):
-    results, _, _ = book(tmp_path)
-    await results.begin(ALICE, T1, "removeBackground")
-    assert await results.get(BOB, T1) is None
 
 
 async def test_a_long_ttl_keeps_the_result_beyond_the_retention(tmp_path):
@@ -120,16 +101,6 @@ async def redis_book(redis_server, tmp_path):
     await client.aclose()
 
 
-async def test_redis_a_task_uuid_is_taken_once_per_key(redis_book):
-    results, _, _ = redis_book
-    assert await results.begin(ALICE, T1, "removeBackground")
-    assert not await results.begin(ALICE, T1, "removeBackground")
-    assert await results.begin(BOB, T1, "removeBackground")
-    record = await results.get(ALICE, T1)
-    assert record.state is TaskState.PROCESSING and record.task_type == "removeBackground"
-    assert await results.reply(record, T1) == TaskStatusItem("removeBackground", T1, "processing")
-
-
 async def test_redis_an_accepted_task_holds_only_a_lease_until_it_is_queued(redis_book):
     """A gateway that dies between accepting and queueing must not block the task's retry."""
     results, _, client = redis_book
@@ -161,12 +132,3 @@ async def test_redis_only_the_first_to_end_a_task_records_and_hands_over(redis_b
     assert record.result.imageBase64Data is None and record.payload_kind == "base64Data"
     reply = await results.reply(record, T1)
     assert reply.status == "success" and reply.imageBase64Data == outcome.imageBase64Data
-
-
-async def test_redis_a_failure_is_recorded_with_its_error(redis_book):
-    results, _, _ = redis_book
-    await results.begin(BOB, T1, "imageUpload")
-    error = ErrorItem(code="invalidImage", message="m", taskUUID=T1, parameter="image")
-    assert await results.fail(BOB, T1, error)
-    record = await results.get(BOB, T1)
-    assert record.state is TaskState.FAILED and record.error == error

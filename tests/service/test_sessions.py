@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from protocol.errors import ErrorItem
 from service.tasks.sessions import InMemorySessions
+from tests.service.fakes import Socket
 from tests.support import FakeClock
-
-
-class Socket:
-    """A frame sender that works until it is cut."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict] = []
-        self.open = True
-
-    async def send(self, frame: bytes) -> bool:
-        if not self.open:
-            return False
-        self.frames.append(json.loads(frame))
-        return True
 
 
 def error(task_uuid: str) -> ErrorItem:
     return ErrorItem(code="invalidImage", message="m", taskUUID=task_uuid)
-
-
-async def test_a_session_resumes_only_under_the_key_that_opened_it():
-    sessions = InMemorySessions()
-    first = await sessions.resume_or_create(None, "alice")
-    assert await sessions.resume_or_create(first.uuid, "alice") is first
-    other = await sessions.resume_or_create(first.uuid, "bob")
-    assert other is not first and other.uuid != first.uuid
 
 
 async def test_answers_wait_while_detached_and_arrive_on_resume_in_order():
@@ -83,9 +60,3 @@ async def test_an_attached_session_is_never_swept():
     await session.attach(Socket().send)
     clock.now += 1000
     assert sessions.sweep() == 0
-
-
-async def test_an_ephemeral_session_cannot_be_resumed():
-    sessions = InMemorySessions()
-    ephemeral = await sessions.ephemeral()
-    assert (await sessions.resume_or_create(ephemeral.uuid, "")) is not ephemeral

@@ -1,0 +1,130 @@
+"""The twins behind each port behave alike: the in-memory ones (one process) and the Redis ones
+(the distributed mode) pass the same tests, through the port's methods only."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from redis import asyncio as redis_asyncio
+
+from protocol.errors import ErrorItem
+from protocol.messages import TaskStatusItem
+from service.cluster.relay import RedisSessions, Relay
+from service.cluster.results import RedisResultsBook
+from service.storage.directory import DirectoryImageStore
+from service.tasks.ports import SessionStore, TaskState
+from service.tasks.results import InMemoryResultsBook, scope_of
+from service.tasks.sessions import InMemorySessions
+from tests.service.fakes import Socket, until
+from tests.service.test_results import T1, result
+from tests.support import start_redis
+
+ALICE, BOB = scope_of("alice"), scope_of("bob")
+TWINS = [pytest.param("memory"), pytest.param("redis", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    process = start_redis(tmp_path_factory.mktemp("redis"))
+    yield process.url
+    process.stop()
+
+
+async def empty_redis(request) -> redis_asyncio.Redis:
+    """A client of the module's redis-server, emptied (only the Redis twins ask for one)."""
+    client = redis_asyncio.from_url(request.getfixturevalue("redis_url"))
+    await client.flushdb()
+    return client
+
+
+@pytest.fixture(params=TWINS)
+async def results(request, tmp_path):
+    store = DirectoryImageStore(tmp_path, default_ttl=1000)
+    if request.param == "memory":
+        yield InMemoryResultsBook(store, retention=100), store
+        return
+    client = await empty_redis(request)
+    yield RedisResultsBook(client, store, retention=100), store
+    await client.aclose()
+
+
+@pytest.fixture(params=TWINS)
+async def sessions(request):
+    if request.param == "memory":
+        yield InMemorySessions(linger=120)
+        return
+    client = await empty_redis(request)
+    relay = Relay(client, linger=120)
+    yield RedisSessions(relay)
+    await relay.close()
+    await client.aclose()
+
+
+async def test_a_task_uuid_is_taken_once_per_scope(results):
+    book, _ = results
+    assert await book.begin(ALICE, T1, "removeBackground")
+    assert not await book.begin(ALICE, T1, "removeBackground")
+    assert await book.begin(BOB, T1, "removeBackground")
+    record = await book.get(ALICE, T1)
+    assert record.state is TaskState.PROCESSING
+    assert await book.reply(record, T1) == TaskStatusItem("removeBackground", T1, "processing")
+
+
+async def test_only_the_first_end_counts(results):
+    book, _ = results
+    await book.begin(ALICE, T1, "removeBackground")
+    assert await book.succeed(ALICE, T1, result("u", imageURL="http://x/u.png"))
+    assert not await book.fail(ALICE, T1, ErrorItem(code="internalServerError", message="m"))
+    reply = await book.reply(await book.get(ALICE, T1), T1)
+    assert (reply.status, reply.taskType, reply.imageURL) == (
+        "success",
+        "removeBackground",
+        "http://x/u.png",
+    )
+
+
+async def test_a_failure_is_kept_with_its_error(results):
+    book, _ = results
+    await book.begin(BOB, T1, "imageUpload")
+    error = ErrorItem(code="invalidImage", message="m", taskUUID=T1, parameter="image")
+    assert await book.fail(BOB, T1, error)
+    record = await book.get(BOB, T1)
+    assert record.state is TaskState.FAILED and record.error == error
+    assert await book.get(ALICE, T1) is None
+
+
+async def test_inline_payloads_are_rebuilt_from_the_image_store(results):
+    book, store = results
+    stored = await store.put(b"\x89PNG-bytes", "png", ttl=60)
+    await book.begin(ALICE, T1, "removeBackground")
+    inline = base64.b64encode(b"\x89PNG-bytes").decode()
+    await book.succeed(ALICE, T1, result(stored.uuid, imageBase64Data=inline))
+    record = await book.get(ALICE, T1)
+    assert record.result.imageBase64Data is None and record.payload_kind == "base64Data"
+    assert (await book.reply(record, T1)).imageBase64Data == inline
+
+
+async def test_a_session_resumes_only_under_its_own_key(sessions: SessionStore):
+    first = await sessions.resume_or_create(None, "alice")
+    assert (await sessions.resume_or_create(first.uuid, "alice")).uuid == first.uuid
+    assert (await sessions.resume_or_create(first.uuid, "bob")).uuid != first.uuid
+    ephemeral = await sessions.ephemeral()
+    assert (await sessions.resume_or_create(ephemeral.uuid, "alice")).uuid != ephemeral.uuid
+
+
+async def test_answers_wait_for_a_resume_and_arrive_in_order(sessions: SessionStore):
+    session = await sessions.resume_or_create(None, "alice")
+    old = Socket()
+    await session.attach(old.send)
+    await session.deliver(ErrorItem(code="invalidImage", message="m", taskUUID="a"))
+    await until(lambda: len(old.frames) == 1)
+    old.open = False
+    session.detach(old.send, sessions.now())
+    for name in "bc":
+        await session.deliver(ErrorItem(code="invalidImage", message="m", taskUUID=name))
+    new = Socket()
+    resumed = await sessions.resume_or_create(session.uuid, "alice")
+    await resumed.attach(new.send)
+    await until(lambda: len(new.frames) == 2)
+    assert [f["errors"][0]["taskUUID"] for f in new.frames] == ["b", "c"]
