@@ -74,7 +74,6 @@ class App:
         self.webhooks = WebhookSender(
             self.http, attempts=config.webhook_attempts, backoff=config.webhook_backoff
         )
-        self.workload = Workload(config.max_queued_tasks)
         self._redis: Any = None
         self._relay: Relay | None = None
         self._jobs: JobQueue | None = None
@@ -89,6 +88,11 @@ class App:
             work = LocalWork(self.processor)
         else:
             work = self._distributed(config, largest_batch)
+        jobs = self._jobs
+        # On a gateway the cluster's job backlog counts towards the overload limit.
+        self.workload = Workload(
+            config.max_queued_tasks, backlog=(lambda: jobs.backlog) if jobs else lambda: 0
+        )
         self._keys = tuple(key.encode() for key in config.api_keys)
         self.tasks = TaskPorts(
             self.results, work, self.workload, self.webhooks, self.metrics, self.key_is_valid
@@ -114,9 +118,8 @@ class App:
         self.sessions = RedisSessions(self._relay)
         work: WorkExecutor = LocalWork(self.processor)
         if config.serves_clients:
-            jobs = self._jobs = JobQueue(self._redis, results)
-            self.workload = Workload(config.max_queued_tasks, backlog=lambda: jobs.backlog)
-            work = QueuedWork(self.processor, jobs)
+            self._jobs = JobQueue(self._redis, results)
+            work = QueuedWork(self.processor, self._jobs)
         if config.runs_models:
             self._worker = Worker(
                 self._redis,
