@@ -327,17 +327,40 @@ def _decode_task(raw: msgspec.Raw, index: int) -> Task | ErrorItem:
         return failure.item(task_type, task_uuid)
 
 
-def decode_frame(data: bytes | str) -> DecodedFrame:
-    """Decode one client frame. Never raises: every problem becomes an error item."""
+def _too_deep() -> DecodedFrame:
+    item = ErrorItem(code=Code.INVALID_JSON, message="The frame is nested too deeply to read.")
+    return DecodedFrame(tasks=[], errors=[item])
+
+
+def decode_frame(data: bytes | str, max_elements: int | None = None) -> DecodedFrame:
+    """Decode one client frame. Never raises: every problem becomes an error item.
+
+    Only the first ``max_elements`` elements are read (None: all); one ``tooManyTasks`` item
+    covers the rest, however many there are.
+    """
     try:
         raws = _frame_decoder.decode(data)
     except msgspec.DecodeError:
-        return _frame_error(data)
+        try:
+            return _frame_error(data)
+        except RecursionError:
+            return _too_deep()
+    except RecursionError:
+        return _too_deep()
     frame = DecodedFrame(tasks=[], errors=[])
-    for index, raw in enumerate(raws):
+    for index, raw in enumerate(raws[:max_elements]):
         decoded = _decode_task(raw, index)
         if isinstance(decoded, ErrorItem):
             frame.errors.append(decoded)
         else:
             frame.tasks.append(decoded)
+    if max_elements is not None and len(raws) > max_elements:
+        frame.errors.append(
+            ErrorItem(
+                code=Code.TOO_MANY_TASKS,
+                message=f"{len(raws) - max_elements} elements past the first {max_elements} "
+                f"were not read: at most {max_elements} tasks are accepted per frame.",
+                max=max_elements,
+            )
+        )
     return frame

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from protocol.codec import TASK_TYPES
+
 __all__ = ["Metrics"]
+
+# Labels come from fixed sets: a client's made-up taskType must not become a time series.
+_TASK_TYPE_LABELS = frozenset(TASK_TYPES)
+_OTHER = "other"
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30)
@@ -57,6 +63,11 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def count_task(self, task_type: str | None, outcome: str) -> None:
+        """One task answered: ``outcome`` is "success" or an error code (a fixed set)."""
+        label = task_type if task_type in _TASK_TYPE_LABELS else _OTHER
+        self.tasks.labels(label, outcome).inc()
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)

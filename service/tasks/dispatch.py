@@ -118,27 +118,17 @@ class Dispatcher:
                 )
             )
             return
-        if len(message) >= _THREAD_PARSE_BYTES:
-            frame = await asyncio.to_thread(decode_frame, message)
-        else:
-            frame = decode_frame(message)
-        for item in frame.errors:
-            metrics.tasks.labels(item.taskType or "unknown", item.code).inc()
-            await self._reply(item)
         limit = self._limits.max_tasks_per_frame
-        for index, task in enumerate(frame.tasks):
+        if len(message) >= _THREAD_PARSE_BYTES:
+            frame = await asyncio.to_thread(decode_frame, message, limit)
+        else:
+            frame = decode_frame(message, limit)
+        for item in frame.errors:
+            metrics.count_task(item.taskType, item.code)
+            await self._reply(item)
+        for task in frame.tasks:
             try:
-                if index >= limit:
-                    await self._reply(
-                        refusal(
-                            task,
-                            Code.TOO_MANY_TASKS,
-                            f"At most {limit} tasks are accepted per frame.",
-                            max=limit,
-                        )
-                    )
-                else:
-                    await self._dispatch(task)
+                await self._dispatch(task)
             except Exception as error:  # a bug in one task's handling must not drop the client
                 await self._reply(error_item_for(task, error))
 
@@ -164,7 +154,7 @@ class Dispatcher:
             if refused is None:
                 self._start(task)
                 return
-        self._ports.metrics.tasks.labels(task.task_type, refused.code).inc()
+        self._ports.metrics.count_task(task.task_type, refused.code)
         await self._reply(refused)
 
     def _start(self, task: WorkTask) -> None:
@@ -239,7 +229,7 @@ class Dispatcher:
         except Exception as error:
             item = error_item_for(task, error)
             await ports.results.fail(scope, task.task_uuid, item)
-            ports.metrics.tasks.labels(task.task_type, item.code).inc()
+            ports.metrics.count_task(task.task_type, item.code)
             # Refused before the acknowledgement: the client is still waiting for an answer.
             await (self._deliver(task, item, answers) if acknowledged else answers.deliver(item))
         else:
@@ -247,7 +237,7 @@ class Dispatcher:
                 return  # handed over: a worker records and answers it
             ttl = task.output.ttl if isinstance(task, RemoveBackground) else None
             await ports.results.succeed(scope, task.task_uuid, result, ttl)
-            ports.metrics.tasks.labels(task.task_type, "success").inc()
+            ports.metrics.count_task(task.task_type, "success")
             await self._deliver(task, result, answers)
         finally:
             ports.workload.task_ended()

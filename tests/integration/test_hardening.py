@@ -252,16 +252,55 @@ async def test_frame_over_the_hard_cap_closes_with_1009(limits_server):
     assert closed.value.rcvd.code == 1009
 
 
-async def test_tasks_beyond_the_per_frame_limit_are_refused_one_by_one(limits_server):
+async def test_one_error_covers_the_tasks_beyond_the_per_frame_limit(limits_server):
     client = await connect(limits_server)
     try:
         tasks = [{"taskType": "getResponse", "taskUUID": new_uuid()} for _ in range(6)]
         await client.send(*tasks)
-        answers = await client.collect([t["taskUUID"] for t in tasks])
-        codes = [answers[t["taskUUID"]]["code"] for t in tasks]
-        assert codes == ["taskNotFound"] * 4 + ["tooManyTasks"] * 2
+        beyond = await client.recv()
+        assert beyond["errors"][0]["code"] == "tooManyTasks" and beyond["errors"][0]["max"] == 4
+        answers = await client.collect([t["taskUUID"] for t in tasks[:4]])
+        assert {a["code"] for a in answers.values()} == {"taskNotFound"}
     finally:
         await client.ws.close()
+
+
+async def test_a_flood_of_bad_elements_gets_a_bounded_answer(limits_server):
+    """Half a million {} elements: four missingTaskType items, one tooManyTasks, nothing more."""
+    client = await connect(limits_server)
+    try:
+        await client.send_raw("[" + ",".join(["{}"] * 500_000) + "]")
+        codes = [(await client.recv())["errors"][0]["code"] for _ in range(5)]
+        assert codes == ["missingTaskType"] * 4 + ["tooManyTasks"]
+        assert await client.ping()  # the next frame is the pong: nothing else was queued
+    finally:
+        await client.ws.close()
+
+
+async def test_deep_nesting_is_invalid_json_and_the_socket_stays(limits_server):
+    client = await connect(limits_server)
+    try:
+        await client.send_raw("[" * 100_000 + "]" * 100_000)
+        error = (await client.recv())["errors"][0]
+        assert error["code"] == "invalidJSON" and "nested" in error["message"]
+        assert await client.ping()
+    finally:
+        await client.ws.close()
+
+
+async def test_made_up_task_types_do_not_become_metrics(limits_server):
+    client = await connect(limits_server)
+    try:
+        made_up = [{"taskType": f"madeUp{n}", "taskUUID": new_uuid()} for n in range(4)]
+        await client.send(*made_up)
+        for _ in made_up:
+            assert (await client.recv())["errors"][0]["code"] == "unsupportedTaskType"
+    finally:
+        await client.ws.close()
+    _, _, text = http_get(f"{limits_server.http_url}/metrics")
+    metrics = text.decode()
+    assert "madeUp" not in metrics
+    assert 'rbg_tasks_total{outcome="unsupportedTaskType",task_type="other"}' in metrics
 
 
 async def test_in_flight_limit_per_socket(limits_server):

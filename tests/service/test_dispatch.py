@@ -95,7 +95,7 @@ async def test_limits_per_client_per_frame_and_service_wide():
     rig = await authenticated(DispatchRig(limits=limits, max_queued=100))
     rig.work.release.clear()
     await rig.send(frame(removal(), removal(), removal(), removal()))
-    assert rig.replies.codes() == ["tooManyTasksInFlight", "tooManyTasks"]
+    assert rig.replies.codes() == ["tooManyTasks", "tooManyTasksInFlight"]
     rig.workload.max_queued = 2  # the two running fill the service
     rig.work.release.set()
     await rig.settle()
