@@ -20,7 +20,9 @@ __all__ = [
     "OutputType",
     "OutputFormat",
     "DeliveryMethod",
+    "UUID_CORE",
     "UUID_PATTERN",
+    "MAX_TTL",
     "OUTPUT_TYPES",
     "OUTPUT_FORMATS",
     "DEFAULT_MODEL",
@@ -52,7 +54,10 @@ __all__ = [
     "RESULT_TYPES",
 ]
 
-UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+UUID_CORE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# The whole string, and nothing after it: a bare $ would also match before a final newline.
+UUID_PATTERN = rf"^{UUID_CORE}$(?!\n)"
+MAX_TTL = 30 * 86_400  # seconds: the longest a stored output may live
 TaskUUID = Annotated[str, Meta(pattern=UUID_PATTERN)]
 Threshold = Annotated[int, Meta(ge=1, le=255)]
 Channel = Annotated[int, Meta(ge=0, le=255)]
@@ -128,7 +133,7 @@ class RemoveBackgroundRequest(BackgroundSettingsFields, kw_only=True):
     outputType: str | None = None
     outputFormat: str | None = None
     outputQuality: Annotated[int, Meta(ge=20, le=99)] | None = None
-    ttl: Annotated[int, Meta(ge=60)] | None = None
+    ttl: Annotated[int, Meta(ge=60, le=MAX_TTL)] | None = None
     includeCost: bool | None = None
     deliveryMethod: str | None = None
     webhookURL: str | None = None

@@ -18,7 +18,7 @@ from protocol.messages import BackgroundRemovalResult, ImageUploadResult
 
 from ..storage.store import ImageStore
 from ..tasks.ports import TaskRecord, TaskState, WorkResult
-from ..tasks.results import reply_item, without_payload
+from ..tasks.results import reply_item, task_key, without_payload
 
 __all__ = ["Handover", "RedisResultsBook"]
 
@@ -87,7 +87,7 @@ class RedisResultsBook:
     PROCESSING_SECONDS = 7 * 86_400  # a queued task's record: a backstop, it ends long before
 
     def key(self, scope: bytes, task_uuid: str) -> str:
-        return f"{self._prefix}:task:{scope.hex()}:{task_uuid}"
+        return f"{self._prefix}:task:{scope.hex()}:{task_key(task_uuid)}"
 
     async def begin(self, scope: bytes, task_uuid: str, task_type: str) -> bool:
         return bool(

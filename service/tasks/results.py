@@ -26,7 +26,16 @@ from ..imaging.pipeline import payload_fields
 from ..storage.store import ImageStore
 from .ports import TaskRecord, TaskState, WorkResult
 
-__all__ = ["InMemoryResultsBook", "reply_item", "scope_of", "without_payload"]
+__all__ = ["InMemoryResultsBook", "reply_item", "scope_of", "task_key", "without_payload"]
+
+
+def task_key(task_uuid: str) -> str:
+    """A taskUUID as the results book files it: one task whatever the case of its hex digits."""
+    return task_uuid.lower()
+
+
+def _key(scope: bytes, task_uuid: str) -> tuple[bytes, str]:
+    return scope, task_key(task_uuid)
 
 
 def scope_of(api_key: str) -> bytes:
@@ -86,7 +95,7 @@ class InMemoryResultsBook:
 
     async def begin(self, scope: bytes, task_uuid: str, task_type: str) -> bool:
         """Enter a task as processing; False when the taskUUID is already known (a duplicate)."""
-        key = (scope, task_uuid)
+        key = _key(scope, task_uuid)
         known = self._records.get(key)
         if known is not None and known.expires_at > self._clock():
             return False
@@ -109,7 +118,7 @@ class InMemoryResultsBook:
         self, scope: bytes, task_uuid: str, state: TaskState, ttl: int | None, **fields: Any
     ) -> bool:
         """True when this call ended the task (it was processing and still in the book)."""
-        record = self._records.get((scope, task_uuid))
+        record = self._records.get(_key(scope, task_uuid))
         if record is None or record.state is not TaskState.PROCESSING:
             return False  # evicted meanwhile (nothing to answer later), or ended already
         record.state = state
@@ -119,7 +128,7 @@ class InMemoryResultsBook:
         return True
 
     async def get(self, scope: bytes, task_uuid: str) -> TaskRecord | None:
-        record = self._records.get((scope, task_uuid))
+        record = self._records.get(_key(scope, task_uuid))
         if record is None or record.expires_at <= self._clock():
             return None
         return record

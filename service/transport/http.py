@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from protocol.messages import UUID_PATTERN
+from protocol.messages import UUID_CORE
 
 from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
@@ -31,9 +31,7 @@ from .websocket import Connection
 
 __all__ = ["Listener", "start_server"]
 
-_IMAGE_PATH = re.compile(
-    r"^/images/(?P<uuid>" + UUID_PATTERN.strip("^$") + r")\.(?P<ext>[a-z]{3,4})$"
-)
+_IMAGE_PATH = re.compile(rf"^/images/(?P<uuid>{UUID_CORE})\.(?P<ext>[a-z]{{3,4}})$")
 _SERVER = "rembg-stream"
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
 _PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()

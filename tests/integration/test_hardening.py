@@ -303,6 +303,30 @@ async def test_made_up_task_types_do_not_become_metrics(limits_server):
     assert 'rbg_tasks_total{outcome="unsupportedTaskType",task_type="other"}' in metrics
 
 
+async def test_a_task_uuid_in_another_case_is_the_same_task(limits_server):
+    client = await connect(limits_server)
+    try:
+        task = fast()
+        first = await client.run(dict(task))
+        assert first["kind"] == "data"
+        again = await client.run({**task, "taskUUID": task["taskUUID"].upper()})
+        assert again["code"] == "conflictTaskUUID"
+        newline = await client.run({**fast(), "taskUUID": new_uuid() + "\n"})
+        assert newline["code"] == "invalidTaskUUID"
+    finally:
+        await client.ws.close()
+
+
+async def test_a_ttl_beyond_30_days_is_refused_before_any_work(limits_server):
+    client = await connect(limits_server)
+    try:
+        for ttl in (2**62, 10**30):
+            answer = await client.run(fast(ttl=ttl))
+            assert answer["code"] == "invalidTtl" and answer["max"] == 30 * 86_400
+    finally:
+        await client.ws.close()
+
+
 async def test_in_flight_limit_per_socket(limits_server):
     client = await connect(limits_server)
     try:

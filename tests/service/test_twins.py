@@ -71,6 +71,14 @@ async def test_a_task_uuid_is_taken_once_per_scope(results):
     assert await book.reply(record, T1) == TaskStatusItem("removeBackground", T1, "processing")
 
 
+async def test_a_task_uuid_is_one_task_in_any_case(results):
+    book, _ = results
+    assert await book.begin(ALICE, T1, "removeBackground")
+    assert not await book.begin(ALICE, T1.upper(), "removeBackground")
+    assert await book.succeed(ALICE, T1.upper(), result("u", imageURL="http://x/u.png"))
+    assert (await book.get(ALICE, T1)).state is TaskState.SUCCESS
+
+
 async def test_only_the_first_end_counts(results):
     book, _ = results
     await book.begin(ALICE, T1, "removeBackground")
