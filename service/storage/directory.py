@@ -95,13 +95,21 @@ class DirectoryImageStore:
         return len(removed)
 
 
+# A partial file older than this belongs to a write that died before its rename.
+_PARTIAL_GRACE = 3600.0
+
+
 def _remove_expired(root: Path, now: float) -> list[str]:
+    """Delete expired images (returned by UUID) and the partial files of dead writes."""
     removed = []
     with os.scandir(root) as entries:
         for entry in entries:
             stem, _, extension = entry.name.partition(".")
+            if extension.endswith(".partial"):
+                _remove_stale_partial(entry, now)
+                continue
             if extension not in STORED_EXTENSIONS:
-                continue  # a partial file, or not ours
+                continue  # not ours
             try:
                 if entry.stat().st_mtime <= now:
                     os.unlink(entry.path)
@@ -109,6 +117,15 @@ def _remove_expired(root: Path, now: float) -> list[str]:
             except FileNotFoundError:
                 pass  # another process swept it first
     return removed
+
+
+def _remove_stale_partial(entry: os.DirEntry[str], now: float) -> None:
+    # Its mtime may already be the image's expiry; ctime is when it was last written.
+    try:
+        if entry.stat().st_ctime <= now - _PARTIAL_GRACE:
+            os.unlink(entry.path)
+    except FileNotFoundError:
+        pass
 
 
 def _write_atomically(path: Path, data: bytes, expires_at: float) -> None:

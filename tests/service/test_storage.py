@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from service.imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
 from service.storage.directory import DirectoryImageStore
 from tests.support import FakeClock as Clock
@@ -49,3 +52,16 @@ async def test_processes_sharing_the_directory_see_each_others_images(tmp_path):
 
 def test_every_format_the_pipeline_stores_is_found_on_disk():
     assert set(STORED_EXTENSIONS) == set(CONTENT_TYPES)
+
+
+async def test_a_partial_file_left_by_a_failed_write_is_swept_later(tmp_path):
+    """A write that died between writing and renaming leaves ``.partial``; only its age, not
+    its mtime (the image's expiry, perhaps far away), decides when it goes."""
+    clock = Clock(time.time())
+    store = DirectoryImageStore(tmp_path, default_ttl=60, clock=clock)
+    partial = tmp_path / "9ad4918a-e9d0-440a-ac59-057a966cd421.png.partial"
+    partial.write_bytes(b"half an image")
+    os.utime(partial, (2**40, 2**40))
+    assert await store.sweep() == 0 and partial.exists()  # perhaps still being written
+    clock.now += 2 * 3600
+    assert await store.sweep() == 0 and not partial.exists()
