@@ -103,7 +103,11 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
         "seconds between keepalive pings; a peer whose pong is not "
         "back within half of it is dropped",
     ),
-    ("--idle-timeout", float, "seconds without any message before a socket is closed"),
+    (
+        "--idle-timeout",
+        float,
+        "seconds without a frame in, an answer out or a task running before a socket is closed",
+    ),
     ("--session-linger", float, "seconds results wait for a client that went away (resume)"),
     ("--drain-grace", float, "seconds in-flight tasks get to finish on SIGTERM"),
     ("--max-image-pixels", int, "largest image accepted, in pixels, checked before decoding"),

@@ -97,6 +97,11 @@ class Dispatcher:
     def api_key(self) -> str | None:
         return self.auth.api_key
 
+    @property
+    def busy(self) -> bool:
+        """Work tasks of this client are still running."""
+        return bool(self._running)
+
     def open(self, scope: bytes, answers: Answers) -> None:
         """From now on, work tasks run under ``scope`` and their outcomes go to ``answers``."""
         self._scope = scope

@@ -21,8 +21,13 @@ class OpenSocket(Protocol):
     @property
     def api_key(self) -> str | None: ...
 
-    last_heard: float  # time.monotonic() of the last frame received
+    last_active: float  # time.monotonic() of the last frame received or answer sent
     closing: bool
+
+    @property
+    def busy(self) -> bool:
+        """Tasks of this socket are still running: its client is waiting, not idle."""
+        ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -49,9 +54,10 @@ class OpenSockets:
         return others < self._max_per_key
 
     def silent_for(self, seconds: float) -> list[OpenSocket]:
-        """Sockets that have received nothing for ``seconds`` and are not closing already."""
+        """Sockets with no task running and no frame in or answer out for ``seconds``, not
+        closing already."""
         since = time.monotonic() - seconds
-        return [c for c in self._open if c.last_heard < since and not c.closing]
+        return [c for c in self._open if c.last_active < since and not c.busy and not c.closing]
 
     def all(self) -> list[OpenSocket]:
         return list(self._open)

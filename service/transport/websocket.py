@@ -68,12 +68,16 @@ class Connection:
         self._transport = transport
         self._peer = peer
         self._client: ClientSession | None = None
-        self.last_heard = time.monotonic()
+        self.last_active = time.monotonic()
         self.closing = False
 
     @property
     def api_key(self) -> str | None:
         return self._dispatcher.api_key
+
+    @property
+    def busy(self) -> bool:
+        return self._dispatcher.busy
 
     async def serve(self) -> None:
         sockets, metrics = self._context.sockets, self._context.metrics
@@ -83,7 +87,7 @@ class Connection:
                 # ERROR: a frame over the hard cap (closed with 1009) or a lost keepalive pong.
                 if message.type not in _FRAMES:
                     break
-                self.last_heard = time.monotonic()
+                self.last_active = time.monotonic()
                 metrics.bytes_in.inc(len(message.data))
                 await self._dispatcher.handle_frame(message.data)
         except (ConnectionError, asyncio.CancelledError):
@@ -134,6 +138,7 @@ class Connection:
                 self._reset()
             return False
         self._context.metrics.bytes_out.inc(len(payload))
+        self.last_active = time.monotonic()
         return True
 
     async def _reply(self, item: Any) -> None:

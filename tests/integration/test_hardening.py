@@ -500,6 +500,24 @@ async def test_silent_sockets_are_closed_after_the_idle_timeout(limits_server):
         assert websocket.close_code == 1000
 
 
+@pytest.fixture(scope="module")
+def slow_batch_server(fast_server_with):
+    """A lone image waits 5 s for its batch to fill; sockets idle for 2 s are closed."""
+    return fast_server_with("--idle-timeout", "2", "--max-batch", "8", "--max-wait-ms", "5000")
+
+
+async def test_a_socket_waiting_for_its_answers_is_not_idle(slow_batch_server):
+    """Tasks in flight count as activity: the answer arrives on the socket that asked."""
+    async with websockets.connect(slow_batch_server.ws_url, max_size=None) as websocket:
+        client = Client(websocket)
+        await client.authenticate("patient")
+        answer = await client.run(fast(), timeout=30)
+        assert answer["kind"] == "data"
+        # idle again once answered: closed after the timeout as before
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(websocket.recv(), 15 * UNIT)
+
+
 # --------------------------------------------------------------------------- reconnects
 
 
