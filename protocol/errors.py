@@ -56,6 +56,8 @@ class Code:
     TOO_MANY_CONNECTIONS = "tooManyConnections"
     OVERLOADED = "overloaded"
     SHUTTING_DOWN = "shuttingDown"
+    # The distributed mode's queue (Redis) cannot be reached: nothing was accepted.
+    SERVICE_UNAVAILABLE = "serviceUnavailable"
     WEBHOOK_FAILED = "webhookFailed"
     WORKER_FAILED = "workerFailed"  # distributed mode: every worker that ran the task stopped
     INTERNAL = "internalServerError"
@@ -99,6 +101,7 @@ class TaskFailure(Exception):
         type: str | None = None,
         min: int | float | None = None,
         max: int | float | None = None,
+        retry_after_ms: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -107,15 +110,24 @@ class TaskFailure(Exception):
         self.type = type
         self.min = min
         self.max = max
+        self.retry_after_ms = retry_after_ms
 
     @classmethod
-    def invalid(cls, parameter: str, type: str, detail: str, **hints: int | float) -> TaskFailure:
+    def invalid(
+        cls,
+        parameter: str,
+        type: str,
+        detail: str,
+        min: int | float | None = None,
+        max: int | float | None = None,
+    ) -> TaskFailure:
         return cls(
             code_for("invalid", parameter),
             f"Invalid value for {parameter} parameter. {detail}",
             parameter=parameter,
             type=type,
-            **hints,
+            min=min,
+            max=max,
         )
 
     @classmethod
@@ -137,4 +149,5 @@ class TaskFailure(Exception):
             taskUUID=task_uuid,
             min=self.min,
             max=self.max,
+            retryAfterMs=self.retry_after_ms,
         )

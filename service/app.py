@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import from_url as redis_from_url
-
 from .cluster.jobs import JobQueue, QueuedWork, Worker
+from .cluster.reachability import connect as connect_to_redis
 from .cluster.relay import RedisSessions, Relay
 from .cluster.results import RedisResultsBook
 from .config import Config
@@ -78,7 +77,8 @@ class App:
         self._relay: Relay | None = None
         self._jobs: JobQueue | None = None
         self._worker: Worker | None = None
-        self._backlog_watch: asyncio.Task | None = None
+        self._queued: QueuedWork | None = None
+        self._watches: list[asyncio.Task] = []  # background loops of the distributed mode
         self.sessions: SessionStore
         self.results: ResultsStore
         work: WorkExecutor
@@ -106,12 +106,13 @@ class App:
             self.metrics,
             self.sockets,
             pipeline_slots=config.socket_concurrency or max(4, 2 * largest_batch),
+            unready_because=self.unready_because,
         )
 
     def _distributed(self, config: Config, largest_batch: int) -> WorkExecutor:
         """Queue, results book and sessions in Redis; this process's role decides which end."""
         assert config.redis is not None
-        self._redis = redis_from_url(config.redis)
+        self._redis = connect_to_redis(config.redis)
         results = RedisResultsBook(self._redis, self.store, config.result_retention)
         self.results = results
         self._relay = Relay(self._redis, linger=config.session_linger)
@@ -119,7 +120,10 @@ class App:
         work: WorkExecutor = LocalWork(self.processor)
         if config.serves_clients:
             self._jobs = JobQueue(self._redis, results)
-            work = QueuedWork(self.processor, self._jobs)
+            work = self._queued = QueuedWork(
+                self.processor, self._jobs, results, linger=config.session_linger
+            )
+            self._relay.on_relayed = self._queued.relayed
         if config.runs_models:
             self._worker = Worker(
                 self._redis,
@@ -167,7 +171,21 @@ class App:
         if self._worker is not None:
             await self._worker.start()
         if self._jobs is not None:
-            self._backlog_watch = asyncio.create_task(self._jobs.watch(), name="backlog")
+            self._watches.append(asyncio.create_task(self._jobs.watch(), name="backlog"))
+        if self._queued is not None:
+            self._watches.append(
+                asyncio.create_task(self._queued.watch_for_lost_jobs(), name="lost-jobs")
+            )
+
+    def unready_because(self) -> str | None:
+        """Why this process should get no traffic now (None: it may)."""
+        if self.workload.draining:
+            return "draining"
+        if self._jobs is not None and not self._jobs.reachable:
+            return "the job queue (Redis) cannot be reached"
+        if self._worker is not None and not self._worker.reachable:
+            return "the job stream (Redis) cannot be read"
+        return None
 
     async def housekeeping(self) -> None:
         """Close silent sockets (zombies left by reconnecting clients included), forget
@@ -197,8 +215,8 @@ class App:
             log.warning("drain grace over with %d tasks unfinished", self.workload.unfinished)
 
     async def close(self) -> None:
-        if self._backlog_watch is not None:
-            self._backlog_watch.cancel()
+        for watch in self._watches:
+            watch.cancel()
         if self._worker is not None:
             await self._worker.stop()
         if self._relay is not None:

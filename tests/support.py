@@ -176,9 +176,11 @@ class RedisProcess:
         stop_process(self.process)
 
 
-def start_redis(tmp: Path) -> RedisProcess:
-    """A real redis-server of our own on a free loopback port, nothing kept on disk."""
-    port = free_port()
+def start_redis(tmp: Path, port: int | None = None, persistent: bool = False) -> RedisProcess:
+    """A real redis-server of our own on a free loopback port (or ``port``, to restart one).
+    Nothing is kept on disk, unless ``persistent``: then every write goes to an append-only
+    file in ``tmp`` first, and a restart in the same ``tmp`` reads it back."""
+    port = port or free_port()
     log_path = tmp / f"redis-{port}.log"
     process = subprocess.Popen(
         [
@@ -190,7 +192,9 @@ def start_redis(tmp: Path) -> RedisProcess:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persistent else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(tmp),
             "--logfile",

@@ -20,9 +20,11 @@ Triton client could replace the runtime without gateways noticing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -33,9 +35,11 @@ from protocol.messages import RemoveBackground
 
 from ..net.delivery import WebhookSender
 from ..tasks.outcomes import Destination, destination, error_item_for
-from ..tasks.ports import Requester, WorkResult, WorkTask
+from ..tasks.ports import Answers, Requester, WorkResult, WorkTask
 from ..tasks.processor import Processor
+from ..tasks.results import task_key
 from ..tasks.work import LocalWork
+from .reachability import REDIS_DOWN, is_missing_group, refused_while_redis_is_down
 from .relay import RelayedSession
 from .results import Handover, RedisResultsBook
 
@@ -53,6 +57,24 @@ class Job(msgspec.Struct, array_like=True):
     handover: Handover | None  # the session outbox that waits, if any
 
 
+@dataclass
+class _Waiting:
+    task: RemoveBackground
+    answers: Answers
+    results_key: str
+    ended_at: float | None = None  # when its record was first seen ended
+
+
+def _lost(task: RemoveBackground) -> ErrorItem:
+    return ErrorItem(
+        code=Code.WORKER_FAILED,
+        taskType=task.task_type,
+        taskUUID=task.task_uuid,
+        message="The task was lost with the job queue (Redis restarted without keeping its "
+        "data) before any worker finished it. Sending it again may succeed.",
+    )
+
+
 class JobQueue:
     """The gateways' end: add a job (and turn its task's admission lease into a record)."""
 
@@ -63,25 +85,36 @@ class JobQueue:
         # Jobs in the stream (queued or running; workers delete what they finish), for the
         # overload limit. Counted up at once when we add one, re-read from Redis by ``watch``.
         self.backlog = 0
+        self.reachable = True
 
     async def add(self, task: RemoveBackground, scope: bytes, handover: Handover | None) -> None:
         job = Job(task, scope, handover)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            # No MAXLEN: trimming would drop jobs nobody ran. Workers delete what they finished.
-            pipe.xadd(self._stream, {"job": msgspec.msgpack.encode(job)})
-            pipe.expire(self._results.key(scope, task.task_uuid), self._results.PROCESSING_SECONDS)
-            await pipe.execute()
+        with refused_while_redis_is_down():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                # No MAXLEN: trimming would drop jobs nobody ran. Workers delete what they finished.
+                pipe.xadd(self._stream, {"job": msgspec.msgpack.encode(job)})
+                pipe.expire(
+                    self._results.key(scope, task.task_uuid), self._results.PROCESSING_SECONDS
+                )
+                await pipe.execute()
         self.backlog += 1
 
     async def watch(self, interval: float = 0.25) -> None:
-        """Keep ``backlog`` close to the stream's length (other gateways add, workers finish)."""
+        """Keep ``backlog`` close to the stream's length (other gateways add, workers finish),
+        and ``reachable`` telling whether Redis answers."""
         while True:
             try:
                 self.backlog = await self._redis.xlen(self._stream)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("gateway: reading the job backlog failed")
+            except Exception as error:
+                if self.reachable:
+                    log.error("gateway: the job queue cannot be reached: %s", error)
+                self.reachable = False
+            else:
+                if not self.reachable:
+                    log.warning("gateway: the job queue is reachable again")
+                self.reachable = True
             await asyncio.sleep(interval)
 
 
@@ -89,10 +122,17 @@ class QueuedWork:
     """The gateway's ``WorkExecutor``: a removal's input is stored here and the removal queued
     as a job, whose worker records and answers it; image uploads run here."""
 
-    def __init__(self, processor: Processor, queue: JobQueue) -> None:
+    def __init__(
+        self, processor: Processor, queue: JobQueue, results: RedisResultsBook, linger: float
+    ) -> None:
         self._processor = processor
         self._queue = queue
+        self._results = results
+        self._linger = linger
         self._local = LocalWork(processor)
+        # Queued tasks whose answer no socket of this gateway has been sent yet, by
+        # (outbox key, task key).
+        self._waiting: dict[tuple[str, str], _Waiting] = {}
 
     def check_destinations(self, task: RemoveBackground) -> None:
         self._processor.check_destinations(task)
@@ -105,7 +145,41 @@ class QueuedWork:
         handover = answers.handover if isinstance(answers, RelayedSession) else None
         stored = await self._processor.store_input(task)
         await self._queue.add(stored, requester.scope, handover)
+        if handover is not None and destination(task) is Destination.CLIENT:
+            results_key = self._results.key(requester.scope, task.task_uuid)
+            waiting = _Waiting(task, answers, results_key)
+            self._waiting[(handover.outbox_key, task_key(task.task_uuid))] = waiting
         return None
+
+    def relayed(self, outbox_key: str, task: str) -> None:
+        """A worker's answer went out to its client's socket from this gateway."""
+        self._waiting.pop((outbox_key, task), None)
+
+    async def watch_for_lost_jobs(self, interval: float = 2.0) -> None:
+        """A Redis that restarts without persistence forgets queued jobs and their records:
+        nobody would ever answer them. A waiting task whose record is gone is answered with
+        ``workerFailed`` here; one whose record has ended is the worker's to answer."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            waiting = list(self._waiting.items())
+            if not waiting:
+                continue
+            try:
+                states = await self._results.states([w.results_key for _, w in waiting])
+            except REDIS_DOWN:
+                continue  # away: look again once it is back
+            for (key, entry), state in zip(waiting, states, strict=True):
+                if state is None:
+                    del self._waiting[key]
+                    log.error("task %s was lost with the job queue", entry.task.task_uuid)
+                    await entry.answers.deliver(_lost(entry.task))
+                elif state != b"processing":
+                    # Ended, and its answer waits in the outbox, or went out from another
+                    # gateway: after the outbox's lifetime there is nothing left to lose.
+                    entry.ended_at = entry.ended_at or loop.time()
+                    if loop.time() - entry.ended_at > self._linger:
+                        del self._waiting[key]
 
 
 class Worker:
@@ -145,13 +219,24 @@ class Worker:
         self._in_flight: dict[bytes, asyncio.Task] = {}
         self._room = asyncio.Event()  # set whenever a job ends: the reader may read again
         self._tasks: list[asyncio.Task] = []
+        self.reachable = True  # the job stream answered the last read
 
-    async def start(self) -> None:
+    async def _ensure_group(self) -> None:
+        """The stream and its consumer group, made if missing (at start, and after a Redis
+        restart that lost them)."""
         try:
             await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
         except Exception as error:  # BUSYGROUP: another worker made it first
             if "BUSYGROUP" not in str(error):
                 raise
+
+    def _unreachable(self, what: str, error: Exception) -> None:
+        if self.reachable:
+            log.error("worker: %s failed: %s", what, error)
+        self.reachable = False
+
+    async def start(self) -> None:
+        await self._ensure_group()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._read(), name="worker-read"),
@@ -183,10 +268,12 @@ class Worker:
                 )
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("worker: reading the job stream failed")
-                await asyncio.sleep(1)
+            except Exception as error:
+                await self._recover("reading the job stream", error)
                 continue
+            if not self.reachable:
+                log.warning("worker %s: the job stream is readable again", self.name)
+            self.reachable = True
             for _, entries in replies or []:
                 for entry_id, fields in entries:
                     self._start(entry_id, fields)
@@ -261,8 +348,21 @@ class Worker:
                     await self._retry_or_fail(entry_id, fields)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("worker: claiming stale jobs failed")
+            except Exception as error:
+                await self._recover("claiming stale jobs", error)
+
+    async def _recover(self, what: str, error: Exception) -> None:
+        """After a failed stream command: remake a lost group, or wait for Redis to return."""
+        if is_missing_group(error):
+            log.warning(
+                "worker %s: the job stream's group is gone (Redis restarted?): remaking it",
+                self.name,
+            )
+            with contextlib.suppress(*REDIS_DOWN):
+                await self._ensure_group()
+            return
+        self._unreachable(what, error)
+        await asyncio.sleep(1)
 
     async def _retry_or_fail(self, entry_id: bytes, fields: dict | None) -> None:
         if not fields:  # deleted meanwhile

@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import logging
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -27,6 +28,7 @@ from protocol.errors import ErrorItem
 
 from ..tasks.ports import FrameSender
 from ..tasks.results import scope_of
+from .reachability import refused_while_redis_is_down
 from .results import Handover
 
 __all__ = ["Relay", "RelayedSession", "RedisSessions", "frame_of"]
@@ -96,6 +98,8 @@ class RelayedSession:
                     ):
                         return  # the socket is gone: the entry waits for a resume
                     cursor = entry_id
+                    if b"task" in fields:
+                        self._relay.relayed(self.handover.outbox_key, fields[b"task"].decode())
                     async with redis.pipeline(transaction=False) as pipe:
                         pipe.hset(self.keys.session, "cursor", cursor)
                         pipe.xtrim(self.keys.outbox, minid=cursor)
@@ -120,6 +124,8 @@ class Relay:
         self._attached: dict[bytes, RelayedSession] = {}
         self._listener: asyncio.Task | None = None
         self._letting_go: set[asyncio.Task] = set()  # left() calls under way
+        # Told (outbox key, task key) of each worker's answer this gateway passed to a socket.
+        self.on_relayed: Callable[[str, str], None] | None = None
 
     def keys(self, session_uuid: str) -> _SessionKeys:
         return _SessionKeys(self._prefix, session_uuid)
@@ -181,6 +187,10 @@ class Relay:
         except Exception:
             log.exception("relay: refreshing the held sessions failed")
 
+    def relayed(self, outbox_key: str, task: str) -> None:
+        if self.on_relayed is not None:
+            self.on_relayed(outbox_key, task)
+
     def let_go(self, session: RelayedSession) -> None:
         """``left`` in the background: a socket's end must not wait for Redis."""
         leaving = asyncio.get_running_loop().create_task(self.left(session))
@@ -207,15 +217,17 @@ class RedisSessions:
 
     async def resume_or_create(self, requested: str | None, api_key: str) -> RelayedSession:
         digest = scope_of(api_key)
-        if requested is not None:
-            known = await self._relay.redis.hget(self._relay.keys(requested).session, "key")
-            if known is not None and hmac.compare_digest(known, digest):
-                return RelayedSession(self._relay, requested)
-        return await self._create(key=digest)
+        with refused_while_redis_is_down():
+            if requested is not None:
+                known = await self._relay.redis.hget(self._relay.keys(requested).session, "key")
+                if known is not None and hmac.compare_digest(known, digest):
+                    return RelayedSession(self._relay, requested)
+            return await self._create(key=digest)
 
     async def ephemeral(self) -> RelayedSession:
         """A session for one REST request: nobody resumes it; it expires on its own."""
-        return await self._create()
+        with refused_while_redis_is_down():
+            return await self._create()
 
     async def _create(self, **fields: bytes) -> RelayedSession:
         """A new session, its cursor before the first outbox entry, expiring after ``linger``."""

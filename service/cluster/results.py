@@ -19,6 +19,7 @@ from protocol.messages import BackgroundRemovalResult, ImageUploadResult
 from ..storage.store import ImageStore
 from ..tasks.ports import TaskRecord, TaskState, WorkResult
 from ..tasks.results import reply_item, task_key, without_payload
+from .reachability import refused_while_redis_is_down
 
 __all__ = ["Handover", "RedisResultsBook"]
 
@@ -46,7 +47,7 @@ return 1
 
 # KEYS[1] the task's hash, KEYS[2] the outbox stream of the session that waits for the answer.
 # ARGV: state, outcome, seconds to keep it, and when KEYS[2] is given: the answer's kind
-# (data/errors), its JSON, the wake-up channel, the outbox's length cap and lifetime.
+# (data/errors), its JSON, the wake-up channel, the outbox's length cap and lifetime, the task key.
 # Only the first to end a processing task records it and hands out the answer: a job claimed
 # from a worker that was only slow cannot be answered twice.
 _END = """
@@ -54,7 +55,8 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'processing' then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'outcome', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if #KEYS > 1 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'kind', ARGV[4], 'item', ARGV[5])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'kind', ARGV[4], 'item', ARGV[5],
+             'task', ARGV[9])
   redis.call('EXPIRE', KEYS[2], ARGV[8])
   redis.call('PUBLISH', ARGV[6], '1')
 end
@@ -90,11 +92,12 @@ class RedisResultsBook:
         return f"{self._prefix}:task:{scope.hex()}:{task_key(task_uuid)}"
 
     async def begin(self, scope: bytes, task_uuid: str, task_type: str) -> bool:
-        return bool(
-            await self._begin(
-                keys=[self.key(scope, task_uuid)], args=[task_type, self.ADMISSION_LEASE]
+        with refused_while_redis_is_down():
+            return bool(
+                await self._begin(
+                    keys=[self.key(scope, task_uuid)], args=[task_type, self.ADMISSION_LEASE]
+                )
             )
-        )
 
     async def succeed(
         self, scope: bytes, task_uuid: str, result: WorkResult, ttl: int | None = None
@@ -135,11 +138,20 @@ class RedisResultsBook:
                 handover.channel,
                 handover.max_length,
                 handover.lifetime,
+                task_key(task_uuid),
             ]
         return bool(await self._end(keys=keys, args=args))
 
+    async def states(self, keys: list[str]) -> list[bytes | None]:
+        """The ``state`` field of each record (by ``key``); None where the record is gone."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key, "state")
+            return list(await pipe.execute())
+
     async def get(self, scope: bytes, task_uuid: str) -> TaskRecord | None:
-        fields = await self._redis.hgetall(self.key(scope, task_uuid))
+        with refused_while_redis_is_down():
+            fields = await self._redis.hgetall(self.key(scope, task_uuid))
         if not fields:
             return None
         task_type = fields[b"type"].decode()

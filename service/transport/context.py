@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -75,6 +76,7 @@ class ServerContext:
     metrics: Metrics
     sockets: OpenSockets
     pipeline_slots: int  # images of one client in the pipeline at once
+    unready_because: Callable[[], str | None]  # why /readyz says 503; None: ready
 
     def socket_limits(self) -> ClientLimits:
         return ClientLimits(

@@ -5,7 +5,8 @@ Routes (aiohttp serves both kinds of request on the one port):
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
 - ``GET /images/<uuid>.<ext>``: a stored image (404 once its ttl has passed);
 - ``GET /healthz``: the process is alive;
-- ``GET /readyz``: 200 when the models are loaded and the server is not draining, else 503;
+- ``GET /readyz``: 200 when the models are loaded, the server is not draining and (distributed)
+  Redis answers; else 503 with the reason;
 - ``GET /metrics``: Prometheus text format.
 Every GET asking for an upgrade is a WebSocket handshake, on any path and with any query string
 (the JS SDK appends ``?sdk=js&version=...``), refused with 503 while draining. Browsers' pages
@@ -73,8 +74,9 @@ async def _page_or_probe(context: ServerContext, path: str) -> web.Response:
     if path == "/healthz":
         return _text(http.HTTPStatus.OK, "ok")
     if path == "/readyz":
-        if context.tasks.workload.draining:
-            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining")
+        reason = context.unready_because()
+        if reason is not None:
+            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, reason)
         return _text(http.HTTPStatus.OK, "ready")
     if path == "/metrics":
         return _response(

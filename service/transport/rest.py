@@ -24,7 +24,7 @@ import msgspec
 from aiohttp import web
 
 from protocol.codec import encode_rest_response
-from protocol.errors import Code, ErrorItem
+from protocol.errors import Code, ErrorItem, TaskFailure
 from protocol.messages import Authenticate
 
 from ..tasks.dispatch import Dispatcher
@@ -42,6 +42,7 @@ _STATUS_BY_CODE = {
     Code.OVERLOADED: http.HTTPStatus.TOO_MANY_REQUESTS,
     Code.TOO_MANY_TASKS_IN_FLIGHT: http.HTTPStatus.TOO_MANY_REQUESTS,
     Code.SHUTTING_DOWN: http.HTTPStatus.SERVICE_UNAVAILABLE,
+    Code.SERVICE_UNAVAILABLE: http.HTTPStatus.SERVICE_UNAVAILABLE,
     Code.INTERNAL: http.HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 
@@ -171,7 +172,12 @@ async def answer_rest_request(context: ServerContext, request: web.Request) -> w
         except web.HTTPRequestEntityTooLarge:  # chunked, no length given up front
             await exchange.collect(_too_large(limit, None))
     if body is not None:
-        await exchange.open()
+        try:
+            await exchange.open()
+        except TaskFailure as failure:  # the distributed mode's sessions cannot be reached
+            await exchange.collect(failure.item(None, None))
+            body = None
+    if body is not None:
         try:
             authorization = request.headers.get("Authorization")
             if authorization is not None:

@@ -401,3 +401,103 @@ async def test_an_answer_whose_wake_up_was_lost_still_arrives(cluster):
     )  # and no PUBLISH
     assert await client.recv(timeout=15) == {"data": [item]}
     await client.ws.close()
+
+
+# --------------------------------------------------------------------------- a Redis restart
+
+
+def ready(process: ServerProcess) -> int:
+    try:
+        with urllib.request.urlopen(f"{process.http_url}/readyz", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def eventually(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds * UNIT
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def restart_redis(cluster: Cluster, while_down=None, persistent: bool = False) -> None:
+    """Stop the cluster's redis-server and start another on its port: empty, or (persistent)
+    with what the first wrote to its append-only file."""
+    cluster.redis.stop()
+    if while_down is not None:
+        while_down()
+    cluster.redis = start_redis(cluster.tmp, port=cluster.redis.port, persistent=persistent)
+
+
+async def test_the_cluster_works_again_after_a_redis_restart(lone_cluster):
+    gateway, worker = lone_cluster.start("gateway"), lone_cluster.start("worker")
+    async with websockets.connect(gateway.ws_url, max_size=None) as before:
+        first = Client(before)
+        await first.authenticate("restart")
+        assert (await first.run(fast(), timeout=30))["kind"] == "data"
+
+        def while_down() -> None:
+            assert eventually(lambda: ready(gateway) == 503 and ready(worker) == 503, 10)
+
+        restart_redis(lone_cluster, while_down)
+        assert eventually(lambda: ready(gateway) == 200 and ready(worker) == 200, 20)
+        async with websockets.connect(gateway.ws_url, max_size=None) as after:
+            second = Client(after)
+            await second.authenticate("restart")
+            assert (await second.run(fast(), timeout=30))["kind"] == "data"
+        # the task answered before the restart is not reported lost afterwards
+        with pytest.raises(asyncio.TimeoutError):
+            await first.recv(timeout=5)
+
+
+async def test_a_task_sent_while_redis_is_down_gets_a_clear_error(lone_cluster):
+    gateway = lone_cluster.start("gateway")
+    lone_cluster.start("worker")
+    async with websockets.connect(gateway.ws_url, max_size=None) as websocket:
+        client = Client(websocket)
+        await client.authenticate("restart")
+        lone_cluster.redis.stop()
+        try:
+            answer = await client.run(fast(), timeout=30)
+            assert answer["code"] == "serviceUnavailable" and answer["retryAfterMs"] > 0
+            assert await client.ping()
+        finally:
+            lone_cluster.redis = start_redis(lone_cluster.tmp, port=lone_cluster.redis.port)
+
+
+async def test_a_job_lost_with_redis_is_answered_not_forgotten(lone_cluster):
+    """No worker yet: the job waits in Redis, which restarts empty. The client is told."""
+    gateway = lone_cluster.start("gateway")
+    async with websockets.connect(gateway.ws_url, max_size=None) as websocket:
+        client = Client(websocket)
+        await client.authenticate("restart")
+        task = fast()
+        await client.send(task)
+        assert eventually(lambda: lone_cluster.client().xlen("rbg:jobs") == 1, 10)
+        restart_redis(lone_cluster)
+        answer = (await client.collect([task["taskUUID"]], timeout=30))[task["taskUUID"]]
+        assert answer["code"] == "workerFailed" and "lost" in answer["message"]
+
+
+async def test_a_job_kept_by_a_persistent_redis_runs_after_its_restart(tmp_path, fast_model):
+    """With an append-only file the queued job survives the restart and is answered."""
+    cluster = Cluster(tmp_path, fast_model)
+    cluster.redis.stop()
+    cluster.redis = start_redis(tmp_path, port=cluster.redis.port, persistent=True)
+    try:
+        gateway = cluster.start("gateway")
+        async with websockets.connect(gateway.ws_url, max_size=None) as websocket:
+            client = Client(websocket)
+            await client.authenticate("restart")
+            task = fast()
+            await client.send(task)
+            assert eventually(lambda: cluster.client().xlen("rbg:jobs") == 1, 10)
+            restart_redis(cluster, persistent=True)
+            cluster.start("worker")
+            answer = (await client.collect([task["taskUUID"]], timeout=30))[task["taskUUID"]]
+            assert answer["kind"] == "data"
+    finally:
+        cluster.stop()
