@@ -95,6 +95,12 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--max-tasks-per-frame", int, "tasks accepted from one frame"),
     ("--max-in-flight-per-socket", int, "unfinished tasks one socket may have"),
     ("--max-sockets-per-key", int, "open sockets one API key may have"),
+    (
+        "--max-key-failures-per-address",
+        int,
+        "wrong API keys one client address may send in a minute; beyond them its "
+        "authentications are refused until the minute has passed",
+    ),
     ("--max-queued-tasks", int, "unfinished tasks service-wide; beyond it new ones get overloaded"),
     ("--send-timeout", float, "seconds a send may wait on a client that does not read"),
     (

@@ -36,7 +36,7 @@ from .tasks.results import InMemoryResultsBook
 from .tasks.sessions import InMemorySessions
 from .tasks.work import LocalWork
 from .tasks.workload import Workload
-from .transport.context import OpenSockets, ServerContext
+from .transport.context import KeyGuesses, OpenSockets, ServerContext
 from .transport.http import Listener, start_server
 
 __all__ = ["App", "build_app", "run", "serve"]
@@ -107,6 +107,7 @@ class App:
             self.sockets,
             pipeline_slots=config.socket_concurrency or max(4, 2 * largest_batch),
             unready_because=self.unready_because,
+            key_guesses=KeyGuesses(config.max_key_failures_per_address),
         )
 
     def _distributed(self, config: Config, largest_batch: int) -> WorkExecutor:
@@ -198,6 +199,7 @@ class App:
                 log.info("closing a socket silent for %.0f s", self.config.idle_timeout)
                 asyncio.create_task(connection.close(1000, "idle"))
             self.sessions.sweep()
+            self.context.key_guesses.sweep()
             if time.monotonic() - last_storage_sweep >= 30:
                 last_storage_sweep = time.monotonic()
                 self.results.sweep()

@@ -54,6 +54,8 @@ class Config:
     max_tasks_per_frame: int = 256
     max_in_flight_per_socket: int = 64
     max_sockets_per_key: int = 1000
+    # Wrong API keys one client address may send in a minute before it is refused outright.
+    max_key_failures_per_address: int = 30
     max_queued_tasks: int = 1024  # accepted, unfinished work tasks service-wide (with --redis:
     # this gateway's not yet queued ones plus the cluster's job backlog)
     send_timeout: float = 30.0  # a client that stops reading is cut off after this

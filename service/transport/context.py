@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,7 +14,7 @@ from ..storage.store import ImageStore
 from ..tasks.dispatch import ClientLimits, TaskPorts
 from ..tasks.ports import SessionStore
 
-__all__ = ["OpenSocket", "OpenSockets", "ServerContext"]
+__all__ = ["KeyGuesses", "OpenSocket", "OpenSockets", "ServerContext"]
 
 
 class OpenSocket(Protocol):
@@ -67,6 +68,42 @@ class OpenSockets:
         return len(self._open)
 
 
+class KeyGuesses:
+    """Wrong API keys by client address over the last minute: a budget against guessing.
+
+    Each address keeps at most ``per_minute`` timestamps, and addresses whose minute has passed
+    are forgotten as they are met (and by ``sweep``), so memory stays bounded by the addresses
+    that guessed in the last minute.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_minute = per_minute
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float]:
+        failures = self._failures.setdefault(address, deque())
+        while failures and failures[0] <= self._clock() - self.WINDOW:
+            failures.popleft()
+        return failures
+
+    def exhausted(self, address: str) -> bool:
+        return len(self._recent(address)) >= self._per_minute
+
+    def failed(self, address: str) -> None:
+        failures = self._recent(address)
+        failures.append(self._clock())
+        while len(failures) > self._per_minute:
+            failures.popleft()
+
+    def sweep(self) -> None:
+        for address in list(self._failures):
+            if not self._recent(address):
+                del self._failures[address]
+
+
 @dataclass(frozen=True)
 class ServerContext:
     config: Config
@@ -77,6 +114,7 @@ class ServerContext:
     sockets: OpenSockets
     pipeline_slots: int  # images of one client in the pipeline at once
     unready_because: Callable[[], str | None]  # why /readyz says 503; None: ready
+    key_guesses: KeyGuesses
 
     def socket_limits(self) -> ClientLimits:
         return ClientLimits(

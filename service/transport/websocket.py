@@ -38,6 +38,8 @@ __all__ = ["Connection"]
 log = logging.getLogger(__name__)
 
 _FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
+# Wrong API keys one socket may send before it is closed (1008, policy violation).
+_KEY_FAILURES_PER_SOCKET = 5
 
 
 class Connection:
@@ -70,10 +72,23 @@ class Connection:
         self._client: ClientSession | None = None
         self.last_active = time.monotonic()
         self.closing = False
+        self._key_failures = 0
 
     @property
     def api_key(self) -> str | None:
         return self._dispatcher.api_key
+
+    async def _refuse_guessing(self, message: str) -> None:
+        await self._reply(
+            ErrorItem(
+                code=Code.INVALID_API_KEY,
+                message=message,
+                parameter="apiKey",
+                type="string",
+                taskType="authentication",
+            )
+        )
+        await self.close(1008, "too many wrong API keys")
 
     @property
     def busy(self) -> bool:
@@ -145,6 +160,12 @@ class Connection:
         await self._send(encode_answer(item))
 
     async def _authenticate(self, task: Authenticate) -> None:
+        guesses, address = self._context.key_guesses, self._peer or ""
+        if guesses.exhausted(address):
+            await self._refuse_guessing(
+                "Too many wrong API keys from this address; retry in a minute."
+            )
+            return
         if not self._context.sockets.may_open(task.api_key, self):
             await self._reply(
                 ErrorItem(
@@ -167,6 +188,10 @@ class Connection:
         if isinstance(reply, ErrorItem) or client is None:
             log.info("refused an API key from %s", self._peer)
             await self._reply(reply)
+            guesses.failed(address)
+            self._key_failures += 1
+            if self._key_failures >= _KEY_FAILURES_PER_SOCKET or guesses.exhausted(address):
+                await self.close(1008, "too many wrong API keys")
             return
         previous, self._client = self._client, client
         if previous is not None and previous is not client:

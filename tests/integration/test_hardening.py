@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
@@ -516,6 +517,45 @@ async def test_a_socket_waiting_for_its_answers_is_not_idle(slow_batch_server):
         # idle again once answered: closed after the timeout as before
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(websocket.recv(), 15 * UNIT)
+
+
+@pytest.fixture(scope="module")
+def guarded_server(fast_server_with):
+    """Keys required; an address may get 8 keys wrong a minute."""
+    return fast_server_with("--api-key", "right-key", "--max-key-failures-per-address", "8")
+
+
+async def wrong_keys(server, count: int) -> tuple[list[str], int | None]:
+    """Authenticate with wrong keys on one socket; the codes answered and the close code."""
+    codes: list[str] = []
+    async with websockets.connect(server.ws_url) as websocket:
+        client = Client(websocket)
+        try:
+            for n in range(count):
+                await client.send({"taskType": "authentication", "apiKey": f"guess-{n}"})
+                codes.append((await client.recv(10))["errors"][0]["code"])
+        except websockets.ConnectionClosed:
+            pass
+        with contextlib.suppress(websockets.ConnectionClosed, asyncio.TimeoutError):
+            await asyncio.wait_for(websocket.recv(), 5)
+        return codes, websocket.close_code
+
+
+async def test_a_socket_guessing_keys_is_closed(guarded_server):
+    codes, close_code = await wrong_keys(guarded_server, 20)
+    assert codes == ["invalidApiKey"] * 5 and close_code == 1008
+
+
+async def test_an_address_guessing_keys_is_refused_for_a_while(guarded_server):
+    """The address's budget (8 a minute, 5 of them spent above) runs out on the second socket;
+    then even the right key is refused from it until the minute has passed."""
+    codes, close_code = await wrong_keys(guarded_server, 20)
+    assert codes == ["invalidApiKey"] * 3 and close_code == 1008
+    async with websockets.connect(guarded_server.ws_url) as websocket:
+        client = Client(websocket)
+        await client.send({"taskType": "authentication", "apiKey": "right-key"})
+        refused = (await client.recv(10))["errors"][0]
+        assert refused["code"] == "invalidApiKey" and "retry" in refused["message"].lower()
 
 
 # --------------------------------------------------------------------------- reconnects
