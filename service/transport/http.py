@@ -94,7 +94,9 @@ async def _websocket(context: ServerContext, request: web.Request) -> web.Stream
         # A ping every interval; a peer whose pong is not back within half of it is dropped.
         # Any data arriving counts as a pong, so a long upload does not get its socket dropped.
         heartbeat=context.config.ping_interval,
-        max_msg_size=context.config.max_frame_bytes,  # beyond it the socket is closed with 1009
+        # Beyond it the socket is closed with 1009. aiohttp refuses a message of exactly its
+        # limit, and the flag's promise is "beyond", hence one more.
+        max_msg_size=context.config.max_frame_bytes + 1,
         # permessage-deflate costs far more CPU than it saves on base64 image payloads.
         compress=False,
         timeout=3,  # a peer that ignores our close frame is dropped after this

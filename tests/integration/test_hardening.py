@@ -253,6 +253,22 @@ async def test_frame_over_the_hard_cap_closes_with_1009(limits_server):
     assert closed.value.rcvd.code == 1009
 
 
+async def test_a_frame_of_exactly_the_hard_cap_is_read(limits_server):
+    """--max-frame-bytes 4,000,000: a frame of that size is read (and refused by the soft cap,
+    the socket kept); one byte more closes the socket."""
+    client = await connect(limits_server)
+    try:
+        await client.send_raw(b" " * (4_000_000 - 2) + b"[]")
+        assert (await client.recv())["errors"][0]["code"] == "frameTooLarge"
+        assert await client.ping()
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await client.send_raw(b" " * (4_000_001 - 2) + b"[]")
+            await client.recv()
+        assert closed.value.rcvd.code == 1009
+    finally:
+        await client.ws.close()
+
+
 async def test_one_error_covers_the_tasks_beyond_the_per_frame_limit(limits_server):
     client = await connect(limits_server)
     try:
