@@ -40,6 +40,22 @@ log = logging.getLogger(__name__)
 _FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 # Wrong API keys one socket may send before it is closed (1008, policy violation).
 _KEY_FAILURES_PER_SOCKET = 5
+_THREAD_CHECK_BYTES = 256 * 1024
+
+
+async def _is_utf8(data: bytes) -> bool:
+    """Whether a text frame's bytes are UTF-8 (checked on a thread when large and not ASCII:
+    base64 images are ASCII, which the first test answers at memory speed)."""
+    if data.isascii():
+        return True
+    try:
+        if len(data) >= _THREAD_CHECK_BYTES:
+            await asyncio.to_thread(data.decode, "utf-8")
+        else:
+            data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Connection:
@@ -104,6 +120,10 @@ class Connection:
                     break
                 self.last_active = time.monotonic()
                 metrics.bytes_in.inc(len(message.data))
+                if message.type == WSMsgType.TEXT and not await _is_utf8(message.data):
+                    # RFC 6455 8.1: a text frame that is not UTF-8 fails the connection.
+                    await self.close(1007, "a text frame that is not UTF-8")
+                    break
                 await self._dispatcher.handle_frame(message.data)
         except (ConnectionError, asyncio.CancelledError):
             pass

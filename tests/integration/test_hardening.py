@@ -269,6 +269,18 @@ async def test_a_frame_of_exactly_the_hard_cap_is_read(limits_server):
         await client.ws.close()
 
 
+async def test_a_text_frame_that_is_not_utf8_fails_the_connection(limits_server):
+    """RFC 6455 8.1: invalid UTF-8 in a text frame closes with 1007; binary frames of JSON
+    stay fine."""
+    client = await connect(limits_server)
+    await client.ws.send(json.dumps([{"taskType": "ping", "ping": True}]).encode())  # binary
+    assert (await client.recv())["data"][0]["pong"] is True
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.ws.send(b'[{"taskType": "ping", "x": "\xff\xfe"}]', text=True)
+        await client.recv()
+    assert closed.value.rcvd.code == 1007
+
+
 async def test_one_error_covers_the_tasks_beyond_the_per_frame_limit(limits_server):
     client = await connect(limits_server)
     try:
