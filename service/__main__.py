@@ -110,6 +110,12 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
         "back within half of it is dropped",
     ),
     (
+        "--handshake-timeout",
+        float,
+        "seconds a connection may take to send a whole request (a socket's handshake); idle "
+        "HTTP keep-alive connections are closed after it too",
+    ),
+    (
         "--idle-timeout",
         float,
         "seconds without a frame in, an answer out or a task running before a socket is closed",

@@ -61,6 +61,9 @@ class Config:
     send_timeout: float = 30.0  # a client that stops reading is cut off after this
     # Control-frame pings; a peer whose pong is not back within half the interval is dropped.
     ping_interval: float = 5.0
+    # A connection has this long to send a whole request (its headers: the handshake, for a
+    # socket); idle HTTP keep-alive connections are closed after it too.
+    handshake_timeout: float = 10.0
     idle_timeout: float = 120.0  # idle sockets (no frame, no answer, no task) are closed
     session_linger: float = 120.0  # results kept for a client that is away (resume)
     drain_grace: float = 30.0  # on SIGTERM, seconds for in-flight tasks to finish

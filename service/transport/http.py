@@ -174,7 +174,15 @@ async def start_server(context: ServerContext) -> Listener:
     application.router.add_route("*", "/{path:.*}", route)
     # No access log: a line per request would cost more than a cached probe answer. A graceful
     # stop has drained the tasks before the runner shuts down; what is still open 5 s later is cut.
-    runner = web.AppRunner(application, access_log=None, handle_signals=False, shutdown_timeout=5)
+    # aiohttp's keep-alive timer also runs from the moment a connection opens: a peer that has
+    # not sent a whole request when it fires is closed (slowloris), as is an idle keep-alive.
+    runner = web.AppRunner(
+        application,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=5,
+        keepalive_timeout=config.handshake_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

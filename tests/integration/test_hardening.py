@@ -547,6 +547,38 @@ async def test_a_socket_waiting_for_its_answers_is_not_idle(slow_batch_server):
             await asyncio.wait_for(websocket.recv(), 15 * UNIT)
 
 
+def test_connections_that_never_finish_their_headers_are_closed(fast_server_with):
+    """Slowloris: 20 connections trickle a header line every second and never end it. With
+    --handshake-timeout 2 the server closes each within a few seconds; the service still
+    answers."""
+    server = fast_server_with("--handshake-timeout", "2")
+    trickling = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        trickling.append(sock)
+    closed: set[int] = set()
+    deadline = time.monotonic() + 8 * UNIT
+    while len(closed) < len(trickling) and time.monotonic() < deadline:
+        for n, sock in enumerate(trickling):
+            if n in closed:
+                continue
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+                sock.settimeout(0.05)
+                if sock.recv(1) == b"":
+                    closed.add(n)
+            except TimeoutError:
+                pass
+            except OSError:
+                closed.add(n)
+        time.sleep(1)
+    for sock in trickling:
+        sock.close()
+    assert len(closed) == len(trickling)
+    assert http_get(f"{server.http_url}/healthz")[0] == 200
+
+
 @pytest.fixture(scope="module")
 def guarded_server(fast_server_with):
     """Keys required; an address may get 8 keys wrong a minute."""
