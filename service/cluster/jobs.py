@@ -143,7 +143,7 @@ class QueuedWork:
         # Client sessions are relayed through Redis in this mode; the job names their outbox.
         answers = requester.answers
         handover = answers.handover if isinstance(answers, RelayedSession) else None
-        stored = await self._processor.store_input(task)
+        stored = await self._processor.store_input(task, requester.scope)
         await self._queue.add(stored, requester.scope, handover)
         if handover is not None and destination(task) is Destination.CLIENT:
             results_key = self._results.key(requester.scope, task.task_uuid)
@@ -301,7 +301,7 @@ class Worker:
         # whom the CPU pool and the batcher take turns between: the client session, if any
         client = job.handover.outbox_key if job.handover else job.scope
         try:
-            result = await self._processor.remove_background(task, client)
+            result = await self._processor.remove_background(task, job.scope, client)
         except Exception as error:
             await self._end(job, error_item_for(task, error))
         else:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 
 from ..imaging.formats import STORED_EXTENSIONS
-from .store import StoredImage, is_image_uuid
+from .store import StoredImage, is_image_uuid, new_image_uuid
 
 __all__ = ["DirectoryImageStore"]
 
@@ -42,9 +41,11 @@ class DirectoryImageStore:
         self._images: dict[str, StoredImage] = {}
         root.mkdir(parents=True, exist_ok=True)
 
-    async def put(self, data: bytes, extension: str, ttl: int | None = None) -> StoredImage:
+    async def put(
+        self, data: bytes, extension: str, ttl: int | None = None, scope: bytes = b""
+    ) -> StoredImage:
         """Write ``data`` under a new UUID (atomically: readers never see a partial file)."""
-        image_uuid = str(uuidlib.uuid4())
+        image_uuid = new_image_uuid(scope)
         path = self.root / f"{image_uuid}.{extension}"
         expires_at = self._clock() + (ttl if ttl is not None else self.default_ttl)
         await asyncio.to_thread(_write_atomically, path, data, expires_at)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 
 from ..imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
-from .store import StoredImage, is_image_uuid
+from .store import StoredImage, is_image_uuid, new_image_uuid
 
 __all__ = ["S3ImageStore"]
 
@@ -67,8 +66,10 @@ class S3ImageStore:
         self._clock = clock
         self._known: dict[str, StoredImage] = {}  # what this process stored: no HEAD needed
 
-    async def put(self, data: bytes, extension: str, ttl: int | None = None) -> StoredImage:
-        image_uuid = str(uuidlib.uuid4())
+    async def put(
+        self, data: bytes, extension: str, ttl: int | None = None, scope: bytes = b""
+    ) -> StoredImage:
+        image_uuid = new_image_uuid(scope)
         expires_at = self._clock() + (ttl if ttl is not None else self.default_ttl)
         key = f"{image_uuid}.{extension}"
         await asyncio.to_thread(

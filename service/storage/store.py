@@ -6,16 +6,48 @@ URL outputs are served from the store. An expired image is gone for readers at o
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import re
+import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from protocol.messages import UUID_PATTERN
 
-__all__ = ["StoredImage", "ImageStore", "is_image_uuid"]
+__all__ = ["StoredImage", "ImageStore", "is_image_uuid", "new_image_uuid", "belongs_to"]
 
 _IMAGE_UUID = re.compile(UUID_PATTERN)
+
+
+def _tag(scope: bytes, head: bytes) -> bytes:
+    """The UUID's second half: a digest of its first half and the scope, variant bits set."""
+    tag = bytearray(hashlib.sha256(scope + head).digest()[:8])
+    tag[0] = 0x80 | (tag[0] & 0x3F)
+    return bytes(tag)
+
+
+def new_image_uuid(scope: bytes) -> str:
+    """A new image UUID that says which scope (API key digest) stored the image.
+
+    A version-4 UUID whose first 64 bits are random and whose last 64 are a digest of those and
+    the scope: ``belongs_to`` tells an image's scope from its UUID alone, in every process and
+    every store, and making a UUID that passes for a scope takes knowing that scope's key.
+    """
+    head = bytearray(os.urandom(8))
+    head[6] = 0x40 | (head[6] & 0x0F)
+    return str(uuidlib.UUID(bytes=bytes(head) + _tag(scope, bytes(head))))
+
+
+def belongs_to(image_uuid: str, scope: bytes) -> bool:
+    """Whether the image named ``image_uuid`` was stored under ``scope``."""
+    try:
+        raw = uuidlib.UUID(image_uuid.strip()).bytes
+    except ValueError:
+        return False
+    return hmac.compare_digest(raw[8:], _tag(scope, raw[:8]))
 
 
 def is_image_uuid(name: str) -> bool:
@@ -38,8 +70,11 @@ class StoredImage:
 class ImageStore(Protocol):
     """A directory (``DirectoryImageStore``) or a bucket (``S3ImageStore``)."""
 
-    async def put(self, data: bytes, extension: str, ttl: int | None = None) -> StoredImage:
-        """Keep ``data`` under a new UUID for ``ttl`` seconds (None: the store's default)."""
+    async def put(
+        self, data: bytes, extension: str, ttl: int | None = None, scope: bytes = b""
+    ) -> StoredImage:
+        """Keep ``data`` under a new UUID (``new_image_uuid(scope)``) for ``ttl`` seconds
+        (None: the store's default)."""
         ...
 
     async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None:

@@ -17,7 +17,7 @@ from protocol.messages import UUID_PATTERN
 
 from ..imaging.formats import sniff_format
 from ..net.outbound import OutboundHttp
-from ..storage.store import ImageStore, StoredImage
+from ..storage.store import ImageStore, StoredImage, belongs_to
 
 __all__ = ["ResolvedInput", "InputResolver"]
 
@@ -42,11 +42,12 @@ class InputResolver:
         self._store = store
         self._http = http
 
-    async def resolve(self, value: str, parameter: str) -> ResolvedInput:
-        """Bytes and stored record of the image ``value`` names. Raises TaskFailure."""
+    async def resolve(self, value: str, parameter: str, scope: bytes) -> ResolvedInput:
+        """Bytes and stored record of the image ``value`` names, for a task of ``scope`` (whose
+        own stored images only it may name). Raises TaskFailure."""
         value = value.strip()
         if _UUID.match(value):
-            return await self._stored(value, parameter)
+            return await self._stored(value.lower(), parameter, scope)
         if value[:8].lower().startswith(("http://", "https://")):
             data = await self._http.get(value, parameter)
         elif value[:5].lower() == "data:":
@@ -60,15 +61,16 @@ class InputResolver:
             )
         else:
             data = await self._decode(value, parameter)
-        return await self.store(data, parameter)
+        return await self.store(data, parameter, scope)
 
-    async def store(self, data: bytes, parameter: str) -> ResolvedInput:
+    async def store(self, data: bytes, parameter: str, scope: bytes) -> ResolvedInput:
         extension = sniff_format(data, parameter)
-        stored = await self._store.put(data, extension)
+        stored = await self._store.put(data, extension, scope=scope)
         return ResolvedInput(stored, data)
 
-    async def _stored(self, image_uuid: str, parameter: str) -> ResolvedInput:
-        loaded = await self._store.load(image_uuid)
+    async def _stored(self, image_uuid: str, parameter: str, scope: bytes) -> ResolvedInput:
+        # Another key's image is answered as if it did not exist: its UUID tells nothing.
+        loaded = await self._store.load(image_uuid) if belongs_to(image_uuid, scope) else None
         if loaded is None:
             raise TaskFailure(
                 Code.UNKNOWN_IMAGE_UUID,

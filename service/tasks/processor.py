@@ -70,8 +70,10 @@ class Processor:
     def image_url(self, stored: StoredImage) -> str:
         return self._store.url_for(stored, self._config.base_url())
 
-    async def upload(self, task: ImageUpload, client: Hashable = None) -> ImageUploadResult:
-        resolved = await self._inputs.resolve(task.image, "image")
+    async def upload(
+        self, task: ImageUpload, scope: bytes, client: Hashable = None
+    ) -> ImageUploadResult:
+        resolved = await self._inputs.resolve(task.image, "image", scope)
         # Refuse what could never be processed now, rather than at the first removal.
         await self._cpu.run(
             client, pipeline.decode_image, resolved.data, self._config.max_image_pixels, "image"
@@ -103,19 +105,20 @@ class Processor:
         if task.upload_endpoint is not None:
             self._http.check_url(task.upload_endpoint, "uploadEndpoint")
 
-    async def store_input(self, task: RemoveBackground) -> RemoveBackground:
+    async def store_input(self, task: RemoveBackground, scope: bytes) -> RemoveBackground:
         """The distributed mode's gateway half: fetch or decode the input and store it, so that
         the job names it by imageUUID (workers read it from the shared storage)."""
-        resolved = await self._inputs.resolve(task.image, task.image_parameter)
+        resolved = await self._inputs.resolve(task.image, task.image_parameter, scope)
         return msgspec.structs.replace(task, image=resolved.stored.uuid)
 
     async def remove_background(
-        self, task: RemoveBackground, client: Hashable = None
+        self, task: RemoveBackground, scope: bytes, client: Hashable = None
     ) -> BackgroundRemovalResult:
-        """``client`` is whom the CPU pool and the batcher take turns between. The task's
-        destinations were checked when it was accepted."""
+        """Run the removal for ``scope`` (the key whose images it may name and under which its
+        images are stored); ``client`` is whom the CPU pool and the batcher take turns between.
+        The task's destinations were checked when it was accepted."""
         route = self._route(task)
-        resolved = await self._inputs.resolve(task.image, task.image_parameter)
+        resolved = await self._inputs.resolve(task.image, task.image_parameter, scope)
         max_pixels, limit_name = self._config.max_image_pixels, "the limit"
         if task.settings.alpha_matting and self._config.max_matting_pixels < max_pixels:
             max_pixels, limit_name = self._config.max_matting_pixels, "the limit with alphaMatting"
@@ -143,7 +146,7 @@ class Processor:
             await put_to_upload_endpoint(
                 self._http, task.upload_endpoint, encoded, CONTENT_TYPES[extension]
             )
-        stored = await self._store.put(encoded, extension, task.output.ttl)
+        stored = await self._store.put(encoded, extension, task.output.ttl, scope=scope)
         result = BackgroundRemovalResult(
             taskType="imageBackgroundRemoval",
             taskUUID=task.task_uuid,

@@ -618,6 +618,19 @@ async def test_an_address_guessing_keys_is_refused_for_a_while(guarded_server):
         assert refused["code"] == "invalidApiKey" and "retry" in refused["message"].lower()
 
 
+async def test_a_key_cannot_use_another_keys_stored_images(limits_server):
+    alice, bob = await connect(limits_server, "alice-key"), await connect(limits_server, "bob-key")
+    try:
+        upload = await alice.run({"taskType": "imageUpload", "image": SMALL})
+        image_uuid = upload["imageUUID"]
+        refused = await bob.run(fast(image_uuid))
+        assert refused["code"] == "unknownImageUUID" and refused["parameter"] == "inputs.image"
+        assert (await alice.run(fast(image_uuid)))["kind"] == "data"
+    finally:
+        await alice.ws.close()
+        await bob.ws.close()
+
+
 # --------------------------------------------------------------------------- reconnects
 
 

@@ -9,9 +9,11 @@ import pytest
 from protocol.errors import TaskFailure
 from service.storage.directory import DirectoryImageStore
 from service.tasks.inputs import InputResolver
+from service.tasks.results import scope_of
 from tests.support import fixture_bytes
 
 JPEG = fixture_bytes("car-1.jpg")
+ALICE, BOB = scope_of("alice"), scope_of("bob")
 
 
 class FakeHttp:
@@ -43,15 +45,15 @@ def resolver(tmp_path):
 )
 async def test_inline_images_are_decoded_and_stored(resolver, value):
     inputs, _ = resolver
-    resolved = await inputs.resolve(value, "inputImage")
+    resolved = await inputs.resolve(value, "inputImage", ALICE)
     assert resolved.data == JPEG and resolved.stored.extension == "jpg"
 
 
 async def test_a_url_is_fetched_and_a_stored_uuid_read_back(resolver):
     inputs, http = resolver
-    fetched = await inputs.resolve("https://images.example.com/car.jpg", "inputImage")
+    fetched = await inputs.resolve("https://images.example.com/car.jpg", "inputImage", ALICE)
     assert http.fetched == ["https://images.example.com/car.jpg"] and fetched.data == JPEG
-    again = await inputs.resolve(fetched.stored.uuid, "inputs.image")
+    again = await inputs.resolve(fetched.stored.uuid.upper(), "inputs.image", ALICE)
     assert again.data == JPEG and again.stored.uuid == fetched.stored.uuid
 
 
@@ -68,5 +70,14 @@ async def test_a_url_is_fetched_and_a_stored_uuid_read_back(resolver):
 async def test_bad_inputs_name_the_parameter(resolver, value, code):
     inputs, _ = resolver
     with pytest.raises(TaskFailure) as refused:
-        await inputs.resolve(value, "inputImage")
+        await inputs.resolve(value, "inputImage", ALICE)
     assert refused.value.code == code and refused.value.parameter == "inputImage"
+
+
+async def test_another_keys_stored_image_is_not_found(resolver):
+    inputs, _ = resolver
+    mine = await inputs.resolve(base64.b64encode(JPEG).decode(), "inputImage", ALICE)
+    with pytest.raises(TaskFailure) as refused:
+        await inputs.resolve(mine.stored.uuid, "inputImage", BOB)
+    assert refused.value.code == "unknownImageUUID"
+    assert (await inputs.resolve(mine.stored.uuid, "inputImage", ALICE)).data == JPEG

@@ -24,6 +24,7 @@ from tests.support import fixture_bytes
 
 CAR = fixture_bytes("car-1.jpg")  # 480x360
 TASK_UUID = "9ad4918a-e9d0-440a-ac59-057a966cd421"
+SCOPE = b"s" * 32
 
 
 def square_prediction(batch: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def removal(**fields):
 
 async def test_a_url_result_names_a_stored_cutout(rig):
     processor, store, _ = rig
-    result = await processor.remove_background(removal(outputType="URL"))
+    result = await processor.remove_background(removal(outputType="URL"), SCOPE)
     assert result.imageURL == f"http://127.0.0.1:7777/images/{result.imageUUID}.png"
     stored, data = await store.load(result.imageUUID)
     alpha = np.asarray(Image.open(io.BytesIO(data)))[..., 3]
@@ -88,7 +89,7 @@ async def test_a_url_result_names_a_stored_cutout(rig):
 
 async def test_an_inline_result_carries_the_stored_file(rig):
     processor, store, _ = rig
-    result = await processor.remove_background(removal(outputType="base64Data"))
+    result = await processor.remove_background(removal(outputType="base64Data"), SCOPE)
     _, data = await store.load(result.imageUUID)
     assert base64.b64decode(result.imageBase64Data) == data and result.imageURL is None
 
@@ -96,21 +97,23 @@ async def test_an_inline_result_carries_the_stored_file(rig):
 async def test_an_unknown_model_lists_the_served_ones(rig):
     processor, _, _ = rig
     with pytest.raises(TaskFailure) as refused:
-        await processor.remove_background(removal(model="rmbg-9"))
+        await processor.remove_background(removal(model="rmbg-9"), SCOPE)
     assert refused.value.code == "unsupportedModel" and "stand-in" in refused.value.message
 
 
 async def test_alpha_matting_has_its_own_pixel_limit(rig):
     processor, _, _ = rig
     with pytest.raises(TaskFailure) as refused:
-        await processor.remove_background(removal(alphaMatting=True))
+        await processor.remove_background(removal(alphaMatting=True), SCOPE)
     assert refused.value.code == "imageTooLarge" and "alphaMatting" in refused.value.message
-    assert (await processor.remove_background(removal())).imageUUID
+    assert (await processor.remove_background(removal(), SCOPE)).imageUUID
 
 
 async def test_the_output_is_put_to_the_upload_endpoint(rig):
     processor, _, http = rig
-    await processor.remove_background(removal(uploadEndpoint="https://bucket.example.com/put"))
+    await processor.remove_background(
+        removal(uploadEndpoint="https://bucket.example.com/put"), SCOPE
+    )
     [(method, url, content_type, size)] = http.sent
     assert (method, url, content_type) == ("PUT", "https://bucket.example.com/put", "image/png")
     assert size > 0
@@ -130,5 +133,5 @@ async def test_an_upload_refuses_what_could_never_be_processed(rig):
         ).encode()
     ).tasks[0]
     with pytest.raises(TaskFailure) as refused:
-        await processor.upload(upload)
+        await processor.upload(upload, SCOPE)
     assert refused.value.code == "invalidImage"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 from service.imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
 from service.storage.directory import DirectoryImageStore
+from service.storage.store import belongs_to, new_image_uuid
 from tests.support import FakeClock as Clock
 
 
@@ -65,3 +67,15 @@ async def test_a_partial_file_left_by_a_failed_write_is_swept_later(tmp_path):
     assert await store.sweep() == 0 and partial.exists()  # perhaps still being written
     clock.now += 2 * 3600
     assert await store.sweep() == 0 and not partial.exists()
+
+
+def test_an_image_uuid_tells_which_scope_stored_it():
+    alice, bob = b"a" * 32, b"b" * 32
+    names = {new_image_uuid(alice) for _ in range(1000)}
+    assert len(names) == 1000
+    for name in names:
+        parsed = uuid.UUID(name)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == name
+        assert belongs_to(name, alice) and belongs_to(name.upper(), alice)
+        assert not belongs_to(name, bob)
+    assert not belongs_to(str(uuid.uuid4()), alice) and not belongs_to("not-a-uuid", alice)
