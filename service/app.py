@@ -97,7 +97,9 @@ class App:
         self.tasks = TaskPorts(
             self.results, work, self.workload, self.webhooks, self.metrics, self.key_is_valid
         )
-        self.sockets = OpenSockets(self.metrics, config.max_sockets_per_key)
+        self.sockets = OpenSockets(
+            self.metrics, config.max_sockets_per_key, keys_required=bool(config.api_keys)
+        )
         self.context = ServerContext(
             config,
             self.tasks,

@@ -23,6 +23,7 @@ class OpenSocket(Protocol):
     @property
     def api_key(self) -> str | None: ...
 
+    peer: str | None  # the client's address
     last_active: float  # time.monotonic() of the last frame received or answer sent
     closing: bool
 
@@ -37,9 +38,10 @@ class OpenSocket(Protocol):
 class OpenSockets:
     """Every open WebSocket of this process: the per-key cap, the idle reaper, the shutdown."""
 
-    def __init__(self, metrics: Metrics, max_per_key: int) -> None:
+    def __init__(self, metrics: Metrics, max_per_key: int, keys_required: bool) -> None:
         self._metrics = metrics
         self._max_per_key = max_per_key
+        self._keys_required = keys_required
         self._open: set[OpenSocket] = set()
 
     def add(self, connection: OpenSocket) -> None:
@@ -51,9 +53,14 @@ class OpenSockets:
         self._metrics.sockets.set(len(self._open))
 
     def may_open(self, api_key: str, connection: OpenSocket) -> bool:
-        """Whether ``connection`` may authenticate with ``api_key`` (the per-key cap)."""
-        others = sum(1 for c in self._open if c is not connection and c.api_key == api_key)
-        return others < self._max_per_key
+        """Whether ``connection`` may authenticate with ``api_key`` (the per-key cap). Where
+        any key is accepted, keys cost nothing to make up, so the cap counts the sockets of
+        the connection's address instead."""
+        if self._keys_required:
+            same = [c for c in self._open if c.api_key == api_key]
+        else:
+            same = [c for c in self._open if c.api_key is not None and c.peer == connection.peer]
+        return sum(1 for c in same if c is not connection) < self._max_per_key
 
     def silent_for(self, seconds: float) -> list[OpenSocket]:
         """Sockets with no task running and no frame in or answer out for ``seconds``, not

@@ -84,7 +84,7 @@ class Connection:
         )
         self._websocket = websocket
         self._transport = transport
-        self._peer = peer
+        self.peer = peer
         self._client: ClientSession | None = None
         self.last_active = time.monotonic()
         self.closing = False
@@ -167,7 +167,7 @@ class Connection:
             if not self.closing:
                 log.warning(
                     "cutting off %s: it has not read for %.0f s",
-                    self._peer,
+                    self.peer,
                     self._config.send_timeout,
                 )
                 self._reset()
@@ -180,7 +180,7 @@ class Connection:
         await self._send(encode_answer(item))
 
     async def _authenticate(self, task: Authenticate) -> None:
-        guesses, address = self._context.key_guesses, self._peer or ""
+        guesses, address = self._context.key_guesses, self.peer or ""
         if guesses.exhausted(address):
             await self._refuse_guessing(
                 "Too many wrong API keys from this address; retry in a minute."
@@ -206,7 +206,7 @@ class Connection:
             task, lambda requested, api_key: client.uuid if client else ""
         )
         if isinstance(reply, ErrorItem) or client is None:
-            log.info("refused an API key from %s", self._peer)
+            log.info("refused an API key from %s", self.peer)
             await self._reply(reply)
             guesses.failed(address)
             self._key_failures += 1

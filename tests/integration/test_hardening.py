@@ -389,10 +389,17 @@ async def test_overload_refuses_new_tasks_at_once_and_every_accepted_one_complet
             await client.ws.close()
 
 
-async def test_sockets_per_key_are_limited(limits_server):
-    clients = [await connect(limits_server, "few-sockets") for _ in range(3)]
+@pytest.fixture(scope="module")
+def two_key_server(fast_server_with):
+    return fast_server_with(
+        "--api-key", "few-sockets", "--api-key", "another-key", "--max-sockets-per-key", "3"
+    )
+
+
+async def test_sockets_per_key_are_limited(two_key_server):
+    clients = [await connect(two_key_server, "few-sockets") for _ in range(3)]
     try:
-        async with websockets.connect(limits_server.ws_url) as websocket:
+        async with websockets.connect(two_key_server.ws_url) as websocket:
             extra = Client(websocket)
             await extra.send({"taskType": "authentication", "apiKey": "few-sockets"})
             (error,) = (await extra.recv())["errors"]
@@ -616,6 +623,20 @@ async def test_an_address_guessing_keys_is_refused_for_a_while(guarded_server):
         await client.send({"taskType": "authentication", "apiKey": "right-key"})
         refused = (await client.recv(10))["errors"][0]
         assert refused["code"] == "invalidApiKey" and "retry" in refused["message"].lower()
+
+
+async def test_without_keys_the_socket_cap_counts_per_address(limits_server):
+    """No --api-key: any key string is accepted, so made-up keys must not multiply the cap
+    (3 here) for one address."""
+    opened = [await connect(limits_server, f"made-up-{n}") for n in range(3)]
+    try:
+        async with websockets.connect(limits_server.ws_url) as websocket:
+            fourth = Client(websocket)
+            await fourth.send({"taskType": "authentication", "apiKey": "made-up-3"})
+            assert (await fourth.recv())["errors"][0]["code"] == "tooManyConnections"
+    finally:
+        for client in opened:
+            await client.ws.close()
 
 
 async def test_a_key_cannot_use_another_keys_stored_images(limits_server):
