@@ -126,6 +126,12 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--max-matting-pixels", int, "largest image accepted with alphaMatting, in pixels"),
     ("--max-download-bytes", int, "largest URL input downloaded"),
     (
+        "--working-memory-bytes",
+        int,
+        "memory the images in the pipeline may take together; a task waits for room, then "
+        "gets overloaded (default: half the machine's memory)",
+    ),
+    (
         "--s3-bucket",
         str,
         "keep images in this S3 bucket instead of --storage-dir; imageURL is "

@@ -25,6 +25,7 @@ from .metrics import Metrics
 from .net.delivery import WebhookSender
 from .net.outbound import OutboundHttp
 from .scheduling.batcher import MicroBatcher
+from .scheduling.budget import MemoryBudget
 from .scheduling.fairness import FairExecutor
 from .storage.directory import DirectoryImageStore
 from .storage.store import ImageStore
@@ -67,8 +68,15 @@ class App:
         routes = {
             model.id: ModelRoute(model.family, self._batchers[model.id]) for model in registry
         }
+        self.budget = MemoryBudget(config.working_memory())
         self.processor = Processor(
-            config, routes, self.store, InputResolver(self.store, self.http), self.http, self.cpu
+            config,
+            routes,
+            self.store,
+            InputResolver(self.store, self.http),
+            self.http,
+            self.cpu,
+            self.budget,
         )
         self.webhooks = WebhookSender(
             self.http, attempts=config.webhook_attempts, backoff=config.webhook_backoff

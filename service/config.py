@@ -72,6 +72,8 @@ class Config:
     # "Matting"); bands whose factor would pass 2 GiB take the iterative solve.
     max_matting_pixels: int = 25_000_000
     max_download_bytes: int = 25 * 1024 * 1024
+    # Working memory images in the pipeline may take together; None: half the machine's.
+    working_memory_bytes: int | None = None
     download_connect_timeout: float = 5.0
     download_total_timeout: float = 20.0
     png_compress_level: int = 1  # ISA-L deflate level 0-3 (see pipeline.encode_png)
@@ -106,6 +108,11 @@ class Config:
         """scheme://host[:port] of base_url, as a browser would send it in Origin."""
         scheme, _, rest = self.base_url().partition("://")
         return f"{scheme}://{rest.split('/', 1)[0]}"
+
+    def working_memory(self) -> int:
+        if self.working_memory_bytes is not None:
+            return self.working_memory_bytes
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
     def worker_count(self) -> int:
         return self.cpu_workers or os.cpu_count() or 1

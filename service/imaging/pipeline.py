@@ -66,6 +66,15 @@ class DecodedImage:
         return self.image.size
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, without decoding; None when unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def decode_image(
     data: bytes, max_pixels: int, parameter: str = IMAGE_PARAMETER, limit_name: str = "the limit"
 ) -> DecodedImage:

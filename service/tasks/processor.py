@@ -28,6 +28,7 @@ from ..inference.families import Family
 from ..net.delivery import put_to_upload_endpoint
 from ..net.outbound import OutboundHttp
 from ..scheduling.batcher import MicroBatcher
+from ..scheduling.budget import MemoryBudget
 from ..scheduling.fairness import FairExecutor
 from ..storage.store import ImageStore, StoredImage
 from .inputs import InputResolver
@@ -59,7 +60,9 @@ class Processor:
         inputs: InputResolver,
         http: OutboundHttp,
         cpu: FairExecutor,
+        budget: MemoryBudget,
     ) -> None:
+        self._budget = budget
         self._config = config
         self._http = http
         self._models = models
@@ -75,9 +78,9 @@ class Processor:
     ) -> ImageUploadResult:
         resolved = await self._inputs.resolve(task.image, "image", scope)
         # Refuse what could never be processed now, rather than at the first removal.
-        await self._cpu.run(
-            client, pipeline.decode_image, resolved.data, self._config.max_image_pixels, "image"
-        )
+        max_pixels = self._config.max_image_pixels
+        async with self._budget.reserved(_working_bytes(resolved.data, max_pixels, False), "image"):
+            await self._cpu.run(client, _decodes, resolved.data, max_pixels)
         return ImageUploadResult(
             taskType="imageUpload",
             taskUUID=task.task_uuid,
@@ -120,27 +123,31 @@ class Processor:
         route = self._route(task)
         resolved = await self._inputs.resolve(task.image, task.image_parameter, scope)
         max_pixels, limit_name = self._config.max_image_pixels, "the limit"
-        if task.settings.alpha_matting and self._config.max_matting_pixels < max_pixels:
+        matting = task.settings.alpha_matting
+        if matting and self._config.max_matting_pixels < max_pixels:
             max_pixels, limit_name = self._config.max_matting_pixels, "the limit with alphaMatting"
-        decoded, tensor = await self._cpu.run(
-            client,
-            _prepare,
-            resolved.data,
-            route.family,
-            max_pixels,
-            task.image_parameter,
-            limit_name,
-        )
-        prediction = await route.batcher.submit(tensor, client)
-        encoded = await self._cpu.run(
-            client,
-            pipeline.render,
-            decoded,
-            prediction,
-            task.settings,
-            task.output,
-            self._config.png_compress_level,
-        )
+        working = _working_bytes(resolved.data, max_pixels, matting)
+        async with self._budget.reserved(working, task.image_parameter):
+            decoded, tensor = await self._cpu.run(
+                client,
+                _prepare,
+                resolved.data,
+                route.family,
+                max_pixels,
+                task.image_parameter,
+                limit_name,
+            )
+            prediction = await route.batcher.submit(tensor, client)
+            encoded = await self._cpu.run(
+                client,
+                pipeline.render,
+                decoded,
+                prediction,
+                task.settings,
+                task.output,
+                self._config.png_compress_level,
+            )
+            del decoded, tensor, prediction
         extension = EXTENSIONS[task.output.format]
         if task.upload_endpoint is not None:
             await put_to_upload_endpoint(
@@ -161,6 +168,27 @@ class Processor:
             client, pipeline.payload_fields, encoded, extension, task.output.type
         )
         return msgspec.structs.replace(result, **fields)
+
+
+# Working memory per pixel while an image is in the pipeline: the decoded image, the cutout,
+# its composite and the PNG's filtered rows (about 20 bytes); with alpha matting, its system,
+# factor and foreground levels on top (docs/performance.md, "Matting", has it measured).
+_BYTES_PER_PIXEL = 24
+_MATTING_BYTES_PER_PIXEL = 240
+
+
+def _working_bytes(data: bytes, max_pixels: int, matting: bool) -> int:
+    """What the image will take in the pipeline; 0 for what decoding will refuse anyway."""
+    size = pipeline.image_size(data)
+    if size is None or size[0] * size[1] > max_pixels:
+        return 0
+    per_pixel = _MATTING_BYTES_PER_PIXEL if matting else _BYTES_PER_PIXEL
+    return size[0] * size[1] * per_pixel
+
+
+def _decodes(data: bytes, max_pixels: int) -> None:
+    """Decode and let go: whether the image can be processed at all."""
+    pipeline.decode_image(data, max_pixels, "image")
 
 
 def _prepare(

@@ -652,6 +652,46 @@ async def test_a_key_cannot_use_another_keys_stored_images(limits_server):
         await bob.ws.close()
 
 
+def rss_kib(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (the peak so far) of a process, in KiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def large_jpeg(side: int) -> bytes:
+    """A smooth side x side photo stand-in: decodes to side^2 pixels, compresses small."""
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    pixels = np.stack([np.add.outer(ramp // 2, ramp // 2)] * 3, axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=80)
+    return buffer.getvalue()
+
+
+async def test_images_in_flight_are_bounded_in_bytes(fast_server_with):
+    """8 sockets x 4 tasks of a 9 MP image, 300 MB of working memory: the server's peak RSS
+    grows by less than the budget plus 200 MB of slack (without the budget it held every
+    socket's images at once: over a gigabyte)."""
+    server = fast_server_with("--working-memory-bytes", str(300 * 2**20))
+    image = b64(large_jpeg(3000))
+    idle = rss_kib(server.process.pid, "VmRSS")
+
+    async def one_socket(n: int) -> list[dict]:
+        async with websockets.connect(server.ws_url, max_size=None) as websocket:
+            client = Client(websocket)
+            await client.authenticate(f"memory-{n}")
+            tasks = [fast(image, outputType="URL") for _ in range(4)]
+            await client.send(*tasks)
+            answers = await client.collect([t["taskUUID"] for t in tasks], timeout=240)
+            return list(answers.values())
+
+    answers = [a for many in await asyncio.gather(*(one_socket(n) for n in range(8))) for a in many]
+    assert [a["kind"] for a in answers] == ["data"] * 32
+    growth = rss_kib(server.process.pid, "VmHWM") - idle
+    assert growth < (300 + 200) * 1024, f"peak RSS grew by {growth / 1024:.0f} MiB"
+
+
 # --------------------------------------------------------------------------- reconnects
 
 

@@ -16,6 +16,7 @@ from protocol.errors import TaskFailure
 from service.config import Config
 from service.inference.families import FAMILIES
 from service.scheduling.batcher import MicroBatcher
+from service.scheduling.budget import MemoryBudget
 from service.scheduling.fairness import FairExecutor
 from service.storage.directory import DirectoryImageStore
 from service.tasks.inputs import InputResolver
@@ -59,7 +60,8 @@ async def rig(tmp_path):
     cpu = FairExecutor(1)
     batcher = MicroBatcher(square_prediction, max_batch=2, max_wait=0.001)
     routes = {"stand-in": ModelRoute(FAMILIES["u2net"], batcher)}
-    processor = Processor(config, routes, store, InputResolver(store, http), http, cpu)  # type: ignore[arg-type]
+    budget = MemoryBudget(1 << 30)
+    processor = Processor(config, routes, store, InputResolver(store, http), http, cpu, budget)  # type: ignore[arg-type]
     yield processor, store, http
     await batcher.stop()
     cpu.shutdown()
