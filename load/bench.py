@@ -12,7 +12,9 @@ Measures, on the same model file and image:
 - the server's memory for 1,000 idle authenticated sockets;
 - the distributed mode (redis-server, one gateway, 1 and 2 workers) against the embedded mode;
 - alpha matting: one task through the service against rembg's remove(alpha_matting=True), per
-  fixture and for one fixture at twice its size, with the alpha difference between the outputs.
+  fixture and for one fixture at twice its size, with the alpha difference between the outputs;
+- the stand-in device: the CPU work around a model that costs nothing (load.standin), in server
+  core-ms per image and images/s, with 1 and 2 CPU workers.
 Then prints the ratios the targets speak of.
 """
 
@@ -152,6 +154,96 @@ def _service(runtime: str = "auto", *flags: str):
         *flags,
     ]
     return port, _process(command, f"http://127.0.0.1:{port}/healthz")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _u2netp_core_ms(tensor: np.ndarray, runs: int = 10) -> tuple[float, np.ndarray]:
+    """Core-ms of one u2netp inference on one thread, and the model's raw prediction."""
+    from service.inference.runtime import load_runtime
+
+    model = load_runtime(MODEL, "onnxruntime", use_cuda=False, threads=1)
+    prediction = model.infer_batch(tensor)[0]
+    start = time.process_time()
+    for _ in range(runs):
+        model.infer_batch(tensor)
+    return (time.process_time() - start) * 1000 / runs, prediction
+
+
+def standin(images: list[Path], tasks_per_socket: int = 10) -> dict:
+    """The CPU work around the model, measured with the model out of the way: the service
+    serves a replay graph (load.standin) that answers with anime-girl-1's real u2netp
+    prediction at next to no cost. Server core-ms per image (from /proc) and images/s, 8
+    sockets, for each image, output type and CPU worker count."""
+    from .standin import write_replay_model
+
+    core_ms, prediction = _u2netp_core_ms(_model_input(images[0].read_bytes()))
+    replay = write_replay_model(BENCH_DIR / "replay.onnx", prediction)
+    rows = []
+    for path in images:
+        image = path.read_bytes()
+        for output_type in ("base64Data", "URL"):
+            for workers in (1, 2):
+                port, server = _service(
+                    "auto", "--model", f"replay={replay}:u2net", "--cpu-workers", str(workers)
+                )
+                with server as process:
+                    config = LoadConfig(
+                        url=f"ws://127.0.0.1:{port}",
+                        images=(image,),
+                        connections=8,
+                        tasks_per_connection=tasks_per_socket,
+                        window=2,
+                        output_type=output_type,
+                        output_format="PNG",
+                        model="replay",
+                        progress=False,
+                        verify_images=False,
+                        fetch_urls=False,
+                    )
+                    asyncio.run(run_load(LoadConfig(**{**vars(config), "connections": 2})))
+                    before = _cpu_seconds(process.pid)
+                    summary = asyncio.run(run_load(config)).summary()
+                    used = _cpu_seconds(process.pid) - before
+                ok = summary["tasks_ok"]
+                rows.append(
+                    {
+                        "image": path.name,
+                        "output": output_type,
+                        "cpu_workers": workers,
+                        "images_per_s": summary["images_per_s"],
+                        "core_ms_per_image": round(used * 1000 / max(ok, 1), 1),
+                        "ratio_to_u2netp": round(used * 1000 / max(ok, 1) / core_ms, 3),
+                        "lost": summary["lost"],
+                    }
+                )
+    return {"u2netp_core_ms": round(core_ms, 1), "rows": rows}
+
+
+def _standin_lines(result: dict) -> list[str]:
+    lines = [
+        "stand-in device: the service around a model that costs nothing, 8 sockets",
+        f"  u2netp on one thread: {result['u2netp_core_ms']:.0f} core-ms per image",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"  {row['image']:<18} {row['output']:<10} {row['cpu_workers']} CPU worker(s)"
+            f"  {row['images_per_s']:7.1f} img/s  {row['core_ms_per_image']:6.1f} core-ms/image"
+            f"  ratio {row['ratio_to_u2netp']:.3f}  lost {row['lost']}"
+        )
+    by_key = {
+        (r["image"], r["output"], r["cpu_workers"]): r["images_per_s"] for r in result["rows"]
+    }
+    for (image, output, workers), rate in by_key.items():
+        if workers == 2 and by_key.get((image, output, 1)):
+            lines.append(
+                f"  scaling 1 -> 2 workers, {image} {output}: x{rate / by_key[(image, output, 1)]:.2f}"
+            )
+    return lines
 
 
 def distributed(image: bytes, tasks_per_socket: int) -> dict:
@@ -511,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only-matting", action="store_true", help="measure only alpha matting against rembg's"
     )
+    parser.add_argument(
+        "--only-standin",
+        action="store_true",
+        help="measure only the CPU work around a model that costs nothing (the stand-in device)",
+    )
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(exist_ok=True)
     image_path = SHARED_IMAGE if SHARED_IMAGE.exists() else LOCAL_IMAGE
@@ -525,6 +622,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_matting:
         results["matting"] = matting(image_path.parent)
         print("\n".join(_matting_lines(results["matting"])))
+        return 0
+    standin_images = [image_path] + [
+        path for path in [image_path.parent / "animal-3.jpg"] if path.exists()
+    ]
+    if args.only_standin:
+        results["standin"] = standin(standin_images)
+        print("\n".join(_standin_lines(results["standin"])))
         return 0
 
     results["raw_onnxruntime_img_s"] = round(raw_onnxruntime(tensor, args.seconds), 3)
@@ -553,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
         results["rembg_s"] = rembg_server(image, args.tasks)
         results["matting"] = matting(image_path.parent)
 
+    results["standin"] = standin(standin_images)
+
     _print_report(results)
+    print()
+    print("\n".join(_standin_lines(results["standin"])))
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
