@@ -13,15 +13,13 @@ import re
 from dataclasses import dataclass
 
 from protocol.errors import Code, TaskFailure
-from protocol.messages import UUID_PATTERN
 
 from ..imaging.formats import sniff_format
 from ..net.outbound import OutboundHttp
-from ..storage.store import ImageStore, StoredImage, belongs_to
+from ..storage.store import ImageStore, StoredImage, belongs_to, is_image_uuid
 
 __all__ = ["ResolvedInput", "InputResolver"]
 
-_UUID = re.compile(UUID_PATTERN)
 _DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(;[^,;]*)*?);base64,", re.IGNORECASE)
 # Decoding base64 of this size or more happens on a worker thread, not on the event loop.
 _THREAD_BASE64_BYTES = 64 * 1024
@@ -46,7 +44,7 @@ class InputResolver:
         """Bytes and stored record of the image ``value`` names, for a task of ``scope`` (whose
         own stored images only it may name). Raises TaskFailure."""
         value = value.strip()
-        if _UUID.match(value):
+        if is_image_uuid(value):
             return await self._stored(value.lower(), parameter, scope)
         if value[:8].lower().startswith(("http://", "https://")):
             data = await self._http.get(value, parameter)

@@ -71,9 +71,6 @@ class OpenSockets:
     def all(self) -> list[OpenSocket]:
         return list(self._open)
 
-    def __len__(self) -> int:
-        return len(self._open)
-
 
 class KeyGuesses:
     """Wrong API keys by client address over the last minute: a budget against guessing.
