@@ -468,18 +468,26 @@ async def test_a_task_sent_while_redis_is_down_gets_a_clear_error(lone_cluster):
             lone_cluster.redis = start_redis(lone_cluster.tmp, port=lone_cluster.redis.port)
 
 
-async def test_a_job_lost_with_redis_is_answered_not_forgotten(lone_cluster):
-    """No worker yet: the job waits in Redis, which restarts empty. The client is told."""
-    gateway = lone_cluster.start("gateway")
+async def queued_across_a_restart(cluster: Cluster, persistent: bool, then=None) -> dict:
+    """A task queued while no worker runs, Redis restarted under it (``then`` called after the
+    restart), and the task's one answer."""
+    gateway = cluster.start("gateway")
     async with websockets.connect(gateway.ws_url, max_size=None) as websocket:
         client = Client(websocket)
         await client.authenticate("restart")
         task = fast()
         await client.send(task)
-        assert eventually(lambda: lone_cluster.client().xlen("rbg:jobs") == 1, 10)
-        restart_redis(lone_cluster)
-        answer = (await client.collect([task["taskUUID"]], timeout=30))[task["taskUUID"]]
-        assert answer["code"] == "workerFailed" and "lost" in answer["message"]
+        assert eventually(lambda: cluster.client().xlen("rbg:jobs") == 1, 10)
+        restart_redis(cluster, persistent=persistent)
+        if then is not None:
+            then()
+        return (await client.collect([task["taskUUID"]], timeout=30))[task["taskUUID"]]
+
+
+async def test_a_job_lost_with_redis_is_answered_not_forgotten(lone_cluster):
+    """No worker yet: the job waits in Redis, which restarts empty. The client is told."""
+    answer = await queued_across_a_restart(lone_cluster, persistent=False)
+    assert answer["code"] == "workerFailed" and "lost" in answer["message"]
 
 
 async def test_a_job_kept_by_a_persistent_redis_runs_after_its_restart(tmp_path, fast_model):
@@ -488,16 +496,9 @@ async def test_a_job_kept_by_a_persistent_redis_runs_after_its_restart(tmp_path,
     cluster.redis.stop()
     cluster.redis = start_redis(tmp_path, port=cluster.redis.port, persistent=True)
     try:
-        gateway = cluster.start("gateway")
-        async with websockets.connect(gateway.ws_url, max_size=None) as websocket:
-            client = Client(websocket)
-            await client.authenticate("restart")
-            task = fast()
-            await client.send(task)
-            assert eventually(lambda: cluster.client().xlen("rbg:jobs") == 1, 10)
-            restart_redis(cluster, persistent=True)
-            cluster.start("worker")
-            answer = (await client.collect([task["taskUUID"]], timeout=30))[task["taskUUID"]]
-            assert answer["kind"] == "data"
+        answer = await queued_across_a_restart(
+            cluster, persistent=True, then=lambda: cluster.start("worker")
+        )
+        assert answer["kind"] == "data"
     finally:
         cluster.stop()

@@ -7,14 +7,6 @@ from redis import asyncio as redis_asyncio
 
 from service.cluster.relay import RedisSessions, Relay
 from tests.service.fakes import Socket
-from tests.support import start_redis
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    process = start_redis(tmp_path_factory.mktemp("redis"))
-    yield process
-    process.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from service.cluster.results import Handover, RedisResultsBook
 from service.storage.directory import DirectoryImageStore
 from service.tasks.ports import TaskState
 from service.tasks.results import InMemoryResultsBook, scope_of
-from tests.support import FakeClock, start_redis
+from tests.support import FakeClock
 
 ALICE, BOB = scope_of("alice"), scope_of("bob")
 T1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
@@ -83,13 +83,6 @@ async def test_inline_payloads_are_not_kept_but_rebuilt_from_storage(tmp_path):
 
 
 # --------------------------------------------------------------------------- on Redis
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    process = start_redis(tmp_path_factory.mktemp("redis"))
-    yield process
-    process.stop()
 
 
 @pytest.fixture

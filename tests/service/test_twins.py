@@ -18,22 +18,14 @@ from service.tasks.results import InMemoryResultsBook, scope_of
 from service.tasks.sessions import InMemorySessions
 from tests.service.fakes import Socket, until
 from tests.service.test_results import T1, result
-from tests.support import start_redis
 
 ALICE, BOB = scope_of("alice"), scope_of("bob")
 TWINS = [pytest.param("memory"), pytest.param("redis", marks=pytest.mark.integration)]
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    process = start_redis(tmp_path_factory.mktemp("redis"))
-    yield process.url
-    process.stop()
-
-
 async def empty_redis(request) -> redis_asyncio.Redis:
     """A client of the module's redis-server, emptied (only the Redis twins ask for one)."""
-    client = redis_asyncio.from_url(request.getfixturevalue("redis_url"))
+    client = redis_asyncio.from_url(request.getfixturevalue("redis_server").url)
     await client.flushdb()
     return client
 
