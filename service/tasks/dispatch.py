@@ -2,7 +2,8 @@
 REST twin share, so that both validate, limit, run and answer a task in exactly the same way.
 
 A ``Dispatcher`` decodes a frame (an array of tasks), refuses what cannot run (each refusal its
-own error item, the siblings unaffected), and runs every accepted work task as its own asyncio
+own error item, the siblings unaffected; the elements past the per-frame limit share one), and
+runs every accepted work task as its own asyncio
 task, so answers come in completion order and one slow task never holds back the others.
 
 The transport that holds a dispatcher gives it two things:

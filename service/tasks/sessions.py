@@ -38,7 +38,8 @@ class InMemoryClientSession:
         self.detached_since: float | None = now
 
     async def attach(self, sender: FrameSender) -> None:
-        """Route this session's results to ``sender`` from now on, after what waited."""
+        """Route this client session's answers to ``sender`` from now on, after those that
+        waited."""
         self._sender = sender
         self.detached_since = None
         while self._outbox and self._sender == sender:

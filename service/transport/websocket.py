@@ -7,10 +7,11 @@ the REST twin); the connection holds one and adds what only a socket has. Every 
 A work task's answer goes to the client session it was sent under, not to this socket: if the
 socket is gone by then, the session keeps the answer until the client resumes on a new socket.
 
-Limits, each answered with its own error and the socket kept: frames over the soft size cap,
-tasks beyond the per-frame count, tasks beyond the per-socket in-flight count, tasks while the
-service-wide queue is full (``overloaded``), sockets beyond the per-key count. A frame over the
-hard cap closes the socket with 1009 (aiohttp does that while reading it).
+Limits, each answered with an error and the socket kept: frames over the soft size cap, tasks
+beyond the per-frame count (one error for all of them), tasks beyond the per-socket in-flight
+count, tasks while the service-wide queue is full (``overloaded``), sockets beyond the per-key
+count. A frame over the hard cap closes the socket with 1009 (aiohttp does that while reading
+it), a text frame that is not UTF-8 with 1007, five wrong API keys with 1008.
 """
 
 from __future__ import annotations
@@ -218,4 +219,4 @@ class Connection:
             previous.detach(self._send, sessions.now())
         self._dispatcher.open(scope_of(task.api_key), client)
         await self._reply(reply)
-        await client.attach(self._send)  # then whatever waited for this session
+        await client.attach(self._send)  # then whatever waited for this client session
