@@ -27,6 +27,16 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_IMAGES = ROOT.parent / "shared" / "fixtures" / "images"
 MODEL = ROOT / "models" / "u2netp.onnx"
 
+# The settings of the model page's example request (the seed's), used across the suite.
+SEED_SETTINGS = {
+    "rgba": [255, 255, 255, 0],
+    "postProcessMask": True,
+    "alphaMatting": True,
+    "alphaMattingForegroundThreshold": 230,
+    "alphaMattingBackgroundThreshold": 15,
+    "alphaMattingErodeSize": 8,
+}
+
 # Time unit for waits on real events; scale it up on a slow machine.
 UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, UNIT, data_uri, fixture_bytes, http_get, open_image
+from tests.support import ROOT, SEED_SETTINGS, UNIT, data_uri, fixture_bytes, http_get, open_image
 
 JS = ROOT / "tests" / "js"
 CAR = data_uri(fixture_bytes("car-1.jpg"))
@@ -51,14 +51,7 @@ def test_sync_and_async_removals(server, tmp_path):
             "outputType": "URL",
             "outputFormat": "PNG",
             "includeCost": True,
-            "settings": {
-                "rgba": [255, 255, 255, 0],
-                "postProcessMask": True,
-                "alphaMatting": True,
-                "alphaMattingForegroundThreshold": 230,
-                "alphaMattingBackgroundThreshold": 15,
-                "alphaMattingErodeSize": 8,
-            },
+            "settings": SEED_SETTINGS,
         },
         {"inputImage": CAR, "outputType": "base64Data", "outputFormat": "WEBP"},
         {

@@ -12,18 +12,19 @@ from PIL import Image
 
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
-from tests.support import Client, b64, data_uri, fixture_bytes, http_get, new_uuid, open_image
+from tests.support import (
+    SEED_SETTINGS,
+    Client,
+    b64,
+    data_uri,
+    fixture_bytes,
+    http_get,
+    new_uuid,
+    open_image,
+)
 
 CAR = fixture_bytes("car-1.jpg")
 ANIME = fixture_bytes("anime-girl-1.jpg")
-SEED_SETTINGS = {
-    "rgba": [255, 255, 255, 0],
-    "postProcessMask": True,
-    "alphaMatting": True,
-    "alphaMattingForegroundThreshold": 230,
-    "alphaMattingBackgroundThreshold": 15,
-    "alphaMattingErodeSize": 8,
-}
 
 
 def removal(image: str, **fields) -> dict:

@@ -21,6 +21,7 @@ from protocol.messages import (
     PongResult,
     RemoveBackground,
 )
+from tests.support import SEED_SETTINGS
 
 U1 = "9ad4918a-e9d0-440a-ac59-057a966cd421"
 U2 = "13190307-6303-4012-a578-cb4595dc8eae"
@@ -63,14 +64,6 @@ def test_image_upload():
     ) == ImageUpload(task_uuid=U1, image="data:image/png;base64,AA==")
 
 
-SEED_SETTINGS = {
-    "rgba": [255, 255, 255, 0],
-    "postProcessMask": True,
-    "alphaMatting": True,
-    "alphaMattingForegroundThreshold": 230,
-    "alphaMattingBackgroundThreshold": 15,
-    "alphaMattingErodeSize": 8,
-}
 SEED_EXPECTED = BackgroundSettings(
     rgba=(255, 255, 255, 0),
     post_process_mask=True,

@@ -9,6 +9,7 @@ import pytest
 
 from protocol.schema import json_schema
 from service.publish_schema import DEFAULT_DIR, FILES, render
+from tests.support import SEED_SETTINGS
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
@@ -52,14 +53,7 @@ CLIENT_FRAMES = [
             "outputType": "URL",
             "outputFormat": "PNG",
             "includeCost": True,
-            "settings": {
-                "rgba": [255, 255, 255, 0],
-                "postProcessMask": True,
-                "alphaMatting": True,
-                "alphaMattingForegroundThreshold": 230,
-                "alphaMattingBackgroundThreshold": 15,
-                "alphaMattingErodeSize": 8,
-            },
+            "settings": SEED_SETTINGS,
             "taskType": "removeBackground",
             "taskUUID": U,
         }
