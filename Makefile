@@ -12,13 +12,13 @@ JS_SDK := tests/js/node_modules/.installed
 
 install: $(VENV)/.installed $(MODEL)
 
-# Re-installs whenever pyproject.toml changes. Running the matting warm-up once here lets numba
-# compile and cache pymatting's kernels and ours at install time, not at the first start.
+# Re-installs whenever pyproject.toml changes. Running the warm-up once here lets numba compile
+# and cache pymatting's kernels and ours at install time, not at the first start.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
-	$(PY) -c "from service.matting.cutout import warm_up; warm_up()"
+	$(PY) -c "from service.imaging.pipeline import warm_up; warm_up()"
 	touch $@
 
 # Test-only Python packages (pytest, hypothesis, the official runware SDK).

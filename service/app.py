@@ -20,7 +20,6 @@ from .cluster.results import RedisResultsBook
 from .config import Config
 from .imaging import pipeline
 from .inference.registry import ModelRegistry, load_registry
-from .matting.cutout import warm_up as warm_up_matting
 from .metrics import Metrics
 from .net.delivery import WebhookSender
 from .net.outbound import OutboundHttp
@@ -275,9 +274,9 @@ async def run(config: Config) -> None:
     started = time.perf_counter()
     app = await asyncio.to_thread(build_app, config)
     if config.runs_models:
-        await asyncio.to_thread(warm_up_matting)
+        await asyncio.to_thread(pipeline.warm_up)
     await app.start()
-    log.info("models loaded and matting kernels warm in %.1f s", time.perf_counter() - started)
+    log.info("models loaded and kernels warm in %.1f s", time.perf_counter() - started)
     server = await serve(app)
     housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")
     for host, port in server.addresses:

@@ -84,7 +84,7 @@ async def _in_process_service() -> AsyncIterator[str]:
 
     from .app import build_app, serve
     from .config import Config
-    from .matting.cutout import warm_up
+    from .imaging.pipeline import warm_up
 
     logging.basicConfig(level=logging.ERROR)  # the run's own output is the report
     with socket.socket() as probe:

@@ -27,7 +27,9 @@ from protocol.errors import Code, TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
 
 from ..inference.families import Family
+from ..matting import cutout as matting
 from ..matting.cutout import UnsolvableTrimap, matting_cutout
+from . import kernels
 from .formats import CONTENT_TYPES, IMAGE_PARAMETER, sniff_format
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,15 @@ __all__ = [
     "encode_png",
     "render",
     "payload_fields",
+    "warm_up",
 ]
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel of the pipeline and of matting now,
+    not on the first request."""
+    kernels.warm_up()
+    matting.warm_up()
 
 
 def use_own_pixel_limit() -> None:
@@ -57,13 +67,25 @@ def use_own_pixel_limit() -> None:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An upright image as RGB or RGBA (RGBA only when the source has transparency)."""
+    """An upright image, one uint32 per pixel: RGBX bytes, or RGBA when the source has
+    transparency. Every later step reads these words; none goes back to the Pillow image."""
 
-    image: Image.Image
+    pixels: np.ndarray  # uint32[H, W]
+    has_alpha: bool
+
+    @classmethod
+    def from_image(cls, image: Image.Image) -> DecodedImage:
+        """From an upright RGB or RGBA image."""
+        raw = "RGBA" if image.mode == "RGBA" else "RGBX"
+        return cls(kernels.packed_pixels(image.tobytes("raw", raw), image.size), raw == "RGBA")
 
     @property
     def size(self) -> tuple[int, int]:
-        return self.image.size
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    def bands(self) -> np.ndarray:
+        """uint8[H, W, 4] view of the same bytes."""
+        return self.pixels.view(np.uint8).reshape(*self.pixels.shape, 4)
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -95,11 +117,13 @@ def decode_image(
                 type="string",
                 max=max_pixels,
             )
-        upright = ImageOps.exif_transpose(image)
-        has_alpha = upright.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-            upright.mode == "P" and "transparency" in upright.info
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            image.mode == "P" and "transparency" in image.info
         )
-        converted = upright.convert("RGBA" if has_alpha else "RGB")
+        mode = "RGBA" if has_alpha else "RGB"
+        decoded = DecodedImage.from_image(image if image.mode == mode else image.convert(mode))
     except TaskFailure:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -109,20 +133,24 @@ def decode_image(
             parameter=parameter,
             type="string",
         ) from None
-    return DecodedImage(converted)
+    return decoded
 
 
 def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
     """The model input for one image: float32[3, S, S], as rembg's ``normalize`` makes it."""
-    small = decoded.image.convert("RGB").resize(
-        (family.size, family.size), Image.Resampling.LANCZOS
-    )
-    pixels = np.asarray(small, dtype=np.float32)
-    scale = max(float(pixels.max()), 1e-6) if family.divide_by_max else 255.0
-    normalised = (pixels / scale - np.asarray(family.mean, np.float32)) / np.asarray(
+    # Bands resize independently: an RGBA image's RGB comes out as its RGB conversion's would.
+    small = kernels.lanczos_resize(decoded.pixels, (family.size, family.size))
+    bands = small.view(np.uint8).reshape(family.size, family.size, 4)[..., :3]
+    scale = max(float(bands.max()), 1e-6) if family.divide_by_max else 255.0
+    # A band has 256 values: normalise those (the same float32 arithmetic) and look them up.
+    values = np.arange(256, dtype=np.float32)[:, np.newaxis]
+    table = (values / scale - np.asarray(family.mean, np.float32)) / np.asarray(
         family.std, np.float32
     )
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+    out = np.empty((3, family.size, family.size), np.float32)
+    for band in range(3):
+        np.take(table[:, band], bands[..., band], out=out[band])
+    return out
 
 
 def mask_from_prediction(prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -136,8 +164,7 @@ def mask_from_prediction(prediction: np.ndarray, size: tuple[int, int]) -> np.nd
         scaled = (prediction - np.float32(low)) / np.float32(high - low)
     else:
         scaled = np.zeros_like(prediction)
-    mask = Image.fromarray((scaled * 255).astype(np.uint8), mode="L")
-    return np.asarray(mask.resize(size, Image.Resampling.LANCZOS))
+    return kernels.lanczos_resize((scaled * 255).astype(np.uint8), size)
 
 
 def _cross_filter(image: np.ndarray, pick: np.ufunc) -> np.ndarray:
@@ -168,70 +195,73 @@ def _mul255(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((product + (product >> 8)) >> 8).astype(np.uint8)
 
 
-def _naive_cutout(image: Image.Image, mask: np.ndarray) -> np.ndarray:
-    rgba = np.asarray(image.convert("RGBA")).copy()
-    alpha = mask if image.mode == "RGB" else _mul255(rgba[..., 3], mask)
-    rgba[..., 3] = alpha
-    rgba[..., :3] *= (alpha != 0)[..., np.newaxis]  # fully transparent pixels carry no colour
-    return rgba
+def _naive_cutout(decoded: DecodedImage, mask: np.ndarray) -> np.ndarray:
+    if decoded.has_alpha:
+        mask = _mul255((decoded.pixels >> 24).astype(np.uint8), mask)
+    return kernels.cut_out(decoded.pixels, mask)
 
 
-def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings) -> Image.Image:
-    """The RGBA cutout (or the L mask alone with returnOnlyMask), before any background colour."""
+def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
+    """uint8[H, W, 4] RGBA (or the uint8[H, W] mask alone with returnOnlyMask), before any
+    background colour."""
     if settings.post_process_mask:
         mask = post_process_mask(mask)
     if settings.return_only_mask:
-        return Image.fromarray(mask, mode="L")
+        return mask
     if settings.alpha_matting:
         try:
-            rgb = np.asarray(decoded.image.convert("RGB"))
-            return Image.fromarray(matting_cutout(rgb, mask, settings), mode="RGBA")
+            return matting_cutout(np.ascontiguousarray(decoded.bands()[..., :3]), mask, settings)
         except UnsolvableTrimap as reason:
             # rembg falls back to the naive cutout when matting cannot solve the trimap
             log.warning("alpha matting fell back to the plain cutout: %s", reason)
-    return Image.fromarray(_naive_cutout(decoded.image, mask), mode="RGBA")
+    return _naive_cutout(decoded, mask)
 
 
 def apply_background(
-    image: Image.Image, rgba: tuple[int, int, int, int], output_format: str
-) -> Image.Image:
+    pixels: np.ndarray, rgba: tuple[int, int, int, int], output_format: str
+) -> np.ndarray:
     """Composite the cutout onto the background colour.
 
     PNG/WEBP keep transparency: the colour is alpha-composited under the cutout as rembg does
     (a fully transparent colour, the default, changes nothing). JPG has no alpha channel, so
     the cutout is flattened onto the colour's RGB, opaque.
     """
-    if image.mode != "RGBA":
-        return image  # a mask is returned as it is
+    if pixels.ndim == 2:
+        return pixels  # a mask is returned as it is
+    if output_format != "JPG" and rgba[3] == 0:
+        return pixels
+    image = Image.fromarray(pixels)
     if output_format == "JPG":
         background = Image.new("RGBA", image.size, (*rgba[:3], 255))
-        return Image.alpha_composite(background, image).convert("RGB")
-    if rgba[3] == 0:
-        return image
-    return Image.alpha_composite(Image.new("RGBA", image.size, tuple(rgba)), image)
+        return np.asarray(Image.alpha_composite(background, image).convert("RGB"))
+    return np.asarray(Image.alpha_composite(Image.new("RGBA", image.size, tuple(rgba)), image))
 
 
-_PNG_COLOUR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
+_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # bands per pixel -> PNG colour type (L, RGB, RGBA)
+
+
+def _bands(pixels: np.ndarray) -> int:
+    return 1 if pixels.ndim == 2 else pixels.shape[2]
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def encode_png(image: Image.Image, level: int) -> bytes:
-    """A PNG of an L/RGB/RGBA image: every row "Up"-filtered with numpy, deflated by ISA-L.
+def encode_png(pixels: np.ndarray, level: int) -> bytes:
+    """A PNG of uint8[H, W] (L) or uint8[H, W, 3|4] (RGB/RGBA) pixels: every row "Up"-filtered
+    with numpy, deflated by ISA-L.
 
     Several times faster than Pillow's encoder for a file of about the same size
     (docs/decisions/0005). ``level`` is ISA-L's, 0-3.
     """
-    pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, -1)
     filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
     filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[image.mode], 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[_bands(pixels)], 0, 0, 0)
     return b"".join(
         (
             b"\x89PNG\r\n\x1a\n",
@@ -242,9 +272,10 @@ def encode_png(image: Image.Image, level: int) -> bytes:
     )
 
 
-def encode_image(image: Image.Image, output: OutputSpec, png_compress_level: int) -> bytes:
+def encode_image(pixels: np.ndarray, output: OutputSpec, png_compress_level: int) -> bytes:
     if output.format == "PNG":
-        return encode_png(image, png_compress_level)
+        return encode_png(pixels, png_compress_level)
+    image = Image.fromarray(pixels)  # L, RGB or RGBA from the array's shape
     buffer = io.BytesIO()
     if output.format == "JPG":
         image.save(buffer, format="JPEG", quality=output.quality)

@@ -167,8 +167,8 @@ def test_alpha_of_a_transparent_source_is_multiplied_like_pillows_composite():
     buffer = io.BytesIO()
     source.save(buffer, "PNG")
     decoded = pipeline.decode_image(buffer.getvalue(), MAX_PIXELS)
-    assert decoded.image.mode == "RGBA"
-    ours = pipeline.cutout(decoded, mask, BackgroundSettings())
+    assert decoded.has_alpha
+    ours = Image.fromarray(pipeline.cutout(decoded, mask, BackgroundSettings()))
     rembg_way = Image.composite(
         source, Image.new("RGBA", source.size, 0), Image.fromarray(mask, "L")
     )
@@ -177,7 +177,7 @@ def test_alpha_of_a_transparent_source_is_multiplied_like_pillows_composite():
 
 def test_a_png_named_jpg_with_alpha_decodes_as_rgba():
     decoded = pipeline.decode_image(shared_image("plants-1.jpg").read_bytes(), MAX_PIXELS)
-    assert decoded.image.mode == "RGBA" and decoded.size == (987, 1481)
+    assert decoded.has_alpha and decoded.size == (987, 1481)
 
 
 def test_exif_orientation_is_applied():
@@ -224,29 +224,24 @@ def test_undecodable_images_are_invalid_image(data):
 
 
 def test_jpg_output_is_flattened_onto_the_background_colour():
-    cut = Image.new("RGBA", (4, 2), (0, 0, 0, 0))
-    cut.putpixel((0, 0), (10, 20, 30, 255))
+    cut = np.zeros((2, 4, 4), np.uint8)
+    cut[0, 0] = (10, 20, 30, 255)
     flat = pipeline.apply_background(cut, (255, 0, 0, 0), "JPG")
-    assert flat.mode == "RGB"
-    assert flat.getpixel((0, 0)) == (10, 20, 30) and flat.getpixel((3, 1)) == (255, 0, 0)
+    assert flat.shape == (2, 4, 3)
+    assert tuple(flat[0, 0]) == (10, 20, 30) and tuple(flat[1, 3]) == (255, 0, 0)
 
 
 def test_png_background_colour_is_alpha_composited_and_transparent_default_changes_nothing():
-    cut = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
-    cut.putpixel((0, 0), (10, 20, 30, 255))
+    cut = np.zeros((1, 2, 4), np.uint8)
+    cut[0, 0] = (10, 20, 30, 255)
     assert pipeline.apply_background(cut, (255, 255, 255, 0), "PNG") is cut
     opaque = pipeline.apply_background(cut, (0, 128, 0, 255), "WEBP")
-    assert opaque.getpixel((1, 0)) == (0, 128, 0, 255) and opaque.getpixel((0, 0)) == (
-        10,
-        20,
-        30,
-        255,
-    )
+    assert tuple(opaque[0, 1]) == (0, 128, 0, 255) and tuple(opaque[0, 0]) == (10, 20, 30, 255)
 
 
 def test_isnet_preprocessing_divides_by_255_and_centres_on_half():
     image = Image.new("RGB", (50, 50), (255, 0, 51))
-    tensor = pipeline.preprocess(pipeline.DecodedImage(image), FAMILIES["isnet"])
+    tensor = pipeline.preprocess(pipeline.DecodedImage.from_image(image), FAMILIES["isnet"])
     assert tensor.shape == (3, 1024, 1024) and tensor.dtype == np.float32
     assert np.allclose(tensor[:, 0, 0], [0.5, -0.5, 0.2 - 0.5], atol=1e-6)
 
@@ -265,6 +260,21 @@ def test_our_png_writer_round_trips_exactly(mode, channels, level):
     shape = (37, 53) if channels == 1 else (37, 53, channels)
     pixels = rng.integers(0, 256, shape, dtype=np.uint8)
     pixels[:10] = 0  # some flat rows too
-    decoded = open_image(pipeline.encode_png(Image.fromarray(pixels, mode), level))
+    decoded = open_image(pipeline.encode_png(pixels, level))
     assert decoded.format == "PNG" and decoded.mode == mode
     assert np.array_equal(np.asarray(decoded), pixels)
+
+
+@pytest.mark.parametrize("name", ["anime-girl-1.jpg", "car-1.jpg"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_model_input_is_rembgs_normalize_to_the_bit(name, family):
+    """rembg's ``normalize``: Pillow's LANCZOS to the family's size, then float32 arithmetic."""
+    spec = FAMILIES[family]
+    image = open_image(fixture_bytes(name)).convert("RGB")
+    pixels = np.asarray(image.resize((spec.size, spec.size), Image.Resampling.LANCZOS), np.float32)
+    scale = max(float(pixels.max()), 1e-6) if spec.divide_by_max else 255.0
+    expected = (pixels / scale - np.asarray(spec.mean, np.float32)) / np.asarray(
+        spec.std, np.float32
+    )
+    ours = pipeline.preprocess(pipeline.decode_image(fixture_bytes(name), MAX_PIXELS), spec)
+    assert np.array_equal(ours, expected.transpose(2, 0, 1))

@@ -1,0 +1,163 @@
+"""The pipeline's per-pixel kernels: Pillow's LANCZOS resize bit for bit, and the cutout.
+
+The model's input and its mask at the image's size are made with Pillow's LANCZOS filter, as
+rembg makes them, so that the alpha equals rembg's. Pillow computes each output pixel as a short
+dot product along the row (horizontal pass) or the column (vertical pass) in 22-bit fixed point,
+one pixel at a time. Here every pass runs along columns, where one coefficient multiplies a whole
+row at once (SIMD): the horizontal pass transposes, runs along columns and transposes back.
+Same coefficients, same fixed-point sums, same rounding and clipping, the passes in Pillow's
+order: the same bytes, several times faster (docs/performance.md).
+
+A pixel is one uint8 (a single band) or one uint32 holding four uint8 bands (RGBX), read in the
+byte order of the little-endian hosts we serve on (x86-64, arm64).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+
+import numba
+import numpy as np
+
+__all__ = ["lanczos_resize", "packed_pixels", "cut_out", "warm_up"]
+
+if sys.byteorder != "little":
+    raise ImportError("the packed-pixel kernels read RGBX words in little-endian order")
+
+_PRECISION_BITS = 22  # Pillow's for 8-bit bands: 32 bits less 8 for the value and 2 for overflow
+_LANCZOS_SUPPORT = 3.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _sinc(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    x = x * math.pi
+    return math.sin(x) / x
+
+
+@numba.njit(cache=True, nogil=True)
+def _lanczos(x: float) -> float:
+    if -3.0 <= x < 3.0:
+        return _sinc(x) * _sinc(x / 3)
+    return 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _coefficients(in_size: int, out_size: int):
+    """First input index, tap count and fixed-point weights of every output index: Pillow's
+    ``precompute_coeffs`` then ``normalize_coeffs_8bpc``, with the same double arithmetic."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = _LANCZOS_SUPPORT * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    starts = np.empty(out_size, np.int64)
+    counts = np.empty(out_size, np.int64)
+    weights = np.zeros((out_size, ksize), np.int32)
+    taps = np.empty(ksize, np.float64)
+    inverse = 1.0 / filterscale
+    one = float(1 << _PRECISION_BITS)
+    for out in range(out_size):
+        centre = (out + 0.5) * scale
+        first = max(int(centre - support + 0.5), 0)  # int() truncates toward zero, as C does
+        count = min(int(centre + support + 0.5), in_size) - first
+        total = 0.0
+        for tap in range(count):
+            taps[tap] = _lanczos((tap + first - centre + 0.5) * inverse)
+            total += taps[tap]
+        for tap in range(count):
+            weight = taps[tap] / total if total != 0.0 else taps[tap]
+            weights[out, tap] = int(weight * one - 0.5) if weight < 0 else int(weight * one + 0.5)
+        starts[out] = first
+        counts[out] = count
+    return starts, counts, weights
+
+
+@numba.njit(cache=True, nogil=True)
+def _along_columns(rows, starts, counts, weights):
+    """uint8[H, B] -> uint8[len(starts), B]: each output row a weighted sum of input rows."""
+    out = np.empty((starts.shape[0], rows.shape[1]), np.uint8)
+    total = np.empty(rows.shape[1], np.int32)
+    half = np.int32(1 << (_PRECISION_BITS - 1))
+    for target in range(starts.shape[0]):
+        total[:] = half
+        for tap in range(counts[target]):
+            source = rows[starts[target] + tap]
+            weight = weights[target, tap]
+            for i in range(source.shape[0]):
+                total[i] += np.int32(source[i]) * weight
+        for i in range(total.shape[0]):
+            value = total[i] >> _PRECISION_BITS
+            out[target, i] = 0 if value < 0 else (255 if value > 255 else value)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
+    return tuple(_coefficients(in_size, out_size))
+
+
+def _pass(
+    pixels: np.ndarray, coefficients: tuple[np.ndarray, ...], first_row: int = 0
+) -> np.ndarray:
+    """Resample along the rows' axis; ``pixels`` start at input row ``first_row``."""
+    starts, counts, weights = coefficients
+    rows = pixels.view(np.uint8).reshape(pixels.shape[0], -1)
+    out = _along_columns(rows, starts - first_row, counts, weights)
+    return out.view(pixels.dtype).reshape(len(starts), -1)
+
+
+def _horizontal(pixels: np.ndarray, out_width: int) -> np.ndarray:
+    coefficients = _cached_coefficients(pixels.shape[1], out_width)
+    return np.ascontiguousarray(_pass(np.ascontiguousarray(pixels.T), coefficients).T)
+
+
+def lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``Image.resize(size, LANCZOS)`` of a uint8[H, W] band or uint32[H, W] RGBX image."""
+    height, width = pixels.shape
+    out_width, out_height = size
+    pixels = np.ascontiguousarray(pixels)
+    # Pillow runs the vertical pass first when the height shrinks by more than twice what the
+    # width does; otherwise horizontal first, over only the rows the vertical pass reads.
+    vertical = _cached_coefficients(height, out_height)
+    if 0 < height - out_height and (width - out_width) * 2 < height - out_height:
+        pixels = _pass(pixels, vertical)
+        return _horizontal(pixels, out_width) if out_width != width else pixels
+    if out_width != width:
+        starts, counts, _ = vertical
+        first, last = int(starts[0]), int(starts[-1] + counts[-1])
+        pixels = _horizontal(pixels[first:last], out_width)
+        return _pass(pixels, vertical, first) if out_height != height else pixels
+    return _pass(pixels, vertical) if out_height != height else pixels.copy()
+
+
+def packed_pixels(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """uint32[H, W] pixels from 4-byte pixels (``Image.tobytes("raw", "RGBX")`` or "RGBA")."""
+    return np.frombuffer(data, np.uint32).reshape(size[1], size[0])
+
+
+@numba.njit(cache=True, nogil=True)
+def _cut_out(pixels, alpha, out):
+    colour = np.uint32(0x00FFFFFF)
+    for y in range(pixels.shape[0]):
+        for x in range(pixels.shape[1]):
+            value = np.uint32(alpha[y, x])
+            # a fully transparent pixel carries no colour (and compresses to nothing)
+            out[y, x] = (pixels[y, x] & colour) | (value << 24) if value else np.uint32(0)
+
+
+def cut_out(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8[H, W, 4] RGBA: the colour of uint32[H, W] RGBX ``pixels`` under ``alpha``."""
+    out = np.empty(pixels.shape, np.uint32)
+    _cut_out(pixels, alpha, out)
+    return out.view(np.uint8).reshape(*pixels.shape, 4)
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernels for both pixel types now."""
+    lanczos_resize(np.zeros((8, 6), np.uint8), (3, 16))
+    lanczos_resize(np.zeros((8, 6), np.uint32), (3, 16))
+    lanczos_resize(np.zeros((40, 6), np.uint8), (5, 4))
+    cut_out(np.zeros((2, 2), np.uint32), np.zeros((2, 2), np.uint8))

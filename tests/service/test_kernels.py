@@ -1,0 +1,83 @@
+"""service.imaging.kernels: the same bytes as Pillow, for every size and both pass orders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.imaging import kernels
+from tests.support import fixture_bytes, open_image
+
+LANCZOS = Image.Resampling.LANCZOS
+
+
+def pillow_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize(size, LANCZOS))
+
+
+def packed(rgb: np.ndarray) -> np.ndarray:
+    image = Image.fromarray(rgb)
+    return kernels.packed_pixels(image.tobytes("raw", "RGBX"), image.size)
+
+
+def rgb_of(words: np.ndarray) -> np.ndarray:
+    return words.view(np.uint8).reshape(*words.shape, 4)[..., :3]
+
+
+# Random noise overshoots and clips, so a wrong pass order, rounding or clip shows at once.
+SIZES = [
+    ((601, 850), (320, 320)),  # horizontal first, over the rows the vertical pass reads
+    ((1079, 1440), (320, 320)),
+    ((320, 320), (601, 850)),  # both axes grow
+    ((320, 320), (1481, 987)),
+    ((300, 40), (60, 50)),  # the height shrinks much more than the width: vertical first
+    ((117, 101), (32, 156)),
+    ((1, 1), (320, 320)),
+    ((320, 320), (1, 7)),
+    ((5, 9), (5, 40)),  # one axis unchanged
+    ((50, 9), (20, 9)),
+    ((64, 64), (64, 64)),
+]
+
+
+@pytest.mark.parametrize("shape,target", SIZES)
+def test_a_band_resizes_to_pillows_bytes(shape, target):
+    noise = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    size = (target[1], target[0])
+    assert np.array_equal(kernels.lanczos_resize(noise, size), pillow_resize(noise, size))
+
+
+@pytest.mark.parametrize("shape,target", SIZES)
+def test_rgb_resizes_to_pillows_bytes(shape, target):
+    noise = np.random.default_rng(sum(target)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    size = (target[1], target[0])
+    ours = rgb_of(kernels.lanczos_resize(packed(noise), size))
+    assert np.array_equal(ours, pillow_resize(noise, size))
+
+
+def test_random_sizes_resize_to_pillows_bytes():
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        height, width = rng.integers(1, 250, 2)
+        size = tuple(int(v) for v in rng.integers(1, 330, 2))
+        noise = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        assert np.array_equal(kernels.lanczos_resize(noise, size), pillow_resize(noise, size))
+
+
+def test_a_photo_resizes_to_pillows_bytes():
+    photo = open_image(fixture_bytes("anime-girl-1.jpg")).convert("RGB")
+    ours = rgb_of(kernels.lanczos_resize(packed(np.asarray(photo)), (320, 320)))
+    assert np.array_equal(ours, np.asarray(photo.resize((320, 320), LANCZOS)))
+
+
+def test_the_cutout_keeps_colour_where_visible_and_none_where_transparent():
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (31, 17, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (31, 17), dtype=np.uint8)
+    alpha[::3] = 0
+    rgba = kernels.cut_out(packed(rgb), alpha)
+    visible = alpha > 0
+    assert np.array_equal(rgba[..., 3], alpha)
+    assert np.array_equal(rgba[visible][:, :3], rgb[visible])
+    assert not rgba[~visible].any()
