@@ -21,7 +21,7 @@ import sys
 import numba
 import numpy as np
 
-__all__ = ["lanczos_resize", "packed_pixels", "cut_out", "warm_up"]
+__all__ = ["lanczos_resize", "packed_pixels", "brightest", "planes", "cut_out", "warm_up"]
 
 if sys.byteorder != "little":
     raise ImportError("the packed-pixel kernels read RGBX words in little-endian order")
@@ -139,6 +139,39 @@ def packed_pixels(data: bytes, size: tuple[int, int]) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _brightest(pixels):
+    high = np.uint32(0)
+    for y in range(pixels.shape[0]):
+        for x in range(pixels.shape[1]):
+            word = pixels[y, x]
+            high = max(high, word & 255, (word >> 8) & 255, (word >> 16) & 255)
+    return high
+
+
+def brightest(pixels: np.ndarray) -> int:
+    """The largest R, G or B byte of uint32[H, W] RGBX pixels."""
+    return int(_brightest(pixels))
+
+
+@numba.njit(cache=True, nogil=True)
+def _planes(pixels, table, out):
+    for y in range(pixels.shape[0]):
+        for x in range(pixels.shape[1]):
+            word = pixels[y, x]
+            out[0, y, x] = table[word & 255, 0]
+            out[1, y, x] = table[(word >> 8) & 255, 1]
+            out[2, y, x] = table[(word >> 16) & 255, 2]
+
+
+def planes(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """float32[3, H, W]: each R, G, B byte of uint32[H, W] RGBX pixels looked up in its band's
+    column of float32[256, 3] ``table``."""
+    out = np.empty((3, *pixels.shape), np.float32)
+    _planes(pixels, table, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _cut_out(pixels, alpha, out):
     colour = np.uint32(0x00FFFFFF)
     for y in range(pixels.shape[0]):
@@ -161,3 +194,5 @@ def warm_up() -> None:
     lanczos_resize(np.zeros((8, 6), np.uint32), (3, 16))
     lanczos_resize(np.zeros((40, 6), np.uint8), (5, 4))
     cut_out(np.zeros((2, 2), np.uint32), np.zeros((2, 2), np.uint8))
+    planes(np.zeros((2, 2), np.uint32), np.zeros((256, 3), np.float32))
+    brightest(np.zeros((2, 2), np.uint32))

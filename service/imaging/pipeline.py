@@ -11,7 +11,6 @@ Everything here is CPU-heavy and runs on worker threads, never on the event loop
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import struct
@@ -19,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pybase64
 from isal import isal_zlib
 from PIL import Image, ImageOps
 from scipy import ndimage
@@ -140,17 +140,13 @@ def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
     """The model input for one image: float32[3, S, S], as rembg's ``normalize`` makes it."""
     # Bands resize independently: an RGBA image's RGB comes out as its RGB conversion's would.
     small = kernels.lanczos_resize(decoded.pixels, (family.size, family.size))
-    bands = small.view(np.uint8).reshape(family.size, family.size, 4)[..., :3]
-    scale = max(float(bands.max()), 1e-6) if family.divide_by_max else 255.0
+    scale = max(float(kernels.brightest(small)), 1e-6) if family.divide_by_max else 255.0
     # A band has 256 values: normalise those (the same float32 arithmetic) and look them up.
     values = np.arange(256, dtype=np.float32)[:, np.newaxis]
     table = (values / scale - np.asarray(family.mean, np.float32)) / np.asarray(
         family.std, np.float32
     )
-    out = np.empty((3, family.size, family.size), np.float32)
-    for band in range(3):
-        np.take(table[:, band], bands[..., band], out=out[band])
-    return out
+    return kernels.planes(small, table)
 
 
 def mask_from_prediction(prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -286,7 +282,7 @@ def encode_image(pixels: np.ndarray, output: OutputSpec, png_compress_level: int
 
 def payload_fields(encoded: bytes, extension: str, output_type: str) -> dict[str, str]:
     """The result field carrying the image inline: imageBase64Data or imageDataURI."""
-    text = base64.b64encode(encoded).decode("ascii")
+    text = pybase64.b64encode_as_string(encoded)
     if output_type == "base64Data":
         return {"imageBase64Data": text}
     return {"imageDataURI": f"data:{CONTENT_TYPES[extension]};base64,{text}"}

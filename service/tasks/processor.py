@@ -16,8 +16,10 @@ import numpy as np
 from protocol.errors import Code, TaskFailure
 from protocol.messages import (
     BackgroundRemovalResult,
+    BackgroundSettings,
     ImageUpload,
     ImageUploadResult,
+    OutputSpec,
     RemoveBackground,
 )
 
@@ -138,9 +140,9 @@ class Processor:
                 limit_name,
             )
             prediction = await route.batcher.submit(tensor, client)
-            encoded = await self._cpu.run(
+            encoded, inline = await self._cpu.run(
                 client,
-                pipeline.render,
+                _render,
                 decoded,
                 prediction,
                 task.settings,
@@ -164,10 +166,7 @@ class Processor:
         if task.output.type == "URL":
             result.imageURL = self.image_url(stored)
             return result
-        fields = await self._cpu.run(
-            client, pipeline.payload_fields, encoded, extension, task.output.type
-        )
-        return msgspec.structs.replace(result, **fields)
+        return msgspec.structs.replace(result, **inline)
 
 
 # Working memory per pixel while an image is in the pipeline: the decoded image, the cutout,
@@ -189,6 +188,21 @@ def _working_bytes(data: bytes, max_pixels: int, matting: bool) -> int:
 def _decodes(data: bytes, max_pixels: int) -> None:
     """Decode and let go: whether the image can be processed at all."""
     pipeline.decode_image(data, max_pixels, "image")
+
+
+def _render(
+    decoded: pipeline.DecodedImage,
+    prediction: np.ndarray,
+    settings: BackgroundSettings,
+    output: OutputSpec,
+    png_compress_level: int,
+) -> tuple[bytes, dict[str, str]]:
+    """The result file, and the field carrying it inline unless it goes by URL: one trip to the
+    CPU pool for both."""
+    encoded = pipeline.render(decoded, prediction, settings, output, png_compress_level)
+    if output.type == "URL":
+        return encoded, {}
+    return encoded, pipeline.payload_fields(encoded, EXTENSIONS[output.format], output.type)
 
 
 def _prepare(
