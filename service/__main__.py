@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import Config, ModelOverride
 from .inference.families import FAMILIES
+from .inference.simulated import parse_latency
 
 ENV_PREFIX = "RBG_"
 
@@ -75,6 +76,12 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
         "16 on CUDA, one per OpenVINO stream, 1 for onnxruntime on CPU)",
     ),
     ("--max-wait-ms", float, "milliseconds a batch waits to fill"),
+    (
+        "--simulated-device",
+        str,
+        "FIXED_MS,PER_IMAGE_MS: for benchmarks only, every model call takes this long per "
+        "batch (a GPU's latency), e.g. with the stand-in model of load/standin.py",
+    ),
     (
         "--socket-concurrency",
         int,
@@ -235,6 +242,11 @@ def config_from_args(argv: list[str] | None = None) -> Config:
     values["allowed_origins"] = tuple(values["allowed_origins"])
     if values["role"] not in ("all", "gateway", "worker"):
         build_parser().error(f"--role must be all, gateway or worker, not {values['role']!r}")
+    if values["simulated_device"] is not None:
+        try:
+            parse_latency(values["simulated_device"])
+        except ValueError as error:
+            build_parser().error(f"--simulated-device: {error}")
     return Config(**values)
 
 

@@ -19,6 +19,7 @@ from protocol.messages import DEFAULT_MODEL
 from ..config import Config
 from .families import FAMILIES, FAMILY_BY_SIZE, Family
 from .runtime import Runtime, cuda_usable, load_runtime
+from .simulated import SimulatedDevice, parse_latency
 
 __all__ = ["LoadedModel", "ModelRegistry", "ModelLoadError", "load_registry", "EMBEDDED_ID"]
 
@@ -102,6 +103,9 @@ def load_registry(config: Config) -> ModelRegistry:
             runtimes[resolved] = load_runtime(
                 resolved, config.runtime, use_cuda=use_cuda, threads=config.inference_threads
             )
+            if config.simulated_device:  # a benchmarking tool (inference/simulated.py)
+                latency = parse_latency(config.simulated_device)
+                runtimes[resolved] = SimulatedDevice(runtimes[resolved], latency)
         runtime = runtimes[resolved]
         family = _family(runtime, family_name, model_id)
         models[model_id] = LoadedModel(model_id, runtime, family)

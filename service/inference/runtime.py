@@ -17,6 +17,7 @@ import ctypes
 import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -174,7 +175,16 @@ class OpenVinoModel:
         return np.stack([self._outputs[index] for index in range(len(batch))])
 
 
-Runtime = OnnxModel | OpenVinoModel
+class Runtime(Protocol):
+    """What the batcher and the registry need of a runtime."""
+
+    path: Path
+    provider: str
+    on_gpu: bool
+    preferred_batch: int
+    input_size: tuple[int, int] | None
+
+    def infer_batch(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def load_runtime(path: Path, choice: str, *, use_cuda: bool, threads: int | None) -> Runtime:

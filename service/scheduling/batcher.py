@@ -15,12 +15,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .fairness import RoundRobin
+from .threads import named_pool
 
 __all__ = ["MicroBatcher", "InferBatch"]
 
@@ -64,7 +65,7 @@ class MicroBatcher:
         self._infer = infer
         self.max_batch = max_batch
         self.max_wait = max_wait
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._executor = executor or named_pool(1, f"infer-{name}")
         self._clock = clock
         self._sleep = sleep
         self._on_batch = on_batch  # (images, seconds) after each inference call

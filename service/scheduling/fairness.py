@@ -11,8 +11,10 @@ import asyncio
 import functools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
+
+from .threads import named_pool
 
 __all__ = ["RoundRobin", "FairExecutor"]
 
@@ -54,7 +56,7 @@ class FairExecutor:
     """
 
     def __init__(self, workers: int, name: str = "cpu") -> None:
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self._pool = named_pool(workers, name)
         self._workers = workers
         self._busy = 0
         self._waiting: RoundRobin[tuple[Callable[..., Any], tuple, asyncio.Future]] = RoundRobin()
