@@ -69,7 +69,12 @@ lint: $(VENV)/.installed-lint
 	$(VENV)/bin/lint-imports
 
 # Ratios against raw onnxruntime/OpenVINO and rembg's own server, measured in one run.
-bench: install
+# Bench-only Python packages (py-spy).
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: install $(VENV)/.installed-bench
 	$(PY) -m load.bench
 
 # Regenerate protocol/schema/ from the structs (a test fails when it drifts).

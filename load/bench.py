@@ -41,7 +41,7 @@ import aiohttp
 import numpy as np
 
 from .harness import LoadConfig, run_idle, run_load
-from .stats import percentile
+from .stats import percentile, process_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "u2netp.onnx"
@@ -174,23 +174,33 @@ def _u2netp_core_ms(tensor: np.ndarray, runs: int = 10) -> tuple[float, np.ndarr
     return (time.process_time() - start) * 1000 / runs, prediction
 
 
-def standin(images: list[Path], tasks_per_socket: int = 10) -> dict:
+def _replay_flags(replay: Path) -> tuple[str, ...]:
+    """Serve the replay graph on onnxruntime with one thread: like a GPU runtime's, its CPU side
+    is a thin call (OpenVINO's CPU threads would spin between calls and bill the CPU work)."""
+    return ("onnxruntime", "--inference-threads", "1", "--model", f"replay={replay}:u2net")
+
+
+def _replay_model(image: Path) -> tuple[float, Path]:
+    """One-thread u2netp core-ms, and the replay graph answering ``image``'s real prediction."""
+    from .standin import write_replay_model
+
+    core_ms, prediction = _u2netp_core_ms(_model_input(image.read_bytes()))
+    return core_ms, write_replay_model(BENCH_DIR / "replay.onnx", prediction)
+
+
+def standin(images: list[Path], tasks_per_socket: int = 30) -> dict:
     """The CPU work around the model, measured with the model out of the way: the service
     serves a replay graph (load.standin) that answers with anime-girl-1's real u2netp
     prediction at next to no cost. Server core-ms per image (from /proc) and images/s, 8
-    sockets, for each image, output type and CPU worker count."""
-    from .standin import write_replay_model
-
-    core_ms, prediction = _u2netp_core_ms(_model_input(images[0].read_bytes()))
-    replay = write_replay_model(BENCH_DIR / "replay.onnx", prediction)
+    sockets, for each image, output type and CPU worker count; and the load generator's own
+    core-ms per image, since it shares the machine's cores with the server."""
+    core_ms, replay = _replay_model(images[0])
     rows = []
     for path in images:
         image = path.read_bytes()
         for output_type in ("base64Data", "URL"):
             for workers in (1, 2):
-                port, server = _service(
-                    "auto", "--model", f"replay={replay}:u2net", "--cpu-workers", str(workers)
-                )
+                port, server = _service(*_replay_flags(replay), "--cpu-workers", str(workers))
                 with server as process:
                     config = LoadConfig(
                         url=f"ws://127.0.0.1:{port}",
@@ -206,9 +216,10 @@ def standin(images: list[Path], tasks_per_socket: int = 10) -> dict:
                         fetch_urls=False,
                     )
                     asyncio.run(run_load(LoadConfig(**{**vars(config), "connections": 2})))
-                    before = _cpu_seconds(process.pid)
+                    before, client_before = _cpu_seconds(process.pid), time.process_time()
                     summary = asyncio.run(run_load(config)).summary()
                     used = _cpu_seconds(process.pid) - before
+                    client = time.process_time() - client_before
                 ok = summary["tasks_ok"]
                 rows.append(
                     {
@@ -218,6 +229,7 @@ def standin(images: list[Path], tasks_per_socket: int = 10) -> dict:
                         "images_per_s": summary["images_per_s"],
                         "core_ms_per_image": round(used * 1000 / max(ok, 1), 1),
                         "ratio_to_u2netp": round(used * 1000 / max(ok, 1) / core_ms, 3),
+                        "client_core_ms_per_image": round(client * 1000 / max(ok, 1), 1),
                         "lost": summary["lost"],
                     }
                 )
@@ -233,7 +245,8 @@ def _standin_lines(result: dict) -> list[str]:
         lines.append(
             f"  {row['image']:<18} {row['output']:<10} {row['cpu_workers']} CPU worker(s)"
             f"  {row['images_per_s']:7.1f} img/s  {row['core_ms_per_image']:6.1f} core-ms/image"
-            f"  ratio {row['ratio_to_u2netp']:.3f}  lost {row['lost']}"
+            f"  ratio {row['ratio_to_u2netp']:.3f}  load generator"
+            f" {row['client_core_ms_per_image']:4.1f} core-ms/image  lost {row['lost']}"
         )
     by_key = {
         (r["image"], r["output"], r["cpu_workers"]): r["images_per_s"] for r in result["rows"]
@@ -244,6 +257,165 @@ def _standin_lines(result: dict) -> list[str]:
                 f"  scaling 1 -> 2 workers, {image} {output}: x{rate / by_key[(image, output, 1)]:.2f}"
             )
     return lines
+
+
+# The simulated accelerator's batch latency, t(N) = FIXED + PER_IMAGE * N in ms: u2netp on a
+# datacenter GPU (docs/models.md, "Sizing a GPU host", gives the reasoning).
+DEVICE_LATENCY_MS = (3.0, 1.0)
+
+
+def _cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds of a service process by thread role (the OS thread names of
+    service.scheduling.threads): the event loop (the main thread), CPU workers, the device's
+    inference threads, and the rest (I/O threads, runtimes' own)."""
+    roles: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # the thread ended
+        if task.name == str(pid):
+            role = "event loop"
+        elif name.startswith("cpu_"):
+            role = "CPU workers"
+        elif name.startswith("infer-"):
+            role = "device thread"
+        else:
+            role = "other threads"
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        roles[role] = roles.get(role, 0.0) + seconds
+    return roles
+
+
+def _batch_sums(port: int) -> dict[str, float]:
+    """Sums of the batch histograms on /metrics: images, inference calls, seconds inferring."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    sums = {"images": 0.0, "calls": 0.0, "seconds": 0.0}
+    names = {
+        "rbg_batch_size_sum": "images",
+        "rbg_batch_size_count": "calls",
+        "rbg_inference_seconds_sum": "seconds",
+    }
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            sums[names[name]] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+def _gil_held(pid: int, seconds: float) -> subprocess.Popen | None:
+    """Start sampling which threads hold the GIL (py-spy --gil), or None without py-spy."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    command = [spy, "record", "--gil", "--nonblocking", "-r", "100", "-d", str(int(seconds))]
+    command += ["-f", "raw", "-o", str(BENCH_DIR / "gil.txt"), "-p", str(pid)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _gil_fraction(spy: subprocess.Popen | None, seconds: float) -> float | None:
+    """The share of samples in which some thread held the GIL."""
+    if spy is None or spy.wait(seconds + 30) != 0:
+        return None
+    samples = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in (BENCH_DIR / "gil.txt").read_text().splitlines()
+        if line.strip()
+    )
+    return min(1.0, samples / (100 * int(seconds)))
+
+
+def simulated_gpu(image: Path, workers: int | None = None) -> dict:
+    """The service feeding a simulated accelerator (service/inference/simulated.py, over the
+    replay graph): images/s, mean batch, the device's busy fraction, and how busy the event
+    loop, the CPU workers and the GIL were, to name the resource that saturates first."""
+    _, replay = _replay_model(image)
+    latency = ",".join(f"{value:g}" for value in DEVICE_LATENCY_MS)
+    workers = workers or os.cpu_count() or 1
+    port, server = _service(
+        *_replay_flags(replay),
+        "--simulated-device",
+        latency,
+        "--cpu-workers",
+        str(workers),
+    )
+    config = LoadConfig(
+        url=f"ws://127.0.0.1:{port}",
+        images=(image.read_bytes(),),
+        connections=16,
+        tasks_per_connection=60,
+        window=4,
+        output_type="URL",
+        output_format="PNG",
+        model="replay",
+        progress=False,
+        verify_images=False,
+        fetch_urls=False,
+    )
+    spy_seconds = 5.0
+    with server as process:
+        asyncio.run(run_load(LoadConfig(**{**vars(config), "tasks_per_connection": 4})))
+        cpu_before, batches_before = _cpu_by_role(process.pid), _batch_sums(port)
+        started = time.perf_counter()
+        spy = _gil_held(process.pid, spy_seconds)
+        summary = asyncio.run(run_load(config)).summary()
+        wall = time.perf_counter() - started
+        cpu_after, batches_after = _cpu_by_role(process.pid), _batch_sums(port)
+        gil = _gil_fraction(spy, spy_seconds)
+    used = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
+    calls = batches_after["calls"] - batches_before["calls"]
+    images = summary["tasks_ok"] or 1
+    busy = {
+        "device": (batches_after["seconds"] - batches_before["seconds"]) / wall,
+        "event loop": used.get("event loop", 0.0) / wall,
+        "CPU workers": used.get("CPU workers", 0.0) / (wall * workers),
+        "the machine's cores": sum(used.values()) / (wall * (os.cpu_count() or 1)),
+    }
+    if gil is not None:
+        busy["GIL"] = gil
+    rate = images / wall
+    # What one process could reach if only this resource limited it: the event loop and the
+    # GIL are one each per process, the device runs full batches of 16.
+    ceilings = {
+        "event loop": rate / max(busy["event loop"], 1e-9),
+        "device": 16 / (DEVICE_LATENCY_MS[0] + 16 * DEVICE_LATENCY_MS[1]) * 1000,
+    }
+    if gil is not None:
+        ceilings["GIL"] = rate / max(gil, 1e-9)
+    return {
+        "latency_ms": DEVICE_LATENCY_MS,
+        "cpu_workers": workers,
+        "images_per_s": summary["images_per_s"],
+        "mean_batch": round((batches_after["images"] - batches_before["images"]) / calls, 2)
+        if calls
+        else 0.0,
+        "busy": {name: round(value, 2) for name, value in busy.items()},
+        "saturated_here": max(busy, key=lambda name: busy[name]),
+        "worker_core_ms_per_image": round(used.get("CPU workers", 0.0) * 1000 / images, 1),
+        "core_ms_per_image": round(sum(used.values()) * 1000 / images, 1),
+        "one_process_ceilings": {name: round(value) for name, value in ceilings.items()},
+        "one_process_saturates_first": min(ceilings, key=lambda name: ceilings[name]),
+        "lost": summary["lost"],
+    }
+
+
+def _simulated_gpu_lines(result: dict) -> list[str]:
+    fixed, per_image = result["latency_ms"]
+    busy = ", ".join(f"{name} {value:.0%}" for name, value in result["busy"].items())
+    ceilings = ", ".join(
+        f"{name} ~{value} img/s" for name, value in result["one_process_ceilings"].items()
+    )
+    per_core = 1000 / max(result["worker_core_ms_per_image"], 1e-9)
+    return [
+        f"simulated GPU: t(N) = {fixed:g} ms + {per_image:g} ms x N over the stand-in model, "
+        f"{result['cpu_workers']} CPU workers, 16 sockets, URL output",
+        f"  {result['images_per_s']:.1f} img/s, mean batch {result['mean_batch']:.1f}, "
+        f"{result['core_ms_per_image']:.1f} server core-ms/image, lost {result['lost']}",
+        f"  busy: {busy}; saturated here: {result['saturated_here']}",
+        f"  one process alone would reach: {ceilings}; CPU workers ~{per_core:.0f} img/s per core",
+        f"  one process saturates first: {result['one_process_saturates_first']}",
+    ]
 
 
 def distributed(image: bytes, tasks_per_socket: int) -> dict:
@@ -629,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_standin:
         results["standin"] = standin(standin_images)
         print("\n".join(_standin_lines(results["standin"])))
+        results["simulated_gpu"] = simulated_gpu(image_path)
+        print("\n".join(_simulated_gpu_lines(results["simulated_gpu"])))
         return 0
 
     results["raw_onnxruntime_img_s"] = round(raw_onnxruntime(tensor, args.seconds), 3)
@@ -640,8 +814,11 @@ def main(argv: list[str] | None = None) -> int:
     port, server = _service("auto", "--max-sockets-per-key", "2000")
     with server as process:
         _service_load(port, image, 1, 2, process.pid)  # warm up
+        results["idle_rss_bytes"] = (process_memory(process.pid) or {}).get("rss", 0)
         results["service_c1"] = _service_load(port, image, 1, args.tasks, process.pid)
         results["service_c8"] = _service_load(port, image, 8, per_socket_c8, process.pid)
+        # The same load again: resident memory after it must not have grown.
+        results["service_c8_again"] = _service_load(port, image, 8, per_socket_c8, process.pid)
         results["fairness"] = asyncio.run(_fairness(port, image))
         results["idle_1000_sockets"] = asyncio.run(
             run_idle(f"ws://127.0.0.1:{port}", 1000, 2.0, process.pid)
@@ -658,10 +835,12 @@ def main(argv: list[str] | None = None) -> int:
         results["matting"] = matting(image_path.parent)
 
     results["standin"] = standin(standin_images)
+    results["simulated_gpu"] = simulated_gpu(image_path)
 
     _print_report(results)
     print()
     print("\n".join(_standin_lines(results["standin"])))
+    print("\n".join(_simulated_gpu_lines(results["simulated_gpu"])))
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
@@ -689,6 +868,8 @@ def _print_report(r: dict) -> None:
     lines += [
         "",
         f"ratio service c8 / raw onnxruntime     x{c8['images_per_s'] / raw:.2f}   (target >= 1.2)",
+        f"ratio service c8 / raw OpenVINO        x{c8['images_per_s'] / r['raw_openvino_img_s']:.2f}"
+        "   (target >= 0.93)",
     ]
     if "rembg_s" in r:
         lines.append(
@@ -702,11 +883,22 @@ def _print_report(r: dict) -> None:
         f"{fairness['extra_wait_s'] / r['batch_time_s']:.1f} batch times of {r['batch_time_s']:.2f} s   (target <= 2)",
         f"1,000 idle sockets                     {idle.get('rss_growth_bytes', 0) / 2**20:.1f} MiB server RSS   (target < 200 MB)",
         f"lost/duplicated/cross-delivered (c8)   {c8['lost']}/{c8['duplicated']}/{c8['cross_delivered']}",
+        _rss_line(r),
     ]
     lines += ["", *_distributed_lines(r["distributed"])]
     if r.get("matting"):
         lines += ["", *_matting_lines(r["matting"])]
     print("\n".join(lines))
+
+
+def _rss_line(r: dict) -> str:
+    mib = 2**20
+    first = (r["service_c8"].get("server_memory_bytes") or {}).get("rss", 0)
+    second = (r["service_c8_again"].get("server_memory_bytes") or {}).get("rss", 0)
+    return (
+        f"server RSS: idle {r['idle_rss_bytes'] / mib:.0f} MiB, after c8 {first / mib:.0f} MiB, "
+        f"after a second c8 {second / mib:.0f} MiB ({(second - first) / mib:+.0f} MiB)"
+    )
 
 
 def _matting_lines(rows: list[dict]) -> list[str]:
