@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="let URL inputs, webhooks and uploads reach loopback/private addresses",
     )
     parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=_env_flag("REUSE_PORT"),
+        help="share the port with other service processes (SO_REUSEPORT): the kernel spreads "
+        "new connections over them; with --redis they share sessions and results",
+    )
+    parser.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL") or defaults.log_level,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],

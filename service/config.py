@@ -22,6 +22,9 @@ class ModelOverride:
 class Config:
     host: str = "127.0.0.1"
     port: int = 7600
+    # Bind with SO_REUSEPORT: several processes share the port and the kernel spreads new
+    # connections over them (docs/scaling.md: one host, more than one process).
+    reuse_port: bool = False
     api_keys: tuple[str, ...] = ()  # empty: any key is accepted (a warning is logged)
     models: tuple[ModelOverride, ...] = ()
     models_dir: Path = Path("models")

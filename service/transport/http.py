@@ -184,7 +184,7 @@ async def start_server(context: ServerContext) -> Listener:
         keepalive_timeout=config.handshake_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=config.reuse_port or None)
     await site.start()
     return Listener(context.sockets, runner)
 

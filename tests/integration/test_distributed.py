@@ -6,6 +6,7 @@ processes the tests kill share a directory instead."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from tests.support import (
     ServerProcess,
     b64,
     fixture_bytes,
+    free_port,
     new_uuid,
     open_image,
     start_redis,
@@ -302,6 +304,80 @@ async def test_a_client_resumes_after_its_gateway_died(cluster, where):
     assert all(answer["kind"] == "data" for answer in answers.values()), answers
     polled = await resumed.run({"taskType": "getResponse", "taskUUID": tasks[0]["taskUUID"]})
     assert polled["status"] == "success"
+    await resumed.ws.close()
+
+
+# --------------------------------------------------------------------------- one port, two processes
+
+
+@pytest.fixture
+def shared_port_cluster(lone_cluster):
+    """Two gateway processes bound to one port (SO_REUSEPORT) and one worker: how one host runs
+    more than one process's worth of sockets (docs/scaling.md)."""
+    port = free_port()
+    lone_cluster.gateways = [
+        lone_cluster.start("gateway", "--reuse-port", port=port) for _ in range(2)
+    ]
+    lone_cluster.workers = [lone_cluster.start("worker")]
+    return lone_cluster
+
+
+def serving_process(websocket, gateways: list[ServerProcess]) -> int:
+    """The pid of the gateway process that accepted this client connection: the server side of
+    the connection in /proc/net/tcp, and which process holds that socket."""
+    client_port = websocket.local_address[1]
+    server_port = gateways[0].port
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if local == server_port and remote == client_port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for gateway in gateways:
+        for fd in Path(f"/proc/{gateway.process.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return gateway.process.pid
+    raise AssertionError(f"no gateway holds the connection from port {client_port}")
+
+
+async def test_two_gateways_on_one_port_share_the_sockets_and_answer_every_task(
+    shared_port_cluster,
+):
+    gateways = shared_port_cluster.gateways
+    clients = [(await connect(gateways[0], "shared-port"))[0] for _ in range(16)]
+    owners = {serving_process(client.ws, gateways) for client in clients}
+    assert owners == {gateway.process.pid for gateway in gateways}  # the kernel used both
+    tasks = [fast() for _ in clients]
+    for client, task in zip(clients, tasks, strict=True):
+        await client.send(task)
+    for client, task in zip(clients, tasks, strict=True):
+        answer = (await client.collect([task["taskUUID"]]))[task["taskUUID"]]
+        assert answer["kind"] == "data" and answer["imageBase64Data"], answer
+        await client.ws.close()
+
+
+async def test_a_client_resumes_on_the_other_process_behind_the_same_port(shared_port_cluster):
+    gateways = shared_port_cluster.gateways
+    client, session = await connect(gateways[0], "port-resumer")
+    first = serving_process(client.ws, gateways)
+    tasks = [fast() for _ in range(3)]
+    await client.send(*tasks)
+    await client.ws.close()
+    for _ in range(100):  # new connections until the kernel hands one to the other process
+        websocket = await websockets.connect(gateways[0].ws_url, max_size=None)
+        if serving_process(websocket, gateways) != first:
+            break
+        await websocket.close()
+    else:
+        raise AssertionError("every connection went to the same process")
+    resumed = Client(websocket)
+    await resumed.send(
+        {"taskType": "authentication", "apiKey": "port-resumer", "connectionSessionUUID": session}
+    )
+    assert (await resumed.recv())["data"][0]["connectionSessionUUID"] == session
+    answers = await resumed.collect([t["taskUUID"] for t in tasks], timeout=120)
+    assert all(answer["kind"] == "data" for answer in answers.values()), answers
     await resumed.ws.close()
 
 
