@@ -47,8 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "u2netp.onnx"
 BENCH_DIR = ROOT / ".bench"
 REMBG_VERSION = "2.0.86"
-SHARED_IMAGE = ROOT.parent / "shared" / "fixtures" / "images" / "anime-girl-1.jpg"
-LOCAL_IMAGE = ROOT / "tests" / "fixtures" / "anime-girl-1.jpg"
+PHOTOS = ROOT / "tests" / "fixtures"  # rembg's test photos (tests/fixtures/README.md)
 
 
 def _free_port() -> int:
@@ -782,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(exist_ok=True)
-    image_path = SHARED_IMAGE if SHARED_IMAGE.exists() else LOCAL_IMAGE
+    image_path = PHOTOS / "anime-girl-1.jpg"
     image = image_path.read_bytes()
     tensor = _model_input(image)
     results: dict = {"image": image_path.name, "cpus": os.cpu_count()}
@@ -795,9 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         results["matting"] = matting(image_path.parent)
         print("\n".join(_matting_lines(results["matting"])))
         return 0
-    standin_images = [image_path] + [
-        path for path in [image_path.parent / "animal-3.jpg"] if path.exists()
-    ]
+    standin_images = [image_path, PHOTOS / "animal-3.jpg"]
     if args.only_standin:
         results["standin"] = standin(standin_images)
         print("\n".join(_standin_lines(results["standin"])))

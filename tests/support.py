@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-SHARED_IMAGES = ROOT.parent / "shared" / "fixtures" / "images"
 MODEL = ROOT / "models" / "u2netp.onnx"
 
 # The settings of the model page's example request (the seed's), used across the suite.
@@ -45,11 +43,9 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def shared_image(name: str) -> Path:
-    path = SHARED_IMAGES / name
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the shared fixtures must sit beside the repository")
-    return path
+def photos() -> list[str]:
+    """Every photo of the fixtures (rembg's test and example images)."""
+    return sorted(path.name for path in FIXTURES.glob("*.jpg"))
 
 
 def data_uri(data: bytes, mime: str = "image/jpeg") -> str:

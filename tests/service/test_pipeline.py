@@ -19,7 +19,7 @@ from protocol.messages import BackgroundSettings, OutputSpec
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
 from service.inference.runtime import load_runtime
-from tests.support import FIXTURES, MODEL, fixture_bytes, open_image, shared_image
+from tests.support import FIXTURES, MODEL, fixture_bytes, open_image, photos
 
 U2NET = FAMILIES["u2net"]
 GOLDEN = FIXTURES / "golden"
@@ -58,6 +58,15 @@ def test_cutout_alpha_equals_rembgs_reference(model):
     difference = np.abs(alpha_of(ours) - alpha_of(reference))
     assert difference.mean() < 0.5  # within 0.5/255 on average (alpha in 0..255 here)
     assert difference.max() <= 2
+
+
+@pytest.mark.parametrize("name", photos())
+def test_every_photos_plain_cutout_has_rembgs_alpha(model, name):
+    """Within 0.5/255 on average of rembg 2.0.86's own cutout (golden/NAME.u2netp-alpha.png)."""
+    ours = alpha_of(render(model, fixture_bytes(name)))
+    reference = np.asarray(Image.open(GOLDEN / f"{name[:-4]}.u2netp-alpha.png"), np.int16)
+    assert ours.shape == reference.shape
+    assert np.abs(ours - reference).mean() < 0.5
 
 
 def test_rgb_keeps_source_colours_where_visible_and_is_black_where_transparent(model):
@@ -176,7 +185,7 @@ def test_alpha_of_a_transparent_source_is_multiplied_like_pillows_composite():
 
 
 def test_a_png_named_jpg_with_alpha_decodes_as_rgba():
-    decoded = pipeline.decode_image(shared_image("plants-1.jpg").read_bytes(), MAX_PIXELS)
+    decoded = pipeline.decode_image(fixture_bytes("plants-1.jpg"), MAX_PIXELS)
     assert decoded.has_alpha and decoded.size == (987, 1481)
 
 
