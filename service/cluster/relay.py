@@ -4,7 +4,9 @@ Each session has
 - ``rbg:session:<uuid>``: a hash with the digest of its API key and ``cursor``, the id of the
   last outbox entry its client was sent; it expires ``linger`` seconds after its last socket left;
 - ``rbg:outbox:<uuid>``: a stream of the session's answers (``kind`` data/errors, ``item`` JSON),
-  written by whoever finished the task (a worker, or the gateway for what it answers itself);
+  written by whoever finished the task (a worker, or the gateway for what it answers itself), or
+  (``frame``) a whole frame a socket wrote and its client may not have read, written again when
+  that socket died;
 - ``rbg:wake:<uuid>``: a pub/sub channel; a message means "the outbox has something new".
 The gateway holding the session's socket subscribes to its channel and relays new entries to the
 socket, moving the cursor past each one sent. A client resuming on any gateway (after its socket
@@ -19,7 +21,7 @@ import asyncio
 import hmac
 import logging
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import msgspec
@@ -38,9 +40,11 @@ _OUTBOX_CAP = 10_000  # entries an absent client may have waiting (approximate, 
 _CATCH_UP_SECONDS = 5.0  # how often every held session's outbox is read without a wake-up
 
 
-def frame_of(kind: bytes, item: bytes) -> bytes:
+def frame_of(fields: dict[bytes, bytes]) -> bytes:
     """An outbox entry as the one-item frame a socket sends."""
-    return b'{"' + kind + b'":[' + item + b"]}"
+    if b"frame" in fields:
+        return fields[b"frame"]
+    return b'{"' + fields[b"kind"] + b'":[' + fields[b"item"] + b"]}"
 
 
 class RelayedSession:
@@ -76,11 +80,30 @@ class RelayedSession:
         await self._relay.subscribe(self)
         await self.drain()
 
-    def detach(self, sender: FrameSender, now: float) -> None:
+    def detach(self, sender: FrameSender, now: float, unread: Sequence[bytes] = ()) -> None:
+        if unread:
+            self._relay.in_background(self._write_again(unread))
         # ==, not is: a socket's bound method is a new object at every access
         if self._sender == sender:
             self._sender = None
             self._relay.let_go(self)
+
+    async def _write_again(self, frames: Sequence[bytes]) -> None:
+        """Frames a dead socket wrote that its client may not have read: into the outbox again,
+        for whichever socket holds the session now or resumes it later."""
+        handover = self.handover
+        with refused_while_redis_is_down():
+            async with self._relay.redis.pipeline(transaction=True) as pipe:
+                for frame in frames:
+                    pipe.xadd(
+                        handover.outbox_key,
+                        {"frame": frame},
+                        maxlen=handover.max_length,
+                        approximate=True,
+                    )
+                pipe.expire(handover.outbox_key, handover.lifetime)
+                pipe.publish(handover.channel, b"1")
+                await pipe.execute()
 
     async def drain(self) -> None:
         """Send what the outbox holds after the cursor, oldest first, while the socket takes it."""
@@ -93,9 +116,7 @@ class RelayedSession:
                     return
                 for entry_id, fields in batch[0][1]:
                     sender = self._sender
-                    if sender is None or not await sender(
-                        frame_of(fields[b"kind"], fields[b"item"])
-                    ):
+                    if sender is None or not await sender(frame_of(fields)):
                         return  # the socket is gone: the entry waits for a resume
                     cursor = entry_id
                     if b"task" in fields:
@@ -123,7 +144,8 @@ class Relay:
         self._pubsub = redis.pubsub()
         self._attached: dict[bytes, RelayedSession] = {}
         self._listener: asyncio.Task | None = None
-        self._letting_go: set[asyncio.Task] = set()  # left() calls under way
+        # What sockets that ended started and nobody waits for: left(), frames written again.
+        self._background: set[asyncio.Task] = set()
         # Told (outbox key, task key) of each worker's answer this gateway passed to a socket.
         self.on_relayed: Callable[[str, str], None] | None = None
 
@@ -193,14 +215,18 @@ class Relay:
 
     def let_go(self, session: RelayedSession) -> None:
         """``left`` in the background: a socket's end must not wait for Redis."""
-        leaving = asyncio.get_running_loop().create_task(self.left(session))
-        self._letting_go.add(leaving)
-        leaving.add_done_callback(self._letting_go.discard)
+        self.in_background(self.left(session))
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` without waiting for it; ``close`` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Finish letting go of sessions whose sockets ended, then stop listening."""
-        if self._letting_go:
-            await asyncio.gather(*self._letting_go, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
         await self._pubsub.aclose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,8 +60,9 @@ class ClientSession(Answers, Protocol):
         """Send answers through ``sender`` from now on, after those that waited."""
         ...
 
-    def detach(self, sender: FrameSender, now: float) -> None:
-        """The socket behind ``sender`` is gone (a newer one may have taken over already)."""
+    def detach(self, sender: FrameSender, now: float, unread: Sequence[bytes] = ()) -> None:
+        """The socket behind ``sender`` is gone (a newer one may have taken over already).
+        ``unread``: frames it wrote that the client may not have read; they go out again."""
         ...
 
 

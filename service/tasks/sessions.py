@@ -11,12 +11,13 @@ both are ``SessionStore``s.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from protocol.codec import encode_answer
@@ -35,6 +36,7 @@ class InMemoryClientSession:
         self._sender: FrameSender | None = None
         self._outbox: deque[bytes] = deque()
         self._max_buffered = max_buffered
+        self._flushing: set[asyncio.Task] = set()
         self.detached_since: float | None = now
 
     async def attach(self, sender: FrameSender) -> None:
@@ -48,18 +50,31 @@ class InMemoryClientSession:
                 self._outbox.appendleft(frame)
                 break
 
-    def detach(self, sender: FrameSender, now: float) -> None:
-        """The socket behind ``sender`` is gone (a newer socket may have taken over already)."""
+    def detach(self, sender: FrameSender, now: float, unread: Sequence[bytes] = ()) -> None:
+        """The socket behind ``sender`` is gone (a newer socket may have taken over already);
+        ``unread`` frames go out again, before those that waited."""
+        for frame in reversed(unread):
+            self._outbox.appendleft(frame)
+        while len(self._outbox) > self._max_buffered:
+            self._outbox.popleft()
+            log.warning("session %s: outbox full, dropped its oldest result", self.uuid)
         # ==, not is: a socket's bound method is a new object at every access
         if self._sender == sender:
             self._sender = None
             self.detached_since = now
+        elif self._sender is not None and unread:  # the client is back already, elsewhere
+            flush = asyncio.get_running_loop().create_task(self.attach(self._sender))
+            self._flushing.add(flush)
+            flush.add_done_callback(self._flushing.discard)
 
     async def deliver(self, item: Any) -> None:
         """Send one task's answer (a result or an ErrorItem), or keep it for a resume."""
         frame = encode_answer(item)
         sender = self._sender
         if sender is not None and await sender(frame):
+            return
+        # That socket failed; the client may have resumed on a new one meanwhile.
+        if self._sender not in (None, sender) and await self._sender(frame):
             return
         if len(self._outbox) >= self._max_buffered:
             self._outbox.popleft()

@@ -101,6 +101,8 @@ async def _websocket(context: ServerContext, request: web.Request) -> web.Stream
         compress=False,
         timeout=3,  # a peer that ignores our close frame is dropped after this
         decode_text=False,  # the JSON decoder takes bytes; decoding to str first is a copy
+        # Pings and pongs reach the connection: its pongs are the client's read receipts.
+        autoping=False,
     )
     transport = request.transport
     await websocket.prepare(request)

@@ -6,6 +6,11 @@ the REST twin); the connection holds one and adds what only a socket has. Every 
 
 A work task's answer goes to the client session it was sent under, not to this socket: if the
 socket is gone by then, the session keeps the answer until the client resumes on a new socket.
+An answer written to the socket is not yet read: after a burst of answers the connection sends
+a ping carrying how many it has written, and the client's pong (it answers a ping only once it
+has read everything before it) says they were read. When the socket ends, the answers no pong
+has covered go back to the session, to go out again on resume: at least once, never lost to a
+connection that died with them in its buffers.
 
 Limits, each answered with an error and the socket kept: frames over the soft size cap, tasks
 beyond the per-frame count (one error for all of them), tasks beyond the per-socket in-flight
@@ -17,10 +22,13 @@ it), a text frame that is not UTF-8 with 1007, five wrong API keys with 1008.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
 import time
+from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -41,6 +49,10 @@ log = logging.getLogger(__name__)
 _FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 # Wrong API keys one socket may send before it is closed (1008, policy violation).
 _KEY_FAILURES_PER_SOCKET = 5
+# Answers kept until the client's pong covers them; beyond it the oldest count as read (a
+# client that never answers pings must not grow the server's memory).
+_UNREAD_CAP = 256
+_RECEIPT = struct.Struct(">Q")  # a receipt ping's payload: answers written so far
 _THREAD_CHECK_BYTES = 256 * 1024
 
 
@@ -57,6 +69,12 @@ async def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+async def _quietly(ping: Awaitable[None]) -> None:
+    """A ping to a socket that may be closing meanwhile."""
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ping
 
 
 class Connection:
@@ -90,6 +108,10 @@ class Connection:
         self.last_active = time.monotonic()
         self.closing = False
         self._key_failures = 0
+        self._written = 0  # answers of the client session written to this socket
+        self._unread: deque[tuple[int, bytes]] = deque(maxlen=_UNREAD_CAP)
+        self._receipt_asked = False
+        self._pings: set[asyncio.Task] = set()  # receipt pings under way
 
     @property
     def api_key(self) -> str | None:
@@ -116,6 +138,12 @@ class Connection:
         sockets.add(self)
         try:
             async for message in self._websocket:
+                if message.type == WSMsgType.PING:
+                    await self._websocket.pong(message.data)
+                    continue
+                if message.type == WSMsgType.PONG:
+                    self._receipt(message.data)
+                    continue
                 # ERROR: a frame over the hard cap (closed with 1009) or a lost keepalive pong.
                 if message.type not in _FRAMES:
                     break
@@ -129,8 +157,11 @@ class Connection:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            # Whatever the socket still buffered for a peer that is gone (or going) is dropped
+            # now: sends waiting on it fail at once, and their answers wait in the session.
+            self._transport.abort()
             if self._client is not None:
-                self._client.detach(self._send, self._context.sessions.now())
+                self._client.detach(self._send_answer, self._context.sessions.now(), self._unsure())
             sockets.discard(self)
         # Tasks already accepted run to completion: their answers wait in the client session
         # for a resume, and the results book keeps them for getResponse.
@@ -152,7 +183,8 @@ class Connection:
         self.closing = True
         sock = self._transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):  # already closed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._transport.abort()
 
     async def _send(self, payload: bytes) -> bool:
@@ -173,9 +205,44 @@ class Connection:
                 )
                 self._reset()
             return False
+        if self._transport.is_closing():
+            # A send that waited for room in a connection that died meanwhile "completes"
+            # without its bytes going anywhere: it did not go out.
+            return False
         self._context.metrics.bytes_out.inc(len(payload))
         self.last_active = time.monotonic()
         return True
+
+    async def _send_answer(self, frame: bytes) -> bool:
+        """Send one of the client session's answers and ask for a receipt."""
+        if not await self._send(frame):
+            return False
+        self._written += 1
+        self._unread.append((self._written, frame))
+        if not self._receipt_asked:
+            self._receipt_asked = True
+            asyncio.get_running_loop().call_soon(self._ask_receipt)  # after this burst
+        return True
+
+    def _ask_receipt(self) -> None:
+        self._receipt_asked = False
+        if not self.closing and not self._websocket.closed:
+            ping = self._websocket.ping(_RECEIPT.pack(self._written))
+            task = asyncio.get_running_loop().create_task(_quietly(ping))
+            self._pings.add(task)
+            task.add_done_callback(self._pings.discard)
+
+    def _receipt(self, payload: bytes) -> None:
+        """The client's pong: every answer up to the count in it was read."""
+        if len(payload) != _RECEIPT.size:
+            return  # a keepalive pong
+        (read,) = _RECEIPT.unpack(payload)
+        while self._unread and self._unread[0][0] <= read:
+            self._unread.popleft()
+
+    def _unsure(self) -> list[bytes]:
+        """Answers the client may not have read, oldest first."""
+        return [frame for _, frame in self._unread]
 
     async def _reply(self, item: Any) -> None:
         await self._send(encode_answer(item))
@@ -216,7 +283,8 @@ class Connection:
             return
         previous, self._client = self._client, client
         if previous is not None and previous is not client:
-            previous.detach(self._send, sessions.now())
+            previous.detach(self._send_answer, sessions.now(), self._unsure())
+            self._unread.clear()
         self._dispatcher.open(scope_of(task.api_key), client)
         await self._reply(reply)
-        await client.attach(self._send)  # then whatever waited for this client session
+        await client.attach(self._send_answer)  # then whatever waited for this client session

@@ -723,6 +723,46 @@ async def test_results_finished_while_away_are_delivered_after_resume(server):
         assert (await again.run(dict(slow)))["code"] == "conflictTaskUUID"
 
 
+def read_frame(sock: socket.socket) -> bytes:
+    """The payload of the next (unmasked, server-sent) frame."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            assert chunk, "the server closed the connection"
+            data += chunk
+        return data
+
+    length = exactly(2)[1] & 0x7F
+    if length >= 126:
+        length = int.from_bytes(exactly(2 if length == 126 else 8), "big")
+    return exactly(length)
+
+
+async def test_answers_a_dead_connection_held_unread_come_back_on_resume(keepalive_server):
+    """A client stops reading, its answers pile up in the socket buffers, then its connection
+    dies (it answers no ping: keepalive drops it). On resume every answer arrives, once: written
+    into the dead connection is not read."""
+    sock = raw_websocket(keepalive_server.port)
+    try:
+        auth = {"taskType": "authentication", "apiKey": "never-read"}
+        sock.sendall(masked_text_frame(json.dumps([auth]).encode()))
+        session = json.loads(read_frame(sock))["data"][0]["connectionSessionUUID"]
+        big = b64(small_png(400, 300, noise=True))  # answers of ~half a MB each
+        tasks = [fast(big) for _ in range(12)]
+        sock.sendall(masked_text_frame(json.dumps(tasks).encode()))
+        await asyncio.sleep(4 * UNIT)  # all answered into the connection, which is then dropped
+        async with websockets.connect(keepalive_server.ws_url, max_size=None) as websocket:
+            again = Client(websocket)
+            await again.send({**auth, "connectionSessionUUID": session})
+            assert (await again.recv())["data"][0]["connectionSessionUUID"] == session
+            answers = await again.collect([task["taskUUID"] for task in tasks], timeout=60)
+        assert all(answer["kind"] == "data" for answer in answers.values())
+    finally:
+        sock.close()
+
+
 async def test_a_session_is_not_resumed_under_another_key(server):
     async with websockets.connect(server.ws_url) as websocket:
         session = await Client(websocket).authenticate("owner-key")

@@ -47,11 +47,13 @@ class Socket:
 
     def __init__(self) -> None:
         self.frames: list[dict] = []
+        self.raw: list[bytes] = []  # the same frames as sent
         self.open = True
 
     async def send(self, frame: bytes) -> bool:
         if self.open:
             self.frames.append(json.loads(frame))
+            self.raw.append(frame)
         return self.open
 
 

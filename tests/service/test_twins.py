@@ -128,3 +128,36 @@ async def test_answers_wait_for_a_resume_and_arrive_in_order(sessions: SessionSt
     await resumed.attach(new.send)
     await until(lambda: len(new.frames) == 2)
     assert [f["errors"][0]["taskUUID"] for f in new.frames] == ["b", "c"]
+
+
+async def test_frames_a_dead_socket_held_unread_go_out_again_on_resume(sessions: SessionStore):
+    session = await sessions.resume_or_create(None, "alice")
+    old = Socket()
+    await session.attach(old.send)
+    for name in "ab":
+        await session.deliver(ErrorItem(code="invalidImage", message="m", taskUUID=name))
+    await until(lambda: len(old.frames) == 2)
+    old.open = False
+    unread = [old.raw[1]]  # "b" was written, and no receipt said it was read
+    session.detach(old.send, sessions.now(), unread)
+    await session.deliver(ErrorItem(code="invalidImage", message="m", taskUUID="c"))
+    new = Socket()
+    resumed = await sessions.resume_or_create(session.uuid, "alice")
+    await resumed.attach(new.send)
+    await until(lambda: len(new.frames) == 2)
+    assert sorted(f["errors"][0]["taskUUID"] for f in new.frames) == ["b", "c"]
+
+
+async def test_unread_frames_of_a_replaced_socket_reach_the_new_one(sessions: SessionStore):
+    """The client resumed on a new socket before the old one's death was noticed."""
+    session = await sessions.resume_or_create(None, "alice")
+    old, new = Socket(), Socket()
+    await session.attach(old.send)
+    await session.deliver(ErrorItem(code="invalidImage", message="m", taskUUID="a"))
+    await until(lambda: len(old.frames) == 1)
+    resumed = await sessions.resume_or_create(session.uuid, "alice")
+    await resumed.attach(new.send)
+    old.open = False
+    session.detach(old.send, sessions.now(), old.raw)
+    await until(lambda: len(new.frames) == 1)
+    assert new.frames[0]["errors"][0]["taskUUID"] == "a"
