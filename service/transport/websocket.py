@@ -157,9 +157,10 @@ class Connection:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            # Whatever the socket still buffered for a peer that is gone (or going) is dropped
-            # now: sends waiting on it fail at once, and their answers wait in the session.
-            self._transport.abort()
+            # What the socket still holds for a peer that is gone (or going) is dropped now:
+            # sends waiting for room fail at once, and their answers wait in the session.
+            if self._transport.get_write_buffer_size():
+                self._transport.abort()
             if self._client is not None:
                 self._client.detach(self._send_answer, self._context.sessions.now(), self._unsure())
             sockets.discard(self)
