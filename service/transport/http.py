@@ -28,7 +28,7 @@ from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
 from .context import OpenSockets, ServerContext
 from .rest import answer_rest_request
-from .websocket import Connection
+from .websocket import ClientFrameCheck, Connection
 
 __all__ = ["Listener", "start_server"]
 
@@ -105,9 +105,13 @@ async def _websocket(context: ServerContext, request: web.Request) -> web.Stream
         autoping=False,
     )
     transport = request.transport
-    await websocket.prepare(request)
     assert transport is not None  # present until the handler returns
-    await Connection(websocket, transport, request.remote, context).serve()
+    frame_check = ClientFrameCheck(transport)
+    transport.set_protocol(frame_check)
+    await websocket.prepare(request)
+    connection = Connection(websocket, transport, request.remote, context)
+    frame_check.unmasked = connection.fail_unmasked
+    await connection.serve()
     return websocket
 
 

@@ -16,7 +16,8 @@ Limits, each answered with an error and the socket kept: frames over the soft si
 beyond the per-frame count (one error for all of them), tasks beyond the per-socket in-flight
 count, tasks while the service-wide queue is full (``overloaded``), sockets beyond the per-key
 count. A frame over the hard cap closes the socket with 1009 (aiohttp does that while reading
-it), a text frame that is not UTF-8 with 1007, five wrong API keys with 1008.
+it), a text frame that is not UTF-8 with 1007, a client frame without a mask with 1002
+(``ClientFrameCheck``), five wrong API keys with 1008.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -42,7 +43,7 @@ from ..tasks.ports import ClientSession
 from ..tasks.results import scope_of
 from .context import ServerContext
 
-__all__ = ["Connection"]
+__all__ = ["ClientFrameCheck", "Connection"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,82 @@ async def _quietly(ping: Awaitable[None]) -> None:
     """A ping to a socket that may be closing meanwhile."""
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ping
+
+
+class ClientFrameCheck(asyncio.Protocol):
+    """Sits between a socket's transport and aiohttp's protocol and follows the frame headers in
+    the byte stream: a client frame without a mask fails the connection (RFC 6455 5.1), which
+    aiohttp's reader does not check. Only headers are read; payloads pass untouched.
+
+    Installed before the handshake's answer goes out, when a conforming client has sent nothing
+    yet (RFC 6455 4.1: it waits for the answer before its first frame).
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._inner = cast(asyncio.Protocol, transport.get_protocol())
+        # Told of the bad frame: the socket's Connection closes with 1002. Before it is set (a
+        # client that did not wait for the handshake's answer) the connection is cut instead.
+        self.unmasked: Callable[[], None] | None = None
+        self._header = bytearray()  # the current frame's header, as far as it has arrived
+        self._payload_left = 0
+        self._failed = False
+
+    def _header_size(self) -> int:
+        if len(self._header) < 2:
+            return 2
+        length = self._header[1] & 0x7F
+        extended = 2 if length == 126 else 8 if length == 127 else 0
+        return 2 + extended + (4 if self._header[1] & 0x80 else 0)
+
+    def _frame_length(self) -> int:
+        length = self._header[1] & 0x7F
+        if length == 126:
+            return int.from_bytes(self._header[2:4], "big")
+        if length == 127:
+            return int.from_bytes(self._header[2:10], "big")
+        return length
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        at = started = 0  # started: where in this chunk the frame being read began
+        while at < len(data):
+            if self._payload_left:
+                step = min(self._payload_left, len(data) - at)
+                self._payload_left -= step
+                at += step
+                continue
+            if not self._header:
+                started = at
+            take = min(self._header_size() - len(self._header), len(data) - at)
+            self._header += data[at : at + take]
+            at += take
+            if len(self._header) < self._header_size():
+                continue
+            if not self._header[1] & 0x80:
+                self._failed = True
+                self._inner.data_received(data[:started])  # the frames before it, whole
+                if self.unmasked is not None:
+                    self.unmasked()
+                else:
+                    self._transport.abort()
+                return
+            self._payload_left = self._frame_length()
+            self._header.clear()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
 
 
 class Connection:
@@ -111,7 +188,7 @@ class Connection:
         self._written = 0  # answers of the client session written to this socket
         self._unread: deque[tuple[int, bytes]] = deque(maxlen=_UNREAD_CAP)
         self._receipt_asked = False
-        self._pings: set[asyncio.Task] = set()  # receipt pings under way
+        self._background: set[asyncio.Task] = set()  # receipt pings and closes under way
 
     @property
     def api_key(self) -> str | None:
@@ -229,9 +306,17 @@ class Connection:
         self._receipt_asked = False
         if not self.closing and not self._websocket.closed:
             ping = self._websocket.ping(_RECEIPT.pack(self._written))
-            task = asyncio.get_running_loop().create_task(_quietly(ping))
-            self._pings.add(task)
-            task.add_done_callback(self._pings.discard)
+            self._in_background(_quietly(ping))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def fail_unmasked(self) -> None:
+        """RFC 6455 5.1: a client frame without a mask fails the connection with 1002."""
+        log.info("closing the socket of %s: a client frame without a mask", self.peer)
+        self._in_background(self.close(1002, "a client frame without a mask"))
 
     def _receipt(self, payload: bytes) -> None:
         """The client's pong: every answer up to the count in it was read."""

@@ -281,6 +281,33 @@ async def test_a_text_frame_that_is_not_utf8_fails_the_connection(limits_server)
     assert closed.value.rcvd.code == 1007
 
 
+def unmasked_text_frame(payload: bytes) -> bytes:
+    """A client frame without the mask every client frame must carry (RFC 6455 5.1)."""
+    assert len(payload) < 126
+    return b"\x81" + bytes([len(payload)]) + payload
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_an_unmasked_client_frame_fails_the_connection(limits_server, first):
+    """RFC 6455 5.1: the server closes the connection (1002) on a frame that is not masked,
+    whether it is the first frame or follows well-formed ones."""
+    sock = raw_websocket(limits_server.port)
+    try:
+        ping = json.dumps([{"taskType": "ping", "ping": True}]).encode()
+        if not first:
+            sock.sendall(masked_text_frame(ping))
+            assert json.loads(read_frame(sock))["data"][0]["pong"] is True
+        sock.sendall(unmasked_text_frame(ping))
+        received = frames_until_closed(sock, 10 * UNIT)
+        assert received is not None, "the connection stayed open"
+        frames = server_frames(received)
+        assert all(b'"pong"' not in payload for _, payload in frames)  # it was not served
+        opcode, payload = frames[-1]
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1002
+    finally:
+        sock.close()
+
+
 async def test_one_error_covers_the_tasks_beyond_the_per_frame_limit(limits_server):
     client = await connect(limits_server)
     try:
@@ -475,18 +502,22 @@ def frames_until_closed(sock: socket.socket, timeout: float) -> bytes | None:
     return received
 
 
-def frame_opcodes(stream: bytes) -> list[int]:
-    """The opcodes of the (unmasked, server-sent) frames in ``stream``."""
-    opcodes, at = [], 0
+def server_frames(stream: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each (unmasked, server-sent) frame in ``stream``."""
+    frames, at = [], 0
     while at + 2 <= len(stream):
-        length, at = stream[at + 1] & 0x7F, at + 2
-        opcodes.append(stream[at - 2] & 0x0F)
+        opcode, length, at = stream[at] & 0x0F, stream[at + 1] & 0x7F, at + 2
         if length == 126:
             length, at = int.from_bytes(stream[at : at + 2], "big"), at + 2
         elif length == 127:
             length, at = int.from_bytes(stream[at : at + 8], "big"), at + 8
+        frames.append((opcode, stream[at : at + length]))
         at += length
-    return opcodes
+    return frames
+
+
+def frame_opcodes(stream: bytes) -> list[int]:
+    return [opcode for opcode, _ in server_frames(stream)]
 
 
 async def test_a_dead_peer_is_dropped_by_keepalive_and_others_are_served(keepalive_server):
