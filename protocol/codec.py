@@ -193,6 +193,7 @@ _SETTING_NAMES = (
     ("alphaMattingForegroundThreshold", "foreground_threshold"),
     ("alphaMattingBackgroundThreshold", "background_threshold"),
     ("alphaMattingErodeSize", "erode_size"),
+    ("decontaminate", "decontaminate"),
 )
 _OUTPUT_TYPE_BY_FOLDED: dict[str, OutputType] = {name.lower(): name for name in OUTPUT_TYPES}
 _OUTPUT_FORMAT_BY_FOLDED: dict[str, OutputFormat] = {

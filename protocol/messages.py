@@ -118,6 +118,7 @@ class BackgroundSettingsFields(msgspec.Struct, kw_only=True):
     alphaMattingForegroundThreshold: Threshold | None = None
     alphaMattingBackgroundThreshold: Threshold | None = None
     alphaMattingErodeSize: Threshold | None = None
+    decontaminate: bool | None = None  # our extension: rembg's -dc, colour fringes removed
 
 
 class RemoveBackgroundRequest(BackgroundSettingsFields, kw_only=True):
@@ -176,6 +177,9 @@ class BackgroundSettings(msgspec.Struct, frozen=True):
     foreground_threshold: int = 240
     background_threshold: int = 10
     erode_size: int = 10
+    # The true foreground colour under soft edges (rembg's decontaminate); None: the task did
+    # not say, and the server's default decides.
+    decontaminate: bool | None = None
 
 
 class OutputSpec(msgspec.Struct, frozen=True):

@@ -222,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="let URL inputs, webhooks and uploads reach loopback/private addresses",
     )
     parser.add_argument(
+        "--decontaminate",
+        action="store_true",
+        default=_env_flag("DECONTAMINATE"),
+        help="remove colour fringes on soft edges (settings.decontaminate) in the tasks that "
+        "do not say",
+    )
+    parser.add_argument(
         "--reuse-port",
         action="store_true",
         default=_env_flag("REUSE_PORT"),

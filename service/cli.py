@@ -50,6 +50,8 @@ def _settings(args: argparse.Namespace) -> dict:
             alphaMattingBackgroundThreshold=args.background_threshold,
             alphaMattingErodeSize=args.erode_size,
         )
+    if args.decontaminate:
+        settings["decontaminate"] = True
     if args.post_process_mask:
         settings["postProcessMask"] = True
     if args.only_mask:
@@ -196,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--foreground-threshold", type=int, default=240)
     add("--background-threshold", type=int, default=10)
     add("--erode-size", type=int, default=10)
+    add(
+        "--decontaminate",
+        action="store_true",
+        help="the true foreground colour under soft edges, no halo (like rembg -dc)",
+    )
     add("--post-process-mask", action="store_true")
     add("--only-mask", action="store_true", help="write the mask instead of the cutout")
     add("--background", metavar="R,G,B,A", help="background colour, e.g. 255,255,255,255")

@@ -48,6 +48,8 @@ class Config:
     # Benchmarking only: "FIXED_MS,PER_IMAGE_MS" wraps every model in a simulated accelerator
     # with that batch latency (service/inference/simulated.py). None: the real runtime.
     simulated_device: str | None = None
+    # settings.decontaminate for the tasks that do not say (SDKs that drop unknown settings).
+    decontaminate: bool = False
     # Images of one socket in the pipeline at once; more wait their turn in the socket's own
     # queue, so one busy socket cannot fill the CPU pool ahead of everybody else.
     socket_concurrency: int | None = None  # None = 2 x max batch, at least 4

@@ -29,6 +29,7 @@ from protocol.messages import BackgroundSettings, OutputSpec
 from ..inference.families import Family
 from ..matting import cutout as matting
 from ..matting.cutout import UnsolvableTrimap, matting_cutout
+from ..matting.foreground import estimate_foreground, rgba_bytes
 from . import kernels
 from .formats import CONTENT_TYPES, IMAGE_PARAMETER, sniff_format
 
@@ -191,6 +192,15 @@ def _mul255(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((product + (product >> 8)) >> 8).astype(np.uint8)
 
 
+def _decontaminated_cutout(decoded: DecodedImage, mask: np.ndarray) -> np.ndarray:
+    """rembg's decontaminate_cutout: the foreground colour estimated from the mask (pymatting's
+    ML estimate, our kernel) under the mask as alpha; the source's own alpha is dropped, as
+    rembg converts the image to RGB first."""
+    alpha = mask / 255.0
+    rgb = decoded.bands()[..., :3] / 255.0
+    return rgba_bytes(estimate_foreground(rgb, alpha), alpha)
+
+
 def _naive_cutout(decoded: DecodedImage, mask: np.ndarray) -> np.ndarray:
     if decoded.has_alpha:
         mask = _mul255((decoded.pixels >> 24).astype(np.uint8), mask)
@@ -210,6 +220,8 @@ def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings
         except UnsolvableTrimap as reason:
             # rembg falls back to the naive cutout when matting cannot solve the trimap
             log.warning("alpha matting fell back to the plain cutout: %s", reason)
+    elif settings.decontaminate:
+        return _decontaminated_cutout(decoded, mask)
     return _naive_cutout(decoded, mask)
 
 

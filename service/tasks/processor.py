@@ -103,6 +103,12 @@ class Processor:
             )
         return route
 
+    def _settings(self, task: RemoveBackground) -> BackgroundSettings:
+        """The task's settings, with the server's default where the task did not say."""
+        if task.settings.decontaminate is not None:
+            return task.settings
+        return msgspec.structs.replace(task.settings, decontaminate=self._config.decontaminate)
+
     def check_destinations(self, task: RemoveBackground) -> None:
         """Refuse forbidden webhook/upload URLs before any work is done (or acknowledged)."""
         if task.webhook_url is not None:
@@ -145,7 +151,7 @@ class Processor:
                 _render,
                 decoded,
                 prediction,
-                task.settings,
+                self._settings(task),
                 task.output,
                 self._config.png_compress_level,
             )

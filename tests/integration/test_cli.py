@@ -6,6 +6,9 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
+
 from tests.support import FIXTURES, ROOT, UNIT, open_image
 
 
@@ -51,3 +54,21 @@ def test_a_running_service_with_settings(server, tmp_path):
     assert "2 of 2 written" in finished.stdout
     mask = open_image((tmp_path / "anime-girl-1.jpg").read_bytes())
     assert mask.format == "JPEG" and mask.mode == "L" and mask.size == (850, 601)
+
+
+def test_decontaminate_reaches_the_service(server, tmp_path):
+    finished = cli(
+        str(FIXTURES / "car-1.jpg"),
+        "--out",
+        str(tmp_path),
+        "--url",
+        server.ws_url,
+        "--decontaminate",
+    )
+    assert finished.returncode == 0, finished.stderr
+    ours = np.asarray(open_image((tmp_path / "car-1.png").read_bytes()).convert("RGBA"), np.int16)
+    golden = np.asarray(
+        Image.open(FIXTURES / "golden" / "car-1.decontaminated.png").convert("RGBA"), np.int16
+    )
+    visible = golden[..., 3] > 0
+    assert np.abs(ours[visible][:, :3] - golden[visible][:, :3]).mean() <= 1.0

@@ -127,6 +127,19 @@ def test_nested_settings_win_over_flat_ones():
     assert task.settings.erode_size == 7 and task.settings.alpha_matting is True
 
 
+@pytest.mark.parametrize(
+    "fields,expected",
+    [
+        ({}, None),  # not said: the server's default decides
+        ({"decontaminate": True}, True),
+        ({"settings": {"decontaminate": False}, "decontaminate": True}, False),
+    ],
+)
+def test_decontaminate_is_read_flat_or_nested(fields, expected):
+    task = only_task({"taskType": "removeBackground", "taskUUID": U1, "inputImage": "x", **fields})
+    assert task.settings.decontaminate is expected
+
+
 def test_output_names_are_case_insensitive():
     task = only_task(
         {

@@ -287,3 +287,33 @@ def test_the_model_input_is_rembgs_normalize_to_the_bit(name, family):
     )
     ours = pipeline.preprocess(pipeline.decode_image(fixture_bytes(name), MAX_PIXELS), spec)
     assert np.array_equal(ours, expected.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("name", ["car-1", "anime-girl-1"])
+def test_decontaminate_equals_rembgs(model, name):
+    """rembg 2.0.86's remove(decontaminate=True) on the same model file (golden/)."""
+    settings = BackgroundSettings(decontaminate=True)
+    ours = np.asarray(render(model, fixture_bytes(f"{name}.jpg"), settings).convert("RGBA"))
+    golden = np.asarray(Image.open(GOLDEN / f"{name}.decontaminated.png").convert("RGBA"))
+    ours, golden = ours.astype(np.int16), golden.astype(np.int16)
+    assert np.abs(ours[..., 3] - golden[..., 3]).mean() < 0.5
+    visible = golden[..., 3] > 0
+    assert np.abs(ours[visible][:, :3] - golden[visible][:, :3]).mean() <= 1.0
+    # and it is not the plain cutout: the soft edges' colours changed
+    plain = np.asarray(render(model, fixture_bytes(f"{name}.jpg")).convert("RGBA"))
+    soft = (golden[..., 3] > 0) & (golden[..., 3] < 255)
+    assert np.abs(plain[soft][:, :3].astype(np.int16) - ours[soft][:, :3]).mean() > 1.0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPG"])
+def test_decontaminate_composes_with_a_background_colour_and_every_format(model, fmt):
+    blue = (0, 0, 255, 255)
+    output = OutputSpec(format=fmt, quality=95)
+    cleaned = render(
+        model, fixture_bytes("car-1.jpg"), BackgroundSettings(rgba=blue, decontaminate=True), output
+    )
+    plain = render(model, fixture_bytes("car-1.jpg"), BackgroundSettings(rgba=blue), output)
+    assert cleaned.size == (480, 360) and cleaned.mode == plain.mode
+    cleaned_rgb = np.asarray(cleaned.convert("RGB"), np.int16)
+    assert np.abs(cleaned_rgb[5, 5] - [0, 0, 255]).max() <= 8  # the background is there
+    assert np.abs(cleaned_rgb - np.asarray(plain.convert("RGB"), np.int16)).mean() > 0.1

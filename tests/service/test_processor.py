@@ -96,6 +96,17 @@ async def test_an_inline_result_carries_the_stored_file(rig):
     assert base64.b64decode(result.imageBase64Data) == data and result.imageURL is None
 
 
+@pytest.mark.parametrize("server_default", [False, True])
+async def test_the_servers_decontaminate_applies_where_the_task_does_not_say(
+    tmp_path, server_default
+):
+    config = Config(storage_dir=tmp_path, decontaminate=server_default)
+    processor = Processor(config, {}, None, None, FakeHttp(), None, None)  # type: ignore[arg-type]
+    assert processor._settings(removal()).decontaminate is server_default
+    assert processor._settings(removal(decontaminate=False)).decontaminate is False
+    assert processor._settings(removal(settings={"decontaminate": True})).decontaminate is True
+
+
 async def test_an_unknown_model_lists_the_served_ones(rig):
     processor, _, _ = rig
     with pytest.raises(TaskFailure) as refused:
