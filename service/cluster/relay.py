@@ -62,15 +62,14 @@ class RelayedSession:
     async def deliver(self, item: Any) -> None:
         """An answer produced on this gateway: into the outbox like a worker's."""
         kind = "errors" if isinstance(item, ErrorItem) else "data"
-        item_json = msgspec.json.encode(item)
+        await self._append([{"kind": kind, "item": msgspec.json.encode(item)}])
+
+    async def _append(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Entries at the end of the outbox, and a wake-up for the socket holding the session."""
         handover = self.handover  # the same entry, cap, lifetime and wake-up as results._END
         async with self._relay.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                handover.outbox_key,
-                {"kind": kind, "item": item_json},
-                maxlen=handover.max_length,
-                approximate=True,
-            )
+            for entry in entries:
+                pipe.xadd(handover.outbox_key, entry, maxlen=handover.max_length, approximate=True)
             pipe.expire(handover.outbox_key, handover.lifetime)
             pipe.publish(handover.channel, b"1")
             await pipe.execute()
@@ -91,19 +90,8 @@ class RelayedSession:
     async def _write_again(self, frames: Sequence[bytes]) -> None:
         """Frames a dead socket wrote that its client may not have read: into the outbox again,
         for whichever socket holds the session now or resumes it later."""
-        handover = self.handover
         with refused_while_redis_is_down():
-            async with self._relay.redis.pipeline(transaction=True) as pipe:
-                for frame in frames:
-                    pipe.xadd(
-                        handover.outbox_key,
-                        {"frame": frame},
-                        maxlen=handover.max_length,
-                        approximate=True,
-                    )
-                pipe.expire(handover.outbox_key, handover.lifetime)
-                pipe.publish(handover.channel, b"1")
-                await pipe.execute()
+            await self._append([{"frame": frame} for frame in frames])
 
     async def drain(self) -> None:
         """Send what the outbox holds after the cursor, oldest first, while the socket takes it."""

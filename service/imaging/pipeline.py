@@ -27,8 +27,8 @@ from protocol.errors import Code, TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
 
 from ..inference.families import Family
-from ..matting import cutout as matting
 from ..matting.cutout import UnsolvableTrimap, matting_cutout
+from ..matting.cutout import warm_up as warm_up_matting
 from ..matting.foreground import estimate_foreground, rgba_bytes
 from . import kernels
 from .formats import CONTENT_TYPES, IMAGE_PARAMETER, sniff_format
@@ -56,7 +56,7 @@ def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel of the pipeline and of matting now,
     not on the first request."""
     kernels.warm_up()
-    matting.warm_up()
+    warm_up_matting()
 
 
 def use_own_pixel_limit() -> None:

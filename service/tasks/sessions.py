@@ -53,11 +53,8 @@ class InMemoryClientSession:
     def detach(self, sender: FrameSender, now: float, unread: Sequence[bytes] = ()) -> None:
         """The socket behind ``sender`` is gone (a newer socket may have taken over already);
         ``unread`` frames go out again, before those that waited."""
-        for frame in reversed(unread):
-            self._outbox.appendleft(frame)
-        while len(self._outbox) > self._max_buffered:
-            self._outbox.popleft()
-            log.warning("session %s: outbox full, dropped its oldest result", self.uuid)
+        self._outbox.extendleft(reversed(unread))
+        self._drop_beyond_cap()
         # ==, not is: a socket's bound method is a new object at every access
         if self._sender == sender:
             self._sender = None
@@ -76,10 +73,13 @@ class InMemoryClientSession:
         # That socket failed; the client may have resumed on a new one meanwhile.
         if self._sender not in (None, sender) and await self._sender(frame):
             return
-        if len(self._outbox) >= self._max_buffered:
+        self._outbox.append(frame)
+        self._drop_beyond_cap()
+
+    def _drop_beyond_cap(self) -> None:
+        while len(self._outbox) > self._max_buffered:
             self._outbox.popleft()
             log.warning("session %s: outbox full, dropped its oldest result", self.uuid)
-        self._outbox.append(frame)
 
 
 class InMemorySessions:
