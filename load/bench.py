@@ -155,10 +155,15 @@ def _service(runtime: str = "auto", *flags: str):
     return port, _process(command, f"http://127.0.0.1:{port}/healthz")
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU time in a /proc stat file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def _u2netp_core_ms(tensor: np.ndarray, runs: int = 10) -> tuple[float, np.ndarray]:
@@ -177,6 +182,25 @@ def _replay_flags(replay: Path) -> tuple[str, ...]:
     """Serve the replay graph on onnxruntime with one thread: like a GPU runtime's, its CPU side
     is a thin call (OpenVINO's CPU threads would spin between calls and bill the CPU work)."""
     return ("onnxruntime", "--inference-threads", "1", "--model", f"replay={replay}:u2net")
+
+
+def _replay_load(
+    port: int, image: bytes, output_type: str, connections: int, tasks: int, window: int
+) -> LoadConfig:
+    """A load of PNG removals on the replay model, answers neither checked nor fetched."""
+    return LoadConfig(
+        url=f"ws://127.0.0.1:{port}",
+        images=(image,),
+        connections=connections,
+        tasks_per_connection=tasks,
+        window=window,
+        output_type=output_type,
+        output_format="PNG",
+        model="replay",
+        progress=False,
+        verify_images=False,
+        fetch_urls=False,
+    )
 
 
 def _replay_model(image: Path) -> tuple[float, Path]:
@@ -201,19 +225,7 @@ def standin(images: list[Path], tasks_per_socket: int = 30) -> dict:
             for workers in (1, 2):
                 port, server = _service(*_replay_flags(replay), "--cpu-workers", str(workers))
                 with server as process:
-                    config = LoadConfig(
-                        url=f"ws://127.0.0.1:{port}",
-                        images=(image,),
-                        connections=8,
-                        tasks_per_connection=tasks_per_socket,
-                        window=2,
-                        output_type=output_type,
-                        output_format="PNG",
-                        model="replay",
-                        progress=False,
-                        verify_images=False,
-                        fetch_urls=False,
-                    )
+                    config = _replay_load(port, image, output_type, 8, tasks_per_socket, 2)
                     asyncio.run(run_load(LoadConfig(**{**vars(config), "connections": 2})))
                     before, client_before = _cpu_seconds(process.pid), time.process_time()
                     summary = asyncio.run(run_load(config)).summary()
@@ -271,7 +283,7 @@ def _cpu_by_role(pid: int) -> dict[str, float]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds = _stat_cpu_seconds(task / "stat")
         except FileNotFoundError:
             continue  # the thread ended
         if task.name == str(pid):
@@ -282,7 +294,6 @@ def _cpu_by_role(pid: int) -> dict[str, float]:
             role = "device thread"
         else:
             role = "other threads"
-        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         roles[role] = roles.get(role, 0.0) + seconds
     return roles
 
@@ -339,19 +350,7 @@ def simulated_gpu(image: Path, workers: int | None = None) -> dict:
         "--cpu-workers",
         str(workers),
     )
-    config = LoadConfig(
-        url=f"ws://127.0.0.1:{port}",
-        images=(image.read_bytes(),),
-        connections=16,
-        tasks_per_connection=60,
-        window=4,
-        output_type="URL",
-        output_format="PNG",
-        model="replay",
-        progress=False,
-        verify_images=False,
-        fetch_urls=False,
-    )
+    config = _replay_load(port, image.read_bytes(), "URL", 16, 60, 4)
     spy_seconds = 5.0
     with server as process:
         asyncio.run(run_load(LoadConfig(**{**vars(config), "tasks_per_connection": 4})))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from PIL import Image
@@ -41,6 +42,24 @@ UNIT = float(os.environ.get("TEST_TIME_UNIT", "1.0"))
 
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
+
+
+def client_frame(payload: bytes, opcode: int = 0x1, masked: bool = True) -> bytes:
+    """One final WebSocket frame as a client sends it (text by default): masked, as every client
+    frame must be (RFC 6455 5.1), unless ``masked`` is False."""
+    length = len(payload)
+    bit = 0x80 if masked else 0
+    if length < 126:
+        header = bytes([0x80 | opcode, bit | length])
+    elif length < 65536:
+        header = bytes([0x80 | opcode, bit | 126]) + length.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, bit | 127]) + length.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    key = np.resize(np.frombuffer(mask, np.uint8), length)
+    return header + mask + (np.frombuffer(payload, np.uint8) ^ key).tobytes()
 
 
 def photos() -> list[str]:

@@ -21,6 +21,7 @@ from tests.support import (
     UNIT,
     Client,
     b64,
+    client_frame,
     fixture_bytes,
     http_get,
     new_uuid,
@@ -281,12 +282,6 @@ async def test_a_text_frame_that_is_not_utf8_fails_the_connection(limits_server)
     assert closed.value.rcvd.code == 1007
 
 
-def unmasked_text_frame(payload: bytes) -> bytes:
-    """A client frame without the mask every client frame must carry (RFC 6455 5.1)."""
-    assert len(payload) < 126
-    return b"\x81" + bytes([len(payload)]) + payload
-
-
 @pytest.mark.parametrize("first", [False, True])
 def test_an_unmasked_client_frame_fails_the_connection(limits_server, first):
     """RFC 6455 5.1: the server closes the connection (1002) on a frame that is not masked,
@@ -295,9 +290,9 @@ def test_an_unmasked_client_frame_fails_the_connection(limits_server, first):
     try:
         ping = json.dumps([{"taskType": "ping", "ping": True}]).encode()
         if not first:
-            sock.sendall(masked_text_frame(ping))
+            sock.sendall(client_frame(ping))
             assert json.loads(read_frame(sock))["data"][0]["pong"] is True
-        sock.sendall(unmasked_text_frame(ping))
+        sock.sendall(client_frame(ping, masked=False))
         received = frames_until_closed(sock, 10 * UNIT)
         assert received is not None, "the connection stayed open"
         frames = server_frames(received)
@@ -452,23 +447,6 @@ def raw_websocket(port: int) -> socket.socket:
     return sock
 
 
-def masked_text_frame(payload: bytes) -> bytes:
-    import os
-    import struct
-
-    mask = os.urandom(4)
-    length = len(payload)
-    header = b"\x81" + (
-        bytes([0x80 | length])
-        if length < 126
-        else bytes([0x80 | 126]) + struct.pack(">H", length)
-        if length < 65536
-        else bytes([0x80 | 127]) + struct.pack(">Q", length)
-    )
-    key = np.resize(np.frombuffer(mask, np.uint8), length)
-    return header + mask + (np.frombuffer(payload, np.uint8) ^ key).tobytes()
-
-
 def closed_by_server(sock: socket.socket, timeout: float) -> bool:
     """Drain what the server sends until it closes (or resets) the TCP connection."""
     sock.settimeout(timeout)
@@ -525,9 +503,7 @@ async def test_a_dead_peer_is_dropped_by_keepalive_and_others_are_served(keepali
     without a closing handshake nobody would answer."""
     sock = raw_websocket(keepalive_server.port)
     sock.sendall(
-        masked_text_frame(
-            json.dumps([{"taskType": "authentication", "apiKey": "dead-peer"}]).encode()
-        )
+        client_frame(json.dumps([{"taskType": "authentication", "apiKey": "dead-peer"}]).encode())
     )
     try:
         dropped = asyncio.create_task(asyncio.to_thread(frames_until_closed, sock, 20 * UNIT))
@@ -547,10 +523,10 @@ async def test_a_client_that_stops_reading_is_cut_off_without_slowing_others(lim
     sock = raw_websocket(limits_server.port)
     try:
         auth = json.dumps([{"taskType": "authentication", "apiKey": "slow-reader"}]).encode()
-        sock.sendall(masked_text_frame(auth))
+        sock.sendall(client_frame(auth))
         big = b64(small_png(800, 600, noise=True))
         for _ in range(4):  # results of MBs each, never read
-            sock.sendall(masked_text_frame(json.dumps([fast(big)]).encode()))
+            sock.sendall(client_frame(json.dumps([fast(big)]).encode()))
         healthy = await connect(limits_server, "bystander-2")
         assert (await healthy.run(fast()))["kind"] == "data"
         await healthy.ws.close()
@@ -778,11 +754,11 @@ async def test_answers_a_dead_connection_held_unread_come_back_on_resume(keepali
     sock = raw_websocket(keepalive_server.port)
     try:
         auth = {"taskType": "authentication", "apiKey": "never-read"}
-        sock.sendall(masked_text_frame(json.dumps([auth]).encode()))
+        sock.sendall(client_frame(json.dumps([auth]).encode()))
         session = json.loads(read_frame(sock))["data"][0]["connectionSessionUUID"]
         big = b64(small_png(400, 300, noise=True))  # answers of ~half a MB each
         tasks = [fast(big) for _ in range(12)]
-        sock.sendall(masked_text_frame(json.dumps(tasks).encode()))
+        sock.sendall(client_frame(json.dumps(tasks).encode()))
         await asyncio.sleep(4 * UNIT)  # all answered into the connection, which is then dropped
         async with websockets.connect(keepalive_server.ws_url, max_size=None) as websocket:
             again = Client(websocket)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 
 import pytest
 
 from service.transport.websocket import ClientFrameCheck
+from tests.support import client_frame
 
 
 class Inner(asyncio.Protocol):
@@ -32,15 +32,7 @@ class Transport:
 
 
 def frame(payload: bytes, masked: bool = True) -> bytes:
-    length = len(payload)
-    bit = 0x80 if masked else 0
-    if length < 126:
-        header = bytes([0x82, bit | length])
-    elif length < 65536:
-        header = bytes([0x82, bit | 126]) + struct.pack(">H", length)
-    else:
-        header = bytes([0x82, bit | 127]) + struct.pack(">Q", length)
-    return header + (os.urandom(4) if masked else b"") + payload
+    return client_frame(payload, opcode=0x2, masked=masked)
 
 
 def check() -> tuple[ClientFrameCheck, Inner, list[str]]:
