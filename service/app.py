@@ -76,6 +76,7 @@ class App:
             self.http,
             self.cpu,
             self.budget,
+            self.metrics,
         )
         self.webhooks = WebhookSender(
             self.http, attempts=config.webhook_attempts, backoff=config.webhook_backoff

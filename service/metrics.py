@@ -60,6 +60,11 @@ class Metrics:
         self.frames_refused = Counter(
             "rbg_frames_refused", "Frames refused whole, by code", ["code"], registry=r
         )
+        self.matting_fallbacks = Counter(
+            "rbg_matting_fallbacks",
+            "Alpha matting tasks answered with the decontaminated cutout: no solvable trimap",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,6 @@ Everything here is CPU-heavy and runs on worker threads, never on the event loop
 from __future__ import annotations
 
 import io
-import logging
 import struct
 import zlib
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ from ..matting.foreground import estimate_foreground, rgba_bytes
 from . import kernels
 from .formats import CONTENT_TYPES, IMAGE_PARAMETER, sniff_format
 
-log = logging.getLogger(__name__)
-
 __all__ = [
     "DecodedImage",
     "use_own_pixel_limit",
@@ -42,10 +39,12 @@ __all__ = [
     "preprocess",
     "mask_from_prediction",
     "post_process_mask",
+    "Cutout",
     "cutout",
     "apply_background",
     "encode_image",
     "encode_png",
+    "Rendered",
     "render",
     "payload_fields",
     "warm_up",
@@ -207,22 +206,31 @@ def _naive_cutout(decoded: DecodedImage, mask: np.ndarray) -> np.ndarray:
     return kernels.cut_out(decoded.pixels, mask)
 
 
-def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings) -> np.ndarray:
-    """uint8[H, W, 4] RGBA (or the uint8[H, W] mask alone with returnOnlyMask), before any
-    background colour."""
+@dataclass(frozen=True)
+class Cutout:
+    """uint8[H, W, 4] RGBA (or the uint8[H, W] mask alone with returnOnlyMask), and why alpha
+    matting fell back to the decontaminated cutout when it did."""
+
+    pixels: np.ndarray
+    matting_fallback: str | None = None
+
+
+def cutout(decoded: DecodedImage, mask: np.ndarray, settings: BackgroundSettings) -> Cutout:
+    """The cutout before any background colour."""
     if settings.post_process_mask:
         mask = post_process_mask(mask)
     if settings.return_only_mask:
-        return mask
+        return Cutout(mask)
     if settings.alpha_matting:
         try:
-            return matting_cutout(np.ascontiguousarray(decoded.bands()[..., :3]), mask, settings)
+            rgb = np.ascontiguousarray(decoded.bands()[..., :3])
+            return Cutout(matting_cutout(rgb, mask, settings))
         except UnsolvableTrimap as reason:
-            # rembg falls back to the naive cutout when matting cannot solve the trimap
-            log.warning("alpha matting fell back to the plain cutout: %s", reason)
-    elif settings.decontaminate:
-        return _decontaminated_cutout(decoded, mask)
-    return _naive_cutout(decoded, mask)
+            # As rembg: matting estimates the foreground colour, so its fallback does too.
+            return Cutout(_decontaminated_cutout(decoded, mask), matting_fallback=str(reason))
+    if settings.decontaminate:
+        return Cutout(_decontaminated_cutout(decoded, mask))
+    return Cutout(_naive_cutout(decoded, mask))
 
 
 def apply_background(
@@ -300,14 +308,24 @@ def payload_fields(encoded: bytes, extension: str, output_type: str) -> dict[str
     return {"imageDataURI": f"data:{CONTENT_TYPES[extension]};base64,{text}"}
 
 
+@dataclass(frozen=True)
+class Rendered:
+    """The encoded result file, and why alpha matting fell back when it did."""
+
+    encoded: bytes
+    matting_fallback: str | None = None
+
+
 def render(
     decoded: DecodedImage,
     prediction: np.ndarray,
+    family: Family,
     settings: BackgroundSettings,
     output: OutputSpec,
     png_compress_level: int,
-) -> bytes:
+) -> Rendered:
     """From the model's raw output for one image to the encoded result file."""
     mask = mask_from_prediction(prediction, decoded.size)
-    image = apply_background(cutout(decoded, mask, settings), settings.rgba, output.format)
-    return encode_image(image, output, png_compress_level)
+    cut = cutout(decoded, mask, settings)
+    image = apply_background(cut.pixels, settings.rgba, output.format)
+    return Rendered(encode_image(image, output, png_compress_level), cut.matting_fallback)

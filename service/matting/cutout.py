@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from protocol.messages import BackgroundSettings
 
+from .errors import UnsolvableTrimap
 from .threads import side_by_side
 
 # numba, pymatting and our kernels (system, solver, foreground) load on first use:
@@ -33,11 +34,6 @@ from .threads import side_by_side
 # matte need not pay. The server imports them at start-up through warm_up.
 
 __all__ = ["UnsolvableTrimap", "matting_cutout", "trimap", "warm_up"]
-
-
-class UnsolvableTrimap(ValueError):
-    """The trimap gives matting nothing to solve from (rembg's cutout raises here too, and
-    falls back to its plain cutout)."""
 
 
 # Where neither OpenMP nor TBB is installed, numba runs parallel kernels on its "workqueue"
@@ -105,7 +101,8 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
     """uint8[H,W,4]: estimated foreground colour and matted alpha, as rembg's cutout.
 
     Raises UnsolvableTrimap where rembg's would (the trimap has no sure foreground or no sure
-    background), so that the caller falls back to the plain cutout as rembg does.
+    background, or its system cannot be factorised), so that the caller falls back to the
+    decontaminated cutout as rembg does.
     """
     from .foreground import estimate_foreground, rgba_bytes
 

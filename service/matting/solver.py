@@ -36,6 +36,7 @@ import scipy.sparse
 from pymatting.solver.cg import cg
 
 from .direct import NotPositiveDefinite, plan_direct, solve_direct
+from .errors import UnsolvableTrimap
 from .threads import side_by_side
 
 __all__ = [
@@ -470,11 +471,11 @@ def incomplete_cholesky(
             return factor
         if factor == -2:  # out of room: the same shift again, with more room, up to the cap
             if sum(rooms) > _MAX_NNZ - len(rooms):  # at the cap, but for rounding
-                raise ValueError("the incomplete Cholesky factor outgrew its bound")
+                raise UnsolvableTrimap("the incomplete Cholesky factor outgrew its bound")
             rooms = _within_cap([4 * room + size for room in rooms])
             continue
         shifts.pop(0)  # -1: a pivot was not positive; pymatting's next shift
-    raise ValueError("the matting system stayed indefinite under every diagonal shift")
+    raise UnsolvableTrimap("the matting system stayed indefinite under every diagonal shift")
 
 
 @numba.njit(cache=True, nogil=True)

@@ -7,6 +7,7 @@ preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, backgro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from ..config import Config
 from ..imaging import pipeline
 from ..imaging.formats import CONTENT_TYPES, EXTENSIONS
 from ..inference.families import Family
+from ..metrics import Metrics
 from ..net.delivery import put_to_upload_endpoint
 from ..net.outbound import OutboundHttp
 from ..scheduling.batcher import MicroBatcher
@@ -36,6 +38,8 @@ from ..storage.store import ImageStore, StoredImage
 from .inputs import InputResolver
 
 __all__ = ["ModelRoute", "Processor"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,10 @@ class Processor:
         http: OutboundHttp,
         cpu: FairExecutor,
         budget: MemoryBudget,
+        metrics: Metrics,
     ) -> None:
         self._budget = budget
+        self._metrics = metrics
         self._config = config
         self._http = http
         self._models = models
@@ -146,16 +152,25 @@ class Processor:
                 limit_name,
             )
             prediction = await route.batcher.submit(tensor, client)
-            encoded, inline = await self._cpu.run(
+            rendered, inline = await self._cpu.run(
                 client,
                 _render,
                 decoded,
                 prediction,
+                route.family,
                 self._settings(task),
                 task.output,
                 self._config.png_compress_level,
             )
             del decoded, tensor, prediction
+        if rendered.matting_fallback is not None:
+            log.warning(
+                "task %s: alpha matting fell back to the decontaminated cutout: %s",
+                task.task_uuid,
+                rendered.matting_fallback,
+            )
+            self._metrics.matting_fallbacks.inc()
+        encoded = rendered.encoded
         extension = EXTENSIONS[task.output.format]
         if task.upload_endpoint is not None:
             await put_to_upload_endpoint(
@@ -199,16 +214,18 @@ def _decodes(data: bytes, max_pixels: int) -> None:
 def _render(
     decoded: pipeline.DecodedImage,
     prediction: np.ndarray,
+    family: Family,
     settings: BackgroundSettings,
     output: OutputSpec,
     png_compress_level: int,
-) -> tuple[bytes, dict[str, str]]:
+) -> tuple[pipeline.Rendered, dict[str, str]]:
     """The result file, and the field carrying it inline unless it goes by URL: one trip to the
     CPU pool for both."""
-    encoded = pipeline.render(decoded, prediction, settings, output, png_compress_level)
+    rendered = pipeline.render(decoded, prediction, family, settings, output, png_compress_level)
     if output.type == "URL":
-        return encoded, {}
-    return encoded, pipeline.payload_fields(encoded, EXTENSIONS[output.format], output.type)
+        return rendered, {}
+    fields = pipeline.payload_fields(rendered.encoded, EXTENSIONS[output.format], output.type)
+    return rendered, fields
 
 
 def _prepare(

@@ -98,7 +98,7 @@ def test_a_trimap_without_sure_background_raises_like_rembg():
 @pytest.mark.parametrize("shape", [(2, 40), (1, 30), (40, 2)])
 def test_an_image_too_thin_for_any_window_raises_like_rembg(shape):
     """rembg's pymatting raises too (after 10,000 CG iterations of NaN on an all-zero system,
-    warning as it divides by zero), and both fall back to the plain cutout. Ours raises first."""
+    warning as it divides by zero), and both fall back to the decontaminated cutout. Ours raises first."""
     import warnings
 
     rgb = np.zeros((*shape, 3), np.uint8)

@@ -11,6 +11,7 @@ import scipy.sparse.linalg
 from pymatting.preconditioner.ichol import ichol
 from pymatting.solver.cg import cg
 
+from service.matting.errors import UnsolvableTrimap
 from service.matting.solver import DIRECT_MAX_BYTES, incomplete_cholesky, solve_band, split_band
 from service.matting.system import band_system
 
@@ -135,10 +136,11 @@ def test_the_solution_is_pymatting_cgs(direct_max_bytes):
 
 
 def test_an_indefinite_matrix_raises_value_error_like_pymatting_but_prints_nothing(capsys):
-    """rembg falls back to the plain cutout on ValueError; ours must raise the same. Beyond
+    """rembg falls back to the decontaminated cutout on pymatting's ValueError; ours raises
+    UnsolvableTrimap (a ValueError), on which the service falls back the same way. Beyond
     pymatting's largest diagonal shift (1e5) this matrix stays indefinite."""
     indefinite = scipy.sparse.csc_matrix(-1e6 * np.eye(4))
-    with pytest.raises(ValueError):
+    with pytest.raises(UnsolvableTrimap):
         incomplete_cholesky(indefinite)
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError):

@@ -44,7 +44,8 @@ def render(
     model, data: bytes, settings: BackgroundSettings = PLAIN, output: OutputSpec = PNG
 ) -> Image.Image:
     decoded = pipeline.decode_image(data, MAX_PIXELS)
-    return open_image(pipeline.render(decoded, predict(model, decoded), settings, output, 3))
+    rendered = pipeline.render(decoded, predict(model, decoded), U2NET, settings, output, 3)
+    return open_image(rendered.encoded)
 
 
 def alpha_of(image: Image.Image) -> np.ndarray:
@@ -177,7 +178,7 @@ def test_alpha_of_a_transparent_source_is_multiplied_like_pillows_composite():
     source.save(buffer, "PNG")
     decoded = pipeline.decode_image(buffer.getvalue(), MAX_PIXELS)
     assert decoded.has_alpha
-    ours = Image.fromarray(pipeline.cutout(decoded, mask, BackgroundSettings()))
+    ours = Image.fromarray(pipeline.cutout(decoded, mask, BackgroundSettings()).pixels)
     rembg_way = Image.composite(
         source, Image.new("RGBA", source.size, 0), Image.fromarray(mask, "L")
     )

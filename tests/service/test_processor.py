@@ -4,8 +4,10 @@ real directory store: one task to its result."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -13,13 +15,17 @@ from PIL import Image
 
 from protocol.codec import decode_frame
 from protocol.errors import TaskFailure
+from protocol.messages import BackgroundSettings
 from service.config import Config
+from service.imaging import pipeline
 from service.inference.families import FAMILIES
+from service.metrics import Metrics
 from service.scheduling.batcher import MicroBatcher
 from service.scheduling.budget import MemoryBudget
 from service.scheduling.fairness import FairExecutor
 from service.storage.directory import DirectoryImageStore
 from service.tasks.inputs import InputResolver
+from service.tasks.outcomes import error_item_for
 from service.tasks.processor import ModelRoute, Processor
 from tests.support import fixture_bytes
 
@@ -52,19 +58,45 @@ class FakeHttp:
         return 200
 
 
-@pytest.fixture
-async def rig(tmp_path):
-    config = Config(storage_dir=tmp_path, max_matting_pixels=100_000, port=7777)
+def nearly_all_foreground(batch: np.ndarray) -> np.ndarray:
+    """A stand-in model that sees foreground everywhere but a corner too small to survive
+    the trimap's erosion: alpha matting finds no sure background."""
+    out = np.ones((batch.shape[0], batch.shape[2], batch.shape[3]), np.float32)
+    out[:, :2, :2] = 0.0
+    return out
+
+
+@contextlib.asynccontextmanager
+async def processor_rig(tmp_path, predict, **config_fields):
+    config = Config(storage_dir=tmp_path, port=7777, **config_fields)
     store = DirectoryImageStore(tmp_path, default_ttl=60)
     http = FakeHttp()
     cpu = FairExecutor(1)
-    batcher = MicroBatcher(square_prediction, max_batch=2, max_wait=0.001)
+    batcher = MicroBatcher(predict, max_batch=2, max_wait=0.001)
     routes = {"stand-in": ModelRoute(FAMILIES["u2net"], batcher)}
     budget = MemoryBudget(1 << 30)
-    processor = Processor(config, routes, store, InputResolver(store, http), http, cpu, budget)  # type: ignore[arg-type]
-    yield processor, store, http
-    await batcher.stop()
-    cpu.shutdown()
+    metrics = Metrics()
+    processor = Processor(
+        config,
+        routes,
+        store,
+        InputResolver(store, http),
+        http,
+        cpu,
+        budget,
+        metrics,
+    )
+    try:
+        yield processor, store, http, metrics
+    finally:
+        await batcher.stop()
+        cpu.shutdown()
+
+
+@pytest.fixture
+async def rig(tmp_path):
+    async with processor_rig(tmp_path, square_prediction, max_matting_pixels=100_000) as parts:
+        yield parts[:3]
 
 
 def removal(**fields):
@@ -101,7 +133,7 @@ async def test_the_servers_decontaminate_applies_where_the_task_does_not_say(
     tmp_path, server_default
 ):
     config = Config(storage_dir=tmp_path, decontaminate=server_default)
-    processor = Processor(config, {}, None, None, FakeHttp(), None, None)  # type: ignore[arg-type]
+    processor = Processor(config, {}, None, None, FakeHttp(), None, None, Metrics())  # type: ignore[arg-type]
     assert processor._settings(removal()).decontaminate is server_default
     assert processor._settings(removal(decontaminate=False)).decontaminate is False
     assert processor._settings(removal(settings={"decontaminate": True})).decontaminate is True
@@ -148,3 +180,38 @@ async def test_an_upload_refuses_what_could_never_be_processed(rig):
     with pytest.raises(TaskFailure) as refused:
         await processor.upload(upload, SCOPE)
     assert refused.value.code == "invalidImage"
+
+
+async def test_matting_without_a_solvable_trimap_falls_back_to_the_decontaminated_cutout(
+    tmp_path, caplog
+):
+    async with processor_rig(tmp_path, nearly_all_foreground) as (processor, store, _, metrics):
+        with caplog.at_level(logging.WARNING, logger="service.tasks.processor"):
+            result = await processor.remove_background(removal(alphaMatting=True), SCOPE)
+        _, data = await store.load(result.imageUUID)
+    ours = np.asarray(Image.open(io.BytesIO(data)))
+    # What the decontaminated cutout of the same mask is, straight from the pipeline.
+    decoded = pipeline.decode_image(CAR, 10**8)
+    tensor = pipeline.preprocess(decoded, FAMILIES["u2net"])
+    mask = pipeline.mask_from_prediction(nearly_all_foreground(tensor[np.newaxis])[0], decoded.size)
+    settings = BackgroundSettings(decontaminate=True)
+    expected = pipeline.cutout(decoded, mask, settings).pixels
+    assert np.array_equal(ours, expected)
+    naive = pipeline.cutout(decoded, mask, BackgroundSettings()).pixels
+    assert not np.array_equal(ours[..., :3], naive[..., :3])
+    [record] = [r for r in caplog.records if "fell back" in r.getMessage()]
+    assert TASK_UUID in record.getMessage() and "sure background" in record.getMessage()
+    assert b"rbg_matting_fallbacks_total 1.0" in metrics.exposition()
+
+
+async def test_any_other_matting_error_fails_the_task_as_internal(tmp_path, monkeypatch):
+    def broken(*args):
+        raise ValueError("the band system is singular")
+
+    monkeypatch.setattr(pipeline, "matting_cutout", broken)
+    async with processor_rig(tmp_path, square_prediction) as (processor, _, _, metrics):
+        task = removal(alphaMatting=True)
+        with pytest.raises(ValueError) as raised:
+            await processor.remove_background(task, SCOPE)
+    assert error_item_for(task, raised.value).code == "internalServerError"
+    assert b"rbg_matting_fallbacks_total 0.0" in metrics.exposition()
