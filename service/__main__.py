@@ -37,7 +37,7 @@ def _env_list(name: str) -> list[str]:
 
 
 def parse_model(spec: str) -> ModelOverride:
-    """``ID=PATH`` or ``ID=PATH:FAMILY`` (FAMILY one of u2net, isnet)."""
+    """``ID=PATH`` or ``ID=PATH:FAMILY`` (FAMILY a name of inference/families.py)."""
     model_id, equals, rest = spec.partition("=")
     if not equals or not model_id or not rest:
         raise argparse.ArgumentTypeError(f"expected ID=PATH[:FAMILY], got {spec!r}")
@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="models",
         type=parse_model,
         metavar="ID=PATH[:FAMILY]",
-        help="serve an ONNX file under a model id, e.g. runware:109@1=/m/rmbg-1.4.onnx",
+        help="serve an ONNX file under a model id, e.g. runware:109@1=/m/rmbg-1.4.onnx; "
+        f"FAMILY one of {', '.join(FAMILIES)} (default: from the input size, 320 u2net, "
+        "1024 isnet)",
     )
     parser.add_argument(
         "--allow-private-urls",

@@ -24,6 +24,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
+GOLDEN = FIXTURES / "golden"
 MODEL = ROOT / "models" / "u2netp.onnx"
 
 # The settings of the model page's example request (the seed's), used across the suite.
@@ -390,6 +391,43 @@ def build_isnet_test_model(path: Path, size: int = 1024) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+# The weights of build_family_test_model: colour matters, with both signs, so a wrong mean,
+# std or scale moves the mask.
+FAMILY_TEST_WEIGHTS = (0.9, -0.6, 0.3)
+FAMILY_TEST_BIAS = 0.05
+
+
+def build_family_test_model(path: Path, size: int) -> Path:
+    """A tiny graph with the interface of the 1024 (or 320) px families' files:
+    float32[1,3,S,S] -> float32[1,1,S,S], a 1x1 convolution of the channels.
+
+    Its output is raw, so a family with a sigmoid (birefnet) squashes it first. rembg's own
+    session code runs the same graph for the golden files (fixtures/golden/make_golden.py).
+    """
+    weights = helper.make_tensor(
+        "weights", TensorProto.FLOAT, [1, 3, 1, 1], list(FAMILY_TEST_WEIGHTS)
+    )
+    bias = helper.make_tensor("bias", TensorProto.FLOAT, [1], [FAMILY_TEST_BIAS])
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "weights", "bias"], ["output"])],
+        "family_test",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])],
+        initializer=[weights, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def darkened(image: Image.Image) -> Image.Image:
+    """The photo at 3/5 of its brightness: its maximum is well below 255, so scaling by the
+    image's maximum and by 255 give different model inputs."""
+    return image.convert("RGB").point(lambda value: value * 3 // 5)
 
 
 class FakeClock:

@@ -141,20 +141,25 @@ def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
     # Bands resize independently: an RGBA image's RGB comes out as its RGB conversion's would.
     small = kernels.lanczos_resize(decoded.pixels, (family.size, family.size))
     scale = max(float(kernels.brightest(small)), 1e-6) if family.divide_by_max else 255.0
-    # A band has 256 values: normalise those (the same float32 arithmetic) and look them up.
-    values = np.arange(256, dtype=np.float32)[:, np.newaxis]
-    table = (values / scale - np.asarray(family.mean, np.float32)) / np.asarray(
-        family.std, np.float32
-    )
+    # A band has 256 values: normalise those in float64 then round to float32, as rembg does
+    # with the whole array, and look them up.
+    values = np.arange(256, dtype=np.float64)[:, np.newaxis]
+    table = ((values / scale - np.asarray(family.mean)) / np.asarray(family.std)).astype(np.float32)
     return kernels.planes(small, table)
 
 
-def mask_from_prediction(prediction: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def mask_from_prediction(
+    prediction: np.ndarray, size: tuple[int, int], sigmoid: bool = False
+) -> np.ndarray:
     """uint8[H, W] mask at the image's size from one image's raw model output.
 
-    Min-max normalisation is per image (in a batch, one image's range must not distort its
-    neighbours); a uniform prediction yields an all-zero mask instead of dividing by zero.
+    ``sigmoid``: the output is logits (the family says so), squashed first as rembg does, in
+    float32. Min-max normalisation is per image (in a batch, one image's range must not
+    distort its neighbours); a uniform prediction yields an all-zero mask instead of dividing
+    by zero.
     """
+    if sigmoid:
+        prediction = np.float32(1) / (np.float32(1) + np.exp(-prediction))
     high, low = float(prediction.max()), float(prediction.min())
     if high > low:
         scaled = (prediction - np.float32(low)) / np.float32(high - low)
@@ -325,7 +330,7 @@ def render(
     png_compress_level: int,
 ) -> Rendered:
     """From the model's raw output for one image to the encoded result file."""
-    mask = mask_from_prediction(prediction, decoded.size)
+    mask = mask_from_prediction(prediction, decoded.size, family.sigmoid)
     cut = cutout(decoded, mask, settings)
     image = apply_background(cut.pixels, settings.rgba, output.format)
     return Rendered(encode_image(image, output, png_compress_level), cut.matting_fallback)

@@ -19,10 +19,9 @@ from protocol.messages import BackgroundSettings, OutputSpec
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
 from service.inference.runtime import load_runtime
-from tests.support import FIXTURES, MODEL, fixture_bytes, open_image, photos
+from tests.support import FIXTURES, GOLDEN, MODEL, fixture_bytes, open_image, photos
 
 U2NET = FAMILIES["u2net"]
-GOLDEN = FIXTURES / "golden"
 MAX_PIXELS = 40_000_000
 
 
@@ -278,14 +277,13 @@ def test_our_png_writer_round_trips_exactly(mode, channels, level):
 @pytest.mark.parametrize("name", ["anime-girl-1.jpg", "car-1.jpg"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_the_model_input_is_rembgs_normalize_to_the_bit(name, family):
-    """rembg's ``normalize``: Pillow's LANCZOS to the family's size, then float32 arithmetic."""
+    """rembg's ``normalize``: Pillow's LANCZOS to the family's size, float64 arithmetic, then
+    float32 (the families' own files check this against rembg's code: test_families.py)."""
     spec = FAMILIES[family]
     image = open_image(fixture_bytes(name)).convert("RGB")
-    pixels = np.asarray(image.resize((spec.size, spec.size), Image.Resampling.LANCZOS), np.float32)
+    pixels = np.asarray(image.resize((spec.size, spec.size), Image.Resampling.LANCZOS), np.float64)
     scale = max(float(pixels.max()), 1e-6) if spec.divide_by_max else 255.0
-    expected = (pixels / scale - np.asarray(spec.mean, np.float32)) / np.asarray(
-        spec.std, np.float32
-    )
+    expected = ((pixels / scale - np.asarray(spec.mean)) / np.asarray(spec.std)).astype(np.float32)
     ours = pipeline.preprocess(pipeline.decode_image(fixture_bytes(name), MAX_PIXELS), spec)
     assert np.array_equal(ours, expected.transpose(2, 0, 1))
 
