@@ -50,6 +50,8 @@ __all__ = [
     "DataFrame",
     "ErrorsFrame",
     "RestResponse",
+    "ModelInfo",
+    "ModelList",
     "REQUEST_TYPES",
     "RESULT_TYPES",
 ]
@@ -273,6 +275,25 @@ class RestResponse(msgspec.Struct):
 
     data: list[Any]
     errors: list[Any]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    """One model id a service serves: ``GET /v1/models``."""
+
+    model: str  # the id tasks name in their ``model`` field
+    family: str  # how images are read for it (docs/models.md, "Families")
+    fileName: str
+    inputSize: int  # the square the image is resized to
+    provider: str  # the execution provider: CUDAExecutionProvider, OpenVINO CPU, ...
+    # True where the embedded u2netp serves runware:109@1 because no RMBG-1.4 file was given
+    standIn: bool
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelInfo]
 
 
 REQUEST_TYPES = (

@@ -6,6 +6,7 @@ housekeeping, drain on SIGTERM). Nothing else in ``service`` constructs a twin o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import signal
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .cluster.jobs import JobQueue, QueuedWork, Worker
+from .cluster.models import RedisModelCatalog
 from .cluster.reachability import connect as connect_to_redis
 from .cluster.relay import RedisSessions, Relay
 from .cluster.results import RedisResultsBook
@@ -30,7 +32,8 @@ from .storage.directory import DirectoryImageStore
 from .storage.store import ImageStore
 from .tasks.dispatch import TaskPorts
 from .tasks.inputs import InputResolver
-from .tasks.ports import ResultsStore, SessionStore, WorkExecutor
+from .tasks.models import LocalModelCatalog
+from .tasks.ports import ModelCatalog, ResultsStore, SessionStore, WorkExecutor
 from .tasks.processor import ModelRoute, Processor
 from .tasks.results import InMemoryResultsBook
 from .tasks.sessions import InMemorySessions
@@ -89,10 +92,13 @@ class App:
         self._watches: list[asyncio.Task] = []  # background loops of the distributed mode
         self.sessions: SessionStore
         self.results: ResultsStore
+        self.models: ModelCatalog
+        self._published_models: RedisModelCatalog | None = None  # this worker's, in Redis
         work: WorkExecutor
         if config.redis is None:
             self.sessions = InMemorySessions(linger=config.session_linger)
             self.results = InMemoryResultsBook(self.store, config.result_retention, clock=clock)
+            self.models = LocalModelCatalog(registry.catalog())
             work = LocalWork(self.processor)
         else:
             work = self._distributed(config, largest_batch)
@@ -118,6 +124,7 @@ class App:
             pipeline_slots=config.socket_concurrency or max(4, 2 * largest_batch),
             unready_because=self.unready_because,
             key_guesses=KeyGuesses(config.max_key_failures_per_address),
+            models=self.models,
         )
 
     def _distributed(self, config: Config, largest_batch: int) -> WorkExecutor:
@@ -128,6 +135,7 @@ class App:
         self.results = results
         self._relay = Relay(self._redis, linger=config.session_linger)
         self.sessions = RedisSessions(self._relay)
+        self.models = RedisModelCatalog(self._redis)
         work: WorkExecutor = LocalWork(self.processor)
         if config.serves_clients:
             self._jobs = JobQueue(self._redis, results)
@@ -145,6 +153,7 @@ class App:
                 claim_after=config.claim_after,
                 max_attempts=config.max_attempts,
             )
+            self._published_models = self.models
         return work
 
     def _build_batchers(self) -> dict[str, MicroBatcher]:
@@ -181,6 +190,11 @@ class App:
     async def start(self) -> None:
         if self._worker is not None:
             await self._worker.start()
+        if self._worker is not None and self._published_models is not None:
+            publishing = self._published_models.keep_published(
+                self._worker.name, self.registry.catalog()
+            )
+            self._watches.append(asyncio.create_task(publishing, name="models"))
         if self._jobs is not None:
             self._watches.append(asyncio.create_task(self._jobs.watch(), name="backlog"))
         if self._queued is not None:
@@ -231,6 +245,9 @@ class App:
             watch.cancel()
         if self._worker is not None:
             await self._worker.stop()
+        if self._worker is not None and self._published_models is not None:
+            with contextlib.suppress(Exception):  # Redis away: the key expires by itself
+                await self._published_models.withdraw(self._worker.name)
         if self._relay is not None:
             await self._relay.close()
         await self.webhooks.close()

@@ -14,18 +14,29 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.messages import DEFAULT_MODEL
+from protocol.messages import DEFAULT_MODEL, ModelInfo
 
 from ..config import Config
 from .families import FAMILIES, FAMILY_BY_SIZE, Family
 from .runtime import Runtime, cuda_usable, load_runtime
 from .simulated import SimulatedDevice, parse_latency
 
-__all__ = ["LoadedModel", "ModelRegistry", "ModelLoadError", "load_registry", "EMBEDDED_ID"]
+__all__ = [
+    "LoadedModel",
+    "ModelRegistry",
+    "ModelLoadError",
+    "load_registry",
+    "EMBEDDED_ID",
+    "STAND_IN_WARNING",
+]
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_ID = "u2netp"
+STAND_IN_WARNING = (
+    f"no RMBG-1.4 file given: {DEFAULT_MODEL} is served by the embedded {EMBEDDED_ID} model "
+    f"(pass --model {DEFAULT_MODEL}=/path/to/rmbg-1.4.onnx for the real one)"
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,17 @@ class LoadedModel:
     id: str
     runtime: Runtime
     family: Family
+    stand_in: bool = False  # the embedded model, serving an id whose file was not given
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model=self.id,
+            family=self.family.name,
+            fileName=self.runtime.path.name,
+            inputSize=self.family.size,
+            provider=self.runtime.provider,
+            standIn=self.stand_in,
+        )
 
 
 class ModelRegistry:
@@ -44,6 +66,10 @@ class ModelRegistry:
 
     def ids(self) -> list[str]:
         return sorted(self._models)
+
+    def catalog(self) -> list[ModelInfo]:
+        """Every model id with its family, file and provider, by id."""
+        return [self._models[model_id].info() for model_id in self.ids()]
 
     def __iter__(self):
         return iter(self._models.values())
@@ -78,20 +104,16 @@ def load_registry(config: Config) -> ModelRegistry:
             specs[path.stem] = (path, None)
     for override in config.models:
         specs[override.id] = (override.path, override.family)
+    stand_ins: set[str] = set()
     if DEFAULT_MODEL not in specs:
         if EMBEDDED_ID not in specs:
             raise ModelLoadError(
                 f"no model file for {DEFAULT_MODEL} and no embedded "
                 f"{config.models_dir / (EMBEDDED_ID + '.onnx')}: run `make install`"
             )
-        log.warning(
-            "no RMBG-1.4 file given: %s is served by the embedded %s model "
-            "(pass --model %s=/path/to/rmbg-1.4.onnx for the real one)",
-            DEFAULT_MODEL,
-            EMBEDDED_ID,
-            DEFAULT_MODEL,
-        )
+        log.warning(STAND_IN_WARNING)
         specs[DEFAULT_MODEL] = specs[EMBEDDED_ID]
+        stand_ins = {DEFAULT_MODEL}
 
     runtimes: dict[Path, Runtime] = {}
     models: dict[str, LoadedModel] = {}
@@ -108,7 +130,7 @@ def load_registry(config: Config) -> ModelRegistry:
                 runtimes[resolved] = SimulatedDevice(runtimes[resolved], latency)
         runtime = runtimes[resolved]
         family = _family(runtime, family_name, model_id)
-        models[model_id] = LoadedModel(model_id, runtime, family)
+        models[model_id] = LoadedModel(model_id, runtime, family, model_id in stand_ins)
         log.info(
             "model %s: file=%s family=%s provider=%s",
             model_id,

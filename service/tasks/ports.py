@@ -20,6 +20,7 @@ from protocol.messages import (
     BackgroundRemovalResult,
     ImageUpload,
     ImageUploadResult,
+    ModelInfo,
     RemoveBackground,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Answers",
     "ClientSession",
     "FrameSender",
+    "ModelCatalog",
     "Requester",
     "ResultsStore",
     "SessionStore",
@@ -149,4 +151,13 @@ class WorkExecutor(Protocol):
     async def execute(self, task: WorkTask, requester: Requester) -> WorkResult | None:
         """The task's result, or None when it was handed over to a worker that records and
         answers it. Raises on failure."""
+        ...
+
+
+class ModelCatalog(Protocol):
+    """The model ids the service serves, for ``GET /v1/models``: this process's own, or in
+    the distributed mode those the live workers publish."""
+
+    async def models(self) -> list[ModelInfo]:
+        """Every model id served, sorted by id."""
         ...

@@ -12,7 +12,7 @@ from ..config import Config
 from ..metrics import Metrics
 from ..storage.store import ImageStore
 from ..tasks.dispatch import ClientLimits, TaskPorts
-from ..tasks.ports import SessionStore
+from ..tasks.ports import ModelCatalog, SessionStore
 
 __all__ = ["KeyGuesses", "OpenSocket", "OpenSockets", "ServerContext"]
 
@@ -119,6 +119,7 @@ class ServerContext:
     pipeline_slots: int  # images of one client in the pipeline at once
     unready_because: Callable[[], str | None]  # why /readyz says 503; None: ready
     key_guesses: KeyGuesses
+    models: ModelCatalog  # what GET /v1/models lists
 
     def socket_limits(self) -> ClientLimits:
         return ClientLimits(

@@ -3,6 +3,8 @@
 Routes (aiohttp serves both kinds of request on the one port):
 - ``POST /v1``: the REST twin (``rest``): a JSON array of tasks in, all answers out;
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
+- ``GET /v1/models``: every model id served, with its family, file, input size, provider and
+  whether it is the embedded stand-in for ``runware:109@1``;
 - ``GET /images/<uuid>.<ext>``: a stored image (404 once its ttl has passed);
 - ``GET /healthz``: the process is alive;
 - ``GET /readyz``: 200 when the models are loaded, the server is not draining and (distributed)
@@ -20,9 +22,10 @@ import http
 import re
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
-from protocol.messages import UUID_CORE
+from protocol.messages import UUID_CORE, ModelList
 
 from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
@@ -66,7 +69,22 @@ async def _image(context: ServerContext, path: str) -> web.Response | None:
     )
 
 
+async def _models(context: ServerContext) -> web.Response:
+    try:
+        models = await context.models.models()
+    except Exception as error:  # the distributed catalog lives in Redis
+        return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, f"the model list is unavailable: {error}")
+    return _response(
+        http.HTTPStatus.OK,
+        msgspec.json.encode(ModelList(models)),
+        "application/json",
+        {"Cache-Control": "no-cache"},
+    )
+
+
 async def _page_or_probe(context: ServerContext, path: str) -> web.Response:
+    if path == "/v1/models":
+        return await _models(context)
     if path in ("/", "/index.html"):
         return _response(
             http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8", {"Cache-Control": "no-cache"}

@@ -27,6 +27,7 @@ from tests.support import (
     b64,
     fixture_bytes,
     free_port,
+    http_get,
     new_uuid,
     open_image,
     start_redis,
@@ -452,6 +453,26 @@ async def test_a_worker_serves_probes_but_no_clients(cluster):
     with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(worker.ws_url)
     assert refused.value.response.status_code == 404
+
+
+def models_listed(process: ServerProcess) -> dict[str, dict]:
+    status, _, body = http_get(f"{process.http_url}/v1/models")
+    assert status == 200, body
+    return {f"{item['model']} {item['provider']}": item for item in json.loads(body)["data"]}
+
+
+def test_a_gateway_lists_the_models_its_live_workers_serve(lone_cluster):
+    gateway = lone_cluster.start("gateway")
+    assert models_listed(gateway) == {}  # no worker yet: nothing is served
+    worker = lone_cluster.start("worker", "--runtime", "onnxruntime")
+    assert eventually(lambda: len(models_listed(gateway)) == 3, 10)
+    listed = {item["model"]: item for item in models_listed(gateway).values()}
+    assert sorted(listed) == ["fast", "runware:109@1", "u2netp"]
+    assert listed["runware:109@1"]["standIn"] and listed["fast"]["fileName"] == "fast.onnx"
+    assert listed["u2netp"]["provider"] == "CPUExecutionProvider"
+    assert models_listed(worker) == models_listed(gateway)
+    worker.stop()  # a worker that stops takes its models out of the list
+    assert eventually(lambda: models_listed(gateway) == {}, 10)
 
 
 async def test_sessions_of_a_dead_gateway_expire_after_the_linger(lone_cluster):

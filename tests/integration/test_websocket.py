@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -374,6 +375,30 @@ async def test_an_isnet_family_model_is_served_with_its_own_preprocessing(client
         )
     )
     assert np.abs(np.asarray(result_image(u2net)).astype(np.int16) - mask).mean() > 10
+
+
+def test_the_model_list_names_every_id_with_its_family_file_and_the_stand_in(server, keyed_server):
+    status, headers, body = http_get(f"{server.http_url}/v1/models")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    models = {item["model"]: item for item in json.loads(body)["data"]}
+    assert sorted(models) == ["fast", "isnet-test", "runware:109@1", "u2netp"]
+    assert models["runware:109@1"] == {
+        "model": "runware:109@1",
+        "family": "u2net",
+        "fileName": "u2netp.onnx",
+        "inputSize": 320,
+        "provider": models["u2netp"]["provider"],
+        "standIn": True,
+    }
+    assert models["u2netp"]["standIn"] is False
+    assert models["u2netp"]["provider"].startswith("OpenVINO CPU")
+    assert models["isnet-test"]["family"] == "isnet" and models["isnet-test"]["inputSize"] == 1024
+    assert models["isnet-test"]["fileName"] == "isnet-test.onnx"
+    # The list needs no key, as the page reads it before any.
+    status, _, body = http_get(f"{keyed_server.http_url}/v1/models")
+    assert status == 200
+    keyed = {item["model"]: item for item in json.loads(body)["data"]}
+    assert keyed["u2netp"]["provider"] == "CPUExecutionProvider"
 
 
 def test_start_up_logs_models_providers_and_url(server, keyed_server):

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
 from redis import asyncio as redis_asyncio
 
 from protocol.errors import ErrorItem
-from protocol.messages import TaskStatusItem
+from protocol.messages import ModelInfo, TaskStatusItem
+from service.cluster.models import RedisModelCatalog
 from service.cluster.relay import RedisSessions, Relay
 from service.cluster.results import RedisResultsBook
 from service.storage.directory import DirectoryImageStore
+from service.tasks.models import LocalModelCatalog
 from service.tasks.ports import SessionStore, TaskState
 from service.tasks.results import InMemoryResultsBook, scope_of
 from service.tasks.sessions import InMemorySessions
@@ -161,3 +164,43 @@ async def test_unread_frames_of_a_replaced_socket_reach_the_new_one(sessions: Se
     session.detach(old.send, sessions.now(), old.raw)
     await until(lambda: len(new.frames) == 1)
     assert new.frames[0]["errors"][0]["taskUUID"] == "a"
+
+
+# --------------------------------------------------------------------------- model catalogs
+
+U2NETP = ModelInfo("u2netp", "u2net", "u2netp.onnx", 320, "OpenVINO CPU (2 streams)", False)
+STAND_IN = ModelInfo("runware:109@1", "u2net", "u2netp.onnx", 320, "OpenVINO CPU", True)
+
+
+@pytest.fixture(params=TWINS)
+async def catalog(request):
+    """The catalog of a process serving U2NETP and STAND_IN: its own list, or one worker's
+    publication read back from Redis."""
+    if request.param == "memory":
+        yield LocalModelCatalog([U2NETP, STAND_IN])
+        return
+    client = await empty_redis(request)
+    published = RedisModelCatalog(client)
+    await published.publish("worker-1", [U2NETP, STAND_IN])
+    yield published
+    await client.aclose()
+
+
+async def test_a_catalog_lists_every_model_by_id(catalog):
+    assert await catalog.models() == [STAND_IN, U2NETP]
+
+
+@pytest.mark.integration
+async def test_the_redis_catalog_is_the_union_of_live_workers(request):
+    client = await empty_redis(request)
+    catalog = RedisModelCatalog(client, interval=0.1)
+    on_gpu = ModelInfo("u2netp", "u2net", "u2netp.onnx", 320, "CUDAExecutionProvider", False)
+    await catalog.publish("cpu-worker", [U2NETP, STAND_IN])
+    await catalog.publish("gpu-worker", [on_gpu, STAND_IN])
+    assert await catalog.models() == [STAND_IN, on_gpu, U2NETP]
+    await catalog.withdraw("gpu-worker")
+    assert await catalog.models() == [STAND_IN, U2NETP]
+    # A worker that stops renewing is gone after three intervals.
+    await asyncio.sleep(0.35)
+    assert await catalog.models() == []
+    await client.aclose()
