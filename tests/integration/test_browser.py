@@ -29,6 +29,8 @@ def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
                 "url": f"{server.http_url}/",
                 "image": str(FIXTURES / "car-1.jpg"),
                 "screenshot": str(screenshot),
+                "model": "u2netp",
+                "decontaminate": True,
             }
         )
     )
@@ -46,3 +48,10 @@ def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
     assert result["caption"].startswith("car-1.jpg") and result["download"] == "car-1.png"
     assert screenshot.stat().st_size > 10_000
     assert result["foreign"] == "refused"
+    # The picker lists every model the server serves, starting on the default, whose
+    # stand-in is marked; the task carries what was picked.
+    assert len(result["models"]) == 4 and result["chosenModel"] == "runware:109@1"
+    [stand_in] = [text for text in result["models"] if "stand-in" in text]
+    assert stand_in.startswith("runware:109@1") and "u2netp.onnx" in stand_in
+    assert "embedded u2netp.onnx" in result["modelNote"] and result["noteAfterPicking"] == ""
+    assert result["sentModel"] == "u2netp" and result["sentDecontaminate"] is True

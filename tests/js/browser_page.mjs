@@ -1,7 +1,9 @@
 // Drives the service's page in headless Chromium (Debian's, never a downloaded one).
 // Usage: node browser_page.mjs <config.json>
-// config: {"url": "http://127.0.0.1:PORT/", "image": "/path/car-1.jpg", "screenshot": "/path/x.png"}
-// Prints one JSON object: the cutout's size and alpha statistics, and the foreign-origin check.
+// config: {"url": "http://127.0.0.1:PORT/", "image": "/path/car-1.jpg", "screenshot": "/path/x.png",
+//          "model": "<id to pick>", "decontaminate": true|false}
+// Prints one JSON object: the model picker's options, the task the page sent, the cutout's size
+// and alpha statistics, and the foreign-origin check.
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
@@ -14,8 +16,20 @@ const browser = await chromium.launch({
 const result = {};
 try {
   const page = await browser.newPage();
+  const sent = [];
+  page.on("websocket", (socket) => socket.on("framesent", (frame) => sent.push(frame.payload)));
   await page.goto(config.url);
   await page.waitForFunction(() => document.getElementById("status").textContent === "connected");
+  // The model picker, filled from GET /v1/models, starts on the service's default.
+  await page.waitForFunction(() => document.querySelectorAll("#model option").length > 0);
+  Object.assign(result, await page.evaluate(() => ({
+    models: [...document.querySelectorAll("#model option")].map((o) => o.textContent),
+    chosenModel: document.getElementById("model").value,
+    modelNote: document.getElementById("modelNote").textContent,
+  })));
+  await page.selectOption("#model", config.model);
+  result.noteAfterPicking = await page.textContent("#modelNote");
+  if (config.decontaminate) await page.check("#decontaminate");
   await page.setInputFiles("#files", config.image);
   await page.waitForSelector("img[data-done=true]", { timeout: 120000 });
   Object.assign(result, await page.evaluate(async () => {
@@ -37,6 +51,10 @@ try {
              download: document.querySelector("figcaption a").getAttribute("download") };
   }));
   await page.screenshot({ path: config.screenshot, fullPage: true });
+  const task = sent.map((payload) => JSON.parse(payload))
+    .flat().find((item) => item.taskType === "removeBackground");
+  result.sentModel = task.model;
+  result.sentDecontaminate = task.settings.decontaminate;
 
   // A page from another origin must not get a socket.
   const foreign = await browser.newPage();
