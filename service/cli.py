@@ -88,7 +88,10 @@ async def _in_process_service() -> AsyncIterator[str]:
     from .config import Config
     from .imaging.pipeline import warm_up
 
-    logging.basicConfig(level=logging.ERROR)  # the run's own output is the report
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
+    # The run's own output is the report, but a stand-in model must not pass unnoticed: the
+    # registry's warning is printed as the server logs it.
+    logging.getLogger("service.inference.registry").setLevel(logging.WARNING)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

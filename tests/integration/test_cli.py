@@ -9,6 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from service.inference.registry import STAND_IN_WARNING
 from tests.support import FIXTURES, ROOT, UNIT, open_image
 
 
@@ -32,6 +33,8 @@ def test_in_process_service_writes_cutouts_and_lists_failures(tmp_path):
     assert finished.returncode == 1
     assert "1 of 2 written" in finished.stdout
     assert "broken.png: invalidImage" in finished.stderr
+    # no RMBG-1.4 file here: the default model is the embedded stand-in, and the run says so
+    assert f"WARNING: {STAND_IN_WARNING}" in finished.stderr
     cutout = open_image((tmp_path / "out" / "car-1.png").read_bytes())
     assert cutout.mode == "RGBA" and cutout.size == (480, 360)
 
