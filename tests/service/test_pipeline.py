@@ -304,6 +304,38 @@ def test_decontaminate_equals_rembgs(model, name):
     assert np.abs(plain[soft][:, :3].astype(np.int16) - ours[soft][:, :3]).mean() > 1.0
 
 
+def test_decontaminate_recovers_the_foreground_colour_under_a_known_soft_edge():
+    """A known subject composited over a sky-blue background with a known soft alpha, and that
+    alpha as the mask: the plain cutout keeps the sky's colour in the soft edge (the halo),
+    the decontaminated one recovers the subject's."""
+    height, width = 160, 200
+    rows, columns = np.mgrid[0:height, 0:width]
+    # A warm subject with a gentle gradient, an ellipse whose edge ramps over ~12 pixels.
+    foreground = np.stack(
+        [200 + 40 * columns / width, 90 + 30 * rows / height, np.full((height, width), 40.0)],
+        axis=-1,
+    )
+    background = np.array([110.0, 170.0, 235.0])
+    distance = np.hypot((columns - 100) / 70, (rows - 80) / 55)
+    alpha = np.clip((1.15 - distance) / 0.2, 0, 1)
+    composite = alpha[..., None] * foreground + (1 - alpha[..., None]) * background
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(composite).astype(np.uint8)).save(buffer, "PNG")
+    decoded = pipeline.decode_image(buffer.getvalue(), MAX_PIXELS)
+    mask = np.round(alpha * 255).astype(np.uint8)
+
+    soft = (mask > 25) & (mask < 230)
+    assert soft.sum() > 1000
+
+    def colour_error(settings: BackgroundSettings) -> float:
+        rgb = pipeline.cutout(decoded, mask, settings).pixels[..., :3].astype(np.float64)
+        return float(np.abs(rgb[soft] - foreground[soft]).mean())
+
+    plain, cleaned = colour_error(PLAIN), colour_error(BackgroundSettings(decontaminate=True))
+    assert plain > 20  # the halo is there to remove
+    assert cleaned <= plain / 3
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPG"])
 def test_decontaminate_composes_with_a_background_colour_and_every_format(model, fmt):
     blue = (0, 0, 255, 255)
