@@ -172,6 +172,24 @@ def planes(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _colours(pixels, table, out):
+    for y in range(pixels.shape[0]):
+        for x in range(pixels.shape[1]):
+            word = pixels[y, x]
+            out[y, x, 0] = table[word & 255]
+            out[y, x, 1] = table[(word >> 8) & 255]
+            out[y, x, 2] = table[(word >> 16) & 255]
+
+
+def colours(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """float32[H, W, 3]: the R, G and B bytes of uint32[H, W] RGBX pixels looked up in
+    float32[256] ``table``."""
+    out = np.empty((*pixels.shape, 3), np.float32)
+    _colours(pixels, table, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _cut_out(pixels, alpha, out):
     colour = np.uint32(0x00FFFFFF)
     for y in range(pixels.shape[0]):
@@ -195,4 +213,5 @@ def warm_up() -> None:
     lanczos_resize(np.zeros((40, 6), np.uint8), (5, 4))
     cut_out(np.zeros((2, 2), np.uint32), np.zeros((2, 2), np.uint8))
     planes(np.zeros((2, 2), np.uint32), np.zeros((256, 3), np.float32))
+    colours(np.zeros((2, 2), np.uint32), np.zeros(256, np.float32))
     brightest(np.zeros((2, 2), np.uint32))

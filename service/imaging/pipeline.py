@@ -196,13 +196,18 @@ def _mul255(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((product + (product >> 8)) >> 8).astype(np.uint8)
 
 
+# A byte in [0, 1] as pymatting reads rembg's ``img / 255.0``: float64, then float32.
+_UNIT_COLOURS = (np.arange(256) / 255.0).astype(np.float32)
+
+
 def _decontaminated_cutout(decoded: DecodedImage, mask: np.ndarray) -> np.ndarray:
     """rembg's decontaminate_cutout: the foreground colour estimated from the mask (pymatting's
     ML estimate, our kernel) under the mask as alpha; the source's own alpha is dropped, as
-    rembg converts the image to RGB first."""
+    rembg converts the image to RGB first. Fully transparent pixels carry no colour, as in
+    the plain cutout."""
     alpha = mask / 255.0
-    rgb = decoded.bands()[..., :3] / 255.0
-    return rgba_bytes(estimate_foreground(rgb, alpha), alpha)
+    rgb = kernels.colours(decoded.pixels, _UNIT_COLOURS)
+    return rgba_bytes(estimate_foreground(rgb, alpha), alpha, clear_transparent=True)
 
 
 def _naive_cutout(decoded: DecodedImage, mask: np.ndarray) -> np.ndarray:

@@ -248,19 +248,27 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _rgba_bytes(foreground, alpha, out):
+def _rgba_bytes(foreground, alpha, out, clear_transparent):
     for y in range(alpha.shape[0]):
         for x in range(alpha.shape[1]):
+            opacity = np.uint8(max(0.0, min(255.0, alpha[y, x] * 255.0)))
             for c in range(3):
-                out[y, x, c] = np.uint8(
-                    max(0.0, min(255.0, np.float64(foreground[y, x, c]) * 255.0))
-                )
-            out[y, x, 3] = np.uint8(max(0.0, min(255.0, alpha[y, x] * 255.0)))
+                if clear_transparent and opacity == 0:
+                    out[y, x, c] = 0
+                else:
+                    out[y, x, c] = np.uint8(
+                        max(0.0, min(255.0, np.float64(foreground[y, x, c]) * 255.0))
+                    )
+            out[y, x, 3] = opacity
 
 
-def rgba_bytes(foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def rgba_bytes(
+    foreground: np.ndarray, alpha: np.ndarray, clear_transparent: bool = False
+) -> np.ndarray:
     """uint8[h, w, 4] as rembg makes its cutout: the float32 colours stacked with the float64
-    alpha (so in float64), times 255, clipped to 0-255, truncated. One pass, no temporaries."""
+    alpha (so in float64), times 255, clipped to 0-255, truncated. One pass, no temporaries.
+    ``clear_transparent``: a pixel of alpha 0 gets RGB 0, as in the plain cutout (it is
+    invisible, and zeros compress to almost nothing)."""
     out = np.empty((*alpha.shape, 4), np.uint8)
-    _rgba_bytes(foreground, np.ascontiguousarray(alpha, dtype=np.float64), out)
+    _rgba_bytes(foreground, np.ascontiguousarray(alpha, dtype=np.float64), out, clear_transparent)
     return out
