@@ -13,6 +13,8 @@ Measures, on the same model file and image:
 - the distributed mode (redis-server, one gateway, 1 and 2 workers) against the embedded mode;
 - alpha matting: one task through the service against rembg's remove(alpha_matting=True), per
   fixture and for one fixture at twice its size, with the alpha difference between the outputs;
+- decontaminate: the time it adds to one removal of animal-3 on rembg's remove() and through
+  the service, and how far the two files are apart;
 - the stand-in device: the CPU work around a model that costs nothing (load.standin), in server
   core-ms per image and images/s, with 1 and 2 CPU workers.
 Then prints the ratios the targets speak of.
@@ -628,31 +630,35 @@ MATTING_IMAGES = ("animal-3.jpg", "cloth-1.jpg", "anime-girl-1.jpg", "car-1.jpg"
 # One photo again at twice its size (LANCZOS, JPEG quality 92), for how both sides scale.
 MATTING_ENLARGED = ("animal-3.jpg", 2, "animal-3-x2.jpg")
 
-# Runs inside rembg's throw-away venv: rembg's own remove(alpha_matting=True), timed, output kept.
-_REMBG_MATTING = """
+# Runs inside rembg's throw-away venv: rembg's own remove(**options) for each set of options,
+# the sets taking turns (so that they meet the same noise), timed, the last output of each kept.
+# argv: output folder, warm-up image, runs, a JSON list of remove()'s options, image names.
+# Prints {name: [fastest seconds per set of options]}; set k's output is NAME.k.png.
+_REMBG_TIMED = """
 import json, sys, time
 from pathlib import Path
 from rembg import new_session, remove
 session = new_session("u2netp")
 remove(Path(sys.argv[2]).read_bytes(), session=session)  # load the model
+option_sets = json.loads(sys.argv[4])
 times = {}
-for name in sys.argv[4:]:
+for name in sys.argv[5:]:
     data = Path(sys.argv[2]).parent.joinpath(name).read_bytes()
-    runs = []
+    fastest = [float("inf")] * len(option_sets)
     for _ in range(int(sys.argv[3])):
-        start = time.perf_counter()
-        out = remove(data, session=session, alpha_matting=True)
-        runs.append(time.perf_counter() - start)
-    times[name] = min(runs)
-    Path(sys.argv[1]).joinpath(name + ".png").write_bytes(out)
+        for k, options in enumerate(option_sets):
+            start = time.perf_counter()
+            out = remove(data, session=session, **options)
+            fastest[k] = min(fastest[k], time.perf_counter() - start)
+            Path(sys.argv[1]).joinpath(f"{name}.{k}.png").write_bytes(out)
+    times[name] = fastest
 print(json.dumps(times))
 """
 MATTING_RUNS = 3  # per image and side; the fastest counts (the machine's noise only adds time)
 
 
-async def _service_matting(
-    port: int, image: bytes, alpha_matting: bool = True
-) -> tuple[float, bytes]:
+async def _service_removal(port: int, image: bytes, settings: dict) -> tuple[float, bytes]:
+    """One PNG removal with ``settings`` through a fresh socket: seconds, and the file."""
     import base64
     import uuid
 
@@ -672,13 +678,58 @@ async def _service_matting(
                         "inputs": {"image": base64.b64encode(image).decode()},
                         "outputType": "base64Data",
                         "outputFormat": "PNG",
-                        "settings": {"alphaMatting": alpha_matting},
+                        "settings": settings,
                     }
                 ]
             )
         )
         item = json.loads(await ws.recv())["data"][0]
         return time.perf_counter() - start, base64.b64decode(item["imageBase64Data"])
+
+
+def _fastest_removals(
+    port: int, image: bytes, setting_sets: list[dict], runs: int = MATTING_RUNS
+) -> list[tuple[float, bytes]]:
+    """The fastest of ``runs`` for each set of settings, the sets taking turns."""
+    fastest: list[tuple[float, bytes]] = [(float("inf"), b"")] * len(setting_sets)
+    for _ in range(runs):
+        for k, settings in enumerate(setting_sets):
+            timed = asyncio.run(_service_removal(port, image, settings))
+            fastest[k] = min(fastest[k], timed, key=lambda run: run[0])
+    return fastest
+
+
+def _rembg_timed(
+    out_dir: Path,
+    images_dir: Path,
+    option_sets: list[dict],
+    names: list[str],
+    runs: int = MATTING_RUNS,
+) -> dict[str, list[float]]:
+    """rembg's remove(**options) per image and set of options in its venv, the fastest of
+    ``runs``, set k's output kept as out_dir/NAME.k.png; the first image is removed once
+    before, untimed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    home = BENCH_DIR / "u2net-home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(MODEL, home / "u2netp.onnx")
+    finished = subprocess.run(
+        [
+            str(_rembg_python()),
+            "-c",
+            _REMBG_TIMED,
+            str(out_dir),
+            str(images_dir / names[0]),
+            str(runs),
+            json.dumps(option_sets),
+            *names,
+        ],
+        env={**os.environ, "U2NET_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
 def _matting_inputs(images_dir: Path) -> tuple[Path, list[str]]:
@@ -707,52 +758,88 @@ def matting(images_dir: Path) -> list[dict]:
 
     images_dir, names = _matting_inputs(images_dir)
     out_dir = BENCH_DIR / "matting"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    home = BENCH_DIR / "u2net-home"
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(MODEL, home / "u2netp.onnx")
-    finished = subprocess.run(
-        [
-            str(_rembg_python()),
-            "-c",
-            _REMBG_MATTING,
-            str(out_dir),
-            str(images_dir / names[0]),
-            str(MATTING_RUNS),
-            *names,
-        ],
-        env={**os.environ, "U2NET_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    rembg_times = json.loads(finished.stdout.strip().splitlines()[-1])
+    rembg_times = _rembg_timed(out_dir, images_dir, [{"alpha_matting": True}], names)
     rows = []
     port, server = _service()
     with server:
         # As on rembg's side: one plain removal first, so that neither side times a first call.
-        asyncio.run(
-            _service_matting(port, (images_dir / names[0]).read_bytes(), alpha_matting=False)
-        )
+        asyncio.run(_service_removal(port, (images_dir / names[0]).read_bytes(), {}))
         for name in names:
             image = (images_dir / name).read_bytes()
-            runs = [asyncio.run(_service_matting(port, image)) for _ in range(MATTING_RUNS)]
-            seconds, png = min(runs, key=lambda run: run[0])
+            [(seconds, png)] = _fastest_removals(port, image, [{"alphaMatting": True}])
             ours = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3].astype(int)
-            theirs = np.asarray(Image.open(out_dir / f"{name}.png").convert("RGBA"))[..., 3]
+            theirs = np.asarray(Image.open(out_dir / f"{name}.0.png").convert("RGBA"))[..., 3]
             difference = np.abs(ours - theirs)
             rows.append(
                 {
                     "image": name,
                     "size": "x".join(map(str, theirs.shape[::-1])),
-                    "rembg_s": round(rembg_times[name], 3),
+                    "rembg_s": round(rembg_times[name][0], 3),
                     "service_s": round(seconds, 3),
-                    "ratio": round(seconds / rembg_times[name], 3),
+                    "ratio": round(seconds / rembg_times[name][0], 3),
                     "alpha_mean_diff_255": round(float(difference.mean()), 4),
                     "alpha_max_diff_255": int(difference.max()),
                 }
             )
     return rows
+
+
+# --------------------------------------------------------------------------- decontamination
+
+DECONTAMINATE_IMAGE = "animal-3.jpg"
+# A difference of two times is noisier than a time: more runs per side, the fastest counts.
+DECONTAMINATE_RUNS = 7
+
+
+def decontaminate(images_dir: Path) -> dict:
+    """What decontaminate adds to one removal of animal-3, on rembg's remove() and on a task
+    through the service (each the fastest of DECONTAMINATE_RUNS, plain and decontaminated),
+    and how far the two decontaminated files are apart."""
+    from PIL import Image
+
+    name = DECONTAMINATE_IMAGE
+    out_dir, runs = BENCH_DIR / "decontaminate", DECONTAMINATE_RUNS
+    option_sets = [{}, {"decontaminate": True}]
+    rembg_plain, rembg_cleaned = _rembg_timed(out_dir, images_dir, option_sets, [name], runs)[name]
+    image = (images_dir / name).read_bytes()
+    port, server = _service()
+    with server:
+        asyncio.run(_service_removal(port, image, {}))  # not a first call on either side
+        setting_sets = [{}, {"decontaminate": True}]
+        (service_plain, _), (service_cleaned, png) = _fastest_removals(
+            port, image, setting_sets, runs
+        )
+    ours = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA")).astype(int)
+    theirs = np.asarray(Image.open(out_dir / f"{name}.1.png").convert("RGBA")).astype(int)
+    visible = theirs[..., 3] > 0
+    rembg_added, service_added = rembg_cleaned - rembg_plain, service_cleaned - service_plain
+    return {
+        "image": name,
+        "size": "x".join(map(str, theirs.shape[1::-1])),
+        "rembg_plain_s": round(rembg_plain, 3),
+        "rembg_decontaminated_s": round(rembg_cleaned, 3),
+        "service_plain_s": round(service_plain, 3),
+        "service_decontaminated_s": round(service_cleaned, 3),
+        "ratio": round(service_added / rembg_added, 3),
+        "rgb_mean_diff_255": round(float(np.abs(ours - theirs)[visible][:, :3].mean()), 4),
+        "alpha_mean_diff_255": round(float(np.abs(ours - theirs)[..., 3].mean()), 4),
+    }
+
+
+def _decontaminate_lines(d: dict) -> list[str]:
+    rembg_added = d["rembg_decontaminated_s"] - d["rembg_plain_s"]
+    service_added = d["service_decontaminated_s"] - d["service_plain_s"]
+    return [
+        f"decontaminate: the time it adds to one removal of {d['image']} ({d['size']}), "
+        f"fastest of {DECONTAMINATE_RUNS}",
+        f"  rembg remove()   plain {d['rembg_plain_s']:6.3f} s  decontaminate "
+        f"{d['rembg_decontaminated_s']:6.3f} s  added {rembg_added:+.3f} s",
+        f"  service task     plain {d['service_plain_s']:6.3f} s  decontaminate "
+        f"{d['service_decontaminated_s']:6.3f} s  added {service_added:+.3f} s",
+        f"  ratio {d['ratio']:.3f} (target <= 0.2)  RGB diff on visible pixels "
+        f"{d['rgb_mean_diff_255']:.3f}/255 (target <= 1)  alpha diff "
+        f"{d['alpha_mean_diff_255']:.3f}/255",
+    ]
 
 
 # --------------------------------------------------------------------------- the report
@@ -775,6 +862,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only-matting", action="store_true", help="measure only alpha matting against rembg's"
     )
     parser.add_argument(
+        "--only-decontaminate",
+        action="store_true",
+        help="measure only what decontaminate adds to a removal, against rembg's",
+    )
+    parser.add_argument(
         "--only-standin",
         action="store_true",
         help="measure only the CPU work around a model that costs nothing (the stand-in device)",
@@ -793,6 +885,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_matting:
         results["matting"] = matting(image_path.parent)
         print("\n".join(_matting_lines(results["matting"])))
+        return 0
+    if args.only_decontaminate:
+        results["decontaminate"] = decontaminate(image_path.parent)
+        print("\n".join(_decontaminate_lines(results["decontaminate"])))
         return 0
     standin_images = [image_path, PHOTOS / "animal-3.jpg"]
     # The simulated GPU also with the smallest photo: where one process saturates soonest.
@@ -833,6 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_rembg:
         results["rembg_s"] = rembg_server(image, args.tasks)
         results["matting"] = matting(image_path.parent)
+        results["decontaminate"] = decontaminate(image_path.parent)
 
     results["standin"] = standin(standin_images)
     results["simulated_gpu"] = [simulated_gpu(path) for path in gpu_images]
@@ -889,6 +986,8 @@ def _print_report(r: dict) -> None:
     lines += ["", *_distributed_lines(r["distributed"])]
     if r.get("matting"):
         lines += ["", *_matting_lines(r["matting"])]
+    if r.get("decontaminate"):
+        lines += ["", *_decontaminate_lines(r["decontaminate"])]
     print("\n".join(lines))
 
 
