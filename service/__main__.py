@@ -224,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="let URL inputs, webhooks and uploads reach loopback/private addresses",
     )
     parser.add_argument(
+        "--open-rembg-api",
+        action="store_true",
+        default=_env_flag("OPEN_REMBG_API"),
+        help="serve /api/remove (rembg's HTTP API) without an API key: only on a trusted "
+        "network (default: Authorization: Bearer KEY, as on /v1)",
+    )
+    parser.add_argument(
         "--decontaminate",
         action="store_true",
         default=_env_flag("DECONTAMINATE"),

@@ -50,6 +50,8 @@ class Config:
     simulated_device: str | None = None
     # settings.decontaminate for the tasks that do not say (SDKs that drop unknown settings).
     decontaminate: bool = False
+    # /api/remove (rembg's HTTP API) without an API key, for a trusted network.
+    open_rembg_api: bool = False
     # Images of one socket in the pipeline at once; more wait their turn in the socket's own
     # queue, so one busy socket cannot fill the CPU pool ahead of everybody else.
     socket_concurrency: int | None = None  # None = 2 x max batch, at least 4

@@ -2,6 +2,7 @@
 
 Routes (aiohttp serves both kinds of request on the one port):
 - ``POST /v1``: the REST twin (``rest``): a JSON array of tasks in, all answers out;
+- ``GET|POST /api/remove``: rembg's HTTP API (``rembg_api``): an image in, the PNG out;
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
 - ``GET /v1/models``: every model id served, with its family, file, input size, provider and
   whether it is the embedded stand-in for ``runware:109@1``;
@@ -30,6 +31,7 @@ from protocol.messages import UUID_CORE, ModelList
 from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
 from .context import OpenSockets, ServerContext
+from .rembg_api import answer_rembg_request
 from .rest import answer_rest_request
 from .websocket import ClientFrameCheck, Connection
 
@@ -169,7 +171,7 @@ async def start_server(context: ServerContext) -> Listener:
         reads_only = request.method in ("GET", "HEAD") and not upgrade
         if origin is not None and origin not in origins and not reads_only:
             return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
-        if not config.serves_clients and (upgrade or request.path == "/v1"):
+        if not config.serves_clients and (upgrade or request.path in ("/v1", "/api/remove")):
             return _text(
                 http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway"
             )
@@ -183,6 +185,14 @@ async def start_server(context: ServerContext) -> Listener:
                     {"Allow": "POST"},
                 )
             return await answer_rest_request(context, request)
+        if request.path == "/api/remove":
+            if request.method not in ("GET", "POST"):
+                return _text(
+                    http.HTTPStatus.METHOD_NOT_ALLOWED,
+                    "GET with ?url= or POST a multipart file",
+                    {"Allow": "GET, POST"},
+                )
+            return await answer_rembg_request(context, request)
         if request.method not in ("GET", "HEAD"):
             return _text(
                 http.HTTPStatus.METHOD_NOT_ALLOWED, "only GET here", {"Allow": "GET, HEAD"}

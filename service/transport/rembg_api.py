@@ -1,0 +1,190 @@
+"""rembg's HTTP API on our port: ``GET /api/remove?url=...`` and ``POST /api/remove`` with a
+multipart ``file``, the same paths and parameters as ``rembg s`` (rembg 2.0.86), answered with
+the PNG bytes as rembg answers.
+
+Each request becomes one removeBackground task run through the REST twin's exchange, so it
+shares everything with the other transports: validation, the results book, limits, the URL
+policy, the micro-batcher, the CPU pool and its fairness, metrics. What is rembg's:
+
+- parameters ``model``, ``a``, ``af``, ``ab``, ``ae``, ``om``, ``ppm``, ``dc``, ``bgc``,
+  ``extras``; in a POST the form's fields, with ``bgc`` and ``extras`` also read from the query
+  string as rembg reads them; booleans as FastAPI parses them (true/false, 1/0, yes/no, on/off);
+- ``extras`` (rembg's JSON of session options) is accepted and ignored: our models take none;
+- ``vm`` (rembg's ViTMatte refinement) is refused: no ViTMatte model is served;
+- errors are ``{"detail": ...}``: 422 for a parameter out of range, as FastAPI answers, else
+  the status the REST twin gives the task's error (400 for what the client must fix).
+
+What is ours: a model id rembg does not know is served if we serve it; a model we do not serve
+gets a 400 listing the ids we do (``u2netp`` is the embedded file); without ``model`` the
+service's default answers. The API key comes from ``Authorization: Bearer KEY``, unless the
+operator opened this path (``--open-rembg-api``, for a trusted network).
+"""
+
+from __future__ import annotations
+
+import http
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import pybase64
+from aiohttp import web
+
+from protocol.errors import Code, ErrorItem
+
+from .context import ServerContext
+from .rest import RestExchange, status_for
+
+__all__ = ["answer_rembg_request", "OPEN_SCOPE_KEY"]
+
+# The key under which requests to an open /api/remove keep their results.
+OPEN_SCOPE_KEY = "rembg-api"
+
+_TRUE = frozenset(("true", "1", "yes", "on", "y", "t"))
+_FALSE = frozenset(("false", "0", "no", "off", "n", "f"))
+
+
+class ParameterError(ValueError):
+    """A parameter FastAPI would refuse (422), in its shape."""
+
+    def __init__(self, where: str, name: str, message: str) -> None:
+        super().__init__(message)
+        self.detail = {"loc": [where, name], "msg": message, "type": "value_error"}
+
+
+def _flag(values: Mapping[str, Any], where: str, name: str) -> bool:
+    raw = values.get(name)
+    if raw is None:
+        return False
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ParameterError(where, name, f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def _number(values: Mapping[str, Any], where: str, name: str, default: int, rembgs: str) -> int:
+    raw = values.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(str(raw))
+    except ValueError:
+        raise ParameterError(where, name, f"{name} must be an integer, got {raw!r}") from None
+    if not 1 <= value <= 255:
+        raise ParameterError(
+            where, name, f"{name} must be 1-255 here (rembg allows {rembgs}), got {value}"
+        )
+    return value
+
+
+def _colour(raw: str | None, where: str) -> list[int] | None:
+    """``R,G,B,A`` as rembg reads it; ``R,G,B`` is opaque."""
+    if raw is None or raw == "":
+        return None
+    try:
+        values = [int(part) for part in raw.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (3, 4) or not all(0 <= value <= 255 for value in values):
+        raise ParameterError(where, "bgc", f"bgc must be R,G,B or R,G,B,A of 0-255, got {raw!r}")
+    return values if len(values) == 4 else [*values, 255]
+
+
+def _task(values: Mapping[str, Any], colours: Mapping[str, Any], where: str, image: str) -> dict:
+    """The removeBackground task that does what rembg's remove() would with these
+    parameters. ``colours`` holds bgc (the query string, for a POST too)."""
+    if _flag(values, where, "vm"):
+        raise ParameterError(where, "vm", "vm (ViTMatte refinement) is not served here; use a")
+    settings: dict[str, Any] = {
+        "alphaMatting": _flag(values, where, "a"),
+        "alphaMattingForegroundThreshold": _number(values, where, "af", 240, "0-255"),
+        "alphaMattingBackgroundThreshold": _number(values, where, "ab", 10, "0-255"),
+        "alphaMattingErodeSize": _number(values, where, "ae", 10, "0 and more"),
+        "returnOnlyMask": _flag(values, where, "om"),
+        "postProcessMask": _flag(values, where, "ppm"),
+        "decontaminate": _flag(values, where, "dc"),
+    }
+    colour = _colour(colours.get("bgc") or values.get("bgc"), where)
+    if colour is not None:
+        settings["rgba"] = colour
+    task = {
+        "taskType": "removeBackground",
+        "taskUUID": str(uuid.uuid4()),
+        "inputImage": image,
+        "outputType": "base64Data",
+        "outputFormat": "PNG",
+        "settings": settings,
+    }
+    model = values.get("model")
+    if model:
+        task["model"] = str(model)
+    return task
+
+
+def _detail(status: http.HTTPStatus, detail: Any) -> web.Response:
+    return web.Response(
+        status=status.value,
+        body=msgspec.json.encode({"detail": detail}),
+        content_type="application/json",
+    )
+
+
+async def _task_from(request: web.Request) -> dict:
+    """The task a GET or POST asks for. Raises ParameterError, or web.HTTPException for a
+    body that is not a form with a file."""
+    if request.method == "GET":
+        url = request.query.get("url")
+        if not url:
+            raise ParameterError("query", "url", "url is required")
+        return _task(request.query, request.query, "query", url)
+    form = await request.post()  # within the app's body limit, as every POST
+    upload = form.get("file")
+    if not isinstance(upload, web.FileField):
+        raise ParameterError("body", "file", "file is required (a multipart form field)")
+    data = upload.file.read()
+    return _task(form, request.query, "body", pybase64.b64encode_as_string(data))
+
+
+async def answer_rembg_request(context: ServerContext, request: web.Request) -> web.Response:
+    try:
+        task = await _task_from(request)
+    except ParameterError as error:
+        return _detail(http.HTTPStatus.UNPROCESSABLE_ENTITY, [error.detail])
+    except web.HTTPRequestEntityTooLarge:
+        limit = context.config.frame_error_bytes
+        return _detail(
+            http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"The request body is larger than the limit of {limit:,} bytes.",
+        )
+    exchange = RestExchange(context)
+    try:
+        await exchange.open()
+    except Exception as error:  # the distributed mode's sessions cannot be reached
+        return _detail(http.HTTPStatus.SERVICE_UNAVAILABLE, str(error))
+    try:
+        authorization = request.headers.get("Authorization")
+        if context.config.open_rembg_api:
+            exchange.trust(OPEN_SCOPE_KEY)
+        elif authorization is None:
+            return _detail(
+                http.HTTPStatus.UNAUTHORIZED,
+                "Send the API key as 'Authorization: Bearer <API key>' (or start the service "
+                "with --open-rembg-api on a trusted network).",
+            )
+        else:
+            await exchange.bearer(authorization)
+        await exchange.run(msgspec.json.encode([task]))
+    finally:
+        exchange.close()
+    if exchange.errors or not exchange.data:
+        errors = exchange.errors or [
+            ErrorItem(code=Code.INTERNAL, message="The task ended without an answer.")
+        ]
+        return _detail(status_for([], errors), errors[0].message)
+    result = msgspec.json.decode(bytes(exchange.data[0]))
+    return web.Response(
+        body=pybase64.b64decode(result["imageBase64Data"]), content_type="image/png"
+    )
