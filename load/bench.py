@@ -7,7 +7,7 @@ Measures, on the same model file and image:
   latency, and the same at 8 sockets with ``--runtime onnxruntime``;
 - rembg's own HTTP server, ``rembg s`` (rembg 2.0.86 installed by this script into a throw-away
   venv under .bench/, the same u2netp file given through U2NET_HOME), at 1 and 8 concurrent
-  requests;
+  requests, and the same client against our /api/remove;
 - fairness: how long one socket's single task waits behind another socket's 100;
 - the server's memory for 1,000 idle authenticated sockets;
 - the distributed mode (redis-server, one gateway, 1 and 2 workers) against the embedded mode;
@@ -560,7 +560,10 @@ def _rembg_python() -> Path:
     return python
 
 
-async def _rembg_load(port: int, image: bytes, concurrency: int, total: int) -> dict:
+async def _rembg_load(
+    port: int, image: bytes, concurrency: int, total: int, headers: dict[str, str] | None = None
+) -> dict:
+    """rembg s's client: multipart POSTs of ``image`` to /api/remove, ``concurrency`` at once."""
     latencies: list[float] = []
     failures = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -575,7 +578,9 @@ async def _rembg_load(port: int, image: bytes, concurrency: int, total: int) -> 
             form.add_field("file", image, filename="image.jpg", content_type="image/jpeg")
             form.add_field("model", "u2netp")
             start = time.perf_counter()
-            async with session.post(f"http://127.0.0.1:{port}/api/remove", data=form) as response:
+            async with session.post(
+                f"http://127.0.0.1:{port}/api/remove", data=form, headers=headers
+            ) as response:
                 body = await response.read()
             latencies.append(time.perf_counter() - start)
             if response.status != 200 or not body.startswith(b"\x89PNG"):
@@ -622,6 +627,31 @@ def rembg_server(image: bytes, tasks: int) -> dict:
             "c1": asyncio.run(_rembg_load(port, image, 1, tasks)),
             "c8": asyncio.run(_rembg_load(port, image, 8, tasks * 3)),
         }
+
+
+def service_rembg_api(image: bytes, tasks: int) -> dict:
+    """The same client and loads as rembg_server, against our /api/remove."""
+    port, server = _service()
+    key = {"Authorization": "Bearer bench"}
+    with server:
+        asyncio.run(_rembg_load(port, image, 1, 2, key))
+        return {
+            "c1": asyncio.run(_rembg_load(port, image, 1, tasks, key)),
+            "c8": asyncio.run(_rembg_load(port, image, 8, tasks * 3, key)),
+        }
+
+
+def _rembg_api_lines(ours: dict, rembg: dict) -> list[str]:
+    lines = ["rembg's HTTP API, multipart POSTs of the same image (model u2netp)"]
+    for level in ("c1", "c8"):
+        lines.append(
+            f"  {level}  rembg s {rembg[level]['images_per_s']:6.2f} img/s  "
+            f"our /api/remove {ours[level]['images_per_s']:6.2f} img/s  "
+            f"x{ours[level]['images_per_s'] / rembg[level]['images_per_s']:.2f}  "
+            f"p95 {rembg[level]['latency_s']['p95']:.2f} / {ours[level]['latency_s']['p95']:.2f} s"
+            f"  failures {rembg[level]['failures']} / {ours[level]['failures']}"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- alpha matting
@@ -862,6 +892,11 @@ def main(argv: list[str] | None = None) -> int:
         "--only-matting", action="store_true", help="measure only alpha matting against rembg's"
     )
     parser.add_argument(
+        "--only-rembg-api",
+        action="store_true",
+        help="measure only our /api/remove against rembg s, at concurrency 1 and 8",
+    )
+    parser.add_argument(
         "--only-decontaminate",
         action="store_true",
         help="measure only what decontaminate adds to a removal, against rembg's",
@@ -885,6 +920,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_matting:
         results["matting"] = matting(image_path.parent)
         print("\n".join(_matting_lines(results["matting"])))
+        return 0
+    if args.only_rembg_api:
+        results["rembg_s"] = rembg_server(image, args.tasks)
+        results["rembg_api"] = service_rembg_api(image, args.tasks)
+        print("\n".join(_rembg_api_lines(results["rembg_api"], results["rembg_s"])))
         return 0
     if args.only_decontaminate:
         results["decontaminate"] = decontaminate(image_path.parent)
@@ -928,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
     results["distributed"] = distributed(image, per_socket_c8)
     if not args.skip_rembg:
         results["rembg_s"] = rembg_server(image, args.tasks)
+        results["rembg_api"] = service_rembg_api(image, args.tasks)
         results["matting"] = matting(image_path.parent)
         results["decontaminate"] = decontaminate(image_path.parent)
 
@@ -983,6 +1024,8 @@ def _print_report(r: dict) -> None:
         f"lost/duplicated/cross-delivered (c8)   {c8['lost']}/{c8['duplicated']}/{c8['cross_delivered']}",
         _rss_line(r),
     ]
+    if "rembg_api" in r:
+        lines += ["", *_rembg_api_lines(r["rembg_api"], r["rembg_s"])]
     lines += ["", *_distributed_lines(r["distributed"])]
     if r.get("matting"):
         lines += ["", *_matting_lines(r["matting"])]
