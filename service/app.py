@@ -298,12 +298,15 @@ async def run(config: Config) -> None:
     server = await serve(app)
     housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")
     for host, port in server.addresses:
-        log.info(
-            "listening on ws://%s:%s (images at %s/images/)",
-            f"[{host}]" if ":" in host else host,
-            port,
-            config.base_url(),
-        )
+        address = f"{'[' + host + ']' if ':' in host else host}:{port}"
+        log.info("listening on ws://%s (images at %s/images/)", address, config.base_url())
+        if config.serves_clients:
+            log.info(
+                "the page: http://%s/  REST: POST http://%s/v1  rembg's API: "
+                "http://%s/api/remove  models: http://%s/v1/models",
+                *[address] * 4,
+            )
+        log.info("metrics: http://%s/metrics  probes: /healthz /readyz", address)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
