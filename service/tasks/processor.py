@@ -7,8 +7,10 @@ preprocess (worker thread) -> the model (micro-batcher) -> mask, cutout, backgro
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Hashable, Mapping
+import time
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -50,6 +52,41 @@ class ModelRoute:
     batcher: MicroBatcher
 
 
+@dataclass
+class _TaskFacts:
+    """What the per-task log line says beyond the task itself, filled in as it is learnt."""
+
+    size: tuple[int, int] | None = None
+
+
+@contextlib.contextmanager
+def _logged(task_type: str, task_uuid: str, model: str | None) -> Iterator[_TaskFacts]:
+    """One INFO line when the task ends: taskUUID, model, image size, milliseconds, outcome
+    (the error code on failure). --log-level WARNING silences it."""
+    facts, started, outcome = _TaskFacts(), time.perf_counter(), "cancelled"
+    try:
+        yield facts
+        outcome = "success"
+    except TaskFailure as failure:
+        outcome = f"failed {failure.code}"
+        raise
+    except Exception:
+        outcome = f"failed {Code.INTERNAL}"
+        raise
+    finally:
+        size = "x".join(map(str, facts.size)) if facts.size else "-"
+        milliseconds = (time.perf_counter() - started) * 1000
+        log.info(
+            "task %s: %s model=%s size=%s %.0f ms %s",
+            task_uuid,
+            task_type,
+            model or "-",
+            size,
+            milliseconds,
+            outcome,
+        )
+
+
 class Processor:
     """Runs removals and uploads to their results.
 
@@ -84,11 +121,17 @@ class Processor:
     async def upload(
         self, task: ImageUpload, scope: bytes, client: Hashable = None
     ) -> ImageUploadResult:
+        with _logged(task.task_type, task.task_uuid, None) as facts:
+            return await self._upload(task, scope, client, facts)
+
+    async def _upload(
+        self, task: ImageUpload, scope: bytes, client: Hashable, facts: _TaskFacts
+    ) -> ImageUploadResult:
         resolved = await self._inputs.resolve(task.image, "image", scope)
         # Refuse what could never be processed now, rather than at the first removal.
         max_pixels = self._config.max_image_pixels
         async with self._budget.reserved(_working_bytes(resolved.data, max_pixels, False), "image"):
-            await self._cpu.run(client, _decodes, resolved.data, max_pixels)
+            facts.size = await self._cpu.run(client, _decodes, resolved.data, max_pixels)
         return ImageUploadResult(
             taskType="imageUpload",
             taskUUID=task.task_uuid,
@@ -134,6 +177,12 @@ class Processor:
         """Run the removal for ``scope`` (the key whose images it may name and under which its
         images are stored); ``client`` is whom the CPU pool and the batcher take turns between.
         The task's destinations were checked when it was accepted."""
+        with _logged(task.task_type, task.task_uuid, task.model) as facts:
+            return await self._remove_background(task, scope, client, facts)
+
+    async def _remove_background(
+        self, task: RemoveBackground, scope: bytes, client: Hashable, facts: _TaskFacts
+    ) -> BackgroundRemovalResult:
         route = self._route(task)
         resolved = await self._inputs.resolve(task.image, task.image_parameter, scope)
         max_pixels, limit_name = self._config.max_image_pixels, "the limit"
@@ -151,6 +200,7 @@ class Processor:
                 task.image_parameter,
                 limit_name,
             )
+            facts.size = decoded.size
             prediction = await route.batcher.submit(tensor, client)
             rendered, inline = await self._cpu.run(
                 client,
@@ -206,9 +256,9 @@ def _working_bytes(data: bytes, max_pixels: int, matting: bool) -> int:
     return size[0] * size[1] * per_pixel
 
 
-def _decodes(data: bytes, max_pixels: int) -> None:
-    """Decode and let go: whether the image can be processed at all."""
-    pipeline.decode_image(data, max_pixels, "image")
+def _decodes(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Decode and let go: whether the image can be processed at all; its size."""
+    return pipeline.decode_image(data, max_pixels, "image").size
 
 
 def _render(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -408,6 +409,9 @@ def test_start_up_logs_models_providers_and_url(server, keyed_server):
     assert "model isnet-test:" in log and "family=isnet" in log
     assert "runware:109@1 is served by the embedded u2netp model" in log
     assert f"listening on ws://127.0.0.1:{server.port}" in log
+    address = f"127.0.0.1:{server.port}"
+    assert f"the page: http://{address}/  REST: POST http://{address}/v1" in log
+    assert f"http://{address}/api/remove" in log and f"metrics: http://{address}/metrics" in log
     assert "any API key is accepted" in log
     assert "ERROR" not in log and "Traceback" not in log
 
@@ -461,3 +465,22 @@ async def test_both_configured_keys_work_and_a_session_resumes_only_under_its_ke
 async def test_the_js_sdk_query_string_and_any_path_are_accepted(server):
     async with websockets.connect(f"{server.ws_url}/v1?sdk=js&version=1.3.2") as websocket:
         assert await Client(websocket).ping()
+
+
+async def test_each_finished_task_logs_one_line_unless_warnings_only(
+    client, server, fast_server_with
+):
+    good, bad = removal(b64(CAR), model="u2netp"), removal(b64(b"GIF89a-broken"))
+    assert (await client.run(good))["kind"] == "data"
+    assert (await client.run(bad))["kind"] == "errors"
+    lines = server.log().splitlines()
+    [done] = [line for line in lines if f"task {good['taskUUID']}:" in line]
+    assert re.search(r"INFO .*: removeBackground model=u2netp size=480x360 \d+ ms success$", done)
+    [failed] = [line for line in lines if f"task {bad['taskUUID']}:" in line]
+    assert failed.endswith("failed invalidImage") and "size=-" in failed
+    quiet = fast_server_with("--log-level", "WARNING")
+    async with websockets.connect(quiet.ws_url, max_size=None) as websocket:
+        other = Client(websocket)
+        await other.authenticate()
+        assert (await other.run(removal(b64(CAR), model="fast")))["kind"] == "data"
+    assert "removeBackground model=" not in quiet.log()
