@@ -1,9 +1,13 @@
-"""``python -m service.cli remove INPUT... --out DIR``: cut out files from the command line.
+"""``python -m service.cli remove INPUT...``: cut out images from the command line, as people
+use rembg's ``i`` and ``p`` commands.
 
-Sends every image (files, or every image in a folder) through the service over one socket,
-writes each cutout as soon as it streams back, shows progress with images/s, and exits non-zero
-listing the files that failed. Without ``--url`` it starts an in-process service for the run,
-so it works on a machine with nothing running.
+Sends every image (files, every image in a folder, or stdin as ``-``) through the service over
+one socket, writes each cutout as soon as it streams back, shows progress, and exits non-zero
+listing the files that failed. Cutouts go beside their inputs as ``NAME.out.png`` unless
+``--out`` names a folder, a file, or ``-`` (stdout); an existing file is not overwritten without
+``--force``. ``--watch`` keeps going, cutting out each new image that appears in the folders.
+Without ``--url`` it starts an in-process service for the run, so it works on a machine with
+nothing running.
 """
 
 from __future__ import annotations
@@ -13,32 +17,62 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
+import signal
 import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import websockets
 
-__all__ = ["main", "collect_inputs"]
+__all__ = ["main", "collect_inputs", "parse_colour"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 OUTPUT_SUFFIXES = {"PNG": ".png", "JPG": ".jpg", "WEBP": ".webp"}
+OUTPUT_MARK = ".out"  # NAME.out.png: our own outputs, never taken as inputs
+STDIO = "-"
+_WATCH_INTERVAL_S = 0.5
+_PROGRESS_LINE_EVERY_S = 5.0
 
 
-def collect_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given, and the images directly inside any folder given (sorted)."""
+class UsageError(Exception):
+    """A mistake in the command line, found before anything is sent."""
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.endswith(OUTPUT_MARK)
+
+
+def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(path for path in found if path.is_file() and _is_image(path))
+
+
+def collect_inputs(paths: list[Path], recursive: bool = False) -> list[Path]:
+    """Files as given, and the images inside any folder given (with ``recursive``, in its
+    subfolders too), sorted; our own ``*.out.*`` files are left out."""
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            found.append(path)
+        found += _images_in(path, recursive) if path.is_dir() else [path]
     return found
+
+
+def parse_colour(text: str) -> list[int]:
+    """``R,G,B`` (opaque) or ``R,G,B,A``, each 0-255."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (3, 4) or not all(0 <= value <= 255 for value in values):
+        raise argparse.ArgumentTypeError(
+            f"expected R,G,B or R,G,B,A with values 0-255, got {text!r}"
+        )
+    return values if len(values) == 4 else [*values, 255]
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -57,26 +91,135 @@ def _settings(args: argparse.Namespace) -> dict:
     if args.only_mask:
         settings["returnOnlyMask"] = True
     if args.background:
-        settings["rgba"] = [int(v) for v in args.background.split(",")]
+        settings["rgba"] = args.background
     return settings
+
+
+# --------------------------------------------------------------------------- where cutouts go
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to cut out: where it comes from (a file, or stdin), where its cutout goes."""
+
+    source: Path | None  # None: stdin
+    target: Path | None  # None: stdout
+
+    @property
+    def name(self) -> str:
+        return str(self.source) if self.source is not None else "stdin"
+
+    def read(self) -> bytes:
+        return self.source.read_bytes() if self.source is not None else sys.stdin.buffer.read()
+
+    def write(self, data: bytes) -> None:
+        if self.target is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+            return
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.target.with_name(self.target.name + ".partial")
+        partial.write_bytes(data)
+        os.replace(partial, self.target)  # a watcher of the folder never sees half a file
+
+
+class Destinations:
+    """Where the cutout of each input goes, by ``--out``: beside the input (NAME.out.png),
+    into a folder (NAME.png, folders given keep their subfolders), one file, or stdout."""
+
+    def __init__(self, out: str | None, suffix: str, inputs: list[str]) -> None:
+        self._suffix = suffix
+        self._stdout = out == STDIO or (out is None and inputs == [STDIO])
+        self._file: Path | None = None
+        self._folder: Path | None = None
+        if out is not None and not self._stdout:
+            path = Path(out)
+            single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
+            if single and path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
+                self._file = path
+            else:
+                self._folder = path
+        if self._stdout and (len(inputs) != 1 or Path(inputs[0]).is_dir()):
+            raise UsageError("--out - (stdout) takes exactly one input file or -")
+        if inputs.count(STDIO) and (len(inputs) != 1):
+            raise UsageError("- (stdin) must be the only input")
+        self._roots = [Path(i) for i in inputs if i != STDIO and Path(i).is_dir()]
+
+    def job(self, source: Path | None) -> Job:
+        if self._stdout:
+            return Job(source, None)
+        if source is None:  # stdin into a file or folder
+            target = self._file or (self._folder or Path.cwd()) / f"stdin{self._suffix}"
+            return Job(None, target)
+        if self._file is not None:
+            return Job(source, self._file)
+        if self._folder is not None:
+            return Job(source, self._folder / self._relative(source).with_suffix(self._suffix))
+        return Job(source, source.with_name(source.stem + OUTPUT_MARK + self._suffix))
+
+    def _relative(self, source: Path) -> Path:
+        for root in self._roots:
+            if source.is_relative_to(root):
+                return source.relative_to(root)
+        return Path(source.name)
+
+
+def _refuse_overwrites(jobs: Iterable[Job]) -> None:
+    existing = [str(job.target) for job in jobs if job.target is not None and job.target.exists()]
+    if existing:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if existing[3:] else "")
+        raise UsageError(f"would overwrite {shown}; pass --force to replace")
+
+
+# --------------------------------------------------------------------------- progress
 
 
 @dataclass
 class _Run:
-    total: int
+    total: int | None  # None: watching, no end known
     done: int = 0
-    failures: list[tuple[Path, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
-    def progress(self) -> str:
+    def summary(self) -> str:
         elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        counted = f"{self.done}/{self.total}" if self.total is not None else f"{self.done}"
+        return f"{counted} done, {rate:.2f} img/s, {len(self.failures)} failed"
+
+    def bar(self) -> str:
+        if self.total is None:
+            return self.summary()
         width = 30
         filled = int(width * self.done / self.total) if self.total else width
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        return (
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-            f"{rate:.2f} img/s, {len(self.failures)} failed"
-        )
+        return f"[{'#' * filled}{'.' * (width - filled)}] {self.summary()}"
+
+
+class _Progress:
+    """A bar redrawn in place on a terminal; elsewhere (a log, a pipe) a line every few
+    seconds and at the end."""
+
+    def __init__(self, run: _Run, quiet: bool) -> None:
+        self._run = run
+        self._quiet = quiet
+        self._tty = sys.stderr.isatty()
+        self._last = time.monotonic()
+
+    def update(self) -> None:
+        if self._quiet:
+            return
+        if self._tty:
+            print("\r" + self._run.bar(), end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - self._last >= _PROGRESS_LINE_EVERY_S:
+            self._last = time.monotonic()
+            print(self._run.summary(), file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if not self._quiet:
+            print(("\r" + self._run.bar()) if self._tty else self._run.summary(), file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- the service
 
 
 @contextlib.asynccontextmanager
@@ -108,74 +251,113 @@ async def _in_process_service() -> AsyncIterator[str]:
             await app.close()
 
 
-async def _remove(args: argparse.Namespace, files: list[Path], url: str) -> _Run:
-    run = _Run(total=len(files))
-    out_dir: Path = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = OUTPUT_SUFFIXES[args.format]
-    settings = _settings(args)
-    pending: dict[str, Path] = {}
-    window = asyncio.Semaphore(args.window)
-    show = sys.stderr.isatty() and not args.quiet
+def _task(args: argparse.Namespace, image: bytes, settings: dict) -> dict:
+    task = {
+        "taskType": "removeBackground",
+        "taskUUID": str(uuid.uuid4()),
+        "inputs": {"image": base64.b64encode(image).decode()},
+        "outputType": "base64Data",
+        "outputFormat": args.format,
+        "outputQuality": args.quality,
+    }
+    if args.model:
+        task["model"] = args.model
+    if settings:
+        task["settings"] = settings
+    return task
 
-    async with websockets.connect(url, max_size=None, compression=None) as ws:
+
+async def _remove(
+    args: argparse.Namespace, jobs: asyncio.Queue[Job | None], run: _Run, url: str
+) -> None:
+    """Cut out every job the queue gives until it gives None, over one socket, ``--window``
+    images in flight; each cutout is written as it arrives."""
+    settings = _settings(args)
+    pending: dict[str, Job] = {}
+    window = asyncio.Semaphore(args.window)
+    progress = _Progress(run, args.quiet or args.out == STDIO)
+
+    def failed(job: Job, reason: str) -> None:
+        run.failures.append((job.name, reason))
+        run.done += 1
+
+    try:
+        connection = await websockets.connect(url, max_size=None, compression=None)
+    except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as error:
+        raise UsageError(f"cannot reach the service at {url}: {error}") from None
+    async with connection as ws:
         await ws.send(json.dumps([{"taskType": "authentication", "apiKey": args.api_key}]))
         reply = json.loads(await ws.recv())
         if "data" not in reply:
-            raise SystemExit(f"authentication failed: {reply['errors'][0]['message']}")
+            raise UsageError(f"authentication failed: {reply['errors'][0]['message']}")
 
         async def send_all() -> None:
-            for path in files:
+            while (job := await jobs.get()) is not None:
                 await window.acquire()
-                task_uuid = str(uuid.uuid4())
-                pending[task_uuid] = path
                 try:
-                    image = base64.b64encode(path.read_bytes()).decode()
+                    image = await asyncio.to_thread(job.read)
                 except OSError as error:
-                    pending.pop(task_uuid)
                     window.release()
-                    run.failures.append((path, str(error)))
-                    run.done += 1
+                    failed(job, str(error))
                     continue
-                task = {
-                    "taskType": "removeBackground",
-                    "taskUUID": task_uuid,
-                    "inputs": {"image": image},
-                    "outputType": "base64Data",
-                    "outputFormat": args.format,
-                    "outputQuality": args.quality,
-                }
-                if args.model:
-                    task["model"] = args.model
-                if settings:
-                    task["settings"] = settings
+                task = _task(args, image, settings)
+                pending[task["taskUUID"]] = job
                 await ws.send(json.dumps([task]))
 
         sending = asyncio.create_task(send_all())
-        while not (sending.done() and not pending) and run.done < run.total:
-            try:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
-            except TimeoutError:
+        try:
+            while not (sending.done() and not pending):
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                except TimeoutError:
+                    continue
+                for kind in ("data", "errors"):
+                    for item in frame.get(kind, []):
+                        job = pending.pop(item.get("taskUUID"), None)
+                        if job is None:
+                            continue
+                        window.release()
+                        if kind == "errors":
+                            failed(job, f"{item['code']}: {item['message']}")
+                        else:
+                            await asyncio.to_thread(
+                                job.write, base64.b64decode(item["imageBase64Data"])
+                            )
+                            run.done += 1
+                progress.update()
+            await sending
+        finally:
+            sending.cancel()
+    progress.finish()
+
+
+async def _watch(
+    folders: list[Path],
+    recursive: bool,
+    job_for: Callable[[Path], Job],
+    jobs: asyncio.Queue,
+    seen: set[Path],
+) -> None:
+    """Queue each image that appears in ``folders`` and is not in ``seen`` (those already
+    planned), once its size has stopped changing (a file still being copied is not taken
+    half-written). Forever."""
+    sizes: dict[Path, int] = {}
+    while True:
+        await asyncio.sleep(_WATCH_INTERVAL_S)
+        for path in (p for folder in folders for p in _images_in(folder, recursive)):
+            if path in seen:
                 continue
-            for kind in ("data", "errors"):
-                for item in frame.get(kind, []):
-                    path = pending.pop(item.get("taskUUID"), None)
-                    if path is None:
-                        continue
-                    window.release()
-                    run.done += 1
-                    if kind == "errors":
-                        run.failures.append((path, f"{item['code']}: {item['message']}"))
-                    else:
-                        (out_dir / (path.stem + suffix)).write_bytes(
-                            base64.b64decode(item["imageBase64Data"])
-                        )
-            if show:
-                print(run.progress(), end="", file=sys.stderr, flush=True)
-        await sending
-    if show:
-        print(run.progress(), file=sys.stderr)
-    return run
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                if sizes.get(path) == size and size > 0:
+                    seen.add(path)
+                    del sizes[path]
+                    await jobs.put(job_for(path))
+                else:
+                    sizes[path] = size
+
+
+# --------------------------------------------------------------------------- the command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,10 +365,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m service.cli", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    remove = commands.add_parser("remove", help="remove the background of image files")
+    remove = commands.add_parser(
+        "remove",
+        help="remove the background of image files",
+        description="Cut out images: files, folders of images, or - for stdin.",
+    )
     add = remove.add_argument
-    add("inputs", nargs="+", type=Path, help="image files, or folders of images")
-    add("--out", type=Path, required=True, help="folder for the cutouts (NAME.png, ...)")
+    add("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or - (stdin)")
+    add(
+        "-o",
+        "--out",
+        metavar="OUT",
+        help="where cutouts go: a folder, a file (one input), or - (stdout); "
+        "default: beside each input as NAME.out.png (stdout for stdin)",
+    )
+    add("--force", action="store_true", help="overwrite existing output files")
+    add("-r", "--recursive", action="store_true", help="take images in subfolders too")
+    add(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="after the images there now, keep cutting out each new image that appears in the "
+        "folders given, until Ctrl-C",
+    )
     add("--url", help="a running service (ws://HOST:PORT); default: start one in-process")
     add("--api-key", default="cli", help="API key for --url (default %(default)s)")
     add("--model", help="model id (default: the service's runware:109@1)")
@@ -198,41 +399,122 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--quality", type=int, default=95, help="JPG/WEBP quality 20-99 (default 95)")
     add("--alpha-matting", action="store_true", help="refine edges with alpha matting")
-    add("--foreground-threshold", type=int, default=240)
-    add("--background-threshold", type=int, default=10)
-    add("--erode-size", type=int, default=10)
+    add(
+        "--foreground-threshold",
+        type=int,
+        default=240,
+        help="alpha matting: mask values above this are sure foreground (1-255, default 240)",
+    )
+    add(
+        "--background-threshold",
+        type=int,
+        default=10,
+        help="alpha matting: mask values below this are sure background (1-255, default 10)",
+    )
+    add(
+        "--erode-size",
+        type=int,
+        default=10,
+        help="alpha matting: how far the sure regions are eroded, pixels (1-255, default 10)",
+    )
     add(
         "--decontaminate",
         action="store_true",
         help="the true foreground colour under soft edges, no halo (like rembg -dc)",
     )
-    add("--post-process-mask", action="store_true")
+    add(
+        "--post-process-mask",
+        action="store_true",
+        help="smooth the mask's edges and remove specks (like rembg -ppm)",
+    )
     add("--only-mask", action="store_true", help="write the mask instead of the cutout")
-    add("--background", metavar="R,G,B,A", help="background colour, e.g. 255,255,255,255")
+    add(
+        "--background",
+        metavar="R,G,B[,A]",
+        type=parse_colour,
+        help="background colour, e.g. 255,255,255 (opaque) or 255,255,255,128",
+    )
     add("--window", type=int, default=4, help="images in flight at once (default %(default)s)")
-    add("--quiet", action="store_true", help="no progress bar")
+    add("--quiet", action="store_true", help="no progress (failures are still listed)")
     return parser
 
 
+def _plan(args: argparse.Namespace) -> tuple[Destinations, list[Job], list[Path]]:
+    """The jobs for what is there now, and the folders to watch; checked before any is sent."""
+    names = [str(i) for i in args.inputs]
+    destinations = Destinations(args.out, OUTPUT_SUFFIXES[args.format], names)
+    missing = [n for n in names if n != STDIO and not Path(n).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    folders = [Path(n) for n in names if n != STDIO and Path(n).is_dir()]
+    if args.watch and (not folders or len(folders) != len(names)):
+        raise UsageError("--watch takes folders only")
+    if names == [STDIO]:
+        jobs = [destinations.job(None)]
+    else:
+        jobs = [
+            destinations.job(p) for p in collect_inputs([Path(n) for n in names], args.recursive)
+        ]
+    if not args.force:
+        _refuse_overwrites(jobs)
+    return destinations, jobs, folders
+
+
+async def _run(args: argparse.Namespace, url: str) -> _Run:
+    destinations, planned, folders = _plan(args)
+    run = _Run(total=None if args.watch else len(planned))
+    jobs: asyncio.Queue[Job | None] = asyncio.Queue()
+    for job in planned:
+        jobs.put_nowait(job)
+    if not args.watch:
+        jobs.put_nowait(None)
+        await _remove(args, jobs, run, url)
+        return run
+    planned_sources = {job.source for job in planned if job.source is not None}
+    watching = asyncio.create_task(
+        _watch(folders, args.recursive, destinations.job, jobs, planned_sources)
+    )
+
+    def stop() -> None:  # Ctrl-C or SIGTERM: finish what was sent, then report
+        watching.cancel()
+        jobs.put_nowait(None)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    try:
+        await _remove(args, jobs, run, url)
+    finally:
+        watching.cancel()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return run
+
+
 async def _main(args: argparse.Namespace) -> int:
-    files = collect_inputs(args.inputs)
-    if not files:
-        print("no images found", file=sys.stderr)
-        return 2
+    _plan(args)  # every usage error before a service starts
     if args.url:
-        run = await _remove(args, files, args.url)
+        run = await _run(args, args.url)
     else:
         async with _in_process_service() as url:
-            run = await _remove(args, files, url)
-    ok = run.total - len(run.failures)
-    print(f"{ok} of {run.total} written to {args.out}")
-    for path, reason in run.failures:
-        print(f"failed: {path}: {reason}", file=sys.stderr)
+            run = await _run(args, url)
+    ok = run.done - len(run.failures)
+    report = sys.stderr if args.out == STDIO or args.inputs == [STDIO] else sys.stdout
+    print(f"{ok} of {run.done} written", file=report)
+    for name, reason in run.failures:
+        print(f"failed: {name}: {reason}", file=sys.stderr)
     return 1 if run.failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(_main(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_main(args))
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the run began
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 from PIL import Image
@@ -13,14 +16,19 @@ from service.inference.registry import STAND_IN_WARNING
 from tests.support import FIXTURES, ROOT, UNIT, open_image
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """The command as a user runs it; stdout and stderr as bytes and text."""
+    finished = subprocess.run(
         [sys.executable, "-m", "service.cli", "remove", *args],
         cwd=ROOT,
         capture_output=True,
-        text=True,
+        input=stdin if stdin is not None else b"",
         timeout=300 * UNIT,
     )
+    finished.stdout_bytes = finished.stdout
+    finished.stdout = finished.stdout.decode(errors="replace")
+    finished.stderr = finished.stderr.decode(errors="replace")
+    return finished
 
 
 def test_in_process_service_writes_cutouts_and_lists_failures(tmp_path):
@@ -75,3 +83,121 @@ def test_decontaminate_reaches_the_service(server, tmp_path):
     )
     visible = golden[..., 3] > 0
     assert np.abs(ours[visible][:, :3] - golden[visible][:, :3]).mean() <= 1.0
+
+
+def test_stdin_to_stdout_as_in_a_pipe(server):
+    finished = cli(
+        "-", "-o", "-", "--url", server.ws_url, stdin=(FIXTURES / "car-1.jpg").read_bytes()
+    )
+    assert finished.returncode == 0, finished.stderr
+    cutout = open_image(finished.stdout_bytes)
+    assert cutout.format == "PNG" and cutout.size == (480, 360)
+    assert "1 of 1 written" in finished.stderr  # the report keeps out of the image's way
+
+
+def test_cutouts_go_beside_inputs_and_are_not_overwritten_without_force(server, tmp_path):
+    source = tmp_path / "car-1.jpg"
+    shutil.copy(FIXTURES / "car-1.jpg", source)
+    target = tmp_path / "car-1.out.png"
+    assert cli(str(source), "--url", server.ws_url).returncode == 0
+    assert open_image(target.read_bytes()).size == (480, 360)
+    target.write_bytes(b"keep me")
+    refused = cli(str(source), "--url", server.ws_url)
+    assert refused.returncode == 2 and "would overwrite" in refused.stderr
+    assert "--force" in refused.stderr and target.read_bytes() == b"keep me"
+    assert cli(str(source), "--url", server.ws_url, "--force").returncode == 0
+    assert open_image(target.read_bytes()).format == "PNG"
+
+
+def test_folders_recursively_and_own_outputs_left_out(server, tmp_path):
+    (tmp_path / "sub").mkdir()
+    shutil.copy(FIXTURES / "car-1.jpg", tmp_path / "top.jpg")
+    shutil.copy(FIXTURES / "car-1.jpg", tmp_path / "sub" / "deep.jpg")
+    flat = cli(str(tmp_path), "--url", server.ws_url)
+    assert flat.returncode == 0 and "1 of 1 written" in flat.stdout
+    assert (tmp_path / "top.out.png").exists() and not (tmp_path / "sub" / "deep.out.png").exists()
+    deep = cli(str(tmp_path), "-r", "--force", "--url", server.ws_url, "--out", str(tmp_path / "o"))
+    assert deep.returncode == 0 and "2 of 2 written" in deep.stdout  # not top.out.png
+    assert (tmp_path / "o" / "top.png").exists() and (tmp_path / "o" / "sub" / "deep.png").exists()
+
+
+def test_watch_cuts_out_each_new_image_until_interrupted(server, tmp_path):
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "remove", str(watched), "--watch"]
+        + ["--url", server.ws_url],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        shutil.copy(FIXTURES / "car-1.jpg", watched / "new.jpg")
+        target = watched / "new.out.png"
+        deadline = time.monotonic() + 60 * UNIT
+        while not target.exists():
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the new image was never cut out"
+            time.sleep(0.2)
+        assert open_image(target.read_bytes()).size == (480, 360)
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30 * UNIT)
+    assert process.returncode == 0, stderr
+    assert "1 of 1 written" in stdout and "Traceback" not in stderr
+
+
+def test_an_unreachable_server_is_one_line_not_a_traceback(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]  # nothing listens once the probe closes
+    finished = cli(
+        str(FIXTURES / "car-1.jpg"), "-o", str(tmp_path), "--url", f"ws://127.0.0.1:{dead}"
+    )
+    assert finished.returncode == 2
+    assert finished.stderr.startswith(f"error: cannot reach the service at ws://127.0.0.1:{dead}")
+    assert len(finished.stderr.strip().splitlines()) == 1
+
+
+def test_the_background_colour_is_checked_before_anything_is_sent(server, tmp_path):
+    bad = cli(
+        str(FIXTURES / "car-1.jpg"),
+        "-o",
+        str(tmp_path),
+        "--url",
+        "ws://127.0.0.1:1",
+        "--background",
+        "1,2",
+    )
+    assert (
+        bad.returncode == 2
+        and "R,G,B or R,G,B,A" in bad.stderr
+        and "cannot reach" not in bad.stderr
+    )
+    opaque = cli(
+        str(FIXTURES / "car-1.jpg"),
+        "-o",
+        str(tmp_path),
+        "--url",
+        server.ws_url,
+        "--background",
+        "0,0,255",
+    )
+    assert opaque.returncode == 0, opaque.stderr
+    pixels = np.asarray(open_image((tmp_path / "car-1.png").read_bytes()).convert("RGBA"))
+    assert pixels[..., 3].min() == 255 and tuple(pixels[2, 2]) == (0, 0, 255, 255)
+
+
+def test_progress_is_a_line_not_a_redrawn_bar_when_not_a_terminal(server, tmp_path):
+    finished = cli(str(FIXTURES / "car-1.jpg"), "-o", str(tmp_path), "--url", server.ws_url)
+    assert "\r" not in finished.stderr and "1/1 done" in finished.stderr
+
+
+def test_every_option_has_help():
+    from service.cli import build_parser
+
+    parser = build_parser()
+    [remove] = [a for a in parser._subparsers._group_actions][0].choices.values()  # noqa: SLF001
+    for action in remove._actions:  # noqa: SLF001
+        assert action.help, f"{action.option_strings or action.dest} has no help"
