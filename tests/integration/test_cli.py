@@ -31,6 +31,11 @@ def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return finished
 
 
+def car_into(folder, url: str, *flags: str) -> subprocess.CompletedProcess:
+    """car-1.jpg cut out into ``folder`` by the service at ``url``."""
+    return cli(str(FIXTURES / "car-1.jpg"), "--out", str(folder), "--url", url, *flags)
+
+
 def test_in_process_service_writes_cutouts_and_lists_failures(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -68,14 +73,7 @@ def test_a_running_service_with_settings(server, tmp_path):
 
 
 def test_decontaminate_reaches_the_service(server, tmp_path):
-    finished = cli(
-        str(FIXTURES / "car-1.jpg"),
-        "--out",
-        str(tmp_path),
-        "--url",
-        server.ws_url,
-        "--decontaminate",
-    )
+    finished = car_into(tmp_path, server.ws_url, "--decontaminate")
     assert finished.returncode == 0, finished.stderr
     ours = np.asarray(open_image((tmp_path / "car-1.png").read_bytes()).convert("RGBA"), np.int16)
     golden = np.asarray(
@@ -152,45 +150,27 @@ def test_an_unreachable_server_is_one_line_not_a_traceback(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()[1]  # nothing listens once the probe closes
-    finished = cli(
-        str(FIXTURES / "car-1.jpg"), "-o", str(tmp_path), "--url", f"ws://127.0.0.1:{dead}"
-    )
+    finished = car_into(tmp_path, f"ws://127.0.0.1:{dead}")
     assert finished.returncode == 2
     assert finished.stderr.startswith(f"error: cannot reach the service at ws://127.0.0.1:{dead}")
     assert len(finished.stderr.strip().splitlines()) == 1
 
 
 def test_the_background_colour_is_checked_before_anything_is_sent(server, tmp_path):
-    bad = cli(
-        str(FIXTURES / "car-1.jpg"),
-        "-o",
-        str(tmp_path),
-        "--url",
-        "ws://127.0.0.1:1",
-        "--background",
-        "1,2",
-    )
+    bad = car_into(tmp_path, "ws://127.0.0.1:1", "--background", "1,2")
     assert (
         bad.returncode == 2
         and "R,G,B or R,G,B,A" in bad.stderr
         and "cannot reach" not in bad.stderr
     )
-    opaque = cli(
-        str(FIXTURES / "car-1.jpg"),
-        "-o",
-        str(tmp_path),
-        "--url",
-        server.ws_url,
-        "--background",
-        "0,0,255",
-    )
+    opaque = car_into(tmp_path, server.ws_url, "--background", "0,0,255")
     assert opaque.returncode == 0, opaque.stderr
     pixels = np.asarray(open_image((tmp_path / "car-1.png").read_bytes()).convert("RGBA"))
     assert pixels[..., 3].min() == 255 and tuple(pixels[2, 2]) == (0, 0, 255, 255)
 
 
 def test_progress_is_a_line_not_a_redrawn_bar_when_not_a_terminal(server, tmp_path):
-    finished = cli(str(FIXTURES / "car-1.jpg"), "-o", str(tmp_path), "--url", server.ws_url)
+    finished = car_into(tmp_path, server.ws_url)
     assert "\r" not in finished.stderr and "1/1 done" in finished.stderr
 
 
