@@ -52,6 +52,9 @@ __all__ = [
     "RestResponse",
     "ModelInfo",
     "ModelList",
+    "RembgRemoveParameters",
+    "RembgParameterError",
+    "RembgError",
     "REQUEST_TYPES",
     "RESULT_TYPES",
 ]
@@ -294,6 +297,53 @@ class ModelInfo(msgspec.Struct, frozen=True):
 
 class ModelList(msgspec.Struct):
     data: list[ModelInfo]
+
+
+# --------------------------------------------------------------------------- rembg's HTTP API
+
+
+class RembgRemoveParameters(msgspec.Struct, kw_only=True):
+    """The parameters of ``/api/remove``, as rembg 2.0.86's server (``rembg s``) names them:
+    query parameters of a GET; form fields of a POST, where ``bgc`` and ``extras`` may also
+    be in the query string, as rembg reads them."""
+
+    url: Annotated[str | None, Meta(description="GET: the image to fetch (http or https)")] = None
+    model: Annotated[
+        str | None,
+        Meta(description="a model id served here (GET /v1/models); default: the service's default"),
+    ] = None
+    a: Annotated[bool, Meta(description="alpha matting")] = False
+    af: Annotated[Threshold, Meta(description="alpha matting: foreground threshold")] = 240
+    ab: Annotated[Threshold, Meta(description="alpha matting: background threshold")] = 10
+    ae: Annotated[Threshold, Meta(description="alpha matting: erosion size")] = 10
+    om: Annotated[bool, Meta(description="only the mask")] = False
+    ppm: Annotated[bool, Meta(description="post-process the mask")] = False
+    dc: Annotated[
+        bool, Meta(description="decontaminate: the foreground colour under soft edges")
+    ] = False
+    vm: Annotated[
+        bool, Meta(description="rembg's ViTMatte refinement: refused when true (not served)")
+    ] = False
+    bgc: Annotated[str | None, Meta(description="background colour R,G,B (opaque) or R,G,B,A")] = (
+        None
+    )
+    extras: Annotated[
+        str | None, Meta(description="rembg's session options as JSON: accepted and ignored")
+    ] = None
+
+
+class RembgParameterError(msgspec.Struct):
+    """One parameter refused, in FastAPI's shape."""
+
+    loc: list[str]  # ["query" or "body", the parameter's name]
+    msg: str
+    type: str
+
+
+class RembgError(msgspec.Struct):
+    """An error of ``/api/remove``, as rembg's server (FastAPI) answers them."""
+
+    detail: str | list[RembgParameterError]
 
 
 REQUEST_TYPES = (

@@ -23,6 +23,7 @@ operator opened this path (``--open-rembg-api``, for a trusted network).
 from __future__ import annotations
 
 import http
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,7 @@ import pybase64
 from aiohttp import web
 
 from protocol.errors import Code, ErrorItem
+from protocol.messages import RembgError, RembgParameterError, RembgRemoveParameters
 
 from .context import ServerContext
 from .rest import RestExchange, status_for
@@ -41,8 +43,9 @@ __all__ = ["answer_rembg_request", "OPEN_SCOPE_KEY"]
 # The key under which requests to an open /api/remove keep their results.
 OPEN_SCOPE_KEY = "rembg-api"
 
-_TRUE = frozenset(("true", "1", "yes", "on", "y", "t"))
-_FALSE = frozenset(("false", "0", "no", "off", "n", "f"))
+# FastAPI's booleans beyond the true/false/1/0 msgspec reads.
+_BOOLEANS = {"yes": "true", "on": "true", "y": "true", "no": "false", "off": "false", "n": "false"}
+_FLAGS = frozenset(("a", "om", "ppm", "dc", "vm"))
 
 
 class ParameterError(ValueError):
@@ -50,34 +53,25 @@ class ParameterError(ValueError):
 
     def __init__(self, where: str, name: str, message: str) -> None:
         super().__init__(message)
-        self.detail = {"loc": [where, name], "msg": message, "type": "value_error"}
+        self.detail = RembgParameterError(loc=[where, name], msg=message, type="value_error")
 
 
-def _flag(values: Mapping[str, Any], where: str, name: str) -> bool:
-    raw = values.get(name)
-    if raw is None:
-        return False
-    text = str(raw).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ParameterError(where, name, f"{name} must be a boolean (true/false), got {raw!r}")
-
-
-def _number(values: Mapping[str, Any], where: str, name: str, default: int, rembgs: str) -> int:
-    raw = values.get(name)
-    if raw is None:
-        return default
+def _parameters(values: Mapping[str, str], where: str) -> RembgRemoveParameters:
+    """The parameters as rembg's server reads them, or the ParameterError it would give."""
+    given = {
+        name: _BOOLEANS.get(value.strip().lower(), value) if name in _FLAGS else value
+        for name, value in values.items()
+        if name in RembgRemoveParameters.__struct_fields__
+    }
     try:
-        value = int(str(raw))
-    except ValueError:
-        raise ParameterError(where, name, f"{name} must be an integer, got {raw!r}") from None
-    if not 1 <= value <= 255:
-        raise ParameterError(
-            where, name, f"{name} must be 1-255 here (rembg allows {rembgs}), got {value}"
-        )
-    return value
+        parameters = msgspec.convert(given, RembgRemoveParameters, strict=False)
+    except msgspec.ValidationError as error:
+        found = re.search(r"at `\$\.(\w+)`", str(error))
+        name = found.group(1) if found else "?"
+        raise ParameterError(where, name, f"{name}: {error}") from None
+    if parameters.vm:
+        raise ParameterError(where, "vm", "vm (ViTMatte refinement) is not served here; use a")
+    return parameters
 
 
 def _colour(raw: str | None, where: str) -> list[int] | None:
@@ -93,24 +87,21 @@ def _colour(raw: str | None, where: str) -> list[int] | None:
     return values if len(values) == 4 else [*values, 255]
 
 
-def _task(values: Mapping[str, Any], colours: Mapping[str, Any], where: str, image: str) -> dict:
-    """The removeBackground task that does what rembg's remove() would with these
-    parameters. ``colours`` holds bgc (the query string, for a POST too)."""
-    if _flag(values, where, "vm"):
-        raise ParameterError(where, "vm", "vm (ViTMatte refinement) is not served here; use a")
+def _task(parameters: RembgRemoveParameters, where: str, image: str) -> dict[str, Any]:
+    """The removeBackground task that does what rembg's remove() would with these."""
     settings: dict[str, Any] = {
-        "alphaMatting": _flag(values, where, "a"),
-        "alphaMattingForegroundThreshold": _number(values, where, "af", 240, "0-255"),
-        "alphaMattingBackgroundThreshold": _number(values, where, "ab", 10, "0-255"),
-        "alphaMattingErodeSize": _number(values, where, "ae", 10, "0 and more"),
-        "returnOnlyMask": _flag(values, where, "om"),
-        "postProcessMask": _flag(values, where, "ppm"),
-        "decontaminate": _flag(values, where, "dc"),
+        "alphaMatting": parameters.a,
+        "alphaMattingForegroundThreshold": parameters.af,
+        "alphaMattingBackgroundThreshold": parameters.ab,
+        "alphaMattingErodeSize": parameters.ae,
+        "returnOnlyMask": parameters.om,
+        "postProcessMask": parameters.ppm,
+        "decontaminate": parameters.dc,
     }
-    colour = _colour(colours.get("bgc") or values.get("bgc"), where)
+    colour = _colour(parameters.bgc, where)
     if colour is not None:
         settings["rgba"] = colour
-    task = {
+    task: dict[str, Any] = {
         "taskType": "removeBackground",
         "taskUUID": str(uuid.uuid4()),
         "inputImage": image,
@@ -118,34 +109,37 @@ def _task(values: Mapping[str, Any], colours: Mapping[str, Any], where: str, ima
         "outputFormat": "PNG",
         "settings": settings,
     }
-    model = values.get("model")
-    if model:
-        task["model"] = str(model)
+    if parameters.model:
+        task["model"] = parameters.model
     return task
 
 
-def _detail(status: http.HTTPStatus, detail: Any) -> web.Response:
+def _detail(status: http.HTTPStatus, detail: str | list[RembgParameterError]) -> web.Response:
     return web.Response(
         status=status.value,
-        body=msgspec.json.encode({"detail": detail}),
+        body=msgspec.json.encode(RembgError(detail=detail)),
         content_type="application/json",
     )
 
 
-async def _task_from(request: web.Request) -> dict:
+async def _task_from(request: web.Request) -> dict[str, Any]:
     """The task a GET or POST asks for. Raises ParameterError, or web.HTTPException for a
     body that is not a form with a file."""
     if request.method == "GET":
-        url = request.query.get("url")
-        if not url:
+        parameters = _parameters(request.query, "query")
+        if not parameters.url:
             raise ParameterError("query", "url", "url is required")
-        return _task(request.query, request.query, "query", url)
+        return _task(parameters, "query", parameters.url)
     form = await request.post()  # within the app's body limit, as every POST
     upload = form.get("file")
     if not isinstance(upload, web.FileField):
         raise ParameterError("body", "file", "file is required (a multipart form field)")
-    data = upload.file.read()
-    return _task(form, request.query, "body", pybase64.b64encode_as_string(data))
+    fields = {name: value for name, value in form.items() if isinstance(value, str)}
+    for name in ("bgc", "extras"):  # rembg reads these from the query string, for a POST too
+        if name in request.query:
+            fields[name] = request.query[name]
+    image = pybase64.b64encode_as_string(upload.file.read())
+    return _task(_parameters(fields, "body"), "body", image)
 
 
 async def answer_rembg_request(context: ServerContext, request: web.Request) -> web.Response:
