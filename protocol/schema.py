@@ -1,4 +1,5 @@
-"""The published protocol: JSON Schema and an AsyncAPI document, generated from the structs.
+"""The published protocol: JSON Schema, an AsyncAPI document for the socket and an OpenAPI
+document for the HTTP routes, all generated from the structs.
 
 Pure functions returning dicts; ``python -m service.publish_schema`` (``make schema``) writes
 them to ``protocol/schema/``, and a test fails when the checked-in files drift from the code.
@@ -11,17 +12,24 @@ from typing import Any
 import msgspec
 
 from .errors import ErrorItem
-from .messages import REQUEST_TYPES, RESULT_TYPES
+from .messages import (
+    REQUEST_TYPES,
+    RESULT_TYPES,
+    ModelList,
+    RembgError,
+    RembgRemoveParameters,
+    RestResponse,
+)
 
-__all__ = ["json_schema", "asyncapi"]
+__all__ = ["json_schema", "asyncapi", "openapi"]
 
 _REF = "#/$defs/{name}"
 _TITLE = "Runware background-removal WebSocket protocol (rembg-stream subset)"
 
 
-def _components(ref_template: str) -> dict[str, Any]:
+def _components(ref_template: str, *more: type) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        (*REQUEST_TYPES, *RESULT_TYPES, ErrorItem), ref_template=ref_template
+        (*REQUEST_TYPES, *RESULT_TYPES, ErrorItem, *more), ref_template=ref_template
     )
     return components
 
@@ -119,4 +127,231 @@ def asyncapi() -> dict[str, Any]:
             },
         },
         "components": {"schemas": dict(sorted(schemas.items())), "messages": messages},
+    }
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+_SCHEMAS = "#/components/schemas/{name}"
+_JSON = "application/json"
+_TEXT = "text/plain"
+
+
+def _content(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {media_type: {"schema": schema}}
+
+
+def _answer(description: str, media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": _content(media_type, schema)}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return _answer(description, _TEXT, {"type": "string"})
+
+
+def _binary(media_type: str) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": media_type}
+
+
+def _rembg_parameters(location: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``/api/remove``'s parameters as OpenAPI parameter objects, from the struct's schema."""
+    fields = msgspec.json.schema(RembgRemoveParameters)["$defs"]["RembgRemoveParameters"]
+    parameters = []
+    for name in names:
+        schema = dict(fields["properties"][name])
+        description = schema.pop("description", "")
+        parameters.append(
+            {
+                "name": name,
+                "in": location,
+                "required": name == "url",
+                "description": description,
+                "schema": schema,
+            }
+        )
+    return parameters
+
+
+_FORM_FIELDS = ("model", "a", "af", "ab", "ae", "om", "ppm", "dc", "vm")
+
+
+def _rembg_answers() -> dict[str, Any]:
+    error = _ref(_SCHEMAS, RembgError)
+    return {
+        "200": _answer("The cutout, as rembg answers it", "image/png", _binary("image/png")),
+        "400": _answer("What the client must fix: the image, the URL, the model", _JSON, error),
+        "401": _answer("No API key, or a wrong one", _JSON, error),
+        "413": _answer("The body is larger than the limit", _JSON, error),
+        "422": _answer("A parameter out of range or missing, in FastAPI's shape", _JSON, error),
+        "429": _answer("Over a limit: retry later", _JSON, error),
+        "503": _answer("Shutting down, or the cluster's store is away", _JSON, error),
+    }
+
+
+def _rembg_form() -> dict[str, Any]:
+    fields = msgspec.json.schema(RembgRemoveParameters)["$defs"]["RembgRemoveParameters"]
+    properties = {"file": _binary("application/octet-stream")}
+    properties.update({name: fields["properties"][name] for name in _FORM_FIELDS})
+    return {"type": "object", "properties": properties, "required": ["file"]}
+
+
+def _paths() -> dict[str, Any]:
+    rest = _ref(_SCHEMAS, RestResponse)
+    rest_statuses = {
+        "200": "Something succeeded: every task's item in data or errors",
+        "400": "Nothing succeeded; the first error is one the client must fix",
+        "401": "Nothing succeeded: no API key, or a wrong one",
+        "413": "The body or the number of tasks is over the limit",
+        "429": "Over a limit (Retry-After says when to retry)",
+        "500": "A server fault",
+        "503": "Shutting down, or the cluster's store is away (Retry-After)",
+    }
+    json_document = _answer("The document", _JSON, {"type": "object"})
+    return {
+        "/v1": {
+            "post": {
+                "summary": "The REST twin: a JSON array of tasks in, every answer out",
+                "operationId": "runTasks",
+                "security": [{"bearer": []}, {}],
+                "requestBody": {
+                    "required": True,
+                    "content": _content(_JSON, {"$ref": _SCHEMAS.format(name="ClientFrame")}),
+                },
+                "responses": {
+                    status: _answer(text, _JSON, rest) for status, text in rest_statuses.items()
+                },
+            }
+        },
+        "/api/remove": {
+            "get": {
+                "summary": "rembg's API: remove the background of the image at a URL",
+                "operationId": "removeFromUrl",
+                "security": [{"bearer": []}, {}],
+                "parameters": _rembg_parameters("query", ("url", *_FORM_FIELDS, "bgc", "extras")),
+                "responses": _rembg_answers(),
+            },
+            "post": {
+                "summary": "rembg's API: remove the background of an uploaded image",
+                "operationId": "removeFromUpload",
+                "security": [{"bearer": []}, {}],
+                "parameters": _rembg_parameters("query", ("bgc", "extras")),
+                "requestBody": {
+                    "required": True,
+                    "content": _content("multipart/form-data", _rembg_form()),
+                },
+                "responses": _rembg_answers(),
+            },
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "Every model id served, with its family, file and provider",
+                "operationId": "listModels",
+                "responses": {
+                    "200": _answer("The models", _JSON, _ref(_SCHEMAS, ModelList)),
+                    "503": _text("The distributed mode's store is away"),
+                },
+            }
+        },
+        "/images/{name}": {
+            "get": {
+                "summary": "A stored image (an output, or an uploaded input) until its ttl",
+                "operationId": "getImage",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "description": "IMAGEUUID.EXT, as imageURL names it",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The image",
+                        "content": {
+                            media: {"schema": _binary(media)}
+                            for media in ("image/png", "image/jpeg", "image/webp")
+                        },
+                    },
+                    "404": _text("No such image, or its ttl has passed"),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "The process is alive",
+                "operationId": "health",
+                "responses": {"200": _text("ok")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Whether the process should get traffic",
+                "operationId": "ready",
+                "responses": {
+                    "200": _text("ready"),
+                    "503": _text("Why not: draining, or Redis cannot be reached"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": {"200": _text("The Prometheus text format 0.0.4")},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": json_document},
+            }
+        },
+        "/asyncapi.json": {
+            "get": {
+                "summary": "The WebSocket protocol's AsyncAPI document",
+                "operationId": "asyncapi",
+                "responses": {"200": json_document},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The browser page",
+                "operationId": "page",
+                "responses": {"200": _answer("The page", "text/html", {"type": "string"})},
+            }
+        },
+    }
+
+
+def openapi() -> dict[str, Any]:
+    """An OpenAPI 3.1 document for every HTTP route of the service's port."""
+    schemas = {
+        **_components(_SCHEMAS, RestResponse, ModelList, RembgError),
+        **_frames(_SCHEMAS),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rembg-stream HTTP API",
+            "version": "1.0.0",
+            "description": "The HTTP routes beside the WebSocket (GET / with an Upgrade header, "
+            "described by /asyncapi.json): the REST twin of the socket's tasks, rembg's "
+            "/api/remove, the model list, stored images, probes and metrics.",
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "servers": [{"url": "http://127.0.0.1:7600"}],
+        "paths": _paths(),
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The API key; /api/remove may be opened without one "
+                    "(--open-rembg-api)",
+                }
+            },
+        },
     }

@@ -1,5 +1,6 @@
-"""``python -m service.publish_schema [DIR]`` (``make schema``): write the protocol's JSON Schema
-and AsyncAPI document, generated from the structs in protocol/, to DIR (protocol/schema)."""
+"""``python -m service.publish_schema [DIR]`` (``make schema``): write the protocol's JSON Schema,
+AsyncAPI and OpenAPI documents, generated from the structs in protocol/, to DIR
+(protocol/schema)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from protocol.schema import asyncapi, json_schema
+from protocol.schema import asyncapi, json_schema, openapi
 
-FILES = {"runware-bg.schema.json": json_schema, "asyncapi.json": asyncapi}
+FILES = {"runware-bg.schema.json": json_schema, "asyncapi.json": asyncapi, "openapi.json": openapi}
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "schema"
 
 

@@ -4,6 +4,7 @@ Routes (aiohttp serves both kinds of request on the one port):
 - ``POST /v1``: the REST twin (``rest``): a JSON array of tasks in, all answers out;
 - ``GET|POST /api/remove``: rembg's HTTP API (``rembg_api``): an image in, the PNG out;
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
+- ``GET /openapi.json``, ``GET /asyncapi.json``: the documents of these routes and of the socket;
 - ``GET /v1/models``: every model id served, with its family, file, input size, provider and
   whether it is the embedded stand-in for ``runware:109@1``;
 - ``GET /images/<uuid>.<ext>``: a stored image (404 once its ttl has passed);
@@ -27,6 +28,7 @@ import msgspec
 from aiohttp import web
 
 from protocol.messages import UUID_CORE, ModelList
+from protocol.schema import asyncapi, openapi
 
 from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
@@ -41,6 +43,11 @@ _IMAGE_PATH = re.compile(rf"^/images/(?P<uuid>{UUID_CORE})\.(?P<ext>[a-z]{{3,4}}
 _SERVER = "rembg-stream"
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
 _PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
+# The documents of the HTTP routes and of the socket, as `make schema` publishes them.
+_DOCUMENTS = {
+    "/openapi.json": msgspec.json.encode(openapi()),
+    "/asyncapi.json": msgspec.json.encode(asyncapi()),
+}
 
 
 def _response(
@@ -87,6 +94,8 @@ async def _models(context: ServerContext) -> web.Response:
 async def _page_or_probe(context: ServerContext, path: str) -> web.Response:
     if path == "/v1/models":
         return await _models(context)
+    if path in _DOCUMENTS:
+        return _response(http.HTTPStatus.OK, _DOCUMENTS[path], "application/json")
     if path in ("/", "/index.html"):
         return _response(
             http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8", {"Cache-Control": "no-cache"}

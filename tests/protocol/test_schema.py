@@ -123,3 +123,16 @@ def test_real_frames_validate_against_the_schema(frame):
 def test_invalid_frames_do_not_validate(frame):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(frame, json_schema())
+
+
+def test_the_openapi_document_is_valid_openapi_3_1():
+    from openapi_spec_validator import validate
+
+    from protocol.schema import openapi
+
+    document = openapi()
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    for path in ("/v1", "/api/remove", "/v1/models", "/images/{name}", "/healthz", "/readyz"):
+        assert path in document["paths"]
+    assert "/metrics" in document["paths"] and "/asyncapi.json" in document["paths"]

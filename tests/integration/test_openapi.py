@@ -1,0 +1,76 @@
+"""The OpenAPI document the server serves, and real answers of every route checked against it."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+import uuid
+
+import jsonschema
+import pytest
+
+from protocol.schema import asyncapi, openapi
+from tests.support import b64, fixture_bytes, http_get, http_request, multipart
+
+DOCUMENT = openapi()
+
+
+def check(path: str, method: str, status: int, headers: dict[str, str], body: bytes) -> None:
+    """The answer is one the document describes: its status, its media type, and a JSON body
+    that validates against the schema given for them."""
+    operation = DOCUMENT["paths"][path][method]
+    assert str(status) in operation["responses"], f"{method} {path} answered {status}"
+    media_type = headers["Content-Type"].split(";")[0]
+    content = operation["responses"][str(status)]["content"]
+    assert media_type in content, f"{method} {path} {status} answered {media_type}"
+    if media_type == "application/json":
+        schema = {**content[media_type]["schema"], "components": DOCUMENT["components"]}
+        jsonschema.Draft202012Validator(schema).validate(json.loads(body))
+
+
+def post(url: str, body: bytes, headers: dict[str, str]):
+    return http_request(urllib.request.Request(url, data=body, headers=headers, method="POST"))
+
+
+def test_the_served_documents_are_the_published_ones(server):
+    for path, build in (("/openapi.json", openapi), ("/asyncapi.json", asyncapi)):
+        status, headers, body = http_get(f"{server.http_url}{path}")
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        assert json.loads(body) == build()
+        check(path, "get", status, headers, body)
+
+
+def test_the_rest_twins_answers_validate(server):
+    task = {
+        "taskType": "removeBackground",
+        "taskUUID": str(uuid.uuid4()),
+        "inputImage": b64(fixture_bytes("car-1.jpg")),
+        "outputType": "URL",
+        "outputFormat": "PNG",
+    }
+    good = post(f"{server.http_url}/v1", json.dumps([task]).encode(), {"Authorization": "Bearer k"})
+    check("/v1", "post", *good)
+    image_url = json.loads(good[2])["data"][0]["imageURL"]
+    stored = http_get(image_url)
+    check("/images/{name}", "get", *stored)
+    check("/images/{name}", "get", *http_get(image_url.replace(".png", ".webp")))
+    keyless = post(f"{server.http_url}/v1", json.dumps([task]).encode(), {})
+    assert keyless[0] == 401
+    check("/v1", "post", *keyless)
+
+
+@pytest.mark.parametrize(
+    "fields,expected",
+    [({"model": "u2netp"}, 200), ({"model": "nope"}, 400), ({"af": "0"}, 422)],
+)
+def test_rembgs_api_answers_validate(server, fields, expected):
+    body, content_type = multipart(fields, {"file": ("car-1.jpg", fixture_bytes("car-1.jpg"))})
+    headers = {"Authorization": "Bearer k", "Content-Type": content_type}
+    answer = post(f"{server.http_url}/api/remove", body, headers)
+    assert answer[0] == expected
+    check("/api/remove", "post", *answer)
+
+
+def test_the_models_probes_and_metrics_validate(server):
+    for path in ("/v1/models", "/healthz", "/readyz", "/metrics", "/"):
+        check(path, "get", *http_get(f"{server.http_url}{path}"))
