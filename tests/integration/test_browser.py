@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import zipfile
 
-from tests.support import FIXTURES, ROOT, UNIT, http_get
+import numpy as np
+
+from tests.support import FIXTURES, ROOT, UNIT, http_get, open_image
 
 JS = ROOT / "tests" / "js"
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -21,14 +24,16 @@ def test_the_page_is_plain_html_from_the_service(server):
 def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
     assert shutil.which("chromium"), "Debian's chromium is needed (make test installs it)"
     ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "browser-cutout.png"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not really a jpeg")
     config = tmp_path / "browser.json"
     config.write_text(
         json.dumps(
             {
                 "url": f"{server.http_url}/",
                 "image": str(FIXTURES / "car-1.jpg"),
-                "screenshot": str(screenshot),
+                "broken": str(broken),
+                "artifacts": str(ARTIFACTS),
                 "model": "u2netp",
                 "decontaminate": True,
             }
@@ -43,15 +48,52 @@ def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
     )
     assert finished.returncode == 0, finished.stderr
     result = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert (result["width"], result["height"]) == (480, 360)
-    assert result["transparent"] > 1000 and result["visible"] > 1000  # a cutout, not a copy
-    assert result["caption"].startswith("car-1.jpg") and result["download"] == "car-1.png"
-    assert screenshot.stat().st_size > 10_000
-    assert result["foreign"] == "refused"
-    # The picker lists every model the server serves, starting on the default, whose
-    # stand-in is marked; the task carries what was picked.
+
+    # The settings: the picker from GET /v1/models, the stand-in marked; matting thresholds
+    # only with the matting switch; an opaque background colour by default, labelled.
+    assert result["favicon"].startswith("data:image/svg+xml")
     assert len(result["models"]) == 4 and result["chosenModel"] == "runware:109@1"
     [stand_in] = [text for text in result["models"] if "stand-in" in text]
     assert stand_in.startswith("runware:109@1") and "u2netp.onnx" in stand_in
     assert "embedded u2netp.onnx" in result["modelNote"] and result["noteAfterPicking"] == ""
-    assert result["sentModel"] == "u2netp" and result["sentDecontaminate"] is True
+    assert result["mattingDisabledAtFirst"] and result["mattingEnabledWithSwitch"]
+    assert result["mattingDisabledAgain"] and result["colourDisabledAtFirst"]
+    assert result["opacityLabel"].startswith("opacity") and result["opacityDefault"] == "255"
+
+    # The photo: its original at once with a working indicator, then the cutout over it.
+    assert result["states"][:1] == ["working"] and result["states"][-1] == "done"
+    assert result["originalShown"] == 480
+    assert (result["width"], result["height"]) == (480, 360)
+    assert result["transparent"] > 1000 and result["visible"] > 1000  # a cutout, not a copy
+    assert result["caption"].startswith("car-1.jpg") and result["download"] == "car-1.png"
+    assert result["used"] == "model u2netp, PNG, decontaminate"
+    assert result["clipAtZero"] == "inset(0px 100% 0px 0px)"
+    assert result["overlayBox"] == {"sameAsBoard": True, "height": 200}
+    # At 50%: the left half of the board is the cutout over a checkerboard (grey and white
+    # squares where the background was), the right half the original photo.
+    board = np.asarray(
+        open_image((ARTIFACTS / "browser-board-half.png").read_bytes()).convert("RGB")
+    )
+    corner_left, corner_right = board[30:50, 5:45].astype(int), board[30:50, -45:-5].astype(int)
+    assert set(np.unique(corner_left)) <= {204, 205, 255}  # only the checkerboard's two greys
+    assert len(np.unique(corner_right.reshape(-1, 3), axis=0)) > 20  # a photo's many colours
+    assert result["largeOpen"] and result["largeClosed"]
+    assert result["largeSource"] == "data:image/png;base64,"
+
+    # The broken file: its error, no checkerboard.
+    assert "broken.jpg" in result["failed"]["text"] and result["failed"]["boards"] == 0
+
+    # "download all" made a zip of the cutout; "clear" emptied the page.
+    assert result["zipName"] == "cutouts.zip"
+    with zipfile.ZipFile(result["zipPath"]) as archive:
+        assert archive.testzip() is None and archive.namelist() == ["car-1.png"]
+        cutout = open_image(archive.read("car-1.png"))
+    assert cutout.size == (480, 360) and cutout.mode == "RGBA"
+    assert result["afterClear"] == {"figures": 0, "downloadAllDisabled": True}
+
+    assert result["sentModel"] == "u2netp" and result["sentSettings"]["decontaminate"] is True
+    assert "alphaMattingForegroundThreshold" not in result["sentSettings"]  # matting was off
+    assert "rgba" not in result["sentSettings"]  # no background colour chosen
+    assert result["foreign"] == "refused"
+    for name in ("cutout", "before-after", "large", "failed"):
+        assert (ARTIFACTS / f"browser-{name}.png").stat().st_size > 10_000
