@@ -42,6 +42,8 @@ __all__ = ["answer_rembg_request", "OPEN_SCOPE_KEY"]
 
 # The key under which requests to an open /api/remove keep their results.
 OPEN_SCOPE_KEY = "rembg-api"
+# The frame around the base64 file: the task's other fields and settings.
+_TASK_ROOM_BYTES = 4096
 
 # FastAPI's booleans beyond the true/false/1/0 msgspec reads.
 _BOOLEANS = {"yes": "true", "on": "true", "y": "true", "no": "false", "off": "false", "n": "false"}
@@ -122,9 +124,13 @@ def _detail(status: http.HTTPStatus, detail: str | list[RembgParameterError]) ->
     )
 
 
-async def _task_from(request: web.Request) -> dict[str, Any]:
-    """The task a GET or POST asks for. Raises ParameterError, or web.HTTPException for a
-    body that is not a form with a file."""
+class FileTooLarge(ValueError):
+    """The upload is larger than a task can carry once it is base64 in a frame."""
+
+
+async def _task_from(request: web.Request, max_file_bytes: int) -> dict[str, Any]:
+    """The task a GET or POST asks for. Raises ParameterError, FileTooLarge, or
+    web.HTTPRequestEntityTooLarge for a body over the app's limit."""
     if request.method == "GET":
         parameters = _parameters(request.query, "query")
         if not parameters.url:
@@ -138,17 +144,29 @@ async def _task_from(request: web.Request) -> dict[str, Any]:
     for name in ("bgc", "extras"):  # rembg reads these from the query string, for a POST too
         if name in request.query:
             fields[name] = request.query[name]
-    image = pybase64.b64encode_as_string(upload.file.read())
-    return _task(_parameters(fields, "body"), "body", image)
+    data = upload.file.read()
+    if len(data) > max_file_bytes:
+        raise FileTooLarge(f"The file has {len(data):,} bytes; the limit is {max_file_bytes:,}.")
+    return _task(_parameters(fields, "body"), "body", pybase64.b64encode_as_string(data))
 
 
 async def answer_rembg_request(context: ServerContext, request: web.Request) -> web.Response:
+    authorization = request.headers.get("Authorization")
+    if authorization is None and not context.config.open_rembg_api:  # before reading the body
+        return _detail(
+            http.HTTPStatus.UNAUTHORIZED,
+            "Send the API key as 'Authorization: Bearer <API key>' (or start the service "
+            "with --open-rembg-api on a trusted network).",
+        )
+    limit = context.config.frame_error_bytes
     try:
-        task = await _task_from(request)
+        # The file travels as base64 in a frame under the frame limit, with room for the task.
+        task = await _task_from(request, (limit - _TASK_ROOM_BYTES) * 3 // 4)
     except ParameterError as error:
         return _detail(http.HTTPStatus.UNPROCESSABLE_ENTITY, [error.detail])
+    except FileTooLarge as error:
+        return _detail(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
     except web.HTTPRequestEntityTooLarge:
-        limit = context.config.frame_error_bytes
         return _detail(
             http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"The request body is larger than the limit of {limit:,} bytes.",
@@ -159,15 +177,8 @@ async def answer_rembg_request(context: ServerContext, request: web.Request) -> 
     except Exception as error:  # the distributed mode's sessions cannot be reached
         return _detail(http.HTTPStatus.SERVICE_UNAVAILABLE, str(error))
     try:
-        authorization = request.headers.get("Authorization")
-        if context.config.open_rembg_api:
+        if authorization is None or context.config.open_rembg_api:  # None: open, as checked
             exchange.trust(OPEN_SCOPE_KEY)
-        elif authorization is None:
-            return _detail(
-                http.HTTPStatus.UNAUTHORIZED,
-                "Send the API key as 'Authorization: Bearer <API key>' (or start the service "
-                "with --open-rembg-api on a trusted network).",
-            )
         else:
             await exchange.bearer(authorization)
         await exchange.run(msgspec.json.encode([task]))

@@ -177,3 +177,12 @@ def test_an_open_rembg_api_needs_no_key_and_counts_in_metrics(fast_server_with):
         f"{server.http_url}/v1", data=json.dumps([task]).encode(), method="POST"
     )
     assert http_request(request)[0] == 401
+
+
+def test_a_file_too_large_for_a_task_gets_413_before_any_work(fast_server_with):
+    server = fast_server_with("--frame-error-bytes", "200000")
+    big = b"\xff\xd8" + bytes(160_000)  # within the body limit, over it once in base64
+    status, _, body = post(server, {}, image=big)
+    assert status == 413 and "The file has 160,002 bytes" in json.loads(body)["detail"]
+    status, _, body = post(server, {"model": "fast"})
+    assert status == 200  # a file that fits still goes through
