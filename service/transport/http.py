@@ -14,7 +14,9 @@ Routes (aiohttp serves both kinds of request on the one port):
 - ``GET /metrics``: Prometheus text format.
 Every GET asking for an upgrade is a WebSocket handshake, on any path and with any query string
 (the JS SDK appends ``?sdk=js&version=...``), refused with 503 while draining. Browsers' pages
-from origins other than ours and ``--allowed-origin`` get 403 for sockets and for POSTs.
+from origins other than ours and ``--allowed-origin`` get 403 for sockets and for POSTs; pages of
+allowed origins get CORS headers (and answers to preflights), so their scripts can call the
+HTTP routes too; ``--allowed-origin '*'`` admits every page, as rembg's server does.
 """
 
 from __future__ import annotations
@@ -148,6 +150,20 @@ def _allowed_origins(config: Config) -> frozenset[str]:
     return frozenset((config.own_origin(), *config.allowed_origins))
 
 
+def _origin_allowed(origin: str, origins: frozenset[str]) -> bool:
+    """``*`` among the allowed origins admits every page, as rembg's server does."""
+    return origin in origins or "*" in origins
+
+
+# CORS: pages of allowed origins may call the HTTP routes from their scripts (fetch with an
+# Authorization header asks first with a preflight OPTIONS).
+_PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, POST, HEAD",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
 class Listener:
     """The listening socket and the aiohttp machinery behind it."""
 
@@ -178,8 +194,10 @@ async def start_server(context: ServerContext) -> Listener:
         origin = request.headers.get("Origin")
         upgrade = _is_upgrade(request)
         reads_only = request.method in ("GET", "HEAD") and not upgrade
-        if origin is not None and origin not in origins and not reads_only:
+        if origin is not None and not _origin_allowed(origin, origins) and not reads_only:
             return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
+        if request.method == "OPTIONS" and origin is not None:  # a CORS preflight
+            return web.Response(status=http.HTTPStatus.NO_CONTENT.value, headers=_PREFLIGHT)
         if not config.serves_clients and (upgrade or request.path in ("/v1", "/api/remove")):
             return _text(
                 http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway"
@@ -212,6 +230,10 @@ async def start_server(context: ServerContext) -> Listener:
 
     async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Server"] = _SERVER  # every answer, handshakes included
+        origin = request.headers.get("Origin")
+        if origin is not None and _origin_allowed(origin, origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
 
     application.on_response_prepare.append(name_the_server)
     application.router.add_route("*", "/{path:.*}", route)

@@ -186,3 +186,36 @@ def test_a_file_too_large_for_a_task_gets_413_before_any_work(fast_server_with):
     assert status == 413 and "The file has 160,002 bytes" in json.loads(body)["detail"]
     status, _, body = post(server, {"model": "fast"})
     assert status == 200  # a file that fits still goes through
+
+
+def test_pages_of_allowed_origins_may_call_it_from_their_scripts(fast_server_with):
+    server = fast_server_with("--allowed-origin", "http://app.test")
+    preflight = urllib.request.Request(
+        f"{server.http_url}/api/remove",
+        method="OPTIONS",
+        headers={
+            "Origin": "http://app.test",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    status, headers, _ = http_request(preflight)
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == "http://app.test"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in headers["Access-Control-Allow-Headers"]
+    status, headers, body = post(
+        server, {"model": "fast"}, headers={**KEY, "Origin": "http://app.test"}
+    )
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://app.test"
+    status, headers, _ = post(
+        server, {"model": "fast"}, headers={**KEY, "Origin": "http://evil.test"}
+    )
+    assert status == 403 and "Access-Control-Allow-Origin" not in headers
+
+
+def test_any_origin_when_the_operator_allows_star_as_rembg_does(fast_server_with):
+    server = fast_server_with("--allowed-origin", "*")
+    status, headers, _ = post(
+        server, {"model": "fast"}, headers={**KEY, "Origin": "http://any.test"}
+    )
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://any.test"
