@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from protocol.messages import DEFAULT_MODEL, ModelInfo
 
 from ..config import Config
 from .families import FAMILIES, FAMILY_BY_SIZE, Family
-from .runtime import Runtime, cuda_usable, load_runtime
 from .simulated import SimulatedDevice, parse_latency
+
+if TYPE_CHECKING:  # onnx and onnxruntime load with the first model, not with this module
+    from .runtime import Runtime
 
 __all__ = [
     "LoadedModel",
@@ -97,6 +100,8 @@ def _family(runtime: Runtime, requested: str | None, model_id: str) -> Family:
 
 def load_registry(config: Config) -> ModelRegistry:
     """Load every configured model into a runtime (one session per distinct file)."""
+    from .runtime import cuda_usable, load_runtime
+
     use_cuda = cuda_usable()
     specs: dict[str, tuple[Path, str | None]] = {}
     if config.models_dir.is_dir():
