@@ -59,6 +59,23 @@ def _resize_nearest(target, source):
                 target[y, x, c] = source[source_y, source_x, c]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _plus_neighbours(f, b, where, weights):
+    """``f`` and ``b`` with each neighbour's weighted foreground and background colour added,
+    in pymatting's order: left, right, up, down (``where`` says whose colours and which)."""
+    foreground, background, y, x, left, right, up, down, c = where
+    w_left, w_right, w_up, w_down = weights
+    f += w_left * foreground[y, left, c]
+    b += w_left * background[y, left, c]
+    f += w_right * foreground[y, right, c]
+    b += w_right * background[y, right, c]
+    f += w_up * foreground[up, x, c]
+    b += w_up * background[up, x, c]
+    f += w_down * foreground[down, x, c]
+    b += w_down * background[down, x, c]
+    return f, b
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _sweep(
     image, alpha, foreground, background, first_row, end_row, regularization, gradient_weight
@@ -96,15 +113,12 @@ def _sweep(
                 and alpha[down, x] == 0
             ):
                 for c in range(3):
-                    f = clear_weight * foreground[y, left, c]
-                    b = image[y, x, c]
-                    b += clear_weight * background[y, left, c]
-                    f += clear_weight * foreground[y, right, c]
-                    b += clear_weight * background[y, right, c]
-                    f += clear_weight * foreground[up, x, c]
-                    b += clear_weight * background[up, x, c]
-                    f += clear_weight * foreground[down, x, c]
-                    b += clear_weight * background[down, x, c]
+                    f, b = _plus_neighbours(
+                        clear,  # 0 + the first product is that product, to the bit
+                        image[y, x, c],
+                        (foreground, background, y, x, left, right, up, down, c),
+                        (clear_weight, clear_weight, clear_weight, clear_weight),
+                    )
                     foreground[y, x, c] = max(0.0, min(1.0, clear_b00 * f))
                     background[y, x, c] = max(0.0, min(1.0, clear_b11 * b))
                 continue
@@ -112,7 +126,7 @@ def _sweep(
             a00 = a0 * a0
             a01 = a0 * a1
             a11 = a1 * a1
-            # pymatting's neighbour order: left, right, up, down.
+            # pymatting's neighbour order (also _plus_neighbours'): left, right, up, down.
             w_left = regularization + gradient_weight * abs(a0 - alpha[y, left])
             w_right = regularization + gradient_weight * abs(a0 - alpha[y, right])
             w_up = regularization + gradient_weight * abs(a0 - alpha[up, x])
@@ -130,16 +144,12 @@ def _sweep(
             b01 = inverse_determinant * -a01
             b11 = inverse_determinant * a00
             for c in range(3):
-                f = a0 * image[y, x, c]
-                b = np.float32(a1 * image[y, x, c])
-                f += w_left * foreground[y, left, c]
-                b += w_left * background[y, left, c]
-                f += w_right * foreground[y, right, c]
-                b += w_right * background[y, right, c]
-                f += w_up * foreground[up, x, c]
-                b += w_up * background[up, x, c]
-                f += w_down * foreground[down, x, c]
-                b += w_down * background[down, x, c]
+                f, b = _plus_neighbours(
+                    a0 * image[y, x, c],
+                    np.float32(a1 * image[y, x, c]),
+                    (foreground, background, y, x, left, right, up, down, c),
+                    (w_left, w_right, w_up, w_down),
+                )
                 foreground[y, x, c] = max(0.0, min(1.0, b00 * f + b01 * b))
                 background[y, x, c] = max(0.0, min(1.0, b01 * f + b11 * b))
 
