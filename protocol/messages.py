@@ -26,6 +26,7 @@ __all__ = [
     "OUTPUT_TYPES",
     "OUTPUT_FORMATS",
     "DEFAULT_MODEL",
+    "parse_rgba",
     "AuthenticationRequest",
     "PingRequest",
     "ImageUploadRequest",
@@ -67,6 +68,19 @@ TaskUUID = Annotated[str, Meta(pattern=UUID_PATTERN)]
 Threshold = Annotated[int, Meta(ge=1, le=255)]
 Channel = Annotated[int, Meta(ge=0, le=255)]
 Rgba = Annotated[list[Channel], Meta(min_length=4, max_length=4)]
+
+
+def parse_rgba(text: str) -> list[int]:
+    """A colour as people type it, ``R,G,B`` (opaque) or ``R,G,B,A``, as an rgba list.
+    Raises ValueError saying what is expected."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (3, 4) or not all(0 <= value <= 255 for value in values):
+        raise ValueError(f"expected R,G,B or R,G,B,A with values 0-255, got {text!r}")
+    return values if len(values) == 4 else [*values, 255]
+
 
 OutputType = Literal["URL", "dataURI", "base64Data"]
 OutputFormat = Literal["JPG", "PNG", "WEBP"]

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import websockets
 
+from protocol.messages import parse_rgba
+
 __all__ = ["main", "collect_inputs", "parse_colour"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
@@ -63,16 +65,11 @@ def collect_inputs(paths: list[Path], recursive: bool = False) -> list[Path]:
 
 
 def parse_colour(text: str) -> list[int]:
-    """``R,G,B`` (opaque) or ``R,G,B,A``, each 0-255."""
+    """``--background``: ``R,G,B`` (opaque) or ``R,G,B,A``, checked by argparse."""
     try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (3, 4) or not all(0 <= value <= 255 for value in values):
-        raise argparse.ArgumentTypeError(
-            f"expected R,G,B or R,G,B,A with values 0-255, got {text!r}"
-        )
-    return values if len(values) == 4 else [*values, 255]
+        return parse_rgba(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _settings(args: argparse.Namespace) -> dict:

@@ -33,7 +33,12 @@ import pybase64
 from aiohttp import web
 
 from protocol.errors import Code, ErrorItem
-from protocol.messages import RembgError, RembgParameterError, RembgRemoveParameters
+from protocol.messages import (
+    RembgError,
+    RembgParameterError,
+    RembgRemoveParameters,
+    parse_rgba,
+)
 
 from .context import ServerContext
 from .rest import RestExchange, status_for
@@ -77,16 +82,13 @@ def _parameters(values: Mapping[str, str], where: str) -> RembgRemoveParameters:
 
 
 def _colour(raw: str | None, where: str) -> list[int] | None:
-    """``R,G,B,A`` as rembg reads it; ``R,G,B`` is opaque."""
+    """``bgc`` as rembg reads it (R,G,B,A), or R,G,B for an opaque colour."""
     if raw is None or raw == "":
         return None
     try:
-        values = [int(part) for part in raw.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (3, 4) or not all(0 <= value <= 255 for value in values):
-        raise ParameterError(where, "bgc", f"bgc must be R,G,B or R,G,B,A of 0-255, got {raw!r}")
-    return values if len(values) == 4 else [*values, 255]
+        return parse_rgba(raw)
+    except ValueError as error:
+        raise ParameterError(where, "bgc", f"bgc: {error}") from None
 
 
 def _task(parameters: RembgRemoveParameters, where: str, image: str) -> dict[str, Any]:
