@@ -436,8 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(args: argparse.Namespace) -> tuple[Destinations, list[Job], list[Path]]:
-    """The jobs for what is there now, and the folders to watch; checked before any is sent."""
+@dataclass(frozen=True)
+class _Plan:
+    destinations: Destinations
+    jobs: list[Job]  # the images there when the command was given
+    folders: list[Path]  # the folders to watch with --watch
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """The jobs for what is there now, and the folders to watch: every usage error is found
+    here, before a service starts and anything is sent."""
     names = [str(i) for i in args.inputs]
     destinations = Destinations(args.out, OUTPUT_SUFFIXES[args.format], names)
     missing = [n for n in names if n != STDIO and not Path(n).exists()]
@@ -454,22 +462,21 @@ def _plan(args: argparse.Namespace) -> tuple[Destinations, list[Job], list[Path]
         ]
     if not args.force:
         _refuse_overwrites(jobs)
-    return destinations, jobs, folders
+    return _Plan(destinations, jobs, folders)
 
 
-async def _run(args: argparse.Namespace, url: str) -> _Run:
-    destinations, planned, folders = _plan(args)
-    run = _Run(total=None if args.watch else len(planned))
+async def _run(args: argparse.Namespace, url: str, plan: _Plan) -> _Run:
+    run = _Run(total=None if args.watch else len(plan.jobs))
     jobs: asyncio.Queue[Job | None] = asyncio.Queue()
-    for job in planned:
+    for job in plan.jobs:
         jobs.put_nowait(job)
     if not args.watch:
         jobs.put_nowait(None)
         await _remove(args, jobs, run, url)
         return run
-    planned_sources = {job.source for job in planned if job.source is not None}
+    planned_sources = {job.source for job in plan.jobs if job.source is not None}
     watching = asyncio.create_task(
-        _watch(folders, args.recursive, destinations.job, jobs, planned_sources)
+        _watch(plan.folders, args.recursive, plan.destinations.job, jobs, planned_sources)
     )
 
     def stop() -> None:  # Ctrl-C or SIGTERM: finish what was sent, then report
@@ -489,12 +496,12 @@ async def _run(args: argparse.Namespace, url: str) -> _Run:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    _plan(args)  # every usage error before a service starts
+    plan = _plan(args)
     if args.url:
-        run = await _run(args, args.url)
+        run = await _run(args, args.url, plan)
     else:
         async with _in_process_service() as url:
-            run = await _run(args, url)
+            run = await _run(args, url, plan)
     ok = run.done - len(run.failures)
     report = sys.stderr if args.out == STDIO or args.inputs == [STDIO] else sys.stdout
     print(f"{ok} of {run.done} written", file=report)
