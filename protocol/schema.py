@@ -153,12 +153,19 @@ def _binary(media_type: str) -> dict[str, Any]:
     return {"type": "string", "contentMediaType": media_type}
 
 
+def _rembg_fields() -> dict[str, Any]:
+    """The JSON Schema of each of ``/api/remove``'s parameters, from the struct."""
+    schema = msgspec.json.schema(RembgRemoveParameters)
+    properties: dict[str, Any] = schema["$defs"]["RembgRemoveParameters"]["properties"]
+    return properties
+
+
 def _rembg_parameters(location: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
     """``/api/remove``'s parameters as OpenAPI parameter objects, from the struct's schema."""
-    fields = msgspec.json.schema(RembgRemoveParameters)["$defs"]["RembgRemoveParameters"]
+    fields = _rembg_fields()
     parameters = []
     for name in names:
-        schema = dict(fields["properties"][name])
+        schema = dict(fields[name])
         description = schema.pop("description", "")
         parameters.append(
             {
@@ -189,9 +196,9 @@ def _rembg_answers() -> dict[str, Any]:
 
 
 def _rembg_form() -> dict[str, Any]:
-    fields = msgspec.json.schema(RembgRemoveParameters)["$defs"]["RembgRemoveParameters"]
+    fields = _rembg_fields()
     properties = {"file": _binary("application/octet-stream")}
-    properties.update({name: fields["properties"][name] for name in _FORM_FIELDS})
+    properties.update({name: fields[name] for name in _FORM_FIELDS})
     return {"type": "object", "properties": properties, "required": ["file"]}
 
 
