@@ -16,6 +16,7 @@ from typing import Any
 
 from .cluster.jobs import JobQueue, QueuedWork, Worker
 from .cluster.models import RedisModelCatalog
+from .cluster.reachability import REDIS_DOWN
 from .cluster.reachability import connect as connect_to_redis
 from .cluster.relay import RedisSessions, Relay
 from .cluster.results import RedisResultsBook
@@ -246,7 +247,7 @@ class App:
         if self._worker is not None:
             await self._worker.stop()
         if self._worker is not None and self._published_models is not None:
-            with contextlib.suppress(Exception):  # Redis away: the key expires by itself
+            with contextlib.suppress(*REDIS_DOWN):  # Redis away: the key expires by itself
                 await self._published_models.withdraw(self._worker.name)
         if self._relay is not None:
             await self._relay.close()

@@ -16,6 +16,8 @@ import msgspec
 
 from protocol.messages import ModelInfo
 
+from .reachability import REDIS_DOWN
+
 __all__ = ["RedisModelCatalog"]
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class RedisModelCatalog:
             try:
                 await self.publish(worker, models)
                 failing = False
-            except Exception as error:  # Redis away: the next round tries again
+            except REDIS_DOWN as error:  # the next round tries again
                 if not failing:
                     log.warning("publishing the models of %s failed: %s", worker, error)
                 failing = True
