@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 7600
@@ -8,7 +8,16 @@ MODEL  := models/u2netp.onnx
 
 JS_SDK := tests/js/node_modules/.installed
 
-.PHONY: install run test test-unit lint schema bench clean
+.PHONY: install run test test-unit test-gpu-libraries lint schema bench clean
+
+# A GPU host's CUDA and cuDNN libraries (the `gpu` extra, ~2 GB from PyPI) are installed where
+# an NVIDIA driver answers; GPU=1 installs them anyway, GPU=0 never.
+GPU ?= auto
+GPU_LIBRARIES := $(shell if [ "$(GPU)" = 1 ] || { [ "$(GPU)" = auto ] && \
+	$(PYTHON) service/inference/driver.py; }; then echo yes; else echo no; fi)
+ifeq ($(GPU_LIBRARIES),yes)
+install: $(VENV)/.installed-gpu
+endif
 
 install: $(VENV)/.installed $(MODEL)
 
@@ -19,8 +28,14 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
+	@[ "$(GPU_LIBRARIES)" = yes ] || echo "make: no NVIDIA driver answers: no CUDA libraries installed (GPU=1 installs them)"
 	@echo "make: compiling the imaging and matting kernels once (about a minute)..."
 	$(PY) -c "from service.imaging.pipeline import warm_up; warm_up()"
+	touch $@
+
+$(VENV)/.installed-gpu: $(VENV)/.installed
+	@echo "make: GPU host (or GPU=1): installing CUDA 13 and cuDNN 9 from PyPI (.[gpu], ~2 GB)..."
+	$(PY) -m pip install --quiet -e '.[gpu]'
 	touch $@
 
 # Test-only Python packages (pytest, hypothesis, the official runware SDK).
@@ -64,6 +79,12 @@ test: install $(VENV)/.installed-test $(JS_SDK) $(CHROMIUM) $(REDIS_SERVER)
 test-unit: install $(VENV)/.installed-test
 	$(PY) -m pytest -m "not integration" -q
 
+# The gpu extra in an environment of its own (~2 GB): the runtime's loader finds CUDA and cuDNN
+# there without LD_LIBRARY_PATH. Not part of `make test`: a CPU host needs none of it.
+test-gpu-libraries:
+	$(MAKE) VENV=.venv-gpu GPU=1 install .venv-gpu/.installed-test
+	.venv-gpu/bin/python -m pytest -q tests/service/test_cuda_libraries.py
+
 # Style, types (strict on protocol/), and the layers of docs/architecture.md.
 lint: $(VENV)/.installed-lint
 	$(VENV)/bin/ruff check .
@@ -86,4 +107,4 @@ schema: install
 	$(PY) -m service.publish_schema
 
 clean:
-	rm -rf $(VENV) .data .bench .pytest_cache tests/js/node_modules
+	rm -rf $(VENV) .venv-gpu .data .bench .pytest_cache tests/js/node_modules
