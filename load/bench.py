@@ -172,7 +172,7 @@ def _u2netp_core_ms(tensor: np.ndarray, runs: int = 10) -> tuple[float, np.ndarr
     """Core-ms of one u2netp inference on one thread, and the model's raw prediction."""
     from service.inference.runtime import load_runtime
 
-    model = load_runtime(MODEL, "onnxruntime", use_cuda=False, threads=1)
+    model = load_runtime(MODEL, "onnxruntime", threads=1)
     prediction = model.infer_batch(tensor)[0]
     start = time.process_time()
     for _ in range(runs):

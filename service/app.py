@@ -58,6 +58,8 @@ class App:
         self.config = config
         self.registry = registry
         self.metrics = Metrics()
+        for model in registry:
+            self.metrics.serve_model(model.id, model.runtime.provider)
         self.cpu = FairExecutor(config.worker_count(), name="cpu")  # decode/resize/matting/encode
         self.store = _image_store(config, clock)
         self.http = OutboundHttp(
@@ -166,6 +168,7 @@ class App:
             if key not in shared:
                 shared[key] = MicroBatcher(
                     model.runtime.infer_batch,
+                    stack=model.runtime.stack,
                     max_batch=self.config.max_batch or model.runtime.preferred_batch,
                     max_wait=self.config.max_wait_ms / 1000,
                     name=model.id,

@@ -52,6 +52,12 @@ class Metrics:
             buckets=_SECONDS_BUCKETS,
             registry=r,
         )
+        self.models = Gauge(
+            "rbg_model_info",
+            "1 for each model this process serves, with the provider that runs it",
+            ["model", "provider"],
+            registry=r,
+        )
         self.sockets = Gauge("rbg_open_sockets", "Open WebSocket connections", registry=r)
         self.bytes_in = Counter(
             "rbg_received_bytes", "Bytes of WebSocket frames received", registry=r
@@ -73,6 +79,9 @@ class Metrics:
         """One task answered: ``outcome`` is "success" or an error code (a fixed set)."""
         label = task_type if task_type in _TASK_TYPE_LABELS else _OTHER
         self.tasks.labels(label, outcome).inc()
+
+    def serve_model(self, model: str, provider: str) -> None:
+        self.models.labels(model, provider).set(1)
 
     def observe_batch(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)

@@ -15,7 +15,7 @@ def test_the_replay_graph_returns_its_prediction_for_any_batch(tmp_path, runtime
     rng = np.random.default_rng(7)
     prediction = rng.random((320, 320), dtype=np.float32)
     path = write_replay_model(tmp_path / "replay.onnx", prediction)
-    model = load_runtime(path, runtime, use_cuda=False, threads=1)
+    model = load_runtime(path, runtime, threads=1)
     assert model.input_size == (320, 320)
     for batch in (1, 3):
         inputs = rng.standard_normal((batch, 3, 320, 320), dtype=np.float32)

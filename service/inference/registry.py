@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from protocol.messages import DEFAULT_MODEL, ModelInfo
 
 from ..config import Config
+from .errors import ModelLoadError
 from .families import FAMILIES, FAMILY_BY_SIZE, Family
 from .simulated import SimulatedDevice, parse_latency
 
@@ -78,10 +79,6 @@ class ModelRegistry:
         return iter(self._models.values())
 
 
-class ModelLoadError(RuntimeError):
-    pass
-
-
 def _family(runtime: Runtime, requested: str | None, model_id: str) -> Family:
     if requested is not None:
         if requested not in FAMILIES:
@@ -100,9 +97,11 @@ def _family(runtime: Runtime, requested: str | None, model_id: str) -> Family:
 
 def load_registry(config: Config) -> ModelRegistry:
     """Load every configured model into a runtime (one session per distinct file)."""
-    from .runtime import cuda_usable, load_runtime
+    from .cuda import CudaOptions
+    from .runtime import load_runtime, select_runtime
 
-    use_cuda = cuda_usable()
+    options = CudaOptions(allow_tf32=config.allow_tf32)
+    kind = select_runtime(config.runtime, config.precision, options)
     specs: dict[str, tuple[Path, str | None]] = {}
     if config.models_dir.is_dir():
         for path in sorted(config.models_dir.glob("*.onnx")):
@@ -128,7 +127,12 @@ def load_registry(config: Config) -> ModelRegistry:
             raise ModelLoadError(f"model {model_id}: no file at {path}")
         if resolved not in runtimes:
             runtimes[resolved] = load_runtime(
-                resolved, config.runtime, use_cuda=use_cuda, threads=config.inference_threads
+                resolved,
+                kind,
+                threads=config.inference_threads,
+                options=options,
+                precision=config.precision,
+                max_batch=config.max_batch,
             )
             if config.simulated_device:  # a benchmarking tool (inference/simulated.py)
                 latency = parse_latency(config.simulated_device)

@@ -4,18 +4,22 @@ The boundary is ``infer_batch(float32[N,3,H,W]) -> float32[N,H,W]`` (the first o
 channel, untouched). Anything else that can run such a function (another runtime, a remote
 inference server such as Triton) can stand in without the batcher or pipeline noticing.
 
-- ``OnnxModel``: onnxruntime, with CUDA when it is really usable (the GPU path), else the CPU.
+- ``OnnxModel``: onnxruntime, on the CPU or on CUDA (``service.inference.cuda``).
 - ``OpenVinoModel``: OpenVINO's CPU runtime reading the same ONNX file, in f32 (outputs equal
   onnxruntime's to ~1e-6), faster than onnxruntime on the CPU (docs/decisions/0003).
-``load_runtime`` picks one: ``auto`` = onnxruntime+CUDA on a GPU host, else OpenVINO, else
-onnxruntime on the CPU.
+
+``select_runtime`` decides once per process: ``auto`` is CUDA where a GPU driver answers (and
+then CUDA must work: the start stops otherwise), else OpenVINO; ``cuda``, ``openvino`` and
+``onnxruntime`` (its CPU provider) force one.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
+import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -23,18 +27,27 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import cuda
+from .driver import driver_answers
+from .errors import CudaUnusable, ModelLoadError
+
 __all__ = [
     "OnnxModel",
     "OpenVinoModel",
     "Runtime",
     "RUNTIMES",
-    "cuda_usable",
+    "PRECISIONS",
+    "batch_sizes",
+    "stack_images",
+    "select_runtime",
     "with_symbolic_batch",
+    "to_fp16",
     "load_runtime",
     "openvino_available",
 ]
 
-RUNTIMES = ("auto", "onnxruntime", "openvino")
+RUNTIMES = ("auto", "cuda", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "fp16")
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +56,39 @@ def _quiet_onnxruntime() -> None:
     """onnxruntime logs a warning per unused initializer and, with the GPU wheel on a host
     without CUDA, an error per provider it cannot load. Providers are chosen here, so only its
     errors that matter are wanted (its logger is process-wide)."""
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(cuda.QUIET_SEVERITY)
 
 
-def cuda_usable() -> bool:
-    """True only when the CUDA provider is built in *and* a driver with a device answers.
+def select_runtime(
+    choice: str, precision: str = "fp32", options: cuda.CudaOptions | None = None
+) -> str:
+    """The runtime this host serves from: ``cuda``, ``openvino`` or ``onnxruntime``.
 
-    The GPU wheel lists CUDAExecutionProvider everywhere; asking the driver first avoids a
-    session that silently falls back to CPU after logging a screenful of loader errors.
+    Raises CudaUnusable when CUDA is chosen (or ``auto`` on a host whose driver answers) and
+    the probe session cannot run on it, and ModelLoadError for a precision the runtime lacks.
     """
+    if choice not in RUNTIMES:
+        raise ModelLoadError(f"unknown runtime {choice!r}; choose one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise ModelLoadError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
     _quiet_onnxruntime()
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    count = ctypes.c_int(0)
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return False
-    return count.value > 0
+    kind = choice
+    if choice == "auto":
+        kind = "cuda" if driver_answers() else "openvino" if openvino_available() else "onnxruntime"
+    if kind == "cuda":
+        if not driver_answers():
+            raise CudaUnusable(
+                "--runtime cuda: no GPU driver answers on this host (libcuda.so.1 with a device); "
+                "start with --runtime openvino to serve from the CPU"
+            )
+        cuda.probe(options or cuda.CudaOptions())
+    if precision == "fp16" and kind != "cuda":
+        raise ModelLoadError(
+            f"--precision fp16 runs on CUDA only; this host serves from {kind}, in fp32"
+        )
+    return kind
 
 
 def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -80,42 +106,164 @@ def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's weights and arithmetic in float16, its inputs and outputs still float32, so
+    that the pipeline around it does not change (onnxconverter-common, the ``gpu`` extra)."""
+    from onnxconverter_common import float16
+
+    with warnings.catch_warnings():  # a line per weight too small for float16, by design
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(model, keep_io_types=True)
+
+
+def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
+    """float32[N, ...] of N inputs; a batch of one is a view of its image, not a copy (at 1024
+    a copy is 12 MB per image)."""
+    return images[0][np.newaxis] if len(images) == 1 else np.stack(images)
+
+
+def batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a CUDA session runs: powers of two below ``max_batch``, and it. A batch
+    runs padded to the next of them, so that cuDNN searches its algorithms for a few shapes,
+    all at start, instead of once per size on the first requests."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch:
+        sizes.append(sizes[-1] * 2)
+    return (*sizes, max_batch) if max_batch > 1 else (1,)
+
+
 class OnnxModel:
-    """An inference session over one ONNX file, ready for batches of any size."""
+    """An inference session over one ONNX file, ready for batches of any size.
+
+    On CUDA (``options`` given): the provider's options of ``cuda.CudaOptions``, run-time
+    fallback disabled, inputs and outputs bound in page-locked host buffers of the largest
+    batch, and every batch size of ``batch_sizes`` run once at load (the algorithm search).
+    """
 
     preferred_batch = 1  # on the CPU, batching u2netp made onnxruntime slower, not faster
 
-    def __init__(self, path: Path, *, use_cuda: bool, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        threads: int | None = None,
+        options: cuda.CudaOptions | None = None,
+        precision: str = "fp32",
+        max_batch: int | None = None,
+    ) -> None:
         _quiet_onnxruntime()
         model = with_symbolic_batch(onnx.load(str(path)))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        providers = (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            if use_cuda
+        if precision == "fp16":
+            model = to_fp16(model)
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.intra_op_num_threads = threads or os.cpu_count() or 1
+        session_options.inter_op_num_threads = 1
+        self.providers = (
+            [(cuda.CUDA_PROVIDER, cuda.provider_options(options))]
+            if options is not None
             else ["CPUExecutionProvider"]
         )
         self.inference_session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=providers
+            model.SerializeToString(), sess_options=session_options, providers=self.providers
         )
+        # A failing GPU call raises instead of running the whole session again on the CPU.
+        self.inference_session.disable_fallback()
         self.path = path
+        self.precision = precision
         self.provider = self.inference_session.get_providers()[0]
-        self.on_gpu = self.provider == "CUDAExecutionProvider"
-        if use_cuda and not self.on_gpu:
-            log.warning("CUDA was usable but %s fell back to %s", path, self.provider)
-        if self.on_gpu:
-            self.preferred_batch = 16
+        self.on_gpu = self.provider == cuda.CUDA_PROVIDER
+        if options is not None and not self.on_gpu:
+            raise CudaUnusable(
+                f"{path}: the session started on {self.provider}, not on CUDA; {cuda.FIX}"
+            )
         model_input = self.inference_session.get_inputs()[0]
         self.input_name = model_input.name
         self.output_name = self.inference_session.get_outputs()[0].name
         self.input_size = _spatial_size(model_input.shape)
+        self._buffers: _BoundBuffers | None = None
+        if self.on_gpu:
+            self.preferred_batch = max_batch or 16
+            if self.input_size is None:
+                raise ModelLoadError(
+                    f"{path}: a CUDA session needs a model with a fixed input size"
+                )
+            output_shape = self.inference_session.get_outputs()[0].shape
+            self._buffers = _BoundBuffers(self.preferred_batch, self.input_size, output_shape)
+            self.warm_up()
+
+    def warm_up(self) -> dict[int, float]:
+        """Run each batch size once (cuDNN's algorithm search); seconds per size."""
+        seconds: dict[int, float] = {}
+        for size in batch_sizes(self.preferred_batch):
+            started = time.perf_counter()
+            self.infer_batch(np.zeros((size, 3, *(self.input_size or (1, 1))), np.float32))
+            seconds[size] = time.perf_counter() - started
+        log.info(
+            "%s: batch sizes warmed on %s in %s",
+            self.path.name,
+            self.provider,
+            ", ".join(f"{size}: {taken * 1000:.0f} ms" for size, taken in seconds.items()),
+        )
+        return seconds
+
+    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """One batch from single images: on CUDA straight into the bound input buffer."""
+        if self._buffers is None:
+            return stack_images(images)
+        return self._buffers.stack(images)
 
     def infer_batch(self, batch: np.ndarray) -> np.ndarray:
         """float32[N,3,H,W] -> float32[N,H,W]: the first output's first channel per image."""
-        (output,) = self.inference_session.run([self.output_name], {self.input_name: batch})
-        return output[:, 0, :, :]
+        if self._buffers is None:
+            (output,) = self.inference_session.run([self.output_name], {self.input_name: batch})
+            return output[:, 0, :, :]
+        return self._buffers.run(self, batch)
+
+
+class _BoundBuffers:
+    """Page-locked input and output buffers of the largest batch, bound to a CUDA session; a
+    batch runs padded to the next size of ``batch_sizes`` (rows beyond it hold whatever the
+    last batch left, and their outputs are dropped)."""
+
+    def __init__(self, max_batch: int, size: tuple[int, int], output_shape: list) -> None:
+        self.sizes = batch_sizes(max_batch)
+        self.input = np.zeros((max_batch, 3, *size), np.float32)
+        tail = output_shape[1:]
+        fixed = all(isinstance(d, int) for d in tail)
+        self.output = np.zeros((max_batch, *tail), np.float32) if fixed else None
+        self.pinned = cuda.pin(self.input) and (self.output is None or cuda.pin(self.output))
+        if not self.pinned:
+            log.warning("page-locked host buffers refused: copies to the GPU go through staging")
+
+    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        view = self.input[: len(images)]
+        np.stack(images, out=view)
+        return view
+
+    def _padded(self, count: int) -> int:
+        return next(size for size in self.sizes if size >= count)
+
+    def run(self, model: OnnxModel, batch: np.ndarray) -> np.ndarray:
+        count = len(batch)
+        if not np.shares_memory(batch, self.input):
+            self.input[:count] = batch
+        rows = self._padded(count)
+        binding = model.inference_session.io_binding()
+        source = self.input[:rows]
+        binding.bind_input(
+            model.input_name, "cpu", 0, np.float32, list(source.shape), source.ctypes.data
+        )
+        if self.output is not None:
+            target = self.output[:rows]
+            binding.bind_output(
+                model.output_name, "cpu", 0, np.float32, list(target.shape), target.ctypes.data
+            )
+            model.inference_session.run_with_iobinding(binding)
+            return target[:count, 0].copy()  # the buffer is the next batch's
+        binding.bind_output(model.output_name, "cpu")
+        model.inference_session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0][:count, 0]
 
 
 def openvino_available() -> bool:
@@ -160,6 +308,9 @@ class OpenVinoModel:
         shape = model.inputs[0].get_partial_shape()
         self.input_size = _spatial_size([d.get_length() if d.is_static else None for d in shape])
 
+    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return stack_images(images)
+
     def _collect(self, request, index: int) -> None:
         self._outputs[index] = request.get_output_tensor(0).data[0, 0].copy()
 
@@ -184,16 +335,34 @@ class Runtime(Protocol):
     preferred_batch: int
     input_size: tuple[int, int] | None
 
+    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
     def infer_batch(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def load_runtime(path: Path, choice: str, *, use_cuda: bool, threads: int | None) -> Runtime:
-    """The runtime for ``path``: ``onnxruntime``, ``openvino``, or ``auto`` (see module doc)."""
-    if choice not in RUNTIMES:
-        raise ValueError(f"unknown runtime {choice!r}; choose one of {', '.join(RUNTIMES)}")
-    if choice == "openvino" or (choice == "auto" and not use_cuda and openvino_available()):
+def load_runtime(
+    path: Path,
+    kind: str,
+    *,
+    threads: int | None = None,
+    options: cuda.CudaOptions | None = None,
+    precision: str = "fp32",
+    max_batch: int | None = None,
+) -> Runtime:
+    """The runtime of ``select_runtime``'s ``kind`` for ``path``."""
+    if kind == "openvino":
         return OpenVinoModel(path, threads=threads)
-    return OnnxModel(path, use_cuda=use_cuda, threads=threads)
+    if kind == "cuda":
+        return OnnxModel(
+            path,
+            threads=threads,
+            options=options or cuda.CudaOptions(),
+            precision=precision,
+            max_batch=max_batch,
+        )
+    if kind == "onnxruntime":
+        return OnnxModel(path, threads=threads, precision=precision)
+    raise ModelLoadError(f"unknown runtime {kind!r}; choose one of {', '.join(RUNTIMES[1:])}")
 
 
 def _spatial_size(shape: list) -> tuple[int, int] | None:

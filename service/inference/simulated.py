@@ -12,6 +12,7 @@ made by ``--simulated-device``.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,9 @@ class SimulatedDevice:
             f"simulated device ({latency.fixed * 1000:g} ms + {latency.per_image * 1000:g} ms"
             f" per image) over {inner.provider}"
         )
+
+    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self._inner.stack(images)
 
     def infer_batch(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -28,6 +28,7 @@ __all__ = ["MicroBatcher", "InferBatch"]
 log = logging.getLogger(__name__)
 
 InferBatch = Callable[[np.ndarray], np.ndarray]
+StackBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
 
 
 @dataclass
@@ -41,6 +42,8 @@ class MicroBatcher:
 
     Args:
         infer: float32[N,...] -> float32[N,...], one output per input, in order.
+        stack: N single inputs into the batch ``infer`` takes (the runtime's own, e.g. into
+            its page-locked buffer); it runs on the inference thread, not on the event loop.
         max_batch: the most images one call receives.
         max_wait: seconds to wait for a batch to fill once one image is queued.
         executor: where ``infer`` runs; by default a thread of its own.
@@ -52,6 +55,7 @@ class MicroBatcher:
         self,
         infer: InferBatch,
         *,
+        stack: StackBatch = np.stack,
         max_batch: int,
         max_wait: float,
         executor: Executor | None = None,
@@ -63,6 +67,7 @@ class MicroBatcher:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._infer = infer
+        self._stack = stack
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._executor = executor or named_pool(1, f"infer-{name}")
@@ -129,6 +134,12 @@ class MicroBatcher:
             batch.extend(self._take_round_robin(self.max_batch - len(batch)))
         return batch
 
+    def _stack_and_infer(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        """The batch's outputs and the seconds inference took (stacking not included)."""
+        stacked = self._stack(tensors)
+        started = time.perf_counter()
+        return self._infer(stacked), time.perf_counter() - started
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -136,11 +147,12 @@ class MicroBatcher:
             if not batch:
                 continue
             try:
-                stacked = np.stack([pending.tensor for pending in batch])
-                started = time.perf_counter()
-                outputs = await loop.run_in_executor(self._executor, self._infer, stacked)
+                tensors = [pending.tensor for pending in batch]
+                outputs, seconds = await loop.run_in_executor(
+                    self._executor, self._stack_and_infer, tensors
+                )
                 if self._on_batch is not None:
-                    self._on_batch(len(batch), time.perf_counter() - started)
+                    self._on_batch(len(batch), seconds)
                 if len(outputs) != len(batch):
                     raise RuntimeError(
                         f"inference returned {len(outputs)} outputs for {len(batch)} inputs"

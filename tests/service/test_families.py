@@ -48,7 +48,7 @@ def test_the_model_input_is_what_rembgs_session_feeds(name):
 def test_the_mask_is_rembgs(name, graphs):
     family = FAMILIES[name]
     decoded = darkened_car()
-    runtime = OnnxModel(graphs[family.size], use_cuda=False, threads=1)
+    runtime = OnnxModel(graphs[family.size], threads=1)
     prediction = runtime.infer_batch(pipeline.preprocess(decoded, family)[np.newaxis])[0]
     ours = pipeline.mask_from_prediction(prediction, decoded.size, family.sigmoid)
     golden = np.asarray(Image.open(GOLDEN / f"family-{name}.mask.png"))
@@ -60,7 +60,7 @@ def test_birefnets_sigmoid_changes_the_mask(graphs):
     """Without the sigmoid, birefnet's file would give bria-rmbg2's mask: the flag matters."""
     decoded = darkened_car()
     tensor = pipeline.preprocess(decoded, FAMILIES["birefnet"])[np.newaxis]
-    prediction = OnnxModel(graphs[1024], use_cuda=False, threads=1).infer_batch(tensor)[0]
+    prediction = OnnxModel(graphs[1024], threads=1).infer_batch(tensor)[0]
     squashed = pipeline.mask_from_prediction(prediction, decoded.size, sigmoid=True)
     raw = pipeline.mask_from_prediction(prediction, decoded.size, sigmoid=False)
     assert np.abs(squashed.astype(np.int16) - raw).mean() > 1

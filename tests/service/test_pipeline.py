@@ -28,7 +28,7 @@ MAX_PIXELS = 40_000_000
 @pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
 def model(request):
     """Both CPU runtimes must give rembg's output."""
-    return load_runtime(MODEL, request.param, use_cuda=False, threads=None)
+    return load_runtime(MODEL, request.param, threads=None)
 
 
 def predict(model, decoded: pipeline.DecodedImage) -> np.ndarray:

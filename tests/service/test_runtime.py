@@ -11,7 +11,7 @@ from service.config import Config, ModelOverride
 from service.fetch_model import MD5
 from service.inference.families import FAMILIES
 from service.inference.registry import load_registry
-from service.inference.runtime import OnnxModel, cuda_usable, with_symbolic_batch
+from service.inference.runtime import OnnxModel, select_runtime, with_symbolic_batch
 from tests.support import MODEL, build_isnet_test_model
 
 
@@ -27,7 +27,7 @@ def test_symbolic_batch_replaces_the_fixed_one(tmp_path):
 
 
 def test_a_fixed_batch_model_runs_batches_of_any_size(tmp_path):
-    runtime = OnnxModel(build_isnet_test_model(tmp_path / "m.onnx"), use_cuda=False)
+    runtime = OnnxModel(build_isnet_test_model(tmp_path / "m.onnx"))
     batch = np.random.default_rng(0).standard_normal((3, 3, 1024, 1024)).astype(np.float32)
     out = runtime.infer_batch(batch)
     assert out.shape == (3, 1024, 1024)
@@ -35,9 +35,10 @@ def test_a_fixed_batch_model_runs_batches_of_any_size(tmp_path):
     assert runtime.input_size == (1024, 1024)
 
 
-def test_cuda_detection_answers_without_raising_and_cpu_is_the_fallback():
-    assert isinstance(cuda_usable(), bool)
-    assert OnnxModel(MODEL, use_cuda=False).provider == "CPUExecutionProvider"
+def test_a_host_without_a_gpu_driver_serves_from_openvino_by_default():
+    assert select_runtime("auto") == "openvino"
+    assert select_runtime("onnxruntime") == "onnxruntime"
+    assert OnnxModel(MODEL).provider == "CPUExecutionProvider"
 
 
 def test_registry_serves_rembg_1_4_by_the_embedded_model_and_detects_families(tmp_path):
