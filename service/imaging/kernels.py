@@ -21,7 +21,16 @@ import sys
 import numba
 import numpy as np
 
-__all__ = ["lanczos_resize", "packed_pixels", "brightest", "planes", "cut_out", "warm_up"]
+__all__ = [
+    "lanczos_resize",
+    "resize_to_planes",
+    "packed_pixels",
+    "brightest",
+    "planes",
+    "unit_bytes",
+    "cut_out",
+    "warm_up",
+]
 
 if sys.byteorder != "little":
     raise ImportError("the packed-pixel kernels read RGBX words in little-endian order")
@@ -75,23 +84,47 @@ def _coefficients(in_size: int, out_size: int):
     return starts, counts, weights
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _weighted_rows(rows, first, count, weights, total):
+    """``total`` = Pillow's rounding half plus the weighted sum of ``count`` rows from ``first``
+    (one output row of a pass along columns, before the shift and clip)."""
+    total[:] = np.int32(1 << (_PRECISION_BITS - 1))
+    for tap in range(count):
+        source = rows[first + tap]
+        weight = weights[tap]
+        for i in range(source.shape[0]):
+            total[i] += np.int32(source[i]) * weight
+
+
 @numba.njit(cache=True, nogil=True)
 def _along_columns(rows, starts, counts, weights):
     """uint8[H, B] -> uint8[len(starts), B]: each output row a weighted sum of input rows."""
     out = np.empty((starts.shape[0], rows.shape[1]), np.uint8)
     total = np.empty(rows.shape[1], np.int32)
-    half = np.int32(1 << (_PRECISION_BITS - 1))
     for target in range(starts.shape[0]):
-        total[:] = half
-        for tap in range(counts[target]):
-            source = rows[starts[target] + tap]
-            weight = weights[target, tap]
-            for i in range(source.shape[0]):
-                total[i] += np.int32(source[i]) * weight
+        _weighted_rows(rows, starts[target], counts[target], weights[target], total)
         for i in range(total.shape[0]):
             value = total[i] >> _PRECISION_BITS
             out[target, i] = 0 if value < 0 else (255 if value > 255 else value)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _along_columns_to_planes(rows, starts, counts, weights, table, out):
+    """``_along_columns`` over RGBX rows (4 bytes a pixel) whose R, G and B results are looked up
+    in their band's column of ``table`` and written to float32 planes ``out[band, row, pixel]``
+    instead of bytes: the vertical pass and ``planes`` in one, without the image between them."""
+    total = np.empty(rows.shape[1], np.int32)
+    row = np.empty(rows.shape[1], np.uint8)  # one output row, in L1, then looked up
+    for target in range(starts.shape[0]):
+        _weighted_rows(rows, starts[target], counts[target], weights[target], total)
+        for i in range(total.shape[0]):
+            value = total[i] >> _PRECISION_BITS
+            row[i] = 0 if value < 0 else (255 if value > 255 else value)
+        for pixel in range(row.shape[0] // 4):
+            out[0, target, pixel] = table[row[4 * pixel], 0]
+            out[1, target, pixel] = table[row[4 * pixel + 1], 1]
+            out[2, target, pixel] = table[row[4 * pixel + 2], 2]
 
 
 @functools.lru_cache(maxsize=256)
@@ -133,6 +166,29 @@ def lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _pass(pixels, vertical) if out_height != height else pixels.copy()
 
 
+def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], table: np.ndarray) -> np.ndarray:
+    """``planes(lanczos_resize(pixels, size), table)`` of uint32[H, W] RGBX pixels, the same
+    floats; when Pillow's last pass is the vertical one (it is unless the height shrinks by more
+    than twice what the width does), that pass writes the planes itself."""
+    height, width = pixels.shape
+    out_width, out_height = size
+    vertical = _cached_coefficients(height, out_height)
+    if (0 < height - out_height and (width - out_width) * 2 < height - out_height) or (
+        out_height == height
+    ):
+        return planes(lanczos_resize(pixels, size), table)
+    starts, counts, weights = vertical
+    first, last = int(starts[0]), int(starts[-1] + counts[-1])
+    rows = np.ascontiguousarray(pixels[first:last])
+    if out_width != width:
+        rows = _horizontal(rows, out_width)
+    out = np.empty((3, out_height, out_width), np.float32)
+    _along_columns_to_planes(
+        rows.view(np.uint8).reshape(rows.shape[0], -1), starts - first, counts, weights, table, out
+    )
+    return out
+
+
 def packed_pixels(data: bytes, size: tuple[int, int]) -> np.ndarray:
     """uint32[H, W] pixels from 4-byte pixels (``Image.tobytes("raw", "RGBX")`` or "RGBA")."""
     return np.frombuffer(data, np.uint32).reshape(size[1], size[0])
@@ -168,6 +224,27 @@ def planes(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
     column of float32[256, 3] ``table``."""
     out = np.empty((3, *pixels.shape), np.float32)
     _planes(pixels, table, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _scaled_bytes(values, low, span, out):
+    scale = np.float32(255)
+    for y in range(values.shape[0]):
+        for x in range(values.shape[1]):
+            out[y, x] = np.uint8(((values[y, x] - low) / span) * scale)
+
+
+def unit_bytes(values: np.ndarray) -> np.ndarray:
+    """uint8[H, W] of float32[H, W] ``values`` min-max scaled to [0, 1], times 255, truncated:
+    numpy's ``((values - low) / (high - low) * 255).astype(uint8)`` in float32, the same bytes
+    in one pass after the extremes. Uniform values give zeros."""
+    low, high = values.min(), values.max()
+    out = np.zeros(values.shape, np.uint8)
+    if high > low:
+        # The span as numpy's caller computes it: float64 difference, then float32.
+        span = np.float32(float(high) - float(low))
+        _scaled_bytes(values, np.float32(low), span, out)
     return out
 
 
@@ -213,5 +290,7 @@ def warm_up() -> None:
     lanczos_resize(np.zeros((40, 6), np.uint8), (5, 4))
     cut_out(np.zeros((2, 2), np.uint32), np.zeros((2, 2), np.uint8))
     planes(np.zeros((2, 2), np.uint32), np.zeros((256, 3), np.float32))
+    resize_to_planes(np.zeros((8, 6), np.uint32), (12, 16), np.zeros((256, 3), np.float32))
+    unit_bytes(np.arange(4, dtype=np.float32).reshape(2, 2))
     colours(np.zeros((2, 2), np.uint32), np.zeros(256, np.float32))
     brightest(np.zeros((2, 2), np.uint32))

@@ -136,16 +136,22 @@ def decode_image(
     return decoded
 
 
+def _input_table(family: Family, scale: float) -> np.ndarray:
+    """float32[256, 3]: each band value normalised as rembg does the whole array (float64,
+    then rounded to float32), to be looked up instead of computed per pixel."""
+    values = np.arange(256, dtype=np.float64)[:, np.newaxis]
+    return ((values / scale - np.asarray(family.mean)) / np.asarray(family.std)).astype(np.float32)
+
+
 def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
     """The model input for one image: float32[3, S, S], as rembg's ``normalize`` makes it."""
+    size = (family.size, family.size)
+    if not family.divide_by_max:  # the table is known first: the resize writes the input
+        return kernels.resize_to_planes(decoded.pixels, size, _input_table(family, 255.0))
     # Bands resize independently: an RGBA image's RGB comes out as its RGB conversion's would.
-    small = kernels.lanczos_resize(decoded.pixels, (family.size, family.size))
-    scale = max(float(kernels.brightest(small)), 1e-6) if family.divide_by_max else 255.0
-    # A band has 256 values: normalise those in float64 then round to float32, as rembg does
-    # with the whole array, and look them up.
-    values = np.arange(256, dtype=np.float64)[:, np.newaxis]
-    table = ((values / scale - np.asarray(family.mean)) / np.asarray(family.std)).astype(np.float32)
-    return kernels.planes(small, table)
+    small = kernels.lanczos_resize(decoded.pixels, size)
+    scale = max(float(kernels.brightest(small)), 1e-6)
+    return kernels.planes(small, _input_table(family, scale))
 
 
 def mask_from_prediction(
@@ -160,12 +166,7 @@ def mask_from_prediction(
     """
     if sigmoid:
         prediction = np.float32(1) / (np.float32(1) + np.exp(-prediction))
-    high, low = float(prediction.max()), float(prediction.min())
-    if high > low:
-        scaled = (prediction - np.float32(low)) / np.float32(high - low)
-    else:
-        scaled = np.zeros_like(prediction)
-    return kernels.lanczos_resize((scaled * 255).astype(np.uint8), size)
+    return kernels.lanczos_resize(kernels.unit_bytes(prediction), size)
 
 
 def _cross_filter(image: np.ndarray, pick: np.ufunc) -> np.ndarray:

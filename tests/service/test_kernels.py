@@ -81,3 +81,23 @@ def test_the_cutout_keeps_colour_where_visible_and_none_where_transparent():
     assert np.array_equal(rgba[..., 3], alpha)
     assert np.array_equal(rgba[visible][:, :3], rgb[visible])
     assert not rgba[~visible].any()
+
+
+@pytest.mark.parametrize("shape,target", SIZES)
+def test_resizing_into_planes_gives_the_planes_of_the_resized_image(shape, target):
+    """Whichever pass comes last, the fused path's floats equal resize-then-look-up's."""
+    noise = np.random.default_rng(len(shape) + target[0]).integers(0, 256, (*shape, 3), np.uint8)
+    table = np.random.default_rng(1).standard_normal((256, 3)).astype(np.float32)
+    size = (target[1], target[0])
+    expected = kernels.planes(kernels.lanczos_resize(packed(noise), size), table)
+    assert np.array_equal(kernels.resize_to_planes(packed(noise), size, table), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_unit_bytes_equal_numpys_min_max_scaling(seed):
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal((97, 131)) * rng.uniform(0.01, 50)).astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    expected = ((values - np.float32(low)) / np.float32(high - low) * 255).astype(np.uint8)
+    assert np.array_equal(kernels.unit_bytes(values), expected)
+    assert not kernels.unit_bytes(np.full((3, 4), 0.5, np.float32)).any()
