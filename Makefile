@@ -8,7 +8,7 @@ MODEL  := models/u2netp.onnx
 
 JS_SDK := tests/js/node_modules/.installed
 
-.PHONY: install run test test-unit test-gpu-libraries lint schema bench clean
+.PHONY: install run test test-unit test-gpu-libraries lint schema bench gpu-check clean
 
 # A GPU host's CUDA and cuDNN libraries (the `gpu` extra, ~2 GB from PyPI) are installed where
 # an NVIDIA driver answers; GPU=1 installs them anyway, GPU=0 never.
@@ -101,6 +101,10 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 
 bench: install $(VENV)/.installed-bench
 	$(PY) -m load.bench
+
+# One command that proves a GPU host (docs/models.md); without a GPU, its CPU-side part (CI).
+gpu-check: install
+	$(PY) -m load.gpu_check
 
 # Regenerate protocol/schema/ from the structs (a test fails when it drifts).
 schema: install

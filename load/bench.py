@@ -180,16 +180,23 @@ def _u2netp_core_ms(tensor: np.ndarray, runs: int = 10) -> tuple[float, np.ndarr
     return (time.process_time() - start) * 1000 / runs, prediction
 
 
-def _replay_flags(replay: Path) -> tuple[str, ...]:
+def _replay_flags(replay: Path, family: str = "u2net") -> tuple[str, ...]:
     """Serve the replay graph on onnxruntime with one thread: like a GPU runtime's, its CPU side
     is a thin call (OpenVINO's CPU threads would spin between calls and bill the CPU work)."""
-    return ("onnxruntime", "--inference-threads", "1", "--model", f"replay={replay}:u2net")
+    return ("onnxruntime", "--inference-threads", "1", "--model", f"replay={replay}:{family}")
 
 
 def _replay_load(
-    port: int, image: bytes, output_type: str, connections: int, tasks: int, window: int
+    port: int,
+    image: bytes,
+    output_type: str,
+    connections: int,
+    tasks: int,
+    window: int,
+    model: str | None = "replay",
 ) -> LoadConfig:
-    """A load of PNG removals on the replay model, answers neither checked nor fetched."""
+    """A load of PNG removals on ``model`` (the replay model unless told; None: the server's
+    default), answers neither checked nor fetched."""
     return LoadConfig(
         url=f"ws://127.0.0.1:{port}",
         images=(image,),
@@ -198,34 +205,46 @@ def _replay_load(
         window=window,
         output_type=output_type,
         output_format="PNG",
-        model="replay",
+        model=model,
         progress=False,
         verify_images=False,
         fetch_urls=False,
     )
 
 
-def _replay_model(image: Path) -> tuple[float, Path]:
-    """One-thread u2netp core-ms, and the replay graph answering ``image``'s real prediction."""
+def _replay_model(image: Path, size: int = 320) -> tuple[float, Path]:
+    """One-thread u2netp core-ms, and the replay graph answering ``image``'s real u2netp
+    prediction at ``size`` x ``size`` (1024: resized as RMBG-1.4's output would lie)."""
+    from scipy import ndimage
+
     from .standin import write_replay_model
 
     core_ms, prediction = _u2netp_core_ms(_model_input(image.read_bytes()))
-    return core_ms, write_replay_model(BENCH_DIR / "replay.onnx", prediction)
+    if size != prediction.shape[-1]:
+        prediction = ndimage.zoom(prediction, size / prediction.shape[-1], order=1)
+    return core_ms, write_replay_model(BENCH_DIR / f"replay-{size}.onnx", prediction)
 
 
-def standin(images: list[Path], tasks_per_socket: int = 30) -> dict:
+# The stand-in's model shapes: u2netp's 320 (the embedded model) and RMBG-1.4's 1024 (what
+# runware:109@1 really names, and so what sizes a real GPU host).
+STANDIN_FAMILIES = {"u2net": 320, "isnet": 1024}
+
+
+def standin(images: list[Path], tasks_per_socket: int = 30, family: str = "u2net") -> dict:
     """The CPU work around the model, measured with the model out of the way: the service
-    serves a replay graph (load.standin) that answers with anime-girl-1's real u2netp
-    prediction at next to no cost. Server core-ms per image (from /proc) and images/s, 8
-    sockets, for each image, output type and CPU worker count; and the load generator's own
-    core-ms per image, since it shares the machine's cores with the server."""
-    core_ms, replay = _replay_model(images[0])
+    serves a replay graph (load.standin) of ``family``'s input size that answers with
+    anime-girl-1's real u2netp prediction at next to no cost. Server core-ms per image (from
+    /proc) and images/s, 8 sockets, for each image, output type and CPU worker count; and the
+    load generator's own core-ms per image, since it shares the machine's cores with the
+    server."""
+    core_ms, replay = _replay_model(images[0], STANDIN_FAMILIES[family])
     rows = []
     for path in images:
         image = path.read_bytes()
         for output_type in ("base64Data", "URL"):
             for workers in (1, 2):
-                port, server = _service(*_replay_flags(replay), "--cpu-workers", str(workers))
+                flags = _replay_flags(replay, family)
+                port, server = _service(*flags, "--cpu-workers", str(workers))
                 with server as process:
                     config = _replay_load(port, image, output_type, 8, tasks_per_socket, 2)
                     asyncio.run(run_load(LoadConfig(**{**vars(config), "connections": 2})))
@@ -237,6 +256,7 @@ def standin(images: list[Path], tasks_per_socket: int = 30) -> dict:
                 rows.append(
                     {
                         "image": path.name,
+                        "family": family,
                         "output": output_type,
                         "cpu_workers": workers,
                         "images_per_s": summary["images_per_s"],
@@ -246,12 +266,14 @@ def standin(images: list[Path], tasks_per_socket: int = 30) -> dict:
                         "lost": summary["lost"],
                     }
                 )
-    return {"u2netp_core_ms": round(core_ms, 1), "rows": rows}
+    return {"u2netp_core_ms": round(core_ms, 1), "family": family, "rows": rows}
 
 
 def _standin_lines(result: dict) -> list[str]:
+    size = STANDIN_FAMILIES[result["family"]]
     lines = [
-        "stand-in device: the service around a model that costs nothing, 8 sockets",
+        f"stand-in device: the service around a {size}x{size} model ({result['family']}) that "
+        "costs nothing, 8 sockets",
         f"  u2netp on one thread: {result['u2netp_core_ms']:.0f} core-ms per image",
     ]
     for row in result["rows"]:
@@ -936,6 +958,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_standin:
         results["standin"] = standin(standin_images)
         print("\n".join(_standin_lines(results["standin"])))
+        results["standin_1024"] = standin(standin_images, family="isnet")
+        print("\n".join(_standin_lines(results["standin_1024"])))
         results["simulated_gpu"] = [simulated_gpu(path) for path in gpu_images]
         for result in results["simulated_gpu"]:
             print("\n".join(_simulated_gpu_lines(result)))
@@ -973,11 +997,13 @@ def main(argv: list[str] | None = None) -> int:
         results["decontaminate"] = decontaminate(image_path.parent)
 
     results["standin"] = standin(standin_images)
+    results["standin_1024"] = standin(standin_images, family="isnet")
     results["simulated_gpu"] = [simulated_gpu(path) for path in gpu_images]
 
     _print_report(results)
     print()
     print("\n".join(_standin_lines(results["standin"])))
+    print("\n".join(_standin_lines(results["standin_1024"])))
     for result in results["simulated_gpu"]:
         print("\n".join(_simulated_gpu_lines(result)))
     if args.json:
