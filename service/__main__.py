@@ -86,10 +86,17 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ),
     ("--max-wait-ms", float, "milliseconds a batch waits to fill"),
     (
+        "--batches-in-flight",
+        int,
+        "batches handed to the inference thread at once; with 2 the next batch waits there "
+        "and starts the moment the running one ends",
+    ),
+    (
         "--simulated-device",
         str,
-        "FIXED_MS,PER_IMAGE_MS: for benchmarks only, every model call takes this long per "
-        "batch (a GPU's latency), e.g. with the stand-in model of load/standin.py",
+        "FIXED_MS,PER_IMAGE_MS[,GB_PER_S]: for benchmarks only, every model call takes this "
+        "long per batch (a GPU's latency, and the batch's bytes at that bandwidth), e.g. with "
+        "the stand-in model of load/standin.py",
     ),
     (
         "--socket-concurrency",

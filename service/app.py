@@ -171,6 +171,7 @@ class App:
                     stack=model.runtime.stack,
                     max_batch=self.config.max_batch or model.runtime.preferred_batch,
                     max_wait=self.config.max_wait_ms / 1000,
+                    in_flight=self.config.batches_in_flight,
                     name=model.id,
                     on_batch=self._batch_observer(model.id),
                 )

@@ -49,6 +49,9 @@ class Config:
     # stream for OpenVINO, 16 on CUDA).
     max_batch: int | None = None
     max_wait_ms: float = 4.0
+    # Batches handed to the inference thread at once; 2 queues the next one there, ready. It
+    # did not pay under the simulated device (docs/decisions/0012), so one at a time.
+    batches_in_flight: int = 1
     # Benchmarking only: "FIXED_MS,PER_IMAGE_MS" wraps every model in a simulated accelerator
     # with that batch latency (service/inference/simulated.py). None: the real runtime.
     simulated_device: str | None = None

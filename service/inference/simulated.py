@@ -26,24 +26,32 @@ __all__ = ["DeviceLatency", "SimulatedDevice", "parse_latency"]
 
 @dataclass(frozen=True)
 class DeviceLatency:
-    """t(N) = fixed + per_image * N, in seconds."""
+    """t(N) = fixed + per_image * N + bytes moved / bandwidth, in seconds; the transfer term
+    only when a bandwidth is given (the batch's input and output crossing the host link)."""
 
     fixed: float
     per_image: float
+    bytes_per_second: float | None = None
 
-    def of(self, images: int) -> float:
-        return self.fixed + self.per_image * images
+    def of(self, images: int, moved_bytes: int = 0) -> float:
+        transfer = moved_bytes / self.bytes_per_second if self.bytes_per_second else 0.0
+        return self.fixed + self.per_image * images + transfer
 
 
 def parse_latency(text: str) -> DeviceLatency:
-    """ "FIXED_MS,PER_IMAGE_MS" (e.g. "3,1") as a DeviceLatency."""
+    """ "FIXED_MS,PER_IMAGE_MS[,GB_PER_S]" (e.g. "3,1" or "3,1,12") as a DeviceLatency."""
     try:
-        fixed, per_image = (float(part) for part in text.split(","))
+        values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(f"expected FIXED_MS,PER_IMAGE_MS such as 3,1; got {text!r}") from None
-    if fixed < 0 or per_image < 0:
-        raise ValueError(f"latencies cannot be negative: {text!r}")
-    return DeviceLatency(fixed / 1000, per_image / 1000)
+        values = []
+    if len(values) not in (2, 3):
+        raise ValueError(
+            f"expected FIXED_MS,PER_IMAGE_MS[,GB_PER_S] such as 3,1 or 3,1,12; got {text!r}"
+        )
+    if min(values) < 0 or (len(values) == 3 and values[2] == 0):
+        raise ValueError(f"latencies cannot be negative, nor the bandwidth zero: {text!r}")
+    bandwidth = values[2] * 1e9 if len(values) == 3 else None
+    return DeviceLatency(values[0] / 1000, values[1] / 1000, bandwidth)
 
 
 class SimulatedDevice:
@@ -57,9 +65,14 @@ class SimulatedDevice:
         self._latency = latency
         self.path = inner.path
         self.input_size = inner.input_size
+        transfer = (
+            f" + bytes at {latency.bytes_per_second / 1e9:g} GB/s"
+            if latency.bytes_per_second
+            else ""
+        )
         self.provider = (
             f"simulated device ({latency.fixed * 1000:g} ms + {latency.per_image * 1000:g} ms"
-            f" per image) over {inner.provider}"
+            f" per image{transfer}) over {inner.provider}"
         )
 
     def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -68,7 +81,8 @@ class SimulatedDevice:
     def infer_batch(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
         outputs = self._inner.infer_batch(batch)
-        remaining = self._latency.of(len(batch)) - (time.perf_counter() - started)
+        moved = batch.nbytes + outputs.nbytes
+        remaining = self._latency.of(len(batch), moved) - (time.perf_counter() - started)
         if remaining > 0:
             time.sleep(remaining)
         return outputs

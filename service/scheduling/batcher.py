@@ -1,4 +1,4 @@
-"""The micro-batcher: one per model runtime, one future per image, one batch at a time, fair.
+"""The micro-batcher: one per model runtime, one future per image, batches run one at a time, fair.
 
 A batch forms from whatever is queued, up to ``max_batch`` images; when fewer are waiting it
 waits at most ``max_wait`` seconds for more. Images are taken round-robin across their clients
@@ -49,6 +49,10 @@ class MicroBatcher:
         executor: where ``infer`` runs; by default a thread of its own.
         clock / sleep: the event loop's time and asyncio.sleep unless a test injects others.
         on_batch: called with (images, seconds) after each inference call (metrics).
+        in_flight: batches handed to the inference thread at once. With 2, the next batch is
+            collected and queued behind the running one, so the device starts it the moment
+            the first ends, without waiting for the event loop; a socket's image then waits
+            behind up to two batches (docs/decisions/0012).
     """
 
     def __init__(
@@ -63,9 +67,11 @@ class MicroBatcher:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_batch: Callable[[int, float], None] | None = None,
+        in_flight: int = 1,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or in_flight < 1:
+            raise ValueError("max_batch and in_flight must be at least 1")
+        self.in_flight = in_flight
         self._infer = infer
         self._stack = stack
         self.max_batch = max_batch
@@ -141,28 +147,47 @@ class MicroBatcher:
         return self._infer(stacked), time.perf_counter() - started
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            if not batch:
-                continue
-            try:
-                tensors = [pending.tensor for pending in batch]
-                outputs, seconds = await loop.run_in_executor(
-                    self._executor, self._stack_and_infer, tensors
+        slots = asyncio.Semaphore(self.in_flight)
+        running: set[asyncio.Task] = set()
+
+        def finished(task: asyncio.Task) -> None:
+            running.discard(task)
+            slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                batch = await self._collect()
+                if not batch:
+                    slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                running.add(task)
+                task.add_done_callback(finished)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        """One batch through the inference thread (batches run there one at a time, in the
+        order they were handed over), its outputs to its futures."""
+        try:
+            tensors = [pending.tensor for pending in batch]
+            outputs, seconds = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._stack_and_infer, tensors
+            )
+            if self._on_batch is not None:
+                self._on_batch(len(batch), seconds)
+            if len(outputs) != len(batch):
+                raise RuntimeError(
+                    f"inference returned {len(outputs)} outputs for {len(batch)} inputs"
                 )
-                if self._on_batch is not None:
-                    self._on_batch(len(batch), seconds)
-                if len(outputs) != len(batch):
-                    raise RuntimeError(
-                        f"inference returned {len(outputs)} outputs for {len(batch)} inputs"
-                    )
-            except Exception as error:  # one failed batch fails its own futures, not the batcher
-                log.exception("inference failed for a batch of %d", len(batch))
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                continue
-            for pending, output in zip(batch, outputs, strict=True):
+        except Exception as error:  # one failed batch fails its own futures, not the batcher
+            log.exception("inference failed for a batch of %d", len(batch))
+            for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result(output)
+                    pending.future.set_exception(error)
+            return
+        for pending, output in zip(batch, outputs, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(output)

@@ -52,14 +52,21 @@ def test_the_wait_lets_other_threads_run():
     assert counted > 10_000  # a busy loop beside a GIL-holding wait would barely advance
 
 
-@pytest.mark.parametrize("text", ["3", "a,b", "1,2,3", "-1,2"])
+@pytest.mark.parametrize("text", ["3", "a,b", "1,2,3,4", "-1,2", "1,2,0"])
 def test_a_malformed_latency_is_refused(text):
     with pytest.raises(ValueError):
         parse_latency(text)
 
 
-def test_a_latency_is_read_in_milliseconds():
+def test_a_latency_is_read_in_milliseconds_and_a_bandwidth_in_gigabytes():
     assert parse_latency("3,0.5") == DeviceLatency(fixed=0.003, per_image=0.0005)
+    assert parse_latency("3,0.5,12") == DeviceLatency(0.003, 0.0005, bytes_per_second=12e9)
+
+
+def test_the_transfer_stage_adds_the_bytes_moved_at_the_bandwidth():
+    latency = DeviceLatency(fixed=0.003, per_image=0.001, bytes_per_second=1e9)
+    assert latency.of(4, moved_bytes=2_000_000) == pytest.approx(0.003 + 0.004 + 0.002)
+    assert DeviceLatency(0.003, 0.001).of(4, moved_bytes=2_000_000) == pytest.approx(0.007)
 
 
 def test_pool_threads_carry_their_names_into_the_os():
