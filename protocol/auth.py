@@ -12,7 +12,18 @@ from collections.abc import Callable
 from .errors import Code, ErrorItem
 from .messages import Authenticate, AuthenticationResult, Ping, Task
 
-__all__ = ["AuthStage", "AuthState"]
+__all__ = ["AuthStage", "AuthState", "invalid_api_key"]
+
+
+def invalid_api_key(message: str = "Invalid API key.") -> ErrorItem:
+    """The answer to a refused key, to an authentication element or an Authorization header."""
+    return ErrorItem(
+        code=Code.INVALID_API_KEY,
+        message=message,
+        parameter="apiKey",
+        type="string",
+        taskType="authentication",
+    )
 
 
 class AuthStage(enum.Enum):
@@ -42,13 +53,7 @@ class AuthState:
         only once the key is accepted. A refused key leaves an already open session as it was.
         """
         if not self._key_is_valid(task.api_key):
-            return ErrorItem(
-                code=Code.INVALID_API_KEY,
-                message="Invalid API key.",
-                parameter="apiKey",
-                type="string",
-                taskType="authentication",
-            )
+            return invalid_api_key()
         session_uuid = session_for(task.session_uuid, task.api_key)
         self.stage = AuthStage.OPEN
         self.api_key = task.api_key

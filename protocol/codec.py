@@ -43,6 +43,7 @@ from .messages import (
 __all__ = [
     "DecodedFrame",
     "decode_frame",
+    "decode_leading_task",
     "encode_data",
     "encode_errors",
     "encode_answer",
@@ -331,6 +332,44 @@ def _decode_task(raw: msgspec.Raw, index: int) -> Task | ErrorItem:
 def _too_deep() -> DecodedFrame:
     item = ErrorItem(code=Code.INVALID_JSON, message="The frame is nested too deeply to read.")
     return DecodedFrame(tasks=[], errors=[item])
+
+
+# A JSON string (escapes included), or a character that opens, closes or separates.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]')
+
+
+def _leading_element(prefix: bytes) -> bytes | None:
+    """The first element of the JSON array that ``prefix`` begins, once ``prefix`` holds it
+    whole; b"" when ``prefix`` does not begin an array; None while more bytes are needed."""
+    text = prefix.lstrip()
+    if not text:
+        return None
+    if not text.startswith(b"["):
+        return b""
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+        elif token in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:  # the array closed: its first element, if any, ended before
+                return text[1 : match.start()]
+            if depth == 1:
+                return text[1 : match.end()]
+        elif token == b"," and depth == 1:
+            return text[1 : match.start()]
+    return None
+
+
+def decode_leading_task(prefix: bytes) -> Task | ErrorItem | None:
+    """The first task of a frame from the frame's first bytes, before the rest has arrived
+    (a request's authentication element, checked before its body is read); None while
+    ``prefix`` ends inside it."""
+    element = _leading_element(prefix)
+    if element is None:
+        return None
+    return _decode_task(msgspec.Raw(element), 0)
 
 
 def decode_frame(data: bytes | str, max_elements: int | None = None) -> DecodedFrame:

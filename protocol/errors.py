@@ -55,6 +55,7 @@ class Code:
     TOO_MANY_TASKS_IN_FLIGHT = "tooManyTasksInFlight"
     TOO_MANY_CONNECTIONS = "tooManyConnections"
     OVERLOADED = "overloaded"
+    BODY_TIMEOUT = "bodyTimeout"  # an HTTP request body that did not arrive in time
     SHUTTING_DOWN = "shuttingDown"
     # The distributed mode's queue (Redis) cannot be reached: nothing was accepted.
     SERVICE_UNAVAILABLE = "serviceUnavailable"

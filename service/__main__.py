@@ -139,6 +139,12 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
         "HTTP keep-alive connections are closed after it too",
     ),
     (
+        "--body-timeout",
+        float,
+        "seconds an HTTP request body may take to arrive, however slowly it trickles; then "
+        "408 and the connection is closed",
+    ),
+    (
         "--idle-timeout",
         float,
         "seconds without a frame in, an answer out or a task running before a socket is closed",

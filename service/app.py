@@ -128,6 +128,7 @@ class App:
             unready_because=self.unready_because,
             key_guesses=KeyGuesses(config.max_key_failures_per_address),
             models=self.models,
+            budget=self.budget,
         )
 
     def _distributed(self, config: Config, largest_batch: int) -> WorkExecutor:

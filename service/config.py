@@ -81,6 +81,8 @@ class Config:
     # A connection has this long to send a whole request (its headers: the handshake, for a
     # socket); idle HTTP keep-alive connections are closed after it too.
     handshake_timeout: float = 10.0
+    # An HTTP request body must arrive within this many seconds of being awaited (408).
+    body_timeout: float = 60.0
     idle_timeout: float = 120.0  # idle sockets (no frame, no answer, no task) are closed
     session_linger: float = 120.0  # results kept for a client that is away (resume)
     drain_grace: float = 30.0  # on SIGTERM, seconds for in-flight tasks to finish

@@ -31,16 +31,20 @@ class MemoryBudget:
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     @contextlib.asynccontextmanager
-    async def reserved(self, nbytes: int, parameter: str) -> AsyncIterator[None]:
-        """Hold ``nbytes`` of the budget for the body of the ``with``."""
-        await self._acquire(nbytes, parameter)
+    async def reserved(
+        self, nbytes: int, parameter: str, max_wait: float | None = None
+    ) -> AsyncIterator[None]:
+        """Hold ``nbytes`` of the budget for the body of the ``with``, after waiting at most
+        ``max_wait`` seconds for room (the budget's own bound when None)."""
+        await self._acquire(nbytes, parameter, max_wait)
         try:
             yield
         finally:
             self.in_use -= nbytes
             self._grant()
 
-    async def _acquire(self, nbytes: int, parameter: str) -> None:
+    async def _acquire(self, nbytes: int, parameter: str, max_wait: float | None = None) -> None:
+        max_wait = self.max_wait if max_wait is None else max_wait
         if nbytes > self.total:
             raise TaskFailure(
                 Code.IMAGE_TOO_LARGE,
@@ -56,7 +60,7 @@ class MemoryBudget:
         entry = (nbytes, granted)
         self._waiting.append(entry)
         try:
-            await asyncio.wait_for(asyncio.shield(granted), self.max_wait)
+            await asyncio.wait_for(asyncio.shield(granted), max_wait)
         except TimeoutError:
             if granted.done():  # granted just as the wait ran out: keep it
                 return
@@ -64,8 +68,9 @@ class MemoryBudget:
             self._grant()  # those behind it may fit now
             raise TaskFailure(
                 Code.OVERLOADED,
-                "The server's working memory is taken by other images; retry shortly.",
-                retry_after_ms=int(self.max_wait * 1000 / 2),
+                "The server's working memory is taken by images and request bodies in progress; "
+                "retry shortly.",
+                retry_after_ms=max(1000, int(max_wait * 1000 / 2)),
             ) from None
         except asyncio.CancelledError:
             if granted.done() and not granted.cancelled():

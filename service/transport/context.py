@@ -10,6 +10,7 @@ from typing import Protocol
 
 from ..config import Config
 from ..metrics import Metrics
+from ..scheduling.budget import MemoryBudget
 from ..storage.store import ImageStore
 from ..tasks.dispatch import ClientLimits, TaskPorts
 from ..tasks.ports import ModelCatalog, SessionStore
@@ -120,6 +121,7 @@ class ServerContext:
     unready_because: Callable[[], str | None]  # why /readyz says 503; None: ready
     key_guesses: KeyGuesses
     models: ModelCatalog  # what GET /v1/models lists
+    budget: MemoryBudget  # working memory, shared by images and request bodies being read
 
     def socket_limits(self) -> ClientLimits:
         return ClientLimits(

@@ -34,6 +34,7 @@ from protocol.schema import asyncapi, openapi
 
 from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
+from .bodies import LINGER_S
 from .context import OpenSockets, ServerContext
 from .rembg_api import answer_rembg_request
 from .rest import answer_rest_request
@@ -247,6 +248,7 @@ async def start_server(context: ServerContext) -> Listener:
         handle_signals=False,
         shutdown_timeout=5,
         keepalive_timeout=config.handshake_timeout,
+        lingering_time=LINGER_S,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=config.reuse_port or None)

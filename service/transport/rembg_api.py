@@ -40,6 +40,7 @@ from protocol.messages import (
     parse_rgba,
 )
 
+from .bodies import BodyRefused, bounded_body, closing
 from .context import ServerContext
 from .rest import RestExchange, status_for
 
@@ -118,11 +119,16 @@ def _task(parameters: RembgRemoveParameters, where: str, image: str) -> dict[str
     return task
 
 
-def _detail(status: http.HTTPStatus, detail: str | list[RembgParameterError]) -> web.Response:
+def _detail(
+    status: http.HTTPStatus,
+    detail: str | list[RembgParameterError],
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     return web.Response(
         status=status.value,
         body=msgspec.json.encode(RembgError(detail=detail)),
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -152,18 +158,37 @@ async def _task_from(request: web.Request, max_file_bytes: int) -> dict[str, Any
     return _task(_parameters(fields, "body"), "body", pybase64.b64encode_as_string(data))
 
 
+def _header_key(authorization: str) -> str | None:
+    scheme, _, key = authorization.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
 async def answer_rembg_request(context: ServerContext, request: web.Request) -> web.Response:
     authorization = request.headers.get("Authorization")
-    if authorization is None and not context.config.open_rembg_api:  # before reading the body
-        return _detail(
-            http.HTTPStatus.UNAUTHORIZED,
-            "Send the API key as 'Authorization: Bearer <API key>' (or start the service "
-            "with --open-rembg-api on a trusted network).",
-        )
-    limit = context.config.frame_error_bytes
+    config = context.config
+    if not config.open_rembg_api:  # the key, from the headers, before any body byte is read
+        key = _header_key(authorization) if authorization is not None else None
+        if key is None or not context.tasks.key_is_valid(key):
+            return closing(
+                _detail(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "Send an accepted API key as 'Authorization: Bearer <API key>' (or start the "
+                    "service with --open-rembg-api on a trusted network).",
+                )
+            )
+    limit = config.frame_error_bytes
     try:
-        # The file travels as base64 in a frame under the frame limit, with room for the task.
-        task = await _task_from(request, (limit - _TASK_ROOM_BYTES) * 3 // 4)
+        async with bounded_body(
+            request, limit=limit, timeout=config.body_timeout, budget=context.budget
+        ):
+            # The file travels as base64 in a frame under the frame limit, with room for the
+            # task.
+            task = await _task_from(request, (limit - _TASK_ROOM_BYTES) * 3 // 4)
+    except BodyRefused as refused:
+        headers = {}
+        if refused.retry_after_ms:
+            headers["Retry-After"] = str(max(1, round(refused.retry_after_ms / 1000)))
+        return closing(_detail(refused.status, refused.message, headers))
     except ParameterError as error:
         return _detail(http.HTTPStatus.UNPROCESSABLE_ENTITY, [error.detail])
     except FileTooLarge as error:
@@ -179,7 +204,7 @@ async def answer_rembg_request(context: ServerContext, request: web.Request) -> 
     except Exception as error:  # the distributed mode's sessions cannot be reached
         return _detail(http.HTTPStatus.SERVICE_UNAVAILABLE, str(error))
     try:
-        if authorization is None or context.config.open_rembg_api:  # None: open, as checked
+        if authorization is None or config.open_rembg_api:  # None: open, as checked
             exchange.trust(OPEN_SCOPE_KEY)
         else:
             await exchange.bearer(authorization)

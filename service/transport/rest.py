@@ -3,8 +3,10 @@ answered with ``{"data": [...], "errors": [...]}`` once every task in it is done
 
 Validation, limits, the results book and the micro-batcher are the socket's own (the shared
 ``Dispatcher``). What differs:
-- the API key comes from ``Authorization: Bearer KEY`` or from an ``authentication`` element
-  anywhere before the tasks it covers; it opens no session, so it adds no item to ``data``;
+- the API key comes from ``Authorization: Bearer KEY`` or, without the header, from an
+  ``authentication`` element first in the array; on a keyed service it is checked before the
+  body is read (further), and refused at once with 401 (``transport.bodies``); it opens no
+  session, so it adds no item to ``data``;
 - sync tasks' results, async/webhook tasks' acknowledgements, pongs and getResponse answers all
   go into ``data``, in completion order; every refusal and failure goes into ``errors``;
 - the HTTP status is 200 when anything succeeded, else the status the first error stands for
@@ -23,13 +25,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from protocol.codec import encode_rest_response
+from protocol.auth import invalid_api_key
+from protocol.codec import decode_leading_task, encode_rest_response
 from protocol.errors import Code, ErrorItem, TaskFailure
 from protocol.messages import Authenticate
 
 from ..tasks.dispatch import Dispatcher
 from ..tasks.ports import ClientSession
 from ..tasks.results import scope_of
+from .bodies import BodyReader, BodyRefused, bounded_body, closing
 from .context import ServerContext
 
 __all__ = ["RestExchange", "answer_rest_request", "status_for"]
@@ -129,29 +133,13 @@ class RestExchange:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             await self.collect(
-                ErrorItem(
-                    code=Code.INVALID_API_KEY,
-                    message="The Authorization header must be 'Bearer <API key>'.",
-                    parameter="apiKey",
-                    type="string",
-                    taskType="authentication",
-                )
+                invalid_api_key("The Authorization header must be 'Bearer <API key>'.")
             )
             return
         await self._authenticate(Authenticate(api_key=key.strip()))
 
     def response(self) -> bytes:
         return encode_rest_response(self.data, self.errors)
-
-
-def _too_large(limit: int, size: int | None) -> ErrorItem:
-    told = f"{size:,} bytes" if size is not None else "more bytes than allowed"
-    return ErrorItem(
-        code=Code.FRAME_TOO_LARGE,
-        message=f"The request body has {told}; the limit is {limit:,}. Send fewer "
-        "or smaller images per request.",
-        max=limit,
-    )
 
 
 def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]) -> web.Response:
@@ -167,24 +155,87 @@ def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]
     )
 
 
+# Bytes of a keyed request's body read to find its leading authentication element when it
+# sends no Authorization header; such an element is a hundred bytes or so.
+LEADING_BYTES = 64 * 1024
+
+
+def _key_refusal(
+    context: ServerContext, authorization: str | None, start: bytes | None
+) -> ErrorItem | None:
+    """Why a request on a keyed service is refused before its body is read (further): a bad
+    Authorization header, or, without one, a body that does not begin with an accepted
+    authentication element. None: go on."""
+    if authorization is not None:
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() == "bearer" and context.tasks.key_is_valid(key.strip()):
+            return None
+        return invalid_api_key(
+            "Invalid API key: the Authorization header must be 'Bearer <API key>' with an "
+            "accepted key."
+        )
+    leading = decode_leading_task(start or b"")
+    if isinstance(leading, Authenticate):
+        return None if context.tasks.key_is_valid(leading.api_key) else invalid_api_key()
+    return ErrorItem(
+        code=Code.MISSING_API_KEY,
+        message="Not authenticated: send 'Authorization: Bearer <API key>', or an "
+        "authentication element first in the array.",
+        parameter="apiKey",
+        type="string",
+        taskType=getattr(leading, "task_type", None),
+        taskUUID=getattr(leading, "task_uuid", None),
+    )
+
+
+async def _read(context: ServerContext, request: web.Request, keyed: bool) -> bytes:
+    """The body, once the key allows it; raises BodyRefused or _Unauthorized."""
+    config = context.config
+    authorization = request.headers.get("Authorization")
+    if keyed and authorization is not None:
+        refusal = _key_refusal(context, authorization, None)
+        if refusal is not None:
+            raise _Unauthorized(refusal)
+    async with bounded_body(
+        request,
+        limit=config.frame_error_bytes,
+        timeout=config.body_timeout,
+        budget=context.budget,
+    ):
+        reader = BodyReader(request, config.frame_error_bytes)
+        if keyed and authorization is None:
+            start = await reader.start(
+                lambda read: decode_leading_task(read) is not None, LEADING_BYTES
+            )
+            refusal = _key_refusal(context, None, start)
+            if refusal is not None:
+                raise _Unauthorized(refusal)
+        return await reader.whole()
+
+
+class _Unauthorized(Exception):
+    def __init__(self, item: ErrorItem) -> None:
+        super().__init__(item.message)
+        self.item = item
+
+
 async def answer_rest_request(context: ServerContext, request: web.Request) -> web.Response:
     exchange = RestExchange(context)
-    limit = context.config.frame_error_bytes
-    body: bytes | None = None
-    if request.content_length is not None and request.content_length > limit:
-        await exchange.collect(_too_large(limit, request.content_length))
+    try:
+        body = await _read(context, request, keyed=bool(context.config.api_keys))
+    except _Unauthorized as refused:
+        await exchange.collect(refused.item)
+        return closing(
+            _json_response(http.HTTPStatus.UNAUTHORIZED, exchange.response(), exchange.errors)
+        )
+    except BodyRefused as refused:
+        await exchange.collect(_body_error(refused))
+        return closing(_json_response(refused.status, exchange.response(), exchange.errors))
+    try:
+        await exchange.open()
+    except TaskFailure as failure:  # the distributed mode's sessions cannot be reached
+        await exchange.collect(failure.item(None, None))
     else:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:  # chunked, no length given up front
-            await exchange.collect(_too_large(limit, None))
-    if body is not None:
-        try:
-            await exchange.open()
-        except TaskFailure as failure:  # the distributed mode's sessions cannot be reached
-            await exchange.collect(failure.item(None, None))
-            body = None
-    if body is not None:
         try:
             authorization = request.headers.get("Authorization")
             if authorization is not None:
@@ -195,3 +246,18 @@ async def answer_rest_request(context: ServerContext, request: web.Request) -> w
     status = status_for(exchange.data, exchange.errors)
     payload = await asyncio.to_thread(exchange.response) if exchange.data else exchange.response()
     return _json_response(status, payload, exchange.errors)
+
+
+_BODY_CODES = {
+    http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE: Code.FRAME_TOO_LARGE,
+    http.HTTPStatus.REQUEST_TIMEOUT: Code.BODY_TIMEOUT,
+    http.HTTPStatus.SERVICE_UNAVAILABLE: Code.OVERLOADED,
+}
+
+
+def _body_error(refused: BodyRefused) -> ErrorItem:
+    return ErrorItem(
+        code=_BODY_CODES[refused.status],
+        message=refused.message,
+        retryAfterMs=refused.retry_after_ms,
+    )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from protocol.codec import decode_frame, encode_data, encode_errors
+from protocol.codec import decode_frame, decode_leading_task, encode_data, encode_errors
 from protocol.errors import ErrorItem
 from protocol.messages import (
     Authenticate,
@@ -474,3 +474,25 @@ def test_protocol_imports_no_io_or_numeric_libraries():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "prefix, expected",
+    [
+        (b' [ {"taskType":"authentication","apiKey":"k\\"}"}, {"taskType"', 'k"}'),
+        (b'[{"taskType":"authentication","apiKey":"k"}]', "k"),
+    ],
+)
+def test_the_leading_authentication_is_read_from_a_frames_first_bytes(prefix, expected):
+    leading = decode_leading_task(prefix)
+    assert isinstance(leading, Authenticate) and leading.api_key == expected
+
+
+@pytest.mark.parametrize("prefix", [b"", b"  ", b"[", b'[{"taskType":"authentication","apiK'])
+def test_more_bytes_are_asked_for_while_the_first_element_is_open(prefix):
+    assert decode_leading_task(prefix) is None
+
+
+@pytest.mark.parametrize("prefix", [b'{"taskType":"ping"}', b"[42,", b"[]", b"[[1]]"])
+def test_a_frame_that_does_not_begin_with_a_task_object_leads_with_an_error(prefix):
+    assert isinstance(decode_leading_task(prefix), ErrorItem)
