@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import http
+import logging
 import re
 from pathlib import Path
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol.messages import UUID_CORE, ModelList
 from protocol.schema import asyncapi, openapi
@@ -135,6 +137,9 @@ async def _websocket(context: ServerContext, request: web.Request) -> web.Stream
         decode_text=False,  # the JSON decoder takes bytes; decoding to str first is a copy
         # Pings and pongs reach the connection: its pongs are the client's read receipts.
         autoping=False,
+        # The peer's close frame reaches the connection too, which checks its code (1002 for
+        # one a peer may not send) before answering.
+        autoclose=False,
     )
     transport = request.transport
     assert transport is not None  # present until the handler returns
@@ -228,6 +233,9 @@ async def start_server(context: ServerContext) -> Listener:
         return await _page_or_probe(context, request.path)
 
     application = web.Application(client_max_size=config.frame_error_bytes + 1)
+    server_log = logging.getLogger("aiohttp.server")
+    if _PARSE_ERRORS not in server_log.filters:
+        server_log.addFilter(_PARSE_ERRORS)
 
     async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Server"] = _SERVER  # every answer, handshakes included
@@ -254,6 +262,23 @@ async def start_server(context: ServerContext) -> Listener:
     site = web.TCPSite(runner, config.host, config.port, reuse_port=config.reuse_port or None)
     await site.start()
     return Listener(context.sockets, runner)
+
+
+class _OneLineParseErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (a NUL in a header, a line too long) at ERROR with
+    a traceback. It is the client's fault and answered 400: one WARNING line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            reason = " ".join(str(error.message).split())[:200]
+            record.msg, record.args = "%s: %s", (record.getMessage(), reason)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_PARSE_ERRORS = _OneLineParseErrors()
 
 
 def _is_upgrade(request: web.Request) -> bool:

@@ -48,6 +48,10 @@ __all__ = ["ClientFrameCheck", "Connection"]
 log = logging.getLogger(__name__)
 
 _FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
+# Close codes a peer may send (RFC 6455 7.4.1 and IANA's registry; 3000-4999 are for libraries
+# and applications); 0 stands for a close frame without a code. Any other is a protocol error
+# (1004-1006 and 1015 must never be sent; 1016-2999 are reserved; 5000 and up do not exist).
+_PEER_CLOSE_CODES = frozenset({0, *range(1000, 1004), *range(1007, 1015), *range(3000, 5000)})
 # Wrong API keys one socket may send before it is closed (1008, policy violation).
 _KEY_FAILURES_PER_SOCKET = 5
 # Answers kept until the client's pong covers them; beyond it the oldest count as read (a
@@ -214,14 +218,19 @@ class Connection:
         sockets, metrics = self._context.sockets, self._context.metrics
         sockets.add(self)
         try:
-            async for message in self._websocket:
+            while True:
+                message = await self._websocket.receive()
                 if message.type == WSMsgType.PING:
                     await self._websocket.pong(message.data)
                     continue
                 if message.type == WSMsgType.PONG:
                     self._receipt(message.data)
                     continue
-                # ERROR: a frame over the hard cap (closed with 1009) or a lost keepalive pong.
+                if message.type == WSMsgType.CLOSE:
+                    await self._answer_close(message.data)
+                    break
+                # CLOSING/CLOSED: we are closing; ERROR: a frame over the hard cap (closed with
+                # 1009) or a lost keepalive pong.
                 if message.type not in _FRAMES:
                     break
                 self.last_active = time.monotonic()
@@ -243,6 +252,14 @@ class Connection:
             sockets.discard(self)
         # Tasks already accepted run to completion: their answers wait in the client session
         # for a resume, and the results book keeps them for getResponse.
+
+    async def _answer_close(self, code: int) -> None:
+        """The peer's close frame, answered with 1000, or with 1002 when its code is one a
+        peer may not send (RFC 6455 7.4)."""
+        if code in _PEER_CLOSE_CODES:
+            await self.close(1000, "")
+        else:
+            await self.close(1002, f"close code {code} is not allowed")
 
     async def close(self, code: int, reason: str, grace: float = 5.0) -> None:
         """Close politely; a peer that does not complete the closing handshake in ``grace``

@@ -8,6 +8,7 @@ import io
 import json
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -874,3 +875,36 @@ def test_sigterm_drains_accepted_tasks_then_closes_with_1001(tmp_path):
         assert process.process.wait(30) == 0
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    "code, answered",
+    [(1000, 1000), (1001, 1000), (3000, 1000), (4999, 1000)]
+    + [(code, 1002) for code in (1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)],
+)
+def test_a_close_code_a_peer_may_not_send_is_answered_with_1002(server, code, answered):
+    """RFC 6455 7.4: 1004-1006, 1015 and the unassigned ranges fail the connection."""
+    sock = raw_websocket(server.port)
+    sock.sendall(client_frame(struct.pack(">H", code), opcode=0x8))
+    sock.settimeout(10 * UNIT)
+    header = b""
+    while len(header) < 4:
+        header += sock.recv(4 - len(header))
+    assert header[0] == 0x88  # a close frame
+    assert struct.unpack(">H", header[2:4])[0] == answered
+    sock.close()
+
+
+def test_a_request_the_parser_refuses_is_one_log_line(server):
+    """A NUL in a header is the client's fault: 400, and one WARNING line, no traceback."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Probe-Nul: a\x00b\r\n\r\n")
+    assert sock.recv(64).startswith(b"HTTP/1.0 400")
+    sock.close()
+    deadline = time.monotonic() + 5 * UNIT
+    while "X-Probe-Nul" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in server.log().splitlines() if "X-Probe-Nul" in line]
+    assert len(lines) == 1 and " WARNING aiohttp.server: " in lines[0]
+    text = server.log()
+    assert "Traceback" not in text[text.index(lines[0]) + len(lines[0]) :][:300]
