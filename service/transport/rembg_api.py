@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import pybase64
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from protocol.errors import Code, ErrorItem
 from protocol.messages import (
@@ -136,6 +137,20 @@ class FileTooLarge(ValueError):
     """The upload is larger than a task can carry once it is base64 in a frame."""
 
 
+class MalformedBody(Exception):
+    """A multipart body that cannot be read: its status and one line saying why."""
+
+    def __init__(self, status: http.HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _reason(error: Exception) -> str:
+    text = str(error.message) if isinstance(error, HttpProcessingError) else str(error)
+    return "The multipart body could not be read: " + " ".join(text.split())[:200]
+
+
 async def _task_from(request: web.Request, max_file_bytes: int) -> dict[str, Any]:
     """The task a GET or POST asks for. Raises ParameterError, FileTooLarge, or
     web.HTTPRequestEntityTooLarge for a body over the app's limit."""
@@ -144,7 +159,12 @@ async def _task_from(request: web.Request, max_file_bytes: int) -> dict[str, Any
         if not parameters.url:
             raise ParameterError("query", "url", "url is required")
         return _task(parameters, "query", parameters.url)
-    form = await request.post()  # within the app's body limit, as every POST
+    try:
+        form = await request.post()  # within the app's body limit, as every POST
+    except LineTooLong as error:
+        raise MalformedBody(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _reason(error)) from None
+    except (ValueError, HttpProcessingError) as error:  # aiohttp's words for a broken form
+        raise MalformedBody(http.HTTPStatus.BAD_REQUEST, _reason(error)) from None
     upload = form.get("file")
     if not isinstance(upload, web.FileField):
         raise ParameterError("body", "file", "file is required (a multipart form field)")
@@ -193,6 +213,8 @@ async def answer_rembg_request(context: ServerContext, request: web.Request) -> 
         return _detail(http.HTTPStatus.UNPROCESSABLE_ENTITY, [error.detail])
     except FileTooLarge as error:
         return _detail(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
+    except MalformedBody as error:
+        return closing(_detail(error.status, error.reason))
     except web.HTTPRequestEntityTooLarge:
         return _detail(
             http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import urllib.parse
 import urllib.request
 import uuid
@@ -219,3 +220,60 @@ def test_any_origin_when_the_operator_allows_star_as_rembg_does(fast_server_with
         server, {"model": "fast"}, headers={**KEY, "Origin": "http://any.test"}
     )
     assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://any.test"
+
+
+def _raw_post(server, body: bytes, content_type: str) -> tuple[int, bytes]:
+    """A POST as a hostile client writes it: the bytes as given."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.settimeout(30)
+    sock.sendall(
+        f"POST /api/remove HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    sock.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+_PART = b'Content-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status",
+    [
+        (b"--XX\r\n" + _PART + b"\r\nAAAA", "multipart/form-data; boundary=XX", 400),
+        (
+            b'--XX\r\nContent-Disposition: form-data; name="' + b"n" * 1_000_000 + b'"\r\n\r\n'
+            b"AAAA\r\n--XX--\r\n",
+            "multipart/form-data; boundary=XX",
+            413,
+        ),
+        (
+            b"--XX\r\n" + _PART.replace(b"a.jpg", b"f" * 1_000_000) + b"\r\nA\r\n--XX--\r\n",
+            "multipart/form-data; boundary=XX",
+            413,
+        ),
+        (
+            b"--XX\r\n"
+            + _PART
+            + b"".join(b"X-%d: v\r\n" % i for i in range(1000))
+            + b"\r\nAAAA\r\n--XX--\r\n",
+            "multipart/form-data; boundary=XX",
+            400,
+        ),
+        (b"garbage", "multipart/form-data", 400),
+    ],
+)
+def test_a_malformed_multipart_body_gets_a_one_line_reason(server, body, content_type, status):
+    """Unterminated, a 1 MB part name or filename, 1,000 part headers, no boundary: 400/413
+    with rembg's {"detail": ...} shape, and no traceback in the log (they were 500s)."""
+    before = server.log().count("Traceback")
+    answered, payload = _raw_post(server, body, content_type)
+    assert answered == status
+    detail = json.loads(payload)["detail"]
+    assert detail.startswith("The multipart body could not be read: ") and "\n" not in detail
+    assert server.log().count("Traceback") == before
