@@ -6,9 +6,17 @@ the pipeline.
 
 from __future__ import annotations
 
-from protocol.errors import Code, TaskFailure
+from protocol.errors import Code, TaskFailure, code_for
 
-__all__ = ["MAGIC_FORMATS", "CONTENT_TYPES", "EXTENSIONS", "STORED_EXTENSIONS", "sniff_format"]
+__all__ = [
+    "MAGIC_FORMATS",
+    "CONTENT_TYPES",
+    "EXTENSIONS",
+    "STORED_EXTENSIONS",
+    "MAX_SIDES",
+    "sniff_format",
+    "check_encodable",
+]
 
 IMAGE_PARAMETER = "inputImage"  # how errors name the input when the caller doesn't
 
@@ -29,6 +37,9 @@ CONTENT_TYPES = {
 }
 # outputFormat -> the extension its file is stored under
 EXTENSIONS = {"JPG": "jpg", "PNG": "png", "WEBP": "webp"}
+# The longest side each output format's encoder writes (libjpeg's limit, WebP's); PNG's is far
+# beyond the largest image accepted.
+MAX_SIDES = {"JPG": 65_500, "WEBP": 16_383}
 # What inputs (any accepted format) and outputs (png/jpg/webp) are stored as.
 STORED_EXTENSIONS = tuple(CONTENT_TYPES)
 
@@ -48,3 +59,17 @@ def sniff_format(data: bytes, parameter: str = IMAGE_PARAMETER) -> str:
         parameter=parameter,
         type="string",
     )
+
+
+def check_encodable(size: tuple[int, int], output_format: str) -> None:
+    """Raise TaskFailure(invalidOutputFormat) when an image of ``size`` (width, height) is too
+    long a side for ``output_format``: said before the work, not by the encoder after it."""
+    limit = MAX_SIDES.get(output_format)
+    if limit is not None and max(size) > limit:
+        raise TaskFailure(
+            code_for("invalid", "outputFormat"),
+            f"{output_format} holds at most {limit:,} pixels a side; this image is "
+            f"{size[0]}x{size[1]}. Ask for outputFormat PNG.",
+            parameter="outputFormat",
+            type="string",
+        )

@@ -231,8 +231,11 @@ def _estimate(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     background = background_mean.reshape(1, 1, 3).copy()
     levels = int(np.ceil(np.log2(max(full_width, full_height))))
     for level in range(levels + 1):
-        width = round(full_width ** (level / levels))
-        height = round(full_height ** (level / levels))
+        # A 1x1 image has no coarser level: its one level is the image (pymatting divides by
+        # zero there).
+        exponent = level / levels if levels else 1.0
+        width = round(full_width**exponent)
+        height = round(full_height**exponent)
         arrays = _level_inputs(image, alpha, foreground, background, height, width, level == levels)
         small = width <= SMALL_SIZE and height <= SMALL_SIZE
         sweeps = SMALL_ITERATIONS if small else BIG_ITERATIONS
@@ -249,8 +252,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """pymatting's ``estimate_foreground_ml(image, alpha)`` with its defaults: float32[h, w, 3].
 
     ``image`` is [h, w, 3] and ``alpha`` [h, w], both in [0, 1], of any float type (pymatting
-    works in float32 and so does this), at least 2 pixels wide or high (pymatting divides by
-    the log of the larger side).
+    works in float32 and so does this); a 1x1 image too, where pymatting divides by zero.
     """
     pixels = np.ascontiguousarray(image, dtype=np.float32)
     matte = np.ascontiguousarray(alpha, dtype=np.float32).reshape(*alpha.shape, 1)

@@ -28,7 +28,7 @@ from protocol.messages import (
 
 from ..config import Config
 from ..imaging import pipeline
-from ..imaging.formats import CONTENT_TYPES, EXTENSIONS
+from ..imaging.formats import CONTENT_TYPES, EXTENSIONS, check_encodable
 from ..inference.families import Family
 from ..metrics import Metrics
 from ..net.delivery import put_to_upload_endpoint
@@ -199,6 +199,7 @@ class Processor:
                 max_pixels,
                 task.image_parameter,
                 limit_name,
+                task.output.format,
             )
             facts.size = decoded.size
             prediction = await route.batcher.submit(tensor, client)
@@ -279,7 +280,13 @@ def _render(
 
 
 def _prepare(
-    data: bytes, family: Family, max_pixels: int, parameter: str, limit_name: str
+    data: bytes,
+    family: Family,
+    max_pixels: int,
+    parameter: str,
+    limit_name: str,
+    output_format: str,
 ) -> tuple[pipeline.DecodedImage, np.ndarray]:
     decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name)
+    check_encodable(decoded.size, output_format)  # before the model and the render run
     return decoded, pipeline.preprocess(decoded, family)

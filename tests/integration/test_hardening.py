@@ -11,6 +11,8 @@ import socket
 import struct
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -908,3 +910,60 @@ def test_a_request_the_parser_refuses_is_one_log_line(server):
     assert len(lines) == 1 and " WARNING aiohttp.server: " in lines[0]
     text = server.log()
     assert "Traceback" not in text[text.index(lines[0]) + len(lines[0]) :][:300]
+
+
+_SETTINGS = (
+    {},
+    {"settings": {"postProcessMask": True}},
+    {"settings": {"returnOnlyMask": True}},
+    {"settings": {"alphaMatting": True}},
+    {"settings": {"decontaminate": True}},
+    {"settings": {"rgba": [20, 40, 60, 255]}},
+)
+
+
+def test_every_size_from_1x1_to_the_limits_answers_with_a_result_or_a_clear_error(server):
+    """1x1 with matting or decontaminate divided by zero, and 65535 x 1 to JPG or WEBP failed in
+    the encoder after inference: internalServerError both. Now every size, setting and format
+    answers a result, or invalidOutputFormat where the format cannot hold the size."""
+    sizes = [(1, 1), (2, 1), (1, 2), (16_384, 1), (65_535, 1), (1, 65_535)]
+    tasks, expected = [], {}
+    for width, height in sizes:
+        image = b64(small_png(width, height, noise=True))
+        for settings in _SETTINGS:
+            for output_format, longest in (("PNG", 10**9), ("JPG", 65_500), ("WEBP", 16_383)):
+                task_uuid = new_uuid()
+                tasks.append(
+                    {
+                        "taskType": "removeBackground",
+                        "taskUUID": task_uuid,
+                        "model": "fast",
+                        "inputImage": image,
+                        "outputType": "base64Data",
+                        "outputFormat": output_format,
+                        **settings,
+                    }
+                )
+                expected[task_uuid] = max(width, height) <= longest
+    answers: dict[str, dict] = {}
+    for start in range(0, len(tasks), 100):  # within --max-tasks-per-frame
+        request = urllib.request.Request(
+            f"{server.http_url}/v1",
+            data=json.dumps(tasks[start : start + 100]).encode(),
+            headers={"Authorization": "Bearer sizes", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=300 * UNIT) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as error:
+            body = json.load(error)
+        for item in body["data"] + body["errors"]:
+            answers[item["taskUUID"]] = item
+    assert set(answers) == set(expected)
+    for task_uuid, fits in expected.items():
+        answer = answers[task_uuid]
+        if fits:
+            assert "imageBase64Data" in answer, answer
+        else:
+            assert answer["code"] == "invalidOutputFormat", answer
+            assert answer["parameter"] == "outputFormat" and "PNG" in answer["message"]
