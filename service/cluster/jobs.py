@@ -318,7 +318,9 @@ class Worker:
             job.scope, task.task_uuid, outcome, ttl, handover
         )
         if first and where is Destination.WEBHOOK and task.webhook_url is not None:
-            self._webhooks.deliver(task.webhook_url, encode_answer(outcome), task.task_uuid)
+            self._webhooks.deliver(
+                task.webhook_url, encode_answer(outcome), task.task_uuid, job.scope
+            )
 
     async def _done(self, entry_id: bytes) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -1,22 +1,26 @@
 """Delivery beyond the socket: webhook POSTs and uploadEndpoint PUTs.
 
 Webhooks are fire-and-forget from the task's point of view: each delivery is a background task
-with its own retries and backoff, bounded in number, so a slow or failing receiver never delays
-other tasks or the socket. Failures are logged. An upload is part of its task: the task fails
+with its own retries and backoff. Attempts under way are bounded in all, per destination host and
+per API key, and a slot is held only during an attempt (``Slots``), so a slow or hanging receiver
+never delays other hosts' webhooks, other tasks or the socket. Failures are logged. An upload is part of its task: the task fails
 with ``uploadFailed`` when the endpoint will not take the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from protocol.errors import Code, TaskFailure
 
 from .outbound import OutboundHttp
 
-__all__ = ["WebhookSender", "put_to_upload_endpoint", "retrying"]
+__all__ = ["Slots", "WebhookSender", "put_to_upload_endpoint", "retrying"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,55 @@ async def retrying(attempt: Callable[[], Awaitable[int]], attempts: int, backoff
     raise AssertionError("unreachable")
 
 
+class Slots:
+    """Deliveries under way at once: in all, to one destination host, and for one API key.
+
+    A slot is taken for one attempt and given back before a backoff, so a receiver that hangs
+    holds at most ``per_host`` of the pool, for an attempt's timeout each, and a key whose
+    webhooks all point at such receivers at most ``per_key``: other hosts and keys keep the
+    rest. Slots are taken in the order host, key, pool, so waiting for a busy host or key
+    holds nothing of the pool.
+    """
+
+    def __init__(self, total: int, per_host: int, per_key: int) -> None:
+        self._total = asyncio.Semaphore(total)
+        self._per_host = per_host
+        self._per_key = per_key
+        self._hosts: dict[str, _Counted] = {}
+        self._keys: dict[bytes, _Counted] = {}
+
+    @contextlib.asynccontextmanager
+    async def attempt(self, url: str, scope: bytes) -> AsyncIterator[None]:
+        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+        async with (
+            _held(self._hosts, host, self._per_host),
+            _held(self._keys, scope, self._per_key),
+            self._total,
+        ):
+            yield
+
+
+class _Counted:
+    """A semaphore and how many hold it or wait for it (dropped from its map at zero)."""
+
+    def __init__(self, size: int) -> None:
+        self.semaphore = asyncio.Semaphore(size)
+        self.users = 0
+
+
+@contextlib.asynccontextmanager
+async def _held(table: dict[Any, _Counted], key: Any, size: int) -> AsyncIterator[None]:
+    entry = table.setdefault(key, _Counted(size))
+    entry.users += 1
+    try:
+        async with entry.semaphore:
+            yield
+    finally:
+        entry.users -= 1
+        if entry.users == 0:
+            del table[key]
+
+
 class WebhookSender:
     """POSTs outcomes to webhook URLs in the background, with retries.
 
@@ -48,7 +101,9 @@ class WebhookSender:
         http: the outbound client (and its address policy).
         attempts: tries per delivery.
         backoff: seconds before the second try; doubled for each further one.
-        max_concurrent: deliveries in flight at once; more wait their turn.
+        max_concurrent: attempts under way at once, in all (``Slots``).
+        per_host: attempts under way at once to one host.
+        per_key: attempts under way at once for one API key.
     """
 
     def __init__(
@@ -58,40 +113,44 @@ class WebhookSender:
         attempts: int = 4,
         backoff: float = 1.0,
         max_concurrent: int = 64,
+        per_host: int = 8,
+        per_key: int = 16,
     ) -> None:
         self._http = http
         self.attempts = attempts
         self.backoff = backoff
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots = Slots(max_concurrent, per_host, per_key)
         self._pending: set[asyncio.Task] = set()
 
-    def deliver(self, url: str, body: bytes, task_uuid: str) -> None:
-        task = asyncio.create_task(self._deliver(url, body, task_uuid), name=f"webhook-{task_uuid}")
+    def deliver(self, url: str, body: bytes, task_uuid: str, scope: bytes = b"") -> None:
+        """POST ``body`` to ``url`` in the background; ``scope`` is the API key's digest."""
+        task = asyncio.create_task(
+            self._deliver(url, body, task_uuid, scope), name=f"webhook-{task_uuid}"
+        )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _deliver(self, url: str, body: bytes, task_uuid: str) -> None:
-        async with self._slots:
-
-            def post() -> Awaitable[int]:
-                return self._http.send(
+    async def _deliver(self, url: str, body: bytes, task_uuid: str, scope: bytes) -> None:
+        async def post() -> int:
+            async with self._slots.attempt(url, scope):
+                return await self._http.send(
                     "POST", url, body, "application/json", "webhookURL", Code.WEBHOOK_FAILED
                 )
 
-            try:
-                status = await retrying(post, self.attempts, self.backoff)
-            except TaskFailure as failure:
-                log.warning("webhook for task %s to %s failed: %s", task_uuid, url, failure.message)
-                return
-            if 200 <= status < 300:
-                log.debug("webhook for task %s delivered (HTTP %d)", task_uuid, status)
-            else:
-                log.warning(
-                    "webhook for task %s to %s answered HTTP %d after retries",
-                    task_uuid,
-                    url,
-                    status,
-                )
+        try:
+            status = await retrying(post, self.attempts, self.backoff)
+        except TaskFailure as failure:
+            log.warning("webhook for task %s to %s failed: %s", task_uuid, url, failure.message)
+            return
+        if 200 <= status < 300:
+            log.debug("webhook for task %s delivered (HTTP %d)", task_uuid, status)
+        else:
+            log.warning(
+                "webhook for task %s to %s answered HTTP %d after retries",
+                task_uuid,
+                url,
+                status,
+            )
 
     async def close(self, grace: float = 5.0) -> None:
         """Give deliveries in flight ``grace`` seconds, then cancel the rest."""

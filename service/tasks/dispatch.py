@@ -255,7 +255,9 @@ class Dispatcher:
         where = destination(task)
         if where is Destination.WEBHOOK:
             assert isinstance(task, RemoveBackground) and task.webhook_url is not None
-            self._ports.webhooks.deliver(task.webhook_url, encode_answer(item), task.task_uuid)
+            self._ports.webhooks.deliver(
+                task.webhook_url, encode_answer(item), task.task_uuid, self._scope
+            )
         elif where is Destination.CLIENT:
             await answers.deliver(item)
         # Destination.BOOK: kept in the results book only

@@ -112,7 +112,7 @@ class RecordedWebhooks:
     def __init__(self) -> None:
         self.posted: list[tuple[str, bytes, str]] = []
 
-    def deliver(self, url: str, body: bytes, task_uuid: str) -> None:
+    def deliver(self, url: str, body: bytes, task_uuid: str, scope: bytes = b"") -> None:
         self.posted.append((url, body, task_uuid))
 
 

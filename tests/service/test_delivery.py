@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from aiohttp import web
 
 from protocol.errors import Code, TaskFailure
 from service.net.delivery import WebhookSender, put_to_upload_endpoint, retrying
+from service.net.outbound import OutboundHttp
 
 
 class Script:
@@ -90,3 +94,88 @@ async def test_webhooks_are_posted_in_the_background_with_retries():
     assert [(m, u, b) for m, u, b, _ in http.sent] == [
         ("POST", "https://hooks.example.com/x", b'{"data":[]}')
     ] * 2
+
+
+class Receivers:
+    """Real HTTP receivers on loopback addresses: some never answer, one answers at once."""
+
+    def __init__(self) -> None:
+        self.delivered = asyncio.Event()
+        self.hanging_requests = 0
+        self._runners: list[web.AppRunner] = []
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        self.hanging_requests += 1
+        await asyncio.sleep(3600)
+        return web.Response()
+
+    async def _take(self, request: web.Request) -> web.Response:
+        self.delivered.set()
+        return web.Response(status=204)
+
+    async def start(self, host: str, handler) -> str:
+        application = web.Application()
+        application.router.add_post("/hook", handler)
+        runner = web.AppRunner(application, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        self._runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://{host}:{port}/hook"
+
+    async def hanging(self, host: str) -> str:
+        return await self.start(host, self._hang)
+
+    async def healthy(self, host: str) -> str:
+        return await self.start(host, self._take)
+
+    async def close(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+
+def _sender() -> tuple[OutboundHttp, WebhookSender]:
+    http = OutboundHttp(
+        allow_private=True, max_download_bytes=1 << 20, connect_timeout=5, total_timeout=60
+    )
+    return http, WebhookSender(http, attempts=2, backoff=0.1)
+
+
+async def test_a_hanging_receiver_does_not_delay_another_hosts_webhook():
+    """70 webhooks to a receiver that never answers took the whole pool of 64 for their
+    attempts and backoffs: another host's webhook waited ~30 s. Now that host holds at most
+    its per-host share."""
+    receivers, (http, sender) = Receivers(), _sender()
+    try:
+        stuck = await receivers.hanging("127.0.0.1")
+        fine = await receivers.healthy("127.0.0.2")
+        for number in range(70):
+            sender.deliver(stuck, b"{}", f"stuck-{number}", b"key-a")
+        await asyncio.sleep(0.5)
+        sender.deliver(fine, b"{}", "fine", b"key-b")
+        await asyncio.wait_for(receivers.delivered.wait(), 5)
+        assert receivers.hanging_requests <= 8  # the per-host bound
+    finally:
+        await sender.close(grace=0)
+        await http.close()
+        await receivers.close()
+
+
+async def test_one_keys_hanging_receivers_do_not_take_the_pool():
+    """One key's webhooks to ten hanging hosts (8 attempts each would be 80, past the pool of
+    64) hold at most the per-key share; another key's webhook goes out at once."""
+    receivers, (http, sender) = Receivers(), _sender()
+    try:
+        hosts = [await receivers.hanging(f"127.0.0.{10 + index}") for index in range(10)]
+        fine = await receivers.healthy("127.0.0.2")
+        for number in range(100):
+            sender.deliver(hosts[number % 10], b"{}", f"stuck-{number}", b"key-a")
+        await asyncio.sleep(0.5)
+        sender.deliver(fine, b"{}", "fine", b"key-b")
+        await asyncio.wait_for(receivers.delivered.wait(), 5)
+        assert receivers.hanging_requests <= 16  # the per-key bound
+    finally:
+        await sender.close(grace=0)
+        await http.close()
+        await receivers.close()
