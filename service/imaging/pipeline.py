@@ -97,6 +97,27 @@ def image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+# A progressive JPEG has about ten scans (libjpeg's default progression: 10 for colour); each
+# scan makes the decoder pass over the whole image again, so a file that repeats a scan
+# thousands of times costs tens of seconds under the pixel limit.
+MAX_JPEG_SCANS = 64
+_START_OF_SCAN = b"\xff\xda"  # never inside entropy-coded data, where 0xFF is stuffed
+
+
+def _check_scans(data: bytes, parameter: str) -> None:
+    """Refuse a JPEG with more scans than MAX_JPEG_SCANS, counted from its markers before
+    decoding (an embedded thumbnail's few scans count too)."""
+    scans = data.count(_START_OF_SCAN)
+    if scans > MAX_JPEG_SCANS:
+        raise TaskFailure(
+            Code.INVALID_IMAGE,
+            f"The JPEG has {scans} scans; at most {MAX_JPEG_SCANS} are accepted (a progressive "
+            "JPEG has about ten).",
+            parameter=parameter,
+            type="string",
+        )
+
+
 def decode_image(
     data: bytes, max_pixels: int, parameter: str = IMAGE_PARAMETER, limit_name: str = "the limit"
 ) -> DecodedImage:
@@ -105,7 +126,8 @@ def decode_image(
     Raises TaskFailure (invalidImage / imageTooLarge) naming ``parameter``; ``limit_name`` says
     which limit in the message.
     """
-    sniff_format(data, parameter)
+    if sniff_format(data, parameter) == "jpg":
+        _check_scans(data, parameter)
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size

@@ -40,6 +40,18 @@ class RoundRobin(Generic[T]):
             del self._queues[client]
         return item
 
+    def take_first(self, eligible: Callable[[Hashable], bool]) -> T | None:
+        """The next item of the first client in turn that is ``eligible``; None when none is."""
+        for client, queue in self._queues.items():
+            if eligible(client):
+                item = queue.popleft()
+                if queue:
+                    self._queues.move_to_end(client)
+                else:
+                    del self._queues[client]
+                return item
+        return None
+
     def __bool__(self) -> bool:
         return bool(self._queues)
 
@@ -51,40 +63,70 @@ class FairExecutor:
     """Runs blocking callables on ``workers`` threads, taking turns between clients.
 
     A plain ThreadPoolExecutor is first-come first-served: a socket that sent 100 images would
-    have all its decodes ahead of another socket's one. All bookkeeping happens on the event
-    loop; the threads only run the callables.
+    have all its decodes ahead of another socket's one. Taking turns is not enough when one
+    client's jobs are long (a huge matting, a costly decode) and hold every worker: the pool
+    keeps ``spare`` more threads that only run a job of a client with nothing running, so
+    another client's image starts at once instead of waiting for the long jobs to end. All
+    bookkeeping happens on the event loop; the threads only run the callables.
     """
 
-    def __init__(self, workers: int, name: str = "cpu") -> None:
-        self._pool = named_pool(workers, name)
+    def __init__(self, workers: int, name: str = "cpu", spare: int = 1) -> None:
+        self._pool = named_pool(workers + spare, name)
         self._workers = workers
+        self._spare = spare
         self._busy = 0
-        self._waiting: RoundRobin[tuple[Callable[..., Any], tuple, asyncio.Future]] = RoundRobin()
+        self._running: dict[Hashable, int] = {}  # jobs running, by client
+        self._waiting: RoundRobin[tuple[Hashable, Callable[..., Any], tuple, asyncio.Future]] = (
+            RoundRobin()
+        )
 
     async def run(self, client: Hashable, function: Callable[..., T], *args: Any) -> T:
         future = asyncio.get_running_loop().create_future()
-        self._waiting.put(client, (function, args, future))
+        self._waiting.put(client, (client, function, args, future))
         self._start_next()
         return await future
 
+    def _idle(self, client: Hashable) -> bool:
+        return not self._running.get(client)
+
+    def _next_job(self) -> tuple[Hashable, Callable[..., Any], tuple, asyncio.Future] | None:
+        if self._busy < self._workers:
+            return self._waiting.take()
+        if self._busy < self._workers + self._spare:
+            return self._waiting.take_first(self._idle)  # a client with nothing running
+        return None
+
     def _start_next(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._busy < self._workers and self._waiting:
-            function, args, future = self._waiting.take()
+        while self._waiting:
+            job = self._next_job()
+            if job is None:
+                return
+            client, function, args, future = job
             if future.done():  # its caller went away
                 continue
             self._busy += 1
-            job = self._pool.submit(function, *args)
-            job.add_done_callback(functools.partial(self._finished_soon, loop, future))
+            self._running[client] = self._running.get(client, 0) + 1
+            submitted = self._pool.submit(function, *args)
+            submitted.add_done_callback(
+                functools.partial(self._finished_soon, loop, client, future)
+            )
 
     def _finished_soon(
-        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], job: Future[Any]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: Hashable,
+        future: asyncio.Future[Any],
+        job: Future[Any],
     ) -> None:
         """On the worker thread: let the event loop take the outcome."""
-        loop.call_soon_threadsafe(self._finished, job, future)
+        loop.call_soon_threadsafe(self._finished, client, job, future)
 
-    def _finished(self, job: Future[Any], future: asyncio.Future[Any]) -> None:
+    def _finished(self, client: Hashable, job: Future[Any], future: asyncio.Future[Any]) -> None:
         self._busy -= 1
+        self._running[client] -= 1
+        if not self._running[client]:
+            del self._running[client]
         if not future.done():
             error = job.exception()
             if error is not None:

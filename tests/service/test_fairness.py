@@ -54,3 +54,37 @@ async def test_errors_reach_their_caller_and_the_pool_goes_on():
         await executor.run("a", fail)
     assert await executor.run("a", lambda: 42) == 42
     executor.shutdown()
+
+
+async def test_a_client_with_nothing_running_starts_while_long_jobs_hold_every_worker():
+    """Both workers taken by one client's long jobs (a costly decode, a huge matting): another
+    client's job runs at once on the spare thread, and no third job of the first client does."""
+    executor = FairExecutor(2, name="test")
+    release = threading.Event()
+    started: list[str] = []
+
+    def long_job(name: str) -> str:
+        started.append(name)
+        release.wait(30)
+        return name
+
+    heavy = [asyncio.create_task(executor.run("heavy", long_job, f"h{i}")) for i in range(3)]
+    await asyncio.sleep(0.05)
+    light = await asyncio.wait_for(executor.run("light", lambda: "light"), 5)
+    assert light == "light" and sorted(started) == ["h0", "h1"]  # h2 waits for a worker
+    other = asyncio.create_task(executor.run("light", long_job, "l1"))
+    await asyncio.sleep(0.05)
+    assert "l1" in started  # light has nothing running: it may take the spare again
+    release.set()
+    assert await asyncio.gather(*heavy, other) == ["h0", "h1", "h2", "l1"]
+    executor.shutdown()
+
+
+def test_take_first_skips_clients_that_are_not_eligible():
+    queue: RoundRobin[str] = RoundRobin()
+    queue.put("a", "a1")
+    queue.put("b", "b1")
+    queue.put("b", "b2")
+    assert queue.take_first(lambda client: client == "b") == "b1"
+    assert queue.take_first(lambda client: client == "c") is None
+    assert [queue.take() for _ in range(2)] == ["a1", "b2"]

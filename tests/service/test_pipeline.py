@@ -348,3 +348,24 @@ def test_decontaminate_composes_with_a_background_colour_and_every_format(model,
     cleaned_rgb = np.asarray(cleaned.convert("RGB"), np.int16)
     assert np.abs(cleaned_rgb[5, 5] - [0, 0, 255]).max() <= 8  # the background is there
     assert np.abs(cleaned_rgb - np.asarray(plain.convert("RGB"), np.int16)).mean() > 0.1
+
+
+def _progressive_jpeg(side: int, repeats: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated ``repeats`` more times (a decode bomb:
+    each scan makes the decoder go over the whole image again)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 60, 30)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    return data[:end] + data[last:end] * repeats + data[end:]
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding():
+    """A 4000x4000 one of 180 KiB took 36 s to decode on EPYC-4; refused from its markers."""
+    bomb = _progressive_jpeg(4000, 3000)
+    with pytest.raises(TaskFailure) as refused:
+        pipeline.decode_image(bomb, 40_000_000, "inputImage")
+    assert refused.value.code == "invalidImage" and refused.value.parameter == "inputImage"
+    assert "3010 scans" in refused.value.message
+    ordinary = pipeline.decode_image(_progressive_jpeg(64, 0), 40_000_000)
+    assert ordinary.size == (64, 64)
