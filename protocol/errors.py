@@ -56,6 +56,7 @@ class Code:
     TOO_MANY_CONNECTIONS = "tooManyConnections"
     OVERLOADED = "overloaded"
     BODY_TIMEOUT = "bodyTimeout"  # an HTTP request body that did not arrive in time
+    STORAGE_FULL = "storageFull"  # the image store has no room: nothing could be written
     SHUTTING_DOWN = "shuttingDown"
     # The distributed mode's queue (Redis) cannot be reached: nothing was accepted.
     SERVICE_UNAVAILABLE = "serviceUnavailable"

@@ -216,7 +216,7 @@ class App:
             return "the job queue (Redis) cannot be reached"
         if self._worker is not None and not self._worker.reachable:
             return "the job stream (Redis) cannot be read"
-        return None
+        return self.store.unready_because()
 
     async def housekeeping(self) -> None:
         """Close silent sockets (zombies left by reconnecting clients included), forget

@@ -12,10 +12,14 @@ and files of an earlier run stay reachable until they expire. The in-memory inde
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from protocol.errors import Code, TaskFailure
 
 from ..imaging.formats import STORED_EXTENSIONS
 from .store import StoredImage, is_image_uuid, new_image_uuid
@@ -39,6 +43,7 @@ class DirectoryImageStore:
         self.default_ttl = default_ttl
         self._clock = clock
         self._images: dict[str, StoredImage] = {}
+        self._full: str | None = None  # why the last write failed for want of room
         root.mkdir(parents=True, exist_ok=True)
 
     async def put(
@@ -48,10 +53,24 @@ class DirectoryImageStore:
         image_uuid = new_image_uuid(scope)
         path = self.root / f"{image_uuid}.{extension}"
         expires_at = self._clock() + (ttl if ttl is not None else self.default_ttl)
-        await asyncio.to_thread(_write_atomically, path, data, expires_at)
+        try:
+            await asyncio.to_thread(_write_atomically, path, data, expires_at)
+        except OSError as error:
+            if error.errno not in _NO_ROOM:
+                raise
+            self._full = f"the image store is full ({os.strerror(error.errno)} in {self.root})"
+            raise TaskFailure(
+                Code.STORAGE_FULL,
+                "The server's image store is full: nothing could be written. Retry later.",
+                retry_after_ms=30_000,
+            ) from None
+        self._full = None
         stored = StoredImage(image_uuid, extension, path, expires_at)
         self._images[image_uuid] = stored
         return stored
+
+    def unready_because(self) -> str | None:
+        return self._full
 
     def get(self, image_uuid: str) -> StoredImage | None:
         stored = self._images.get(image_uuid) or self._on_disk(image_uuid)
@@ -96,6 +115,8 @@ class DirectoryImageStore:
         return len(removed)
 
 
+# Write errors that mean "no room": the disk, or the user's quota.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 # A partial file older than this belongs to a write that died before its rename.
 _PARTIAL_GRACE = 3600.0
 
@@ -131,6 +152,11 @@ def _remove_stale_partial(entry: os.DirEntry[str], now: float) -> None:
 
 def _write_atomically(path: Path, data: bytes, expires_at: float) -> None:
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.utime(partial, (expires_at, expires_at))  # the expiry, for every process that reads it
-    os.replace(partial, path)
+    try:
+        partial.write_bytes(data)
+        os.utime(partial, (expires_at, expires_at))  # the expiry, for every process that reads it
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):  # a failed write leaves nothing behind
+            partial.unlink()
+        raise

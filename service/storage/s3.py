@@ -84,6 +84,9 @@ class S3ImageStore:
         self._known[image_uuid] = stored
         return stored
 
+    def unready_because(self) -> str | None:
+        return None  # a bucket's refusals are its own; each put fails on its own
+
     async def load(self, image_uuid: str) -> tuple[StoredImage, bytes] | None:
         """The live image's record and bytes; None when unknown or expired."""
         if not is_image_uuid(image_uuid):

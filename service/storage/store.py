@@ -88,3 +88,8 @@ class ImageStore(Protocol):
     async def sweep(self) -> int:
         """Delete what has expired; returns how many images went."""
         ...
+
+    def unready_because(self) -> str | None:
+        """Why the store cannot take images now (a full disk), until a write succeeds; None
+        when it can."""
+        ...
