@@ -342,13 +342,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("aiohttp").setLevel(
         max(logging.WARNING, logging.getLevelName(config.log_level))
     )
-    from .app import run  # after logging is set up: loading models logs
+    from .app import PortUnavailable, run  # after logging is set up: loading models logs
 
     try:
         asyncio.run(run(config))
     except KeyboardInterrupt:
         pass
-    except ModelLoadError as error:  # its message names the fix: no traceback
+    except (ModelLoadError, PortUnavailable) as error:  # the message names the fix
         logging.getLogger("service").critical("%s", error)
         sys.exit(2)
 

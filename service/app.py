@@ -10,6 +10,7 @@ import contextlib
 import hmac
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +44,7 @@ from .tasks.workload import Workload
 from .transport.context import KeyGuesses, OpenSockets, ServerContext
 from .transport.http import Listener, start_server
 
-__all__ = ["App", "build_app", "run", "serve"]
+__all__ = ["App", "PortUnavailable", "build_app", "check_port", "run", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,30 @@ async def serve(app: App) -> Listener:
     return await start_server(app.context)
 
 
+class PortUnavailable(RuntimeError):
+    """The configured address cannot be listened on; the message names the port and the flag."""
+
+
+def check_port(config: Config) -> None:
+    """Bind the address once before the models load (seconds), so that a port already in use
+    is said in one line at once, not after the load with a traceback."""
+    try:
+        with socket.create_server((config.host, config.port), reuse_port=config.reuse_port):
+            pass
+    except OSError as error:
+        raise _port_unavailable(config, error) from None
+
+
+def _port_unavailable(config: Config, error: OSError) -> PortUnavailable:
+    return PortUnavailable(
+        f"cannot listen on {config.host}:{config.port}: {error.strerror or error}; "
+        "choose another port with --port (or RBG_PORT)"
+    )
+
+
 async def run(config: Config) -> None:
     """Load the models, serve until SIGINT/SIGTERM, drain, close sockets (1001), exit."""
+    check_port(config)
     if not config.api_keys:
         log.warning("no --api-key given: any API key is accepted")
     started = time.perf_counter()
@@ -301,7 +324,10 @@ async def run(config: Config) -> None:
         await asyncio.to_thread(pipeline.warm_up)
     await app.start()
     log.info("models loaded and kernels warm in %.1f s", time.perf_counter() - started)
-    server = await serve(app)
+    try:
+        server = await serve(app)
+    except OSError as error:  # taken between the check and now
+        raise _port_unavailable(config, error) from None
     housekeeping = asyncio.create_task(app.housekeeping(), name="housekeeping")
     for host, port in server.addresses:
         address = f"{'[' + host + ']' if ':' in host else host}:{port}"

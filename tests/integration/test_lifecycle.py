@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import websockets
@@ -15,6 +18,7 @@ from service.config import ModelOverride
 from service.inference.registry import load_registry
 from tests.support import (
     MODEL,
+    ROOT,
     Client,
     FakeClock,
     b64,
@@ -149,3 +153,29 @@ def test_browser_origins_are_restricted_to_our_own_and_the_allowed_ones(tmp_path
         assert asyncio.run(handshake("https://evil.example.net")) == 403
     finally:
         server.stop()
+
+
+def test_a_port_in_use_is_one_line_before_the_models_load(tmp_path):
+    """It loaded the models for ~15 s, then printed a 30-line traceback."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        finished = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--port",
+                str(port),
+                "--storage-dir",
+                str(tmp_path / "images"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert finished.returncode == 2
+    assert "Traceback" not in finished.stderr
+    [line] = [line for line in finished.stderr.splitlines() if "CRITICAL" in line]
+    assert f"127.0.0.1:{port}" in line and "--port" in line
+    assert "model u2netp" not in finished.stderr  # refused before loading anything
