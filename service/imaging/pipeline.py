@@ -118,6 +118,33 @@ def _check_scans(data: bytes, parameter: str) -> None:
         )
 
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit greyscale PNGs open as these
+
+
+def _scaled_to_bytes(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit "L", each value scaled by 255/65535 and rounded (Pillow's
+    own conversion clips at 255: almost every pixel white), with its tRNS grey level, which
+    names a 16-bit value, made alpha ("LA")."""
+    values = np.asarray(image, dtype=np.uint32)
+    grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([grey, alpha]), "LA")
+    return Image.fromarray(grey, "L")
+
+
+def _rgb_or_rgba(image: Image.Image) -> Image.Image:
+    """RGBA where the source has transparency (an alpha channel, or a tRNS colour key on a
+    palette, grey or RGB PNG: the same cutout as the RGBA file would get), else RGB."""
+    if image.mode in _WIDE_GREY_MODES:
+        image = _scaled_to_bytes(image)
+    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    mode = "RGBA" if has_alpha else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
 def decode_image(
     data: bytes, max_pixels: int, parameter: str = IMAGE_PARAMETER, limit_name: str = "the limit"
 ) -> DecodedImage:
@@ -141,11 +168,7 @@ def decode_image(
             )
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
-        has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-            image.mode == "P" and "transparency" in image.info
-        )
-        mode = "RGBA" if has_alpha else "RGB"
-        decoded = DecodedImage.from_image(image if image.mode == mode else image.convert(mode))
+        decoded = DecodedImage.from_image(_rgb_or_rgba(image))
     except TaskFailure:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

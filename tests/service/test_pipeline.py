@@ -369,3 +369,97 @@ def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding():
     assert "3010 scans" in refused.value.message
     ordinary = pipeline.decode_image(_progressive_jpeg(64, 0), 40_000_000)
     assert ordinary.size == (64, 64)
+
+
+# --------------------------------------------------------------------------- PNG colour types
+
+
+def _png(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def _decoded(data: bytes) -> pipeline.DecodedImage:
+    return pipeline.decode_image(data, 40_000_000)
+
+
+def _photo() -> Image.Image:
+    return open_image(fixture_bytes("car-1.jpg")).convert("RGB").resize((120, 90))
+
+
+def _same(a: pipeline.DecodedImage, b: pipeline.DecodedImage) -> None:
+    assert a.has_alpha == b.has_alpha
+    if a.has_alpha:
+        np.testing.assert_array_equal(a.bands(), b.bands())
+    else:  # the X byte of RGBX carries nothing
+        np.testing.assert_array_equal(a.bands()[..., :3], b.bands()[..., :3])
+
+
+def test_each_png_colour_type_decodes_as_its_rgb_or_rgba_equivalent():
+    photo = _photo()
+    grey = photo.convert("L")
+    with_alpha = photo.copy()
+    with_alpha.putalpha(Image.linear_gradient("L").resize(photo.size))
+    palette = photo.quantize(16)
+    cases = {
+        "greyscale": (grey, grey.convert("RGB")),
+        "grey+alpha": (with_alpha.convert("LA"), with_alpha.convert("LA").convert("RGBA")),
+        "RGB": (photo, photo),
+        "RGBA": (with_alpha, with_alpha),
+        "palette": (palette, palette.convert("RGB")),
+    }
+    for name, (source, equivalent) in cases.items():
+        _same(_decoded(_png(source)), _decoded(_png(equivalent)))
+        assert _decoded(_png(source)).has_alpha == (equivalent.mode == "RGBA"), name
+
+
+def _keyed(image: Image.Image, key) -> Image.Image:
+    """``image`` as RGBA with alpha 0 where its pixel equals the colour key."""
+    rgba = image.convert("RGBA")
+    pixels = np.asarray(rgba).copy()
+    source = np.asarray(image)
+    hit = source == key if source.ndim == 2 else np.all(source == key, axis=-1)
+    pixels[hit, 3] = 0
+    return Image.fromarray(pixels, "RGBA")
+
+
+def test_a_trns_colour_key_is_alpha_as_in_the_rgba_file():
+    """RGB and greyscale PNGs with tRNS lost it: every transparent pixel came back visible."""
+    photo = _photo()
+    key = photo.getpixel((10, 10))
+    rgb = _decoded(_png(photo, transparency=key))
+    assert rgb.has_alpha and (rgb.bands()[..., 3] == 0).any()
+    _same(rgb, _decoded(_png(_keyed(photo, key))))
+    grey = photo.convert("L")
+    level = grey.getpixel((10, 10))
+    _same(_decoded(_png(grey, transparency=level)), _decoded(_png(_keyed(grey, level))))
+    palette = photo.quantize(16)
+    keyed_palette = _decoded(_png(palette, transparency=palette.getpixel((10, 10))))
+    assert keyed_palette.has_alpha and keyed_palette.bands()[10, 10, 3] == 0
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped():
+    """A 16-bit greyscale PNG decoded to almost all white (values clipped at 255); it decodes as
+    the 8-bit image it was made from, and its 16-bit tRNS level is alpha."""
+    grey = _photo().convert("L")
+    levels = np.asarray(grey).astype(np.uint16) * 257  # 8 -> 16 bits exactly
+    wide = Image.fromarray(levels)
+    assert wide.mode == "I;16"
+    _same(_decoded(_png(wide)), _decoded(_png(grey.convert("RGB"))))
+    level = int(levels[10, 10])
+    keyed = _decoded(_png(wide, transparency=level))
+    _same(keyed, _decoded(_png(_keyed(grey, int(level // 257)))))
+
+
+def test_an_exif_rotated_jpeg_decodes_upright():
+    photo = _photo()
+    plain, rotated = io.BytesIO(), io.BytesIO()
+    photo.save(plain, "JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    photo.save(rotated, "JPEG", quality=95, exif=exif)
+    upright = _decoded(rotated.getvalue())
+    assert upright.size == (90, 120)
+    expected = np.rot90(_decoded(plain.getvalue()).bands()[..., :3], k=-1)
+    np.testing.assert_array_equal(upright.bands()[..., :3], expected)
