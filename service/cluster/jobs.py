@@ -182,6 +182,27 @@ class QueuedWork:
                         del self._waiting[key]
 
 
+async def claim_stale(
+    redis: Any, stream: str, consumer: str, idle_ms: int, count: int
+) -> list[tuple[bytes, dict]]:
+    """Every entry of the group's pending list idle for ``idle_ms``, claimed for ``consumer``.
+
+    XAUTOCLAIM looks at a bounded stretch of the pending list per call (``count`` entries to
+    claim, ten times that to scan) and returns where to go on; the whole list is walked, so
+    that a dead worker's entries behind many live ones are found too (starting from the head
+    every time, they were never reached while the head stayed busy).
+    """
+    claimed: list[tuple[bytes, dict]] = []
+    start: bytes | str = "0-0"
+    while True:
+        start, entries, _ = await redis.xautoclaim(
+            stream, GROUP, consumer, idle_ms, start_id=start, count=count
+        )
+        claimed.extend(entries)
+        if start in (b"0-0", "0-0"):
+            return claimed
+
+
 class Worker:
     """Reads jobs in batches, runs them, records and answers each once.
 
@@ -338,13 +359,12 @@ class Worker:
                     await self._redis.xclaim(
                         self._stream, GROUP, self.name, 0, list(self._in_flight), justid=True
                     )
-                _, claimed, _ = await self._redis.xautoclaim(
+                claimed = await claim_stale(
+                    self._redis,
                     self._stream,
-                    GROUP,
                     self.name,
                     int(self._claim_after * 1000),
-                    start_id="0-0",
-                    count=self._max_batch,
+                    self._max_batch,
                 )
                 for entry_id, fields in claimed:
                     await self._retry_or_fail(entry_id, fields)
