@@ -83,8 +83,11 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-def asyncapi() -> dict[str, Any]:
-    """An AsyncAPI 3.0 document for the one WebSocket channel."""
+DEFAULT_BASE_URL = "http://127.0.0.1:7600"  # `make schema`'s documents: the default address
+
+
+def asyncapi(base_url: str = DEFAULT_BASE_URL) -> dict[str, Any]:
+    """An AsyncAPI 3.0 document for the one WebSocket channel of the server at ``base_url``."""
     template = "#/components/schemas/{name}"
     schemas = {**_components(template), **_frames(template)}
     messages = {
@@ -104,7 +107,7 @@ def asyncapi() -> dict[str, Any]:
             "answers each task with a data item or an error item carrying "
             "its taskUUID, in completion order.",
         },
-        "servers": {"local": {"host": "127.0.0.1:7600", "protocol": "ws"}},
+        "servers": {"local": _socket_server(base_url)},
         "channels": {
             "tasks": {
                 "address": "/",
@@ -332,8 +335,18 @@ def _paths() -> dict[str, Any]:
     }
 
 
-def openapi() -> dict[str, Any]:
-    """An OpenAPI 3.1 document for every HTTP route of the service's port."""
+def _socket_server(base_url: str) -> dict[str, str]:
+    """AsyncAPI's server object for the socket beside ``base_url``'s HTTP routes."""
+    scheme, _, rest = base_url.partition("://")
+    host, _, path = rest.partition("/")
+    server = {"host": host, "protocol": "wss" if scheme == "https" else "ws"}
+    if path.strip("/"):
+        server["pathname"] = "/" + path.strip("/")
+    return server
+
+
+def openapi(base_url: str = DEFAULT_BASE_URL) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for every HTTP route of the server at ``base_url``."""
     schemas = {
         **_components(_SCHEMAS, RestResponse, ModelList, RembgError),
         **_frames(_SCHEMAS),
@@ -348,7 +361,7 @@ def openapi() -> dict[str, Any]:
             "/api/remove, the model list, stored images, probes and metrics.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
-        "servers": [{"url": "http://127.0.0.1:7600"}],
+        "servers": [{"url": base_url.rstrip("/")}],
         "paths": _paths(),
         "components": {
             "schemas": dict(sorted(schemas.items())),

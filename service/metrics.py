@@ -6,7 +6,14 @@ process (tests) never share counters.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from protocol.codec import TASK_TYPES
 
@@ -24,6 +31,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The standard process_* series (resident memory, CPU seconds, open fds, ...) from /proc.
+        ProcessCollector(registry=r)
         self.tasks = Counter(
             "rbg_tasks",
             "Tasks answered, by task type and outcome (a code on failure)",

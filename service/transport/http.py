@@ -48,11 +48,16 @@ _IMAGE_PATH = re.compile(rf"^/images/(?P<uuid>{UUID_CORE})\.(?P<ext>[a-z]{{3,4}}
 _SERVER = "rembg-stream"
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
 _PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
-# The documents of the HTTP routes and of the socket, as `make schema` publishes them.
-_DOCUMENTS = {
-    "/openapi.json": msgspec.json.encode(openapi()),
-    "/asyncapi.json": msgspec.json.encode(asyncapi()),
-}
+
+
+def _documents(config: Config) -> dict[str, bytes]:
+    """The documents of the HTTP routes and of the socket, naming this server's own URL
+    (``--public-url``, else the address it listens on) so that generated clients call it."""
+    base_url = config.base_url()
+    return {
+        "/openapi.json": msgspec.json.encode(openapi(base_url)),
+        "/asyncapi.json": msgspec.json.encode(asyncapi(base_url)),
+    }
 
 
 def _response(
@@ -96,11 +101,13 @@ async def _models(context: ServerContext) -> web.Response:
     )
 
 
-async def _page_or_probe(context: ServerContext, path: str) -> web.Response:
+async def _page_or_probe(
+    context: ServerContext, path: str, documents: dict[str, bytes]
+) -> web.Response:
     if path == "/v1/models":
         return await _models(context)
-    if path in _DOCUMENTS:
-        return _response(http.HTTPStatus.OK, _DOCUMENTS[path], "application/json")
+    if path in documents:
+        return _response(http.HTTPStatus.OK, documents[path], "application/json")
     if path in ("/", "/index.html"):
         return _response(
             http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8", {"Cache-Control": "no-cache"}
@@ -192,6 +199,7 @@ class Listener:
 async def start_server(context: ServerContext) -> Listener:
     config = context.config
     origins = _allowed_origins(config)
+    documents = _documents(config)
 
     async def route(request: web.Request) -> web.StreamResponse:
         # Browsers send Origin; a page from anywhere else may neither open a socket nor POST
@@ -230,7 +238,7 @@ async def start_server(context: ServerContext) -> Listener:
             return _text(
                 http.HTTPStatus.METHOD_NOT_ALLOWED, "only GET here", {"Allow": "GET, HEAD"}
             )
-        return await _page_or_probe(context, request.path)
+        return await _page_or_probe(context, request.path, documents)
 
     application = web.Application(client_max_size=config.frame_error_bytes + 1)
     server_log = logging.getLogger("aiohttp.server")

@@ -838,6 +838,20 @@ def test_metrics_and_readiness(server):
     assert http_get(f"{server.http_url}/readyz")[0] == 200
 
 
+def test_metrics_carry_the_standard_process_series(server):
+    """process_* as Prometheus' clients export them, read from the server's own /proc."""
+    text = http_get(f"{server.http_url}/metrics")[2].decode()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("process_")
+    }
+    resident = rss_kib(server.process.pid, "VmRSS")
+    assert abs(values["process_resident_memory_bytes"] / 1024 - resident) < 0.2 * resident
+    assert values["process_cpu_seconds_total"] > 0
+    assert values["process_open_fds"] >= 3 and values["process_max_fds"] > 0
+
+
 def test_sigterm_drains_accepted_tasks_then_closes_with_1001(tmp_path):
     process = start_server(tmp_path, "--drain-grace", "60")
 

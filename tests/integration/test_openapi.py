@@ -32,12 +32,29 @@ def post(url: str, body: bytes, headers: dict[str, str]):
     return http_request(urllib.request.Request(url, data=body, headers=headers, method="POST"))
 
 
-def test_the_served_documents_are_the_published_ones(server):
+def test_the_served_documents_are_the_published_ones_for_this_server(server):
     for path, build in (("/openapi.json", openapi), ("/asyncapi.json", asyncapi)):
         status, headers, body = http_get(f"{server.http_url}{path}")
         assert status == 200 and headers["Content-Type"] == "application/json"
-        assert json.loads(body) == build()
+        assert json.loads(body) == build(server.http_url)
         check(path, "get", status, headers, body)
+    assert json.loads(http_get(f"{server.http_url}/openapi.json")[2])["servers"] == [
+        {"url": server.http_url}
+    ]
+
+
+def test_the_documents_name_the_public_url(fast_server_with):
+    """They named http://127.0.0.1:7600 whatever --port, --host or --public-url said: a
+    generated client called the wrong server."""
+    public = fast_server_with("--public-url", "https://rbg.example.com/cutouts/")
+    openapi_document = json.loads(http_get(f"{public.http_url}/openapi.json")[2])
+    assert openapi_document["servers"] == [{"url": "https://rbg.example.com/cutouts"}]
+    asyncapi_document = json.loads(http_get(f"{public.http_url}/asyncapi.json")[2])
+    assert asyncapi_document["servers"]["local"] == {
+        "host": "rbg.example.com",
+        "protocol": "wss",
+        "pathname": "/cutouts",
+    }
 
 
 def test_the_rest_twins_answers_validate(server):
