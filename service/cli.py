@@ -163,6 +163,24 @@ class Destinations:
         return Path(source.name)
 
 
+def _refuse_collisions(jobs: Iterable[Job]) -> None:
+    """Two inputs whose cutouts would land on one file (colA/x.jpg and colB/x.jpg into one
+    --out folder, a.jpg and a.png beside each other): refused before any work, --force or not,
+    since one cutout would silently replace the other."""
+    sources: dict[Path, list[str]] = {}
+    for job in jobs:
+        if job.target is not None:
+            sources.setdefault(job.target.resolve(), []).append(job.name)
+    clashes = [(target, names) for target, names in sources.items() if len(names) > 1]
+    if clashes:
+        shown = "; ".join(f"{', '.join(names)} -> {target}" for target, names in clashes[:5])
+        more = f" and {len(clashes) - 5} more" if clashes[5:] else ""
+        raise UsageError(
+            f"these inputs would write the same file: {shown}{more}; give them separate "
+            "--out folders, or rename one"
+        )
+
+
 def _refuse_overwrites(jobs: Iterable[Job]) -> None:
     existing = [str(job.target) for job in jobs if job.target is not None and job.target.exists()]
     if existing:
@@ -453,6 +471,7 @@ def _plan(args: argparse.Namespace) -> _Plan:
         jobs = [
             destinations.job(p) for p in collect_inputs([Path(n) for n in names], args.recursive)
         ]
+    _refuse_collisions(jobs)
     if not args.force:
         _refuse_overwrites(jobs)
     return _Plan(destinations, jobs, folders)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from service.inference.registry import STAND_IN_WARNING
@@ -117,6 +118,38 @@ def test_folders_recursively_and_own_outputs_left_out(server, tmp_path):
     deep = cli(str(tmp_path), "-r", "--force", "--url", server.ws_url, "--out", str(tmp_path / "o"))
     assert deep.returncode == 0 and "2 of 2 written" in deep.stdout  # not top.out.png
     assert (tmp_path / "o" / "top.png").exists() and (tmp_path / "o" / "sub" / "deep.png").exists()
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)])
+def test_inputs_that_would_write_the_same_file_are_refused_before_any_work(server, tmp_path, force):
+    """colA/x.jpg and colB/x.jpg into one --out folder printed "2 of 2 written" and left one
+    file; stem/a.jpg and stem/a.png both became a.out.png. Refused with the list, exit 2."""
+    for folder in ("colA", "colB", "stem"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(FIXTURES / "car-1.jpg", tmp_path / "colA" / "x.jpg")
+    shutil.copy(FIXTURES / "car-2.jpg", tmp_path / "colB" / "x.jpg")
+    shutil.copy(FIXTURES / "car-1.jpg", tmp_path / "stem" / "a.jpg")
+    open_image((FIXTURES / "car-2.jpg").read_bytes()).save(tmp_path / "stem" / "a.png")
+    out = tmp_path / "colout"
+    folders = cli(
+        str(tmp_path / "colA"),
+        str(tmp_path / "colB"),
+        "--out",
+        str(out),
+        "--url",
+        server.ws_url,
+        *force,
+    )
+    assert folders.returncode == 2 and "would write the same file" in folders.stderr
+    assert "colA/x.jpg" in folders.stderr and "colB/x.jpg" in folders.stderr
+    assert not out.exists()  # nothing was sent, nothing written
+    stems = cli(str(tmp_path / "stem"), "--url", server.ws_url, *force)
+    assert stems.returncode == 2 and "a.out.png" in stems.stderr
+    assert not (tmp_path / "stem" / "a.out.png").exists()
+    apart = cli(
+        str(tmp_path / "colA"), "--out", str(tmp_path / "a"), "--url", server.ws_url, *force
+    )
+    assert apart.returncode == 0 and (tmp_path / "a" / "x.png").exists()
 
 
 def test_watch_cuts_out_each_new_image_until_interrupted(server, tmp_path):
