@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import http
 import re
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -137,8 +138,21 @@ class FileTooLarge(ValueError):
     """The upload is larger than a task can carry once it is base64 in a frame."""
 
 
-class MalformedBody(Exception):
-    """A multipart body that cannot be read: its status and one line saying why."""
+def _check_url(url: str) -> None:
+    """``url`` as rembg's GET fetches it: an absolute http(s) URL with a host. Anything else
+    (``null``, ``example.com/a.jpg``) would otherwise be read as base64 image data."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise RequestRefused(
+            http.HTTPStatus.BAD_REQUEST,
+            f"url must be an absolute http or https URL with a host, such as "
+            f"https://example.com/photo.jpg; got {url[:100]!r}",
+        )
+
+
+class RequestRefused(Exception):
+    """A request that cannot be served as sent (a multipart body that cannot be read, a url that
+    is not one): its status and one line saying why."""
 
     def __init__(self, status: http.HTTPStatus, reason: str) -> None:
         super().__init__(reason)
@@ -158,13 +172,14 @@ async def _task_from(request: web.Request, max_file_bytes: int) -> dict[str, Any
         parameters = _parameters(request.query, "query")
         if not parameters.url:
             raise ParameterError("query", "url", "url is required")
+        _check_url(parameters.url)
         return _task(parameters, "query", parameters.url)
     try:
         form = await request.post()  # within the app's body limit, as every POST
     except LineTooLong as error:
-        raise MalformedBody(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _reason(error)) from None
+        raise RequestRefused(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _reason(error)) from None
     except (ValueError, HttpProcessingError) as error:  # aiohttp's words for a broken form
-        raise MalformedBody(http.HTTPStatus.BAD_REQUEST, _reason(error)) from None
+        raise RequestRefused(http.HTTPStatus.BAD_REQUEST, _reason(error)) from None
     upload = form.get("file")
     if not isinstance(upload, web.FileField):
         raise ParameterError("body", "file", "file is required (a multipart form field)")
@@ -213,7 +228,7 @@ async def answer_rembg_request(context: ServerContext, request: web.Request) -> 
         return _detail(http.HTTPStatus.UNPROCESSABLE_ENTITY, [error.detail])
     except FileTooLarge as error:
         return _detail(http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(error))
-    except MalformedBody as error:
+    except RequestRefused as error:
         return closing(_detail(error.status, error.reason))
     except web.HTTPRequestEntityTooLarge:
         return _detail(

@@ -277,3 +277,13 @@ def test_a_malformed_multipart_body_gets_a_one_line_reason(server, body, content
     detail = json.loads(payload)["detail"]
     assert detail.startswith("The multipart body could not be read: ") and "\n" not in detail
     assert server.log().count("Traceback") == before
+
+
+@pytest.mark.parametrize("url", ["null", "example.com/car.jpg", "http://", "/relative/car.jpg"])
+def test_a_url_that_is_not_an_absolute_http_url_gets_a_clear_400(server, url):
+    """url=null was read as base64 image data and answered "not a JPEG, PNG, ..."."""
+    query = urllib.parse.urlencode({"url": url})
+    status, _, body = http_get(f"{server.http_url}/api/remove?{query}", KEY)
+    assert status == 400
+    detail = json.loads(body)["detail"]
+    assert detail.startswith("url must be an absolute http or https URL") and repr(url) in detail
