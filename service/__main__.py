@@ -18,6 +18,7 @@ from typing import Any
 from .config import Config, ModelOverride
 from .inference.errors import ModelLoadError
 from .inference.families import FAMILIES
+from .inference.registry import parse_model_spec
 from .inference.simulated import parse_latency
 
 ENV_PREFIX = "RBG_"
@@ -38,14 +39,11 @@ def _env_list(name: str) -> list[str]:
 
 
 def parse_model(spec: str) -> ModelOverride:
-    """``ID=PATH`` or ``ID=PATH:FAMILY`` (FAMILY a name of inference/families.py)."""
-    model_id, equals, rest = spec.partition("=")
-    if not equals or not model_id or not rest:
-        raise argparse.ArgumentTypeError(f"expected ID=PATH[:FAMILY], got {spec!r}")
-    path, colon, family = rest.rpartition(":")
-    if colon and family in FAMILIES:
-        return ModelOverride(model_id, Path(path), family)
-    return ModelOverride(model_id, Path(rest))
+    """``--model ID=PATH[:FAMILY]`` for argparse."""
+    try:
+        return parse_model_spec(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # (flag, value type, help) for every scalar setting; the Config field is the flag's name with

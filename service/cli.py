@@ -32,6 +32,8 @@ import websockets
 
 from protocol.messages import parse_rgba
 
+from .config import ModelOverride
+from .inference.registry import parse_model_spec
 from .progress import StatusLine, bar
 
 __all__ = ["main", "collect_inputs", "parse_colour"]
@@ -231,8 +233,9 @@ class _Progress:
 
 
 @contextlib.asynccontextmanager
-async def _in_process_service() -> AsyncIterator[str]:
-    """A whole service on a free loopback port, for this run only."""
+async def _in_process_service(models: tuple[ModelOverride, ...] = ()) -> AsyncIterator[str]:
+    """A whole service on a free loopback port, for this run only, serving ``models`` beside
+    the embedded one."""
     import logging
 
     from .app import build_app, serve
@@ -247,8 +250,8 @@ async def _in_process_service() -> AsyncIterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="rbg-cli-") as storage:
-        models = Path(__file__).resolve().parent.parent / "models"  # where make install puts them
-        config = Config(port=port, storage_dir=Path(storage), models_dir=models)
+        models_dir = Path(__file__).resolve().parent.parent / "models"  # make install's
+        config = Config(port=port, storage_dir=Path(storage), models_dir=models_dir, models=models)
         app = await asyncio.to_thread(build_app, config)
         await asyncio.to_thread(warm_up)
         server = await serve(app)
@@ -269,7 +272,7 @@ def _task(args: argparse.Namespace, image: bytes, settings: dict) -> dict:
         "outputQuality": args.quality,
     }
     if args.model:
-        task["model"] = args.model
+        task["model"] = args.model.partition("=")[0]  # an ID=PATH file is served as ID
     if settings:
         task["settings"] = settings
     return task
@@ -370,7 +373,9 @@ async def _watch(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service.cli", description=__doc__.splitlines()[0]
+        prog="python -m service.cli",
+        description="Cut out images from the command line, as people use rembg's i and p "
+        "commands: python -m service.cli remove INPUT...",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     remove = commands.add_parser(
@@ -398,7 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--url", help="a running service (ws://HOST:PORT); default: start one in-process")
     add("--api-key", default="cli", help="API key for --url (default %(default)s)")
-    add("--model", help="model id (default: the service's runware:109@1)")
+    add(
+        "--model",
+        help="model id (default: the service's runware:109@1); without --url also "
+        "ID=PATH[:FAMILY], an ONNX file served under ID for the run, as the service's --model",
+    )
     add(
         "--format",
         choices=sorted(OUTPUT_SUFFIXES),
@@ -443,7 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="background colour, e.g. 255,255,255 (opaque) or 255,255,255,128",
     )
     add("--window", type=int, default=4, help="images in flight at once (default %(default)s)")
-    add("--quiet", action="store_true", help="no progress (failures are still listed)")
+    add(
+        "--quiet",
+        action="store_true",
+        help="print nothing on success: no progress, no report (failures are still listed)",
+    )
     return parser
 
 
@@ -507,16 +520,33 @@ async def _run(args: argparse.Namespace, url: str, plan: _Plan) -> _Run:
     return run
 
 
+def _model_files(args: argparse.Namespace) -> tuple[ModelOverride, ...]:
+    """``--model ID=PATH[:FAMILY]``: the file the in-process service serves under ID."""
+    if not args.model or "=" not in args.model:
+        return ()
+    if args.url:
+        raise UsageError("--model ID=PATH serves a file in-process: with --url give a model id")
+    try:
+        override = parse_model_spec(args.model)
+    except ValueError as error:
+        raise UsageError(f"--model: {error}") from None
+    if not override.path.is_file():
+        raise UsageError(f"--model: no file at {override.path}")
+    return (override,)
+
+
 async def _main(args: argparse.Namespace) -> int:
     plan = _plan(args)
+    models = _model_files(args)
     if args.url:
         run = await _run(args, args.url, plan)
     else:
-        async with _in_process_service() as url:
+        async with _in_process_service(models) as url:
             run = await _run(args, url, plan)
     ok = run.done - len(run.failures)
     report = sys.stderr if args.out == STDIO or args.inputs == [STDIO] else sys.stdout
-    print(f"{ok} of {run.done} written", file=report)
+    if not (args.quiet and not run.failures):  # --quiet: nothing on success
+        print(f"{ok} of {run.done} written", file=report)
     for name, reason in run.failures:
         print(f"failed: {name}: {reason}", file=sys.stderr)
     return 1 if run.failures else 0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from protocol.messages import DEFAULT_MODEL, ModelInfo
 
-from ..config import Config
+from ..config import Config, ModelOverride
 from .errors import ModelLoadError
 from .families import FAMILIES, FAMILY_BY_SIZE, Family
 from .simulated import SimulatedDevice, parse_latency
@@ -32,6 +32,7 @@ __all__ = [
     "load_registry",
     "EMBEDDED_ID",
     "STAND_IN_WARNING",
+    "parse_model_spec",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,18 @@ class ModelRegistry:
 
     def __iter__(self):
         return iter(self._models.values())
+
+
+def parse_model_spec(spec: str) -> ModelOverride:
+    """``ID=PATH`` or ``ID=PATH:FAMILY`` (FAMILY a name of inference/families.py), as
+    ``--model`` takes it; ValueError for anything else."""
+    model_id, equals, rest = spec.partition("=")
+    if not equals or not model_id or not rest:
+        raise ValueError(f"expected ID=PATH[:FAMILY], got {spec!r}")
+    path, colon, family = rest.rpartition(":")
+    if colon and family in FAMILIES:
+        return ModelOverride(model_id, Path(path), family)
+    return ModelOverride(model_id, Path(rest))
 
 
 def _family(runtime: Runtime, requested: str | None, model_id: str) -> Family:

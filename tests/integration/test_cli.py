@@ -214,3 +214,19 @@ def test_every_option_has_help():
     [remove] = [a for a in parser._subparsers._group_actions][0].choices.values()  # noqa: SLF001
     for action in remove._actions:  # noqa: SLF001
         assert action.help, f"{action.option_strings or action.dest} has no help"
+
+
+def test_the_in_process_service_serves_a_model_file_and_quiet_prints_nothing(tmp_path, fast_model):
+    """--model ID=PATH[:FAMILY], which the stand-in warning recommends, was refused by the CLI;
+    --quiet still printed the report on success."""
+    source = tmp_path / "car-1.jpg"
+    shutil.copy(FIXTURES / "car-1.jpg", source)
+    spec = f"runware:109@1={fast_model}:u2net"
+    done = cli(str(source), "--model", spec, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
+    assert open_image((tmp_path / "car-1.out.png").read_bytes()).size == (480, 360)
+    with_url = cli(str(source), "--force", "--model", spec, "--url", "ws://127.0.0.1:9")
+    assert with_url.returncode == 2 and "with --url give a model id" in with_url.stderr
+    missing = cli(str(source), "--force", "--model", "x=/no/such.onnx")
+    assert missing.returncode == 2 and "no file at /no/such.onnx" in missing.stderr
