@@ -31,6 +31,12 @@ def _components(ref_template: str, *more: type) -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         (*REQUEST_TYPES, *RESULT_TYPES, ErrorItem, *more), ref_template=ref_template
     )
+    if "RestResponse" in components:
+        # Its lists are typed Any in the struct (the items are encoded as they come); the
+        # document says what they hold, so that generated clients keep the response type.
+        properties = components["RestResponse"]["properties"]
+        properties["data"]["items"] = {"anyOf": [_ref(ref_template, t) for t in RESULT_TYPES]}
+        properties["errors"]["items"] = _ref(ref_template, ErrorItem)
     return components
 
 
@@ -153,7 +159,9 @@ def _text(description: str) -> dict[str, Any]:
 
 
 def _binary(media_type: str) -> dict[str, Any]:
-    return {"type": "string", "contentMediaType": media_type}
+    # "format": "binary" is what client generators (openapi-python-client) read to send a file
+    # part as bytes; contentMediaType is OpenAPI 3.1's own word for it.
+    return {"type": "string", "format": "binary", "contentMediaType": media_type}
 
 
 def _rembg_fields() -> dict[str, Any]:
