@@ -24,6 +24,7 @@ from .cluster.results import RedisResultsBook
 from .config import Config
 from .imaging import pipeline
 from .inference.registry import ModelRegistry, load_registry
+from .matting import threads as matting_threads
 from .metrics import Metrics
 from .net.delivery import WebhookSender
 from .net.outbound import OutboundHttp
@@ -56,6 +57,7 @@ class App:
         self, config: Config, registry: ModelRegistry, clock: Callable[[], float] = time.time
     ) -> None:
         pipeline.use_own_pixel_limit()
+        matting_threads.use_cores(config.worker_count())  # not every core the machine has
         self.config = config
         self.registry = registry
         self.metrics = Metrics()

@@ -9,38 +9,51 @@ a second part may wait for the first, never the other way round.
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["side_by_side"]
+__all__ = ["side_by_side", "use_cores"]
 
 T = TypeVar("T")
 U = TypeVar("U")
 
-_HELPER_COUNT = max((os.cpu_count() or 1) - 1, 0)
-_IDLE_HELPERS = threading.BoundedSemaphore(max(_HELPER_COUNT, 1))
+
+class _Helpers:
+    """As many helpers as the cores matting may use, less the caller's own."""
+
+    def __init__(self, cores: int) -> None:
+        self.count = max(cores - 1, 0)
+        self.idle = threading.BoundedSemaphore(max(self.count, 1))
+        # Its threads start with the first matting computation that splits in two.
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(self.count, 1), thread_name_prefix="matting-half"
+        )
 
 
-@functools.cache
-def _helpers() -> ThreadPoolExecutor:
-    """The helper threads, started by the first matting computation that splits in two."""
-    return ThreadPoolExecutor(max_workers=max(_HELPER_COUNT, 1), thread_name_prefix="matting-half")
+_helpers = _Helpers(os.cpu_count() or 1)
+
+
+def use_cores(cores: int) -> None:
+    """Size the helpers for ``cores`` (the service's --cpu-workers) instead of every core the
+    machine has; called once by the composition root, before any matting runs."""
+    global _helpers
+    _helpers = _Helpers(cores)
 
 
 def side_by_side(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
     """Both results; the second computed on an idle helper thread if there is one."""
-    if _HELPER_COUNT == 0 or not _IDLE_HELPERS.acquire(blocking=False):
+    helpers = _helpers
+    if helpers.count == 0 or not helpers.idle.acquire(blocking=False):
         return first(), second()
     try:
-        pending = _helpers().submit(second)
+        pending = helpers.pool.submit(second)
         try:
             first_result = first()
         finally:
             second_result = pending.result()  # the parts share arrays: never leave one running
     finally:
-        _IDLE_HELPERS.release()
+        helpers.idle.release()
     return first_result, second_result
