@@ -74,13 +74,11 @@ def test_a_big_level_runs_its_two_sweeps_side_by_side_and_is_still_pymattings(mo
 
 
 def test_with_the_helper_busy_the_sweeps_run_one_after_the_other_to_the_same_bits(monkeypatch):
-    import threading
-
     from service.matting import threads as matting_threads
 
-    busy = threading.BoundedSemaphore(1)
-    busy.acquire()  # as when another matting job holds the helper
-    monkeypatch.setattr(matting_threads, "_IDLE_HELPERS", busy)
+    helpers = matting_threads._Helpers(2)
+    helpers.idle.acquire()  # as when another matting job holds the only helper
+    monkeypatch.setattr(matting_threads, "_helpers", helpers)
     calls = recorded_side_by_side(monkeypatch)
     image, alpha = random_matte(6, (320, 400))
     assert np.array_equal(estimate_foreground(image, alpha), estimate_foreground_ml(image, alpha))
