@@ -13,9 +13,10 @@ from tests.support import ROOT
 RUNTIMES = ("onnxruntime", "onnx", "openvino")
 
 
-def _loaded_after(code: str) -> list[str]:
-    """The model runtimes a fresh interpreter has loaded after running ``code``."""
-    probe = f"{code}\nimport sys; print(' '.join(m for m in {RUNTIMES!r} if m in sys.modules))"
+def _loaded_after(code: str, watched: tuple[str, ...] = RUNTIMES) -> list[str]:
+    """Which of ``watched`` (the model runtimes) a fresh interpreter has loaded after running
+    ``code``."""
+    probe = f"{code}\nimport sys; print(' '.join(m for m in {watched!r} if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
@@ -35,6 +36,23 @@ def _loaded_after(code: str) -> list[str]:
 )
 def test_these_modules_load_no_model_runtime(module):
     assert _loaded_after(f"import {module}") == []
+
+
+# The processor is where the pipeline's kernels load: it runs where images are processed.
+PIPELINE_HOME = "service.tasks.processor"
+
+
+@pytest.mark.parametrize("package", ["service.tasks", "service.transport", "service.cluster"])
+def test_a_gateways_packages_load_no_numba(package):
+    """The gateway's roles (tasks, transport, cluster) never need the pipeline's kernels: numba,
+    the LLVM it brings, and Pillow load only with the processor."""
+    names = sorted(
+        name
+        for name in grimp.build_graph("service").modules
+        if (name == package or name.startswith(package + ".")) and name != PIPELINE_HOME
+    )
+    assert len(names) > 3
+    assert _loaded_after("; ".join(f"import {name}" for name in names), ("numba", "PIL")) == []
 
 
 def test_the_help_text_loads_no_model_runtime():

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -36,12 +36,14 @@ from protocol.messages import RemoveBackground
 from ..net.delivery import WebhookSender
 from ..tasks.outcomes import Destination, destination, error_item_for
 from ..tasks.ports import Answers, Requester, WorkResult, WorkTask
-from ..tasks.processor import Processor
 from ..tasks.results import task_key
 from ..tasks.work import LocalWork
 from .reachability import REDIS_DOWN, is_missing_group, refused_while_redis_is_down
 from .relay import RelayedSession
 from .results import Handover, RedisResultsBook
+
+if TYPE_CHECKING:  # the pipeline (numba, Pillow) loads where a processor is built: workers
+    from ..tasks.processor import Processor
 
 __all__ = ["Job", "JobQueue", "QueuedWork", "Worker", "STREAM", "GROUP"]
 

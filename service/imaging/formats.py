@@ -6,6 +6,8 @@ the pipeline.
 
 from __future__ import annotations
 
+import pybase64
+
 from protocol.errors import Code, TaskFailure, code_for
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "MAX_SIDES",
     "sniff_format",
     "check_encodable",
+    "payload_fields",
 ]
 
 IMAGE_PARAMETER = "inputImage"  # how errors name the input when the caller doesn't
@@ -73,3 +76,11 @@ def check_encodable(size: tuple[int, int], output_format: str) -> None:
             parameter="outputFormat",
             type="string",
         )
+
+
+def payload_fields(encoded: bytes, extension: str, output_type: str) -> dict[str, str]:
+    """The result field carrying the image inline: imageBase64Data or imageDataURI."""
+    text = pybase64.b64encode_as_string(encoded)
+    if output_type == "base64Data":
+        return {"imageBase64Data": text}
+    return {"imageDataURI": f"data:{CONTENT_TYPES[extension]};base64,{text}"}

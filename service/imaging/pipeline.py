@@ -17,7 +17,6 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import pybase64
 from isal import isal_zlib
 from PIL import Image, ImageOps
 from scipy import ndimage
@@ -30,7 +29,7 @@ from ..matting.cutout import UnsolvableTrimap, matting_cutout
 from ..matting.cutout import warm_up as warm_up_matting
 from ..matting.foreground import estimate_foreground, rgba_bytes
 from . import kernels
-from .formats import CONTENT_TYPES, IMAGE_PARAMETER, sniff_format
+from .formats import IMAGE_PARAMETER, sniff_format
 
 __all__ = [
     "DecodedImage",
@@ -46,7 +45,6 @@ __all__ = [
     "encode_png",
     "Rendered",
     "render",
-    "payload_fields",
     "warm_up",
 ]
 
@@ -354,14 +352,6 @@ def encode_image(pixels: np.ndarray, output: OutputSpec, png_compress_level: int
     else:
         image.save(buffer, format="WEBP", quality=output.quality)
     return buffer.getvalue()
-
-
-def payload_fields(encoded: bytes, extension: str, output_type: str) -> dict[str, str]:
-    """The result field carrying the image inline: imageBase64Data or imageDataURI."""
-    text = pybase64.b64encode_as_string(encoded)
-    if output_type == "base64Data":
-        return {"imageBase64Data": text}
-    return {"imageDataURI": f"data:{CONTENT_TYPES[extension]};base64,{text}"}
 
 
 @dataclass(frozen=True)

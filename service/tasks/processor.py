@@ -28,7 +28,7 @@ from protocol.messages import (
 
 from ..config import Config
 from ..imaging import pipeline
-from ..imaging.formats import CONTENT_TYPES, EXTENSIONS, check_encodable
+from ..imaging.formats import CONTENT_TYPES, EXTENSIONS, check_encodable, payload_fields
 from ..inference.families import Family
 from ..metrics import Metrics
 from ..net.delivery import put_to_upload_endpoint
@@ -275,7 +275,7 @@ def _render(
     rendered = pipeline.render(decoded, prediction, family, settings, output, png_compress_level)
     if output.type == "URL":
         return rendered, {}
-    fields = pipeline.payload_fields(rendered.encoded, EXTENSIONS[output.format], output.type)
+    fields = payload_fields(rendered.encoded, EXTENSIONS[output.format], output.type)
     return rendered, fields
 
 

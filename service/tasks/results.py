@@ -22,7 +22,7 @@ import msgspec
 from protocol.errors import ErrorItem
 from protocol.messages import BackgroundRemovalResult, TaskStatusItem
 
-from ..imaging.pipeline import payload_fields
+from ..imaging.formats import payload_fields
 from ..storage.store import ImageStore
 from .ports import TaskRecord, TaskState, WorkResult
 

@@ -3,10 +3,14 @@ gateway for what it runs itself (image uploads)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from protocol.messages import ImageUpload, RemoveBackground
 
 from .ports import Requester, WorkResult, WorkTask
-from .processor import Processor
+
+if TYPE_CHECKING:  # the pipeline (numba, Pillow) loads where a processor is built
+    from .processor import Processor
 
 __all__ = ["LocalWork"]
 
