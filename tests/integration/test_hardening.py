@@ -819,7 +819,13 @@ async def test_load_100_sockets_10_tasks_nothing_lost_duplicated_or_cross_delive
 # --------------------------------------------------------------------------- operations
 
 
-def test_metrics_and_readiness(server):
+async def test_metrics_and_readiness(server):
+    """Every series is there once a removal has run (this test runs one itself, so that it
+    does not depend on the tests before it)."""
+    async with websockets.connect(server.ws_url, max_size=None) as websocket:
+        client = Client(websocket)
+        await client.authenticate("metrics")
+        assert "imageBase64Data" in await client.run(fast(), timeout=60)
     status, headers, body = http_get(f"{server.http_url}/metrics")
     text = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
