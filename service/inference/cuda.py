@@ -3,8 +3,8 @@ proves the provider runs, the provider's options, and page-locked host buffers.
 
 The ``onnxruntime-gpu`` wheel needs CUDA 13 and cuDNN 9. The project's ``gpu`` extra installs
 them from PyPI as NVIDIA's wheels (``make install`` does so where a driver answers), and
-``load_cuda_libraries`` loads them from there before the first session, so no system CUDA and
-no ``LD_LIBRARY_PATH`` are needed. Only the driver's own ``libcuda.so.1`` comes from the host.
+``load_cuda_libraries`` loads them from there before the first inference session: no system
+CUDA and no ``LD_LIBRARY_PATH`` are needed. Only the driver's own ``libcuda.so.1`` comes from the host.
 
 Trusting the provider list is not enough: the GPU wheel lists ``CUDAExecutionProvider`` on
 every host, and a session whose provider cannot load runs on the CPU after a log line. So the
@@ -109,9 +109,14 @@ def _probe_graph() -> bytes:
     return model.SerializeToString()
 
 
-def _first_line(error: BaseException) -> str:
-    text = re.sub(r"\s+", " ", str(error)).strip()
-    return text[:300]
+def _unusable(error: BaseException | None = None) -> CudaUnusable:
+    """One line: what the loader could not open (or onnxruntime's own words) and the fix."""
+    reason = missing_library() or (
+        re.sub(r"\s+", " ", str(error)).strip()[:300]
+        if error
+        else "the CUDA provider did not start"
+    )
+    return CudaUnusable(f"a GPU driver answers but CUDA cannot be used: {reason}; {FIX}")
 
 
 def probe(options: CudaOptions) -> None:
@@ -130,19 +135,15 @@ def probe(options: CudaOptions) -> None:
             providers=[(CUDA_PROVIDER, provider_options(options))],
         )
         session.disable_fallback()
-        if session.get_providers()[0] != CUDA_PROVIDER:
-            reason = missing_library() or "the CUDA provider did not start"
-            raise CudaUnusable(f"a GPU driver answers but CUDA cannot be used: {reason}; {FIX}")
-        session.run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})
-    except CudaUnusable:
-        raise
+        on_cuda = session.get_providers()[0] == CUDA_PROVIDER
+        if on_cuda:
+            session.run(None, {"x": np.ones((1, 3, 8, 8), np.float32)})
     except Exception as error:  # onnxruntime raises its own Fail/RuntimeException kinds
-        reason = missing_library() or _first_line(error)
-        raise CudaUnusable(
-            f"a GPU driver answers but CUDA cannot be used: {reason}; {FIX}"
-        ) from None
+        raise _unusable(error) from None
     finally:
         ort.set_default_logger_severity(QUIET_SEVERITY)
+    if not on_cuda:
+        raise _unusable()
 
 
 _CUDA_HOST_REGISTER_DEFAULT = 0

@@ -74,11 +74,12 @@ def select_runtime(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
         )
     _quiet_onnxruntime()
+    driver = choice in ("auto", "cuda") and driver_answers()
     kind = choice
     if choice == "auto":
-        kind = "cuda" if driver_answers() else "openvino" if openvino_available() else "onnxruntime"
+        kind = "cuda" if driver else "openvino" if openvino_available() else "onnxruntime"
     if kind == "cuda":
-        if not driver_answers():
+        if not driver:
             raise CudaUnusable(
                 "--runtime cuda: no GPU driver answers on this host (libcuda.so.1 with a device); "
                 "start with --runtime openvino to serve from the CPU"
@@ -159,18 +160,17 @@ class OnnxModel:
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = threads or os.cpu_count() or 1
         session_options.inter_op_num_threads = 1
-        self.providers = (
+        providers = (
             [(cuda.CUDA_PROVIDER, cuda.provider_options(options))]
             if options is not None
             else ["CPUExecutionProvider"]
         )
         self.inference_session = ort.InferenceSession(
-            model.SerializeToString(), sess_options=session_options, providers=self.providers
+            model.SerializeToString(), sess_options=session_options, providers=providers
         )
         # A failing GPU call raises instead of running the whole session again on the CPU.
         self.inference_session.disable_fallback()
         self.path = path
-        self.precision = precision
         self.provider = self.inference_session.get_providers()[0]
         self.on_gpu = self.provider == cuda.CUDA_PROVIDER
         if options is not None and not self.on_gpu:
