@@ -20,12 +20,22 @@ import http
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol.errors import Code, TaskFailure
 
 from ..scheduling.budget import MemoryBudget
 
-__all__ = ["BodyRefused", "BodyReader", "bounded_body", "closing", "ROOM_WAIT_S", "LINGER_S"]
+__all__ = [
+    "BodyRefused",
+    "BodyReader",
+    "bounded_body",
+    "closing",
+    "one_line",
+    "retry_after",
+    "ROOM_WAIT_S",
+    "LINGER_S",
+]
 
 ROOM_WAIT_S = 5.0  # how long a body waits for room in the budget before 503
 # After answering a request whose body was not read whole, the server reads and drops what
@@ -50,6 +60,18 @@ def closing(response: web.Response) -> web.Response:
     """``response`` with ``Connection: close``: a refused body is not read further."""
     response.force_close()
     return response
+
+
+def retry_after(retry_after_ms: int) -> str:
+    """A Retry-After header's value: whole seconds, at least one."""
+    return str(max(1, round(retry_after_ms / 1000)))
+
+
+def one_line(error: Exception) -> str:
+    """What went wrong reading a request, in one line: aiohttp's own message for its parse
+    errors (without the status and the echoed bytes' layout), else the error's text."""
+    text = str(error.message) if isinstance(error, HttpProcessingError) else str(error)
+    return " ".join(text.split())[:200]
 
 
 def too_large(limit: int, size: int | None) -> BodyRefused:

@@ -36,7 +36,7 @@ from protocol.schema import asyncapi, openapi
 
 from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
-from .bodies import LINGER_S
+from .bodies import LINGER_S, one_line
 from .context import OpenSockets, ServerContext
 from .rembg_api import answer_rembg_request
 from .rest import answer_rest_request
@@ -279,8 +279,7 @@ class _OneLineParseErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError):
-            reason = " ".join(str(error.message).split())[:200]
-            record.msg, record.args = "%s: %s", (record.getMessage(), reason)
+            record.msg, record.args = "%s: %s", (record.getMessage(), one_line(error))
             record.exc_info, record.exc_text = None, None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

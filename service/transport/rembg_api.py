@@ -42,9 +42,9 @@ from protocol.messages import (
     parse_rgba,
 )
 
-from .bodies import BodyRefused, bounded_body, closing
+from .bodies import BodyRefused, bounded_body, closing, one_line, retry_after
 from .context import ServerContext
-from .rest import RestExchange, status_for
+from .rest import RestExchange, bearer_key, status_for
 
 __all__ = ["answer_rembg_request", "OPEN_SCOPE_KEY"]
 
@@ -161,8 +161,7 @@ class RequestRefused(Exception):
 
 
 def _reason(error: Exception) -> str:
-    text = str(error.message) if isinstance(error, HttpProcessingError) else str(error)
-    return "The multipart body could not be read: " + " ".join(text.split())[:200]
+    return "The multipart body could not be read: " + one_line(error)
 
 
 async def _task_from(request: web.Request, max_file_bytes: int) -> dict[str, Any]:
@@ -193,16 +192,11 @@ async def _task_from(request: web.Request, max_file_bytes: int) -> dict[str, Any
     return _task(_parameters(fields, "body"), "body", pybase64.b64encode_as_string(data))
 
 
-def _header_key(authorization: str) -> str | None:
-    scheme, _, key = authorization.partition(" ")
-    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
-
-
 async def answer_rembg_request(context: ServerContext, request: web.Request) -> web.Response:
     authorization = request.headers.get("Authorization")
     config = context.config
     if not config.open_rembg_api:  # the key, from the headers, before any body byte is read
-        key = _header_key(authorization) if authorization is not None else None
+        key = bearer_key(authorization) if authorization is not None else None
         if key is None or not context.tasks.key_is_valid(key):
             return closing(
                 _detail(
@@ -220,9 +214,9 @@ async def answer_rembg_request(context: ServerContext, request: web.Request) -> 
             # task.
             task = await _task_from(request, (limit - _TASK_ROOM_BYTES) * 3 // 4)
     except BodyRefused as refused:
-        headers = {}
-        if refused.retry_after_ms:
-            headers["Retry-After"] = str(max(1, round(refused.retry_after_ms / 1000)))
+        headers = (
+            {"Retry-After": retry_after(refused.retry_after_ms)} if refused.retry_after_ms else {}
+        )
         return closing(_detail(refused.status, refused.message, headers))
     except ParameterError as error:
         return _detail(http.HTTPStatus.UNPROCESSABLE_ENTITY, [error.detail])

@@ -33,7 +33,7 @@ from protocol.messages import Authenticate
 from ..tasks.dispatch import Dispatcher
 from ..tasks.ports import ClientSession
 from ..tasks.results import scope_of
-from .bodies import BodyReader, BodyRefused, bounded_body, closing
+from .bodies import BodyReader, BodyRefused, bounded_body, closing, retry_after
 from .context import ServerContext
 
 __all__ = ["RestExchange", "answer_rest_request", "status_for"]
@@ -131,16 +131,22 @@ class RestExchange:
 
     async def bearer(self, authorization: str) -> None:
         """``Authorization: Bearer KEY``: the same check as an authentication element."""
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = bearer_key(authorization)
+        if key is None:
             await self.collect(
                 invalid_api_key("The Authorization header must be 'Bearer <API key>'.")
             )
             return
-        await self._authenticate(Authenticate(api_key=key.strip()))
+        await self._authenticate(Authenticate(api_key=key))
 
     def response(self) -> bytes:
         return encode_rest_response(self.data, self.errors)
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header; None for any other form."""
+    scheme, _, key = authorization.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
 def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]) -> web.Response:
@@ -150,7 +156,7 @@ def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]
         status in (http.HTTPStatus.TOO_MANY_REQUESTS, http.HTTPStatus.SERVICE_UNAVAILABLE)
         and retry_ms
     ):
-        headers["Retry-After"] = str(max(1, round(retry_ms / 1000)))
+        headers["Retry-After"] = retry_after(retry_ms)
     return web.Response(
         status=status.value, body=body, content_type="application/json", headers=headers
     )
@@ -161,21 +167,21 @@ def _json_response(status: http.HTTPStatus, body: bytes, errors: list[ErrorItem]
 LEADING_BYTES = 64 * 1024
 
 
-def _key_refusal(
-    context: ServerContext, authorization: str | None, start: bytes | None
-) -> ErrorItem | None:
-    """Why a request on a keyed service is refused before its body is read (further): a bad
-    Authorization header, or, without one, a body that does not begin with an accepted
-    authentication element. None: go on."""
-    if authorization is not None:
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() == "bearer" and context.tasks.key_is_valid(key.strip()):
-            return None
-        return invalid_api_key(
-            "Invalid API key: the Authorization header must be 'Bearer <API key>' with an "
-            "accepted key."
-        )
-    leading = decode_leading_task(start or b"")
+def _header_refusal(context: ServerContext, authorization: str) -> ErrorItem | None:
+    """Why a keyed request's Authorization header is refused before its body is read; None
+    when its key is accepted."""
+    key = bearer_key(authorization)
+    if key is not None and context.tasks.key_is_valid(key):
+        return None
+    return invalid_api_key(
+        "Invalid API key: the Authorization header must be 'Bearer <API key>' with an accepted key."
+    )
+
+
+def _leading_refusal(context: ServerContext, start: bytes) -> ErrorItem | None:
+    """Why a keyed request without the header is refused before the rest of its body is read:
+    its array does not begin with an accepted authentication element. None: go on."""
+    leading = decode_leading_task(start)
     if isinstance(leading, Authenticate):
         return None if context.tasks.key_is_valid(leading.api_key) else invalid_api_key()
     return ErrorItem(
@@ -194,7 +200,7 @@ async def _read(context: ServerContext, request: web.Request, keyed: bool) -> by
     config = context.config
     authorization = request.headers.get("Authorization")
     if keyed and authorization is not None:
-        refusal = _key_refusal(context, authorization, None)
+        refusal = _header_refusal(context, authorization)
         if refusal is not None:
             raise _Unauthorized(refusal)
     async with bounded_body(
@@ -208,7 +214,7 @@ async def _read(context: ServerContext, request: web.Request, keyed: bool) -> by
             start = await reader.start(
                 lambda read: decode_leading_task(read) is not None, LEADING_BYTES
             )
-            refusal = _key_refusal(context, None, start)
+            refusal = _leading_refusal(context, start)
             if refusal is not None:
                 raise _Unauthorized(refusal)
         return await reader.whole()
