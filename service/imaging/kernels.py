@@ -147,41 +147,51 @@ def _horizontal(pixels: np.ndarray, out_width: int) -> np.ndarray:
     return np.ascontiguousarray(_pass(np.ascontiguousarray(pixels.T), coefficients).T)
 
 
+def _vertical_first(shape: tuple[int, int], size: tuple[int, int]) -> bool:
+    """Pillow runs the vertical pass first when the height shrinks by more than twice what the
+    width does; otherwise horizontal first, over only the rows the vertical pass reads."""
+    (height, width), (out_width, out_height) = shape, size
+    return 0 < height - out_height and (width - out_width) * 2 < height - out_height
+
+
+def _rows_read(pixels: np.ndarray, vertical: tuple[np.ndarray, ...], out_width: int):
+    """The rows the vertical pass reads, already through the horizontal pass, and the index of
+    the first of them."""
+    starts, counts, _ = vertical
+    first, last = int(starts[0]), int(starts[-1] + counts[-1])
+    return _horizontal(pixels[first:last], out_width), first
+
+
 def lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``Image.resize(size, LANCZOS)`` of a uint8[H, W] band or uint32[H, W] RGBX image."""
     height, width = pixels.shape
     out_width, out_height = size
     pixels = np.ascontiguousarray(pixels)
-    # Pillow runs the vertical pass first when the height shrinks by more than twice what the
-    # width does; otherwise horizontal first, over only the rows the vertical pass reads.
     vertical = _cached_coefficients(height, out_height)
-    if 0 < height - out_height and (width - out_width) * 2 < height - out_height:
+    if _vertical_first(pixels.shape, size):
         pixels = _pass(pixels, vertical)
         return _horizontal(pixels, out_width) if out_width != width else pixels
     if out_width != width:
-        starts, counts, _ = vertical
-        first, last = int(starts[0]), int(starts[-1] + counts[-1])
-        pixels = _horizontal(pixels[first:last], out_width)
-        return _pass(pixels, vertical, first) if out_height != height else pixels
+        rows, first = _rows_read(pixels, vertical, out_width)
+        return _pass(rows, vertical, first) if out_height != height else rows
     return _pass(pixels, vertical) if out_height != height else pixels.copy()
 
 
 def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], table: np.ndarray) -> np.ndarray:
     """``planes(lanczos_resize(pixels, size), table)`` of uint32[H, W] RGBX pixels, the same
-    floats; when Pillow's last pass is the vertical one (it is unless the height shrinks by more
-    than twice what the width does), that pass writes the planes itself."""
+    floats; when Pillow's last pass is the vertical one (``_vertical_first`` says it is), that
+    pass writes the planes itself."""
     height, width = pixels.shape
     out_width, out_height = size
-    vertical = _cached_coefficients(height, out_height)
-    if (0 < height - out_height and (width - out_width) * 2 < height - out_height) or (
-        out_height == height
-    ):
+    if _vertical_first(pixels.shape, size) or out_height == height:
         return planes(lanczos_resize(pixels, size), table)
+    vertical = _cached_coefficients(height, out_height)
     starts, counts, weights = vertical
-    first, last = int(starts[0]), int(starts[-1] + counts[-1])
-    rows = np.ascontiguousarray(pixels[first:last])
+    pixels = np.ascontiguousarray(pixels)
     if out_width != width:
-        rows = _horizontal(rows, out_width)
+        rows, first = _rows_read(pixels, vertical, out_width)
+    else:
+        rows, first = pixels, 0
     out = np.empty((3, out_height, out_width), np.float32)
     _along_columns_to_planes(
         rows.view(np.uint8).reshape(rows.shape[0], -1), starts - first, counts, weights, table, out
