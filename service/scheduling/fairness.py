@@ -32,25 +32,23 @@ class RoundRobin(Generic[T]):
         """The next item in turn. Raises IndexError when empty."""
         if not self._queues:
             raise IndexError("take from an empty RoundRobin")
-        client, queue = next(iter(self._queues.items()))
+        return self._pop(next(iter(self._queues)))
+
+    def take_first(self, eligible: Callable[[Hashable], bool]) -> T | None:
+        """The next item of the first client in turn that is ``eligible``; None when none is."""
+        for client in self._queues:  # a client may be None itself: no sentinel here
+            if eligible(client):
+                return self._pop(client)
+        return None
+
+    def _pop(self, client: Hashable) -> T:
+        queue = self._queues[client]
         item = queue.popleft()
         if queue:
             self._queues.move_to_end(client)  # its next item waits for the others' turn
         else:
             del self._queues[client]
         return item
-
-    def take_first(self, eligible: Callable[[Hashable], bool]) -> T | None:
-        """The next item of the first client in turn that is ``eligible``; None when none is."""
-        for client, queue in self._queues.items():
-            if eligible(client):
-                item = queue.popleft()
-                if queue:
-                    self._queues.move_to_end(client)
-                else:
-                    del self._queues[client]
-                return item
-        return None
 
     def __bool__(self) -> bool:
         return bool(self._queues)
