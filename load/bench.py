@@ -42,6 +42,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from service.inference.families import FAMILIES  # plain data: no model runtime
+
 from .harness import LoadConfig, run_idle, run_load
 from .stats import percentile, process_memory
 
@@ -104,7 +106,6 @@ def _process(
 
 def _model_input(image: bytes) -> np.ndarray:
     from service.imaging.pipeline import decode_image, preprocess
-    from service.inference.families import FAMILIES
 
     return preprocess(decode_image(image, 40_000_000), FAMILIES["u2net"])[np.newaxis]
 
@@ -225,19 +226,15 @@ def _replay_model(image: Path, size: int = 320) -> tuple[float, Path]:
     return core_ms, write_replay_model(BENCH_DIR / f"replay-{size}.onnx", prediction)
 
 
-# The stand-in's model shapes: u2netp's 320 (the embedded model) and RMBG-1.4's 1024 (what
-# runware:109@1 really names, and so what sizes a real GPU host).
-STANDIN_FAMILIES = {"u2net": 320, "isnet": 1024}
-
-
 def standin(images: list[Path], tasks_per_socket: int = 30, family: str = "u2net") -> dict:
     """The CPU work around the model, measured with the model out of the way: the service
-    serves a replay graph (load.standin) of ``family``'s input size that answers with
+    serves a replay graph (load.standin) of ``family``'s input size (u2net: 320, the embedded
+    model's; isnet: 1024, RMBG-1.4's, what runware:109@1 really names) that answers with
     anime-girl-1's real u2netp prediction at next to no cost. Server core-ms per image (from
     /proc) and images/s, 8 sockets, for each image, output type and CPU worker count; and the
     load generator's own core-ms per image, since it shares the machine's cores with the
     server."""
-    core_ms, replay = _replay_model(images[0], STANDIN_FAMILIES[family])
+    core_ms, replay = _replay_model(images[0], FAMILIES[family].size)
     rows = []
     for path in images:
         image = path.read_bytes()
@@ -270,7 +267,7 @@ def standin(images: list[Path], tasks_per_socket: int = 30, family: str = "u2net
 
 
 def _standin_lines(result: dict) -> list[str]:
-    size = STANDIN_FAMILIES[result["family"]]
+    size = FAMILIES[result["family"]].size
     lines = [
         f"stand-in device: the service around a {size}x{size} model ({result['family']}) that "
         "costs nothing, 8 sockets",
