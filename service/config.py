@@ -52,8 +52,8 @@ class Config:
     # Batches handed to the inference thread at once; 2 queues the next one there, ready. It
     # did not pay under the simulated device (docs/decisions/0012), so one at a time.
     batches_in_flight: int = 1
-    # Benchmarking only: "FIXED_MS,PER_IMAGE_MS" wraps every model in a simulated accelerator
-    # with that batch latency (service/inference/simulated.py). None: the real runtime.
+    # Benchmarking only: "FIXED_MS,PER_IMAGE_MS[,GB_PER_S]" wraps every model in a simulated
+    # accelerator with that batch latency (service/inference/simulated.py). None: the real one.
     simulated_device: str | None = None
     # settings.decontaminate for the tasks that do not say (SDKs that drop unknown settings).
     decontaminate: bool = False

@@ -1,10 +1,11 @@
 """Delivery beyond the socket: webhook POSTs and uploadEndpoint PUTs.
 
 Webhooks are fire-and-forget from the task's point of view: each delivery is a background task
-with its own retries and backoff. Attempts under way are bounded in all, per destination host and
-per API key, and a slot is held only during an attempt (``Slots``), so a slow or hanging receiver
-never delays other hosts' webhooks, other tasks or the socket. Failures are logged. An upload is part of its task: the task fails
-with ``uploadFailed`` when the endpoint will not take the file.
+with its own retries and backoff. Attempts under way are bounded in all, per destination host
+and per API key, and a slot is held only during an attempt (``Slots``), so a slow or hanging
+receiver never delays other hosts' webhooks, other tasks or the socket. Failures are logged. An
+upload is part of its task: the task fails with ``uploadFailed`` when the endpoint will not take
+the file.
 """
 
 from __future__ import annotations
