@@ -35,7 +35,7 @@ from protocol.messages import RemoveBackground
 
 from ..net.delivery import WebhookSender
 from ..tasks.outcomes import Destination, destination, error_item_for
-from ..tasks.ports import Answers, Requester, WorkResult, WorkTask
+from ..tasks.ports import Answers, Requester, TaskState, WorkResult, WorkTask
 from ..tasks.results import task_key
 from ..tasks.work import LocalWork
 from .reachability import REDIS_DOWN, is_missing_group, refused_while_redis_is_down
@@ -93,11 +93,14 @@ class JobQueue:
         job = Job(task, scope, handover)
         with refused_while_redis_is_down():
             async with self._redis.pipeline(transaction=True) as pipe:
+                # The record again where its lease ran out: a worker ends only a processing
+                # task, and getResponse must know every task that was accepted.
+                record = self._results.key(scope, task.task_uuid)
+                pipe.hsetnx(record, "type", task.task_type)
+                pipe.hsetnx(record, "state", TaskState.PROCESSING.value)
+                pipe.expire(record, self._results.PROCESSING_SECONDS)
                 # No MAXLEN: trimming would drop jobs nobody ran. Workers delete what they finished.
                 pipe.xadd(self._stream, {"job": msgspec.msgpack.encode(job)})
-                pipe.expire(
-                    self._results.key(scope, task.task_uuid), self._results.PROCESSING_SECONDS
-                )
                 await pipe.execute()
         self.backlog += 1
 
@@ -145,8 +148,9 @@ class QueuedWork:
         # Client sessions are relayed through Redis in this mode; the job names their outbox.
         answers = requester.answers
         handover = answers.handover if isinstance(answers, RelayedSession) else None
-        stored = await self._processor.store_input(task, requester.scope)
-        await self._queue.add(stored, requester.scope, handover)
+        async with self._results.held(requester.scope, task.task_uuid):
+            stored = await self._processor.store_input(task, requester.scope)
+            await self._queue.add(stored, requester.scope, handover)
         if handover is not None and destination(task) is Destination.CLIENT:
             results_key = self._results.key(requester.scope, task.task_uuid)
             waiting = _Waiting(task, answers, results_key)

@@ -9,6 +9,9 @@ first to end a task does either.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -19,7 +22,7 @@ from protocol.messages import BackgroundRemovalResult, ImageUploadResult
 from ..storage.store import ImageStore
 from ..tasks.ports import TaskRecord, TaskState, WorkResult
 from ..tasks.results import reply_item, task_key, without_payload
-from .reachability import refused_while_redis_is_down
+from .reachability import REDIS_DOWN, refused_while_redis_is_down
 
 __all__ = ["Handover", "RedisResultsBook"]
 
@@ -36,8 +39,9 @@ _json = msgspec.json.Encoder()
 
 # KEYS[1] the task's hash. ARGV: task type, seconds a processing record may live.
 # A processing record is entered only when the key is new: the SET NX of a hash. It starts
-# with a short lease that queueing the job extends (``PROCESSING_SECONDS``): a gateway that
-# dies between accepting and queueing a task leaves no record that would block its retry.
+# with a short lease that the gateway renews while it stores the task's input (``held``) and
+# that queueing the job extends (``PROCESSING_SECONDS``): a gateway that dies between accepting
+# and queueing a task leaves no record that would block its retry.
 _BEGIN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'type', ARGV[1], 'state', 'processing')
@@ -85,7 +89,7 @@ class RedisResultsBook:
         self._begin = redis.register_script(_BEGIN)
         self._end = redis.register_script(_END)
 
-    ADMISSION_LEASE = 120  # seconds from accepting a task to queueing it (downloads included)
+    ADMISSION_LEASE = 120  # seconds an accepted task's record outlives a gateway that died
     PROCESSING_SECONDS = 7 * 86_400  # a queued task's record: a backstop, it ends long before
 
     def key(self, scope: bytes, task_uuid: str) -> str:
@@ -98,6 +102,25 @@ class RedisResultsBook:
                     keys=[self.key(scope, task_uuid)], args=[task_type, self.ADMISSION_LEASE]
                 )
             )
+
+    @contextlib.asynccontextmanager
+    async def held(self, scope: bytes, task_uuid: str) -> AsyncIterator[None]:
+        """While the gateway still works on an accepted task (storing its input, which a slow
+        download or store may stretch past the lease), its lease is renewed: getResponse keeps
+        knowing the task. A gateway that dies stops renewing, and the lease runs out."""
+        key, lease = self.key(scope, task_uuid), self.ADMISSION_LEASE
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(lease / 3)
+                with contextlib.suppress(*REDIS_DOWN):
+                    await self._redis.expire(key, lease)
+
+        renewing = asyncio.get_running_loop().create_task(renew())
+        try:
+            yield
+        finally:
+            renewing.cancel()
 
     async def succeed(
         self, scope: bytes, task_uuid: str, result: WorkResult, ttl: int | None = None

@@ -3,6 +3,7 @@ behaviour of test_twins (expiry by its clock, the admission lease, the hand-over
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -99,12 +100,41 @@ async def test_redis_an_accepted_task_holds_only_a_lease_until_it_is_queued(redi
     results, _, client = redis_book
     await results.begin(ALICE, T1, "removeBackground")
     assert 0 < await client.ttl(results.key(ALICE, T1)) <= results.ADMISSION_LEASE
-    task = decode_frame(
-        json.dumps([{"taskType": "removeBackground", "taskUUID": T1, "inputImage": "x"}])
-    ).tasks[0]
-    await JobQueue(client, results).add(task, ALICE, None)
+    await JobQueue(client, results).add(removal(), ALICE, None)
     assert await client.ttl(results.key(ALICE, T1)) > results.ADMISSION_LEASE
     assert await client.xlen("rbg:jobs") == 1
+
+
+def removal(task_uuid: str = T1):
+    return decode_frame(
+        json.dumps([{"taskType": "removeBackground", "taskUUID": task_uuid, "inputImage": "x"}])
+    ).tasks[0]
+
+
+async def test_redis_a_task_held_by_its_gateway_outlives_the_admission_lease(redis_book):
+    """Storing a slow input may take longer than the lease: the gateway keeps it alive, so
+    getResponse still knows the task meanwhile."""
+    results, _, client = redis_book
+    results.ADMISSION_LEASE = 1
+    await results.begin(ALICE, T1, "removeBackground")
+    async with results.held(ALICE, T1):
+        await asyncio.sleep(2.5)
+        assert (await results.get(ALICE, T1)).state is TaskState.PROCESSING
+    assert 0 < await client.ttl(results.key(ALICE, T1)) <= 1
+
+
+async def test_redis_a_task_queued_after_its_lease_ran_out_is_recorded_and_answered(redis_book):
+    """Queueing enters the record again if it expired: the worker's answer is not refused as
+    'not processing', and getResponse knows the task."""
+    results, store, client = redis_book
+    await results.begin(ALICE, T1, "removeBackground")
+    await client.delete(results.key(ALICE, T1))  # the lease ran out
+    await JobQueue(client, results).add(removal(), ALICE, None)
+    record = await results.get(ALICE, T1)
+    assert record is not None and record.state is TaskState.PROCESSING
+    assert await client.ttl(results.key(ALICE, T1)) > results.ADMISSION_LEASE
+    error = ErrorItem(code="invalidImage", message="m", taskUUID=T1)
+    assert await results.fail(ALICE, T1, error)
 
 
 async def test_redis_only_the_first_to_end_a_task_records_and_hands_over(redis_book):
