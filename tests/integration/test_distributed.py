@@ -599,3 +599,56 @@ async def test_a_job_kept_by_a_persistent_redis_runs_after_its_restart(tmp_path,
         assert answer["kind"] == "data"
     finally:
         cluster.stop()
+
+
+def victim_holds(cluster: Cluster, worker: ServerProcess) -> int:
+    """Jobs ``worker`` has read and not finished (its consumer name ends with its pid)."""
+    if not jobs_added(cluster):
+        return 0
+    consumers = cluster.client().xpending("rbg:jobs", "workers")["consumers"]
+    suffix = f"-{worker.process.pid}"
+    return sum(c["pending"] for c in consumers if c["name"].decode().endswith(suffix))
+
+
+async def test_a_worker_killed_under_load_leaves_every_task_answered_exactly_once(lone_cluster):
+    """One gateway, three one-core workers, 200 tasks over 10 sockets of 10 keys; one worker is
+    SIGKILLed while all are busy. Every task is answered once, and getResponse, asked for each
+    before its answer came, reports it (processing or ended), never as unknown."""
+    gateway = lone_cluster.start("gateway")
+    flags = ("--claim-after", "5", "--cpu-workers", "1")
+    workers = [lone_cluster.start("worker", *flags) for _ in range(3)]
+    clients = [(await connect(gateway, f"killed-under-load-{n}"))[0] for n in range(10)]
+    tasks = [[fast() for _ in range(20)] for _ in clients]
+    for client, own in zip(clients, tasks, strict=True):
+        for start in range(0, 20, 5):
+            await client.send(*own[start : start + 5])
+    victim = workers[0]
+    deadline = time.monotonic() + 30 * UNIT
+    while victim_holds(lone_cluster, victim) == 0:
+        assert time.monotonic() < deadline, "the worker never held a job"
+        await asyncio.sleep(0.005)
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait()
+    # a second socket per key asks getResponse for every task while the answers come
+    pollers = [(await connect(gateway, f"killed-under-load-{n}"))[0] for n in range(10)]
+    polled = []
+    for poller, own in zip(pollers, tasks, strict=True):
+        polls = [{"taskType": "getResponse", "taskUUID": t["taskUUID"]} for t in own]
+        await poller.send(*polls)
+        polled.append(poller.collect([t["taskUUID"] for t in own], timeout=60))
+    collected = [
+        client.collect([t["taskUUID"] for t in own], timeout=180)
+        for client, own in zip(clients, tasks, strict=True)
+    ]
+    everything = await asyncio.gather(*collected, *polled)
+    for own in everything[: len(clients)]:
+        assert all(answer["kind"] == "data" for answer in own.values()), own
+    for replies in everything[len(clients) :]:
+        unknown = [r for r in replies.values() if r["kind"] == "errors"]
+        assert not unknown, unknown
+    for client in clients:
+        with pytest.raises(asyncio.TimeoutError):  # nothing twice
+            await client.recv(timeout=0.5)
+        await client.ws.close()
+    for poller in pollers:
+        await poller.ws.close()
