@@ -217,6 +217,10 @@ class App:
             return "draining"
         if self._jobs is not None and not self._jobs.reachable:
             return "the job queue (Redis) cannot be reached"
+        if self._relay is not None and self._relay.broken:
+            return f"the session relay is broken ({self._relay.broken})"
+        if self._worker is not None and self._worker.broken:
+            return f"the worker is broken ({self._worker.broken})"
         if self._worker is not None and not self._worker.reachable:
             return "the job stream (Redis) cannot be read"
         return self.store.unready_because()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from protocol.codec import encode_answer
 from protocol.errors import Code, ErrorItem
@@ -38,6 +39,7 @@ from ..tasks.outcomes import Destination, destination, error_item_for
 from ..tasks.ports import Answers, Requester, TaskState, WorkResult, WorkTask
 from ..tasks.results import task_key
 from ..tasks.work import LocalWork
+from .loops import bug_that_stopped
 from .reachability import REDIS_DOWN, is_missing_group, refused_while_redis_is_down
 from .relay import RelayedSession
 from .results import Handover, RedisResultsBook
@@ -51,6 +53,17 @@ log = logging.getLogger(__name__)
 
 STREAM = "jobs"
 GROUP = "workers"
+
+# KEYS[1] the job stream, ARGV[1] the group: made (with the stream) unless it exists.
+_CREATE_GROUP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    if group[2] == ARGV[1] then return 0 end
+  end
+end
+redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+return 1
+"""
 
 
 class Job(msgspec.Struct, array_like=True):
@@ -110,9 +123,7 @@ class JobQueue:
         while True:
             try:
                 self.backlog = await self._redis.xlen(self._stream)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
+            except REDIS_DOWN as error:
                 if self.reachable:
                     log.error("gateway: the job queue cannot be reached: %s", error)
                 self.reachable = False
@@ -247,15 +258,13 @@ class Worker:
         self._room = asyncio.Event()  # set whenever a job ends: the reader may read again
         self._tasks: list[asyncio.Task] = []
         self.reachable = True  # the job stream answered the last read
+        self.broken: str | None = None  # a loop that stopped on a bug: why the worker is unready
+        self._create_group = redis.register_script(_CREATE_GROUP)
 
     async def _ensure_group(self) -> None:
         """The stream and its consumer group, made if missing (at start, and after a Redis
-        restart that lost them)."""
-        try:
-            await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
-        except Exception as error:  # BUSYGROUP: another worker made it first
-            if "BUSYGROUP" not in str(error):
-                raise
+        restart that lost them); atomic, so that workers starting together make it once."""
+        await self._create_group(keys=[self._stream], args=[GROUP])
 
     def _unreachable(self, what: str, error: Exception) -> None:
         if self.reachable:
@@ -269,7 +278,12 @@ class Worker:
             loop.create_task(self._read(), name="worker-read"),
             loop.create_task(self._claim(), name="worker-claim"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._stopped)
         log.info("worker %s reading %s (batches of %d)", self.name, self._stream, self._max_batch)
+
+    def _stopped(self, task: asyncio.Task) -> None:
+        self.broken = self.broken or bug_that_stopped(task, f"worker {self.name}")
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -293,9 +307,7 @@ class Worker:
                     count=min(free, self._max_batch),
                     block=1000,
                 )
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
+            except (*REDIS_DOWN, ResponseError) as error:
                 await self._recover("reading the job stream", error)
                 continue
             if not self.reachable:
@@ -374,13 +386,14 @@ class Worker:
                 )
                 for entry_id, fields in claimed:
                     await self._retry_or_fail(entry_id, fields)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
+            except (*REDIS_DOWN, ResponseError) as error:
                 await self._recover("claiming stale jobs", error)
 
     async def _recover(self, what: str, error: Exception) -> None:
-        """After a failed stream command: remake a lost group, or wait for Redis to return."""
+        """After a failed stream command: remake a lost group, or wait for Redis to return.
+        Any other error reply is a bug: raised."""
+        if isinstance(error, ResponseError) and not is_missing_group(error):
+            raise error
         if is_missing_group(error):
             log.warning(
                 "worker %s: the job stream's group is gone (Redis restarted?): remaking it",

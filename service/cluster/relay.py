@@ -30,7 +30,8 @@ from protocol.errors import ErrorItem
 
 from ..tasks.ports import FrameSender
 from ..tasks.results import scope_of
-from .reachability import refused_while_redis_is_down
+from .loops import bug_that_stopped
+from .reachability import REDIS_DOWN, refused_while_redis_is_down
 from .results import Handover
 
 __all__ = ["Relay", "RelayedSession", "RedisSessions", "frame_of"]
@@ -132,6 +133,7 @@ class Relay:
         self._pubsub = redis.pubsub()
         self._attached: dict[bytes, RelayedSession] = {}
         self._listener: asyncio.Task | None = None
+        self.broken: str | None = None  # the listener stopped on a bug: why the gateway is unready
         # What sockets that ended started and nobody waits for: left(), frames written again.
         self._background: set[asyncio.Task] = set()
         # Told (outbox key, task key) of each worker's answer this gateway passed to a socket.
@@ -147,6 +149,10 @@ class Relay:
         await self.redis.expire(session.keys.session, int(self.linger))
         if self._listener is None:
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="relay")
+            self._listener.add_done_callback(self._stopped)
+
+    def _stopped(self, listener: asyncio.Task) -> None:
+        self.broken = self.broken or bug_that_stopped(listener, "gateway relay")
 
     async def left(self, session: RelayedSession) -> None:
         channel = session.handover.channel.encode()
@@ -176,8 +182,8 @@ class Relay:
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )
-            except Exception:  # a lost Redis connection: redis-py reconnects on the next call
-                log.exception("relay: pub/sub read failed")
+            except REDIS_DOWN as error:  # redis-py reconnects on the next call
+                log.error("relay: pub/sub read failed: %s", error)
                 await asyncio.sleep(0.5)
                 caught_up = 0.0  # wake-ups may have been lost meanwhile
                 continue
@@ -194,8 +200,8 @@ class Relay:
                 for session in self._attached.values():
                     pipe.expire(session.keys.session, int(self.linger))
                 await pipe.execute()
-        except Exception:
-            log.exception("relay: refreshing the held sessions failed")
+        except REDIS_DOWN as error:
+            log.error("relay: refreshing the held sessions failed: %s", error)
 
     def relayed(self, outbox_key: str, task: str) -> None:
         if self.on_relayed is not None:

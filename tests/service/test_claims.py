@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from redis import asyncio as redis_asyncio
 
-from service.cluster.jobs import GROUP, claim_stale
+from service.cluster.jobs import GROUP, Worker, claim_stale
 
 
 @pytest.fixture
@@ -39,3 +39,33 @@ async def test_a_dead_workers_jobs_behind_many_live_ones_are_claimed(redis):
     pending = await redis.xpending_range(stream, GROUP, min="-", max="+", count=100)
     owners = {entry["message_id"]: entry["consumer"] for entry in pending}
     assert all(owners[entry_id] == b"rescuer" for entry_id in ids[60:])
+
+
+def worker(redis, name: str) -> Worker:
+    # No job reaches these workers: nothing runs a removal.
+    return Worker(redis, None, None, None, max_batch=2, claim_after=0.6, prefix="test", name=name)
+
+
+async def test_workers_starting_together_make_the_group_once(redis):
+    workers = [worker(redis, f"w{n}") for n in range(8)]
+    await asyncio.gather(*(w.start() for w in workers))
+    groups = await redis.xinfo_groups("test:jobs")
+    assert [g["name"] for g in groups] == [GROUP.encode()]
+    await asyncio.gather(*(w.stop() for w in workers))
+
+
+async def test_an_error_reply_that_is_no_outage_stops_the_worker_loudly(redis, caplog):
+    """The stream key turned into a string: WRONGTYPE is a bug, not Redis being away. The
+    worker says so once, CRITICAL, and reports itself broken (unready), still reachable."""
+    running = worker(redis, "w")
+    await running.start()
+    await redis.delete("test:jobs")
+    await redis.set("test:jobs", "not a stream")
+    for _ in range(100):
+        if running.broken:
+            break
+        await asyncio.sleep(0.05)
+    assert running.broken and "WRONGTYPE" in running.broken, running.broken
+    assert running.reachable
+    assert [r.levelname for r in caplog.records if "WRONGTYPE" in r.getMessage()] == ["CRITICAL"]
+    await running.stop()
