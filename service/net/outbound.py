@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Callable
 from urllib.parse import urljoin
@@ -59,6 +60,11 @@ def is_public_address(text: str) -> bool:
         if embedded is not None:
             return is_public_address(str(embedded))
     return address.is_global and not address.is_multicast
+
+
+# A host as yarl leaves it (names in IDNA's ASCII form): a name, an IPv4 literal in any of its
+# spellings, or an IPv6 literal in brackets with an optional zone.
+_HOST = re.compile(r"[A-Za-z0-9._~%:\[\]-]+")
 
 
 def literal_address(host: str) -> str | None:
@@ -158,6 +164,8 @@ class OutboundHttp:
             raise TaskFailure.invalid(parameter, "string", "The URL is malformed.") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise _failure(Code.FORBIDDEN_URL, "Only http and https URLs are accepted.", parameter)
+        if _HOST.fullmatch(parsed.host) is None:  # a NUL or a space would reach the resolver
+            raise TaskFailure.invalid(parameter, "string", "The URL is malformed.")
         address = literal_address(parsed.host)
         if address is not None and not self._allowed(address):
             raise _failure(

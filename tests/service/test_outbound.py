@@ -326,3 +326,18 @@ async def test_the_total_timeout_ends_a_stalled_download(origin):
         assert "timed out" in failure.message
     finally:
         await http.close()
+
+
+@pytest.mark.parametrize("host", ["a\x00b", "127.0.0.1\x00", "exa mple.com", "a\x7fb"])
+async def test_a_host_with_control_characters_is_a_malformed_url_not_a_fault(host):
+    """A NUL in the host reached the C library's address parser, whose ValueError became a
+    500 'the task failed on the server' (found by Schemathesis through /api/remove)."""
+    resolver = MappedResolver({})
+    http = client(resolver)
+    try:
+        failure = await expect_code(
+            http.get(f"http://{host}/a.jpg", "inputImage"), "invalidInputImage"
+        )
+        assert "malformed" in failure.message and resolver.lookups == []
+    finally:
+        await http.close()
