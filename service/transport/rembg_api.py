@@ -141,8 +141,11 @@ class FileTooLarge(ValueError):
 def _check_url(url: str) -> None:
     """``url`` as rembg's GET fetches it: an absolute http(s) URL with a host. Anything else
     (``null``, ``example.com/a.jpg``) would otherwise be read as base64 image data."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket, a bad port
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise RequestRefused(
             http.HTTPStatus.BAD_REQUEST,
             f"url must be an absolute http or https URL with a host, such as "
