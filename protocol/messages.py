@@ -11,6 +11,7 @@ Three layers, each a msgspec struct:
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -27,6 +28,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "DEFAULT_MODEL",
     "parse_rgba",
+    "RGBA_TEXT_PATTERN",
     "AuthenticationRequest",
     "PingRequest",
     "ImageUploadRequest",
@@ -70,15 +72,19 @@ Channel = Annotated[int, Meta(ge=0, le=255)]
 Rgba = Annotated[list[Channel], Meta(min_length=4, max_length=4)]
 
 
+_CHANNEL_TEXT = r"[ \t]*\+?0*(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])[ \t]*"
+# ``R,G,B`` or ``R,G,B,A`` as people type it: decimal 0-255, spaces around a value allowed.
+# The same text in Python and in JSON Schema's (ECMA 262) regular expressions.
+_RGBA_TEXT = rf"{_CHANNEL_TEXT}(,{_CHANNEL_TEXT}){{2,3}}"
+RGBA_TEXT_PATTERN = f"^{_RGBA_TEXT}$"
+
+
 def parse_rgba(text: str) -> list[int]:
     """A colour as people type it, ``R,G,B`` (opaque) or ``R,G,B,A``, as an rgba list.
     Raises ValueError saying what is expected."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (3, 4) or not all(0 <= value <= 255 for value in values):
+    if re.fullmatch(_RGBA_TEXT, text) is None:
         raise ValueError(f"expected R,G,B or R,G,B,A with values 0-255, got {text!r}")
+    values = [int(part) for part in text.split(",")]
     return values if len(values) == 4 else [*values, 255]
 
 

@@ -15,6 +15,7 @@ from .errors import ErrorItem
 from .messages import (
     REQUEST_TYPES,
     RESULT_TYPES,
+    RGBA_TEXT_PATTERN,
     ModelList,
     RembgError,
     RembgRemoveParameters,
@@ -37,6 +38,21 @@ def _components(ref_template: str, *more: type) -> dict[str, Any]:
         properties = components["RestResponse"]["properties"]
         properties["data"]["items"] = {"anyOf": [_ref(ref_template, t) for t in RESULT_TYPES]}
         properties["errors"]["items"] = _ref(ref_template, ErrorItem)
+    if "RemoveBackgroundRequest" in components:
+        # The image is required, in either of the two places the SDKs put it.
+        components["RemoveBackgroundRequest"]["anyOf"] = [
+            {"required": ["inputImage"], "properties": {"inputImage": {"type": "string"}}},
+            {
+                "required": ["inputs"],
+                "properties": {
+                    "inputs": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {"image": {"type": "string"}},
+                    }
+                },
+            },
+        ]
     return components
 
 
@@ -173,7 +189,7 @@ def _rembg_fields() -> dict[str, Any]:
 
 def _rembg_parameters(location: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
     """``/api/remove``'s parameters as OpenAPI parameter objects, from the struct's schema."""
-    fields = _rembg_fields()
+    fields = {**_rembg_fields(), **_REMBG_NARROWER}
     parameters = []
     for name in names:
         schema = dict(fields[name])
@@ -189,6 +205,26 @@ def _rembg_parameters(location: str, names: tuple[str, ...]) -> list[dict[str, A
         )
     return parameters
 
+
+# Where the struct's type is wider than what the route accepts (it also serves POST, where
+# ``url`` is absent; ``vm`` is parsed to be refused), the document says what is accepted.
+_REMBG_NARROWER: dict[str, dict[str, Any]] = {
+    "url": {
+        "description": "the image to fetch: an absolute http or https URL with a host",
+        "type": "string",
+        "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@:\\s]",
+    },
+    "bgc": {
+        "description": "background colour R,G,B (opaque) or R,G,B,A, each 0-255",
+        "type": "string",
+        "pattern": RGBA_TEXT_PATTERN,
+    },
+    "vm": {
+        "description": "rembg's ViTMatte refinement: not served, so only false is accepted",
+        "type": "boolean",
+        "enum": [False],
+    },
+}
 
 _FORM_FIELDS = ("model", "a", "af", "ab", "ae", "om", "ppm", "dc", "vm")
 
@@ -207,13 +243,13 @@ def _rembg_answers() -> dict[str, Any]:
 
 
 def _rembg_form() -> dict[str, Any]:
-    fields = _rembg_fields()
+    fields = {**_rembg_fields(), **_REMBG_NARROWER}
     properties = {"file": _binary("application/octet-stream")}
     properties.update({name: fields[name] for name in _FORM_FIELDS})
     return {"type": "object", "properties": properties, "required": ["file"]}
 
 
-def _paths() -> dict[str, Any]:
+def _paths(open_rembg_api: bool) -> dict[str, Any]:
     rest = _ref(_SCHEMAS, RestResponse)
     rest_statuses = {
         "200": "Something succeeded: every task's item in data or errors",
@@ -225,12 +261,16 @@ def _paths() -> dict[str, Any]:
         "503": "Shutting down, or the cluster's store is away (Retry-After)",
     }
     json_document = _answer("The document", _JSON, {"type": "object"})
+    # /v1 takes the key from the header or from a leading authentication task; rembg's route
+    # only from the header, unless the server opened it.
+    key_in_header_or_body: list[dict[str, list[str]]] = [{"bearer": []}, {}]
+    rembg_security: list[dict[str, list[str]]] = [{}] if open_rembg_api else [{"bearer": []}]
     return {
         "/v1": {
             "post": {
                 "summary": "The REST twin: a JSON array of tasks in, every answer out",
                 "operationId": "runTasks",
-                "security": [{"bearer": []}, {}],
+                "security": key_in_header_or_body,
                 "requestBody": {
                     "required": True,
                     "content": _content(_JSON, {"$ref": _SCHEMAS.format(name="ClientFrame")}),
@@ -244,14 +284,14 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "rembg's API: remove the background of the image at a URL",
                 "operationId": "removeFromUrl",
-                "security": [{"bearer": []}, {}],
+                "security": rembg_security,
                 "parameters": _rembg_parameters("query", ("url", *_FORM_FIELDS, "bgc", "extras")),
                 "responses": _rembg_answers(),
             },
             "post": {
                 "summary": "rembg's API: remove the background of an uploaded image",
                 "operationId": "removeFromUpload",
-                "security": [{"bearer": []}, {}],
+                "security": rembg_security,
                 "parameters": _rembg_parameters("query", ("bgc", "extras")),
                 "requestBody": {
                     "required": True,
@@ -353,8 +393,9 @@ def _socket_server(base_url: str) -> dict[str, str]:
     return server
 
 
-def openapi(base_url: str = DEFAULT_BASE_URL) -> dict[str, Any]:
-    """An OpenAPI 3.1 document for every HTTP route of the server at ``base_url``."""
+def openapi(base_url: str = DEFAULT_BASE_URL, open_rembg_api: bool = False) -> dict[str, Any]:
+    """An OpenAPI 3.1 document for every HTTP route of the server at ``base_url`` (whose
+    ``/api/remove`` needs no key when ``open_rembg_api``)."""
     schemas = {
         **_components(_SCHEMAS, RestResponse, ModelList, RembgError),
         **_frames(_SCHEMAS),
@@ -370,15 +411,16 @@ def openapi(base_url: str = DEFAULT_BASE_URL) -> dict[str, Any]:
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "servers": [{"url": base_url.rstrip("/")}],
-        "paths": _paths(),
+        "paths": _paths(open_rembg_api),
         "components": {
             "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The API key; /api/remove may be opened without one "
-                    "(--open-rembg-api)",
+                    "description": "The API key: /v1 also takes it from a leading "
+                    "authentication task; /api/remove needs it unless the server runs with "
+                    "--open-rembg-api",
                 }
             },
         },

@@ -55,7 +55,7 @@ def _documents(config: Config) -> dict[str, bytes]:
     (``--public-url``, else the address it listens on) so that generated clients call it."""
     base_url = config.base_url()
     return {
-        "/openapi.json": msgspec.json.encode(openapi(base_url)),
+        "/openapi.json": msgspec.json.encode(openapi(base_url, config.open_rembg_api)),
         "/asyncapi.json": msgspec.json.encode(asyncapi(base_url)),
     }
 
