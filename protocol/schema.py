@@ -39,20 +39,24 @@ def _components(ref_template: str, *more: type) -> dict[str, Any]:
         properties["data"]["items"] = {"anyOf": [_ref(ref_template, t) for t in RESULT_TYPES]}
         properties["errors"]["items"] = _ref(ref_template, ErrorItem)
     if "RemoveBackgroundRequest" in components:
-        # The image is required, in either of the two places the SDKs put it.
-        components["RemoveBackgroundRequest"]["anyOf"] = [
-            {"required": ["inputImage"], "properties": {"inputImage": {"type": "string"}}},
-            {
-                "required": ["inputs"],
-                "properties": {
-                    "inputs": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {"image": {"type": "string"}},
-                    }
-                },
+        # The image is required, in either of the two places the SDKs put it: without a
+        # string at inputs.image, inputImage must be one. (if/then rather than anyOf: client
+        # generators ignore it instead of splitting the request type in two.)
+        image_in_inputs = {
+            "required": ["inputs"],
+            "properties": {
+                "inputs": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string"}},
+                }
             },
-        ]
+        }
+        components["RemoveBackgroundRequest"]["if"] = {"not": image_in_inputs}
+        components["RemoveBackgroundRequest"]["then"] = {
+            "required": ["inputImage"],
+            "properties": {"inputImage": {"type": "string"}},
+        }
     return components
 
 
