@@ -377,6 +377,13 @@ def _paths(open_rembg_api: bool) -> dict[str, Any]:
                 "responses": {"200": json_document},
             }
         },
+        "/docs": {
+            "get": {
+                "summary": "This document in Swagger UI, served from an installed package",
+                "operationId": "docs",
+                "responses": {"200": _answer("The page", "text/html", {"type": "string"})},
+            }
+        },
         "/": {
             "get": {
                 "summary": "The browser page",

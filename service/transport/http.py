@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -47,7 +48,29 @@ __all__ = ["Listener", "start_server"]
 _IMAGE_PATH = re.compile(rf"^/images/(?P<uuid>{UUID_CORE})\.(?P<ext>[a-z]{{3,4}})$")
 _SERVER = "rembg-stream"
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
-_PAGE = (Path(__file__).resolve().parent / "static" / "index.html").read_bytes()
+_STATIC = Path(__file__).resolve().parent / "static"
+_PAGE = (_STATIC / "index.html").read_bytes()
+
+
+def _swagger_ui_files() -> Path:
+    """Where swagger-ui-py keeps Swagger UI's files (found, not imported: its Python API, with
+    its template engine, is not used)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("swagger-ui-py is not installed (make install installs it)")
+    return Path(spec.submodule_search_locations[0]) / "static"
+
+
+# /docs: interactive documentation of /openapi.json, every file from an installed package.
+_DOCS = {
+    "/docs": ((_STATIC / "docs.html").read_bytes(), "text/html; charset=utf-8"),
+    "/docs/init.js": ((_STATIC / "docs-init.js").read_bytes(), "text/javascript"),
+    "/docs/swagger-ui-bundle.js": (
+        (_swagger_ui_files() / "swagger-ui-bundle.js").read_bytes(),
+        "text/javascript",
+    ),
+    "/docs/swagger-ui.css": ((_swagger_ui_files() / "swagger-ui.css").read_bytes(), "text/css"),
+}
 
 
 def _documents(config: Config) -> dict[str, bytes]:
@@ -108,6 +131,13 @@ async def _page_or_probe(
         return await _models(context)
     if path in documents:
         return _response(http.HTTPStatus.OK, documents[path], "application/json")
+    if path in _DOCS:
+        body, content_type = _DOCS[path]
+        return _response(http.HTTPStatus.OK, body, content_type, {"Cache-Control": "no-cache"})
+    if path == "/docs/":  # relative links in the page resolve from /docs
+        return web.Response(
+            status=http.HTTPStatus.PERMANENT_REDIRECT.value, headers={"Location": "../docs"}
+        )
     if path in ("/", "/index.html"):
         return _response(
             http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8", {"Cache-Control": "no-cache"}

@@ -15,6 +15,16 @@ JS = ROOT / "tests" / "js"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
+def run_in_chromium(script: str, *args: str, timeout: float) -> dict:
+    """Run one of tests/js's Chromium scripts; the JSON object it printed last."""
+    assert shutil.which("chromium"), "Debian's chromium is needed (make test installs it)"
+    finished = subprocess.run(
+        ["node", script, *args], cwd=JS, capture_output=True, text=True, timeout=timeout * UNIT
+    )
+    assert finished.returncode == 0, finished.stderr
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
 def test_the_page_is_plain_html_from_the_service(server):
     status, headers, body = http_get(f"{server.http_url}/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
@@ -22,7 +32,6 @@ def test_the_page_is_plain_html_from_the_service(server):
 
 
 def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
-    assert shutil.which("chromium"), "Debian's chromium is needed (make test installs it)"
     ARTIFACTS.mkdir(exist_ok=True)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not really a jpeg")
@@ -39,15 +48,7 @@ def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
             }
         )
     )
-    finished = subprocess.run(
-        ["node", "browser_page.mjs", str(config)],
-        cwd=JS,
-        capture_output=True,
-        text=True,
-        timeout=240 * UNIT,
-    )
-    assert finished.returncode == 0, finished.stderr
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    result = run_in_chromium("browser_page.mjs", str(config), timeout=240)
 
     # The settings: the picker from GET /v1/models, the stand-in marked; matting thresholds
     # only with the matting switch; an opaque background colour by default, labelled.
@@ -97,3 +98,24 @@ def test_a_photo_dropped_on_the_page_comes_back_as_a_cutout(server, tmp_path):
     assert result["foreign"] == "refused"
     for name in ("cutout", "before-after", "large", "failed"):
         assert (ARTIFACTS / f"browser-{name}.png").stat().st_size > 10_000
+
+
+def test_the_api_docs_render_every_route_from_the_service_alone(server):
+    """/docs is Swagger UI on /openapi.json, every file served by the service (no CDN)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shown = run_in_chromium(
+        "docs_page.mjs", f"{server.http_url}/docs", str(ARTIFACTS / "docs.png"), timeout=120
+    )
+    assert shown["title"].startswith("rembg-stream HTTP API"), shown["title"]
+    operations = set(zip(shown["methods"], shown["operations"], strict=True))
+    assert {("POST", "/v1"), ("GET", "/api/remove"), ("POST", "/api/remove")} <= operations
+    assert len(operations) == len(openapi_operations(server)), operations
+    assert all(url.startswith(server.http_url) for url in shown["requests"]), shown["requests"]
+    assert not shown["errors"], shown["errors"]
+    status, _, _ = http_get(f"{server.http_url}/docs/")
+    assert status == 200  # redirected to /docs
+
+
+def openapi_operations(server) -> list[tuple[str, str]]:
+    document = json.loads(http_get(f"{server.http_url}/openapi.json")[2])
+    return [(method, path) for path, item in document["paths"].items() for method in item]
