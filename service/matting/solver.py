@@ -28,12 +28,14 @@ Measurements and the alternatives not kept: docs/decisions/0007.
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
 import scipy.sparse
-from pymatting.solver.cg import cg
 
 from .direct import NotPositiveDefinite, plan_direct, solve_direct
 from .errors import UnsolvableTrimap
@@ -48,6 +50,25 @@ __all__ = [
     "solve_band",
     "split_band",
 ]
+
+
+def _pymatting_cg() -> Callable[..., np.ndarray]:
+    """pymatting's conjugate gradient (rembg's solver), loaded from its module file alone (it
+    needs only numpy): importing the pymatting package first compiles every numba kernel it
+    has, about 40 s on a fresh install here, for kernels this service never calls."""
+    package = importlib.util.find_spec("pymatting")  # found, not imported
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("pymatting is not installed (make install installs it)")
+    path = Path(package.submodule_search_locations[0]) / "solver" / "cg.py"
+    spec = importlib.util.spec_from_file_location("pymatting_cg", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    solve: Callable[..., np.ndarray] = module.cg
+    return solve
+
+
+cg = _pymatting_cg()
 
 RTOL = 1e-7  # pymatting's default, which rembg uses
 DISCARD_THRESHOLD = 1e-4  # pymatting's default; sparser factors needed shifts on some images
