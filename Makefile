@@ -27,10 +27,10 @@ $(VENV)/.installed: pyproject.toml
 	@echo "make: creating $(VENV) and installing the Python packages (a few minutes the first time)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --progress-bar on -e .
 	@[ "$(GPU_LIBRARIES)" = yes ] || echo "make: no NVIDIA driver answers: no CUDA libraries installed (GPU=1 installs them)"
-	@echo "make: compiling the imaging and matting kernels once (about a minute)..."
-	$(PY) -c "from service.imaging.pipeline import warm_up; warm_up()"
+	@echo "make: compiling the imaging and matting kernels once (about 20 s)..."
+	@$(PY) -c "from service.imaging.pipeline import warm_up_showing_progress as w; w()"
 	touch $@
 
 $(VENV)/.installed-gpu: $(VENV)/.installed

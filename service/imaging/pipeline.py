@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,11 +51,24 @@ __all__ = [
 ]
 
 
-def warm_up() -> None:
+def warm_up(done: Callable[[str], None] = lambda step: None) -> None:
     """Compile (or load from numba's cache) every kernel of the pipeline and of matting now,
-    not on the first request."""
+    not on the first request; ``done`` is told each step as it ends."""
     kernels.warm_up()
-    warm_up_matting()
+    done("the imaging kernels")
+    warm_up_matting(done)
+
+
+def warm_up_showing_progress() -> None:
+    """``warm_up`` for an install: one line per step with its time, none silent for long."""
+    started = time.perf_counter()
+
+    def done(step: str) -> None:
+        nonlocal started
+        print(f"make: compiled {step} ({time.perf_counter() - started:.0f} s)", flush=True)
+        started = time.perf_counter()
+
+    warm_up(done)
 
 
 def use_own_pixel_limit() -> None:

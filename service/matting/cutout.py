@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -123,10 +124,12 @@ def matting_cutout(rgb: np.ndarray, mask: np.ndarray, settings: BackgroundSettin
     return rgba_bytes(estimate_foreground(pixels, alpha), alpha)
 
 
-def warm_up() -> None:
+def warm_up(done: Callable[[str], None] = lambda step: None) -> None:
     """Compile (or load from numba's cache) the matting kernels now, not on the first request:
-    those of the exact solve, which a cutout takes, and those of the iterative one, which
-    bands too wide for the exact solve take."""
+    those of the exact solve and of the foreground, which a cutout takes, and those of the
+    iterative solve, which bands too wide for the exact solve take. ``done`` is told each step
+    as it ends (an install shows progress)."""
+    from .foreground import estimate_foreground, rgba_bytes
     from .solver import solve_band
     from .system import band_system
 
@@ -135,8 +138,13 @@ def warm_up() -> None:
     mask = np.zeros((24, 24), np.uint8)
     mask[4:20, 4:20] = 255
     mask[8:16, 8:16] = 128
-    settings = BackgroundSettings(alpha_matting=True, erode_size=1)
-    matting_cutout(rgb, mask, settings)
+    tri = trimap(mask, BackgroundSettings(alpha_matting=True, erode_size=1))
+    pixels = rgb / 255.0
+    alpha = _solve_alpha(pixels, tri / 255.0, mask)
+    done("matting: the exact solve")
+    rgba_bytes(estimate_foreground(pixels, alpha), alpha)
+    done("matting: the foreground")
     with _parallel_kernels():
-        matrix, rhs, _ = band_system(rgb / 255.0, trimap(mask, settings) / 255.0)
+        matrix, rhs, _ = band_system(pixels, tri / 255.0)
     solve_band(matrix, rhs, np.full(rhs.size, 0.5), direct_max_bytes=0)
+    done("matting: the iterative solve")
