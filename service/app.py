@@ -344,7 +344,11 @@ async def run(config: Config) -> None:
                 "http://%s/api/remove  models: http://%s/v1/models",
                 *[address] * 4,
             )
-        log.info("metrics: http://%s/metrics  probes: /healthz /readyz", address)
+        log.info(
+            "metrics: http://%s/metrics  probes: /healthz /readyz  API docs: http://%s/docs",
+            address,
+            address,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
