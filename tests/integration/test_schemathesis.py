@@ -1,6 +1,6 @@
 """Schemathesis (from PyPI, in a throw-away venv: a tool, not a dependency) runs every check
 against the server's own /openapi.json: a keyed server with its key and without it, and an open
-server. Bounded: 50 examples an operation and a fixed seed, so that a failure reproduces.
+server. Bounded: 25 examples an operation and a fixed seed, so that a failure reproduces.
 tests/schemathesis.toml says where a schema-valid request may still be refused and why."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def run(schemathesis: Path, server: ServerProcess, *flags: str) -> None:
             "--checks",
             "all",
             "--max-examples",
-            "50",
+            "25",
             "--seed",
             "20261204",
             "--request-timeout",
