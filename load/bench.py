@@ -43,6 +43,7 @@ import aiohttp
 import numpy as np
 
 from service.inference.families import FAMILIES  # plain data: no model runtime
+from service.net.loopback import free_port
 
 from .harness import LoadConfig, run_idle, run_load
 from .stats import percentile, process_memory
@@ -52,12 +53,6 @@ MODEL = ROOT / "models" / "u2netp.onnx"
 BENCH_DIR = ROOT / ".bench"
 REMBG_VERSION = "2.0.86"
 PHOTOS = ROOT / "tests" / "fixtures"  # rembg's test photos (tests/fixtures/README.md)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float, process: subprocess.Popen) -> None:
@@ -140,7 +135,7 @@ def raw_openvino(tensor: np.ndarray, seconds: float) -> tuple[float, int]:
 
 
 def _service(runtime: str = "auto", *flags: str):
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable,
         "-m",
@@ -447,7 +442,7 @@ def distributed(image: bytes, tasks_per_socket: int) -> dict:
     with server as process:
         _service_load(port, image, 1, 2, process.pid)
         results["embedded"] = _service_load(port, image, 8, tasks_per_socket, process.pid)
-    redis_port = _free_port()
+    redis_port = free_port()
     redis_command = [
         "redis-server",
         "--port",
@@ -626,7 +621,7 @@ def rembg_server(image: bytes, tasks: int) -> dict:
     home = BENCH_DIR / "u2net-home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL, home / "u2netp.onnx")
-    port = _free_port()
+    port = free_port()
     command = [
         str(python.parent / "rembg"),
         "s",

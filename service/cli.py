@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -241,14 +240,13 @@ async def _in_process_service(models: tuple[ModelOverride, ...] = ()) -> AsyncIt
     from .app import build_app, serve
     from .config import Config
     from .imaging.pipeline import warm_up
+    from .net.loopback import free_port
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s: %(message)s")
     # The run's own output is the report, but a stand-in model must not pass unnoticed: the
     # registry's warning is printed as the server logs it.
     logging.getLogger("service.inference.registry").setLevel(logging.WARNING)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="rbg-cli-") as storage:
         models_dir = Path(__file__).resolve().parent.parent / "models"  # make install's
         config = Config(port=port, storage_dir=Path(storage), models_dir=models_dir, models=models)

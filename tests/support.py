@@ -22,6 +22,8 @@ import onnx
 from onnx import TensorProto, helper
 from PIL import Image
 
+from service.net.loopback import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 GOLDEN = FIXTURES / "golden"
@@ -84,12 +86,6 @@ def open_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 
 from service.inference.registry import STAND_IN_WARNING
+from service.net.loopback import free_port
 from tests.support import FIXTURES, ROOT, UNIT, open_image
 
 
@@ -180,9 +180,7 @@ def test_watch_cuts_out_each_new_image_until_interrupted(server, tmp_path):
 
 
 def test_an_unreachable_server_is_one_line_not_a_traceback(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]  # nothing listens once the probe closes
+    dead = free_port()  # nothing listens on it
     finished = car_into(tmp_path, f"ws://127.0.0.1:{dead}")
     assert finished.returncode == 2
     assert finished.stderr.startswith(f"error: cannot reach the service at ws://127.0.0.1:{dead}")
