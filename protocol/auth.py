@@ -28,7 +28,7 @@ def invalid_api_key(message: str = "Invalid API key.") -> ErrorItem:
 
 class AuthStage(enum.Enum):
     AWAITING_AUTH = "awaiting-auth"
-    OPEN = "open"
+    AUTHENTICATED = "authenticated"
 
 
 class AuthState:
@@ -45,35 +45,32 @@ class AuthState:
         self.session_uuid: str | None = None
 
     def authenticate(
-        self, task: Authenticate, session_for: Callable[[str | None, str], str]
+        self, task: Authenticate, session_uuid: str
     ) -> AuthenticationResult | ErrorItem:
-        """Open the session, or refuse the key.
-
-        ``session_for(requested_session_uuid, api_key)`` is asked for the connectionSessionUUID
-        only once the key is accepted. A refused key leaves an already open session as it was.
-        """
+        """Accept the key, answering with ``session_uuid`` (the client session the transport
+        resumed or created for it), or refuse it. A refused key leaves an earlier
+        authentication as it was."""
         if not self._key_is_valid(task.api_key):
             return invalid_api_key()
-        session_uuid = session_for(task.session_uuid, task.api_key)
-        self.stage = AuthStage.OPEN
+        self.stage = AuthStage.AUTHENTICATED
         self.api_key = task.api_key
         self.session_uuid = session_uuid
         return AuthenticationResult(taskType="authentication", connectionSessionUUID=session_uuid)
 
     def trust(self, api_key: str) -> None:
-        """Open without checking the key: for an endpoint the operator left open."""
-        self.stage = AuthStage.OPEN
+        """Authenticated without checking the key: for an endpoint the operator left open."""
+        self.stage = AuthStage.AUTHENTICATED
         self.api_key = api_key
 
     def admit(self, task: Task) -> ErrorItem | None:
         """None when ``task`` may run now; otherwise the error to send instead.
 
         Pings and authentication are always admitted (the Python SDK pings before its auth reply
-        arrives). Everything else needs an open session.
+        arrives). Everything else needs an accepted key.
         """
         if isinstance(task, (Ping, Authenticate)):
             return None
-        if self.stage is not AuthStage.OPEN:
+        if self.stage is not AuthStage.AUTHENTICATED:
             # missingApiKey makes the Python SDK reconnect and authenticate, which is the cure.
             return ErrorItem(
                 code=Code.MISSING_API_KEY,

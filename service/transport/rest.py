@@ -116,7 +116,7 @@ class RestExchange:
         (self.errors if isinstance(item, ErrorItem) else self.data).append(item)
 
     async def _authenticate(self, task: Authenticate) -> None:
-        reply = self._dispatcher.auth.authenticate(task, lambda requested, api_key: "")
+        reply = self._dispatcher.auth.authenticate(task, "")  # no client session to name
         if isinstance(reply, ErrorItem):
             await self.collect(reply)
         elif self._session is not None:

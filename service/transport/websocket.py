@@ -373,9 +373,7 @@ class Connection:
         client: ClientSession | None = None
         if self._context.tasks.key_is_valid(task.api_key):
             client = await sessions.resume_or_create(task.session_uuid, task.api_key)
-        reply = self._dispatcher.auth.authenticate(
-            task, lambda requested, api_key: client.uuid if client else ""
-        )
+        reply = self._dispatcher.auth.authenticate(task, client.uuid if client else "")
         if isinstance(reply, ErrorItem) or client is None:
             log.info("refused an API key from %s", self.peer)
             await self._reply(reply)

@@ -30,12 +30,10 @@ def removal(task_uuid: str = U1) -> RemoveBackground:
     )
 
 
-def open_session(keys=("good",)) -> AuthState:
-    session = AuthState(lambda key: key in keys)
-    assert isinstance(
-        session.authenticate(Authenticate(api_key="good"), lambda r, k: S1), AuthenticationResult
-    )
-    return session
+def authenticated(keys=("good",)) -> AuthState:
+    state = AuthState(lambda key: key in keys)
+    assert isinstance(state.authenticate(Authenticate(api_key="good"), S1), AuthenticationResult)
+    return state
 
 
 def test_pings_and_authentication_are_admitted_before_authentication():
@@ -54,25 +52,24 @@ def test_work_before_authentication_is_refused_with_the_tasks_uuid():
 
 def test_a_wrong_key_is_refused_with_task_type_authentication_and_no_task_uuid():
     session = AuthState(lambda key: key == "good")
-    asked = []
-    error = session.authenticate(Authenticate(api_key="bad"), lambda r, k: asked.append(k) or S1)
+    error = session.authenticate(Authenticate(api_key="bad"), S1)
     assert (error.code, error.taskType, error.parameter, error.taskUUID) == (
         "invalidApiKey",
         "authentication",
         "apiKey",
         None,
     )
-    assert asked == [] and session.stage is AuthStage.AWAITING_AUTH
+    assert session.stage is AuthStage.AWAITING_AUTH and session.session_uuid is None
 
 
-def test_authentication_returns_the_session_uuid_chosen_by_the_directory():
+def test_authentication_answers_with_the_client_session_the_transport_chose():
     session = AuthState(lambda key: True)
-    reply = session.authenticate(Authenticate(api_key="k", session_uuid=S1), lambda r, k: r)
+    reply = session.authenticate(Authenticate(api_key="k", session_uuid=S1), S1)
     assert reply == AuthenticationResult(taskType="authentication", connectionSessionUUID=S1)
-    assert session.stage is AuthStage.OPEN
+    assert session.stage is AuthStage.AUTHENTICATED
 
 
 def test_get_response_needs_authentication_too():
     session = AuthState(lambda key: True)
     assert session.admit(GetResponse(task_uuid=U1)).code == "missingApiKey"
-    assert open_session().admit(GetResponse(task_uuid=U1)) is None
+    assert authenticated().admit(GetResponse(task_uuid=U1)) is None
