@@ -37,7 +37,7 @@ from protocol.messages import RemoveBackground
 from ..net.delivery import WebhookSender
 from ..tasks.outcomes import Destination, destination, error_item_for
 from ..tasks.ports import Answers, Requester, TaskState, WorkResult, WorkTask
-from ..tasks.results import task_key
+from ..tasks.records import task_key
 from ..tasks.work import LocalWork
 from .loops import bug_that_stopped
 from .reachability import REDIS_DOWN, is_missing_group, refused_while_redis_is_down

@@ -29,7 +29,7 @@ import msgspec
 from protocol.errors import ErrorItem
 
 from ..tasks.ports import FrameSender
-from ..tasks.results import scope_of
+from ..tasks.records import scope_of
 from .loops import bug_that_stopped
 from .reachability import REDIS_DOWN, refused_while_redis_is_down
 from .results import Handover

@@ -21,7 +21,7 @@ from protocol.messages import BackgroundRemovalResult, ImageUploadResult
 
 from ..storage.store import ImageStore
 from ..tasks.ports import TaskRecord, TaskState, WorkResult
-from ..tasks.results import reply_item, task_key, without_payload
+from ..tasks.records import reply_item, task_key, without_payload
 from .reachability import REDIS_DOWN, refused_while_redis_is_down
 
 __all__ = ["Handover", "RedisResultsBook"]

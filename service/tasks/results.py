@@ -2,7 +2,7 @@
 
 A task is entered when it is accepted (``processing``), and leaves the book ``retention``
 seconds (at least its ttl) after it ended. Records are scoped to the API key that sent the task
-(its digest, ``scope_of``): another key neither sees them nor collides with them. Image payloads
+(its digest, ``records.scope_of``): another key neither sees them nor collides with them. Image payloads
 are not kept here: a base64/dataURI result keeps only its imageUUID and is rebuilt from storage
 when polled. ``InMemoryResultsBook`` is the single-process twin of
 ``service.cluster.results.RedisResultsBook``; both are ``ResultsStore``s.
@@ -10,64 +10,22 @@ when polled. ``InMemoryResultsBook`` is the single-process twin of
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
 from protocol.errors import ErrorItem
-from protocol.messages import BackgroundRemovalResult, TaskStatusItem
 
-from ..imaging.formats import payload_fields
 from ..storage.store import ImageStore
 from .ports import TaskRecord, TaskState, WorkResult
+from .records import reply_item, task_key, without_payload
 
-__all__ = ["InMemoryResultsBook", "reply_item", "scope_of", "task_key", "without_payload"]
-
-
-def task_key(task_uuid: str) -> str:
-    """A taskUUID as the results book files it: one task whatever the case of its hex digits."""
-    return task_uuid.lower()
+__all__ = ["InMemoryResultsBook"]
 
 
 def _key(scope: bytes, task_uuid: str) -> tuple[bytes, str]:
     return scope, task_key(task_uuid)
-
-
-def scope_of(api_key: str) -> bytes:
-    """Records are kept under a digest of the API key, never the key itself."""
-    return hashlib.sha256(api_key.encode()).digest()
-
-
-def without_payload(result: WorkResult) -> tuple[Any, str | None]:
-    if isinstance(result, BackgroundRemovalResult):
-        if result.imageBase64Data is not None:
-            return msgspec.structs.replace(result, imageBase64Data=None), "base64Data"
-        if result.imageDataURI is not None:
-            return msgspec.structs.replace(result, imageDataURI=None), "dataURI"
-    return result, None
-
-
-async def reply_item(store: ImageStore, record: TaskRecord, task_uuid: str) -> Any | None:
-    """The getResponse item for ``record``: the result with ``status``, or a processing item.
-
-    None when the result's image has meanwhile expired from storage."""
-    if record.state is TaskState.PROCESSING:
-        return TaskStatusItem(taskType=record.task_type, taskUUID=task_uuid, status="processing")
-    assert record.result is not None  # a finished record holds its result or its error
-    result = msgspec.structs.replace(record.result, taskType=record.task_type, status="success")
-    if record.payload_kind is None:
-        return result
-    loaded = await store.load(result.imageUUID)
-    if loaded is None:
-        return None
-    stored, data = loaded
-    fields = await asyncio.to_thread(payload_fields, data, stored.extension, record.payload_kind)
-    return msgspec.structs.replace(result, **fields)
 
 
 class InMemoryResultsBook:

@@ -32,7 +32,7 @@ from protocol.messages import Authenticate
 
 from ..tasks.dispatch import Dispatcher
 from ..tasks.ports import ClientSession
-from ..tasks.results import scope_of
+from ..tasks.records import scope_of
 from .bodies import BodyReader, BodyRefused, bounded_body, closing, retry_after
 from .context import ServerContext
 

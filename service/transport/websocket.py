@@ -40,7 +40,7 @@ from protocol.messages import Authenticate
 
 from ..tasks.dispatch import Dispatcher
 from ..tasks.ports import ClientSession
-from ..tasks.results import scope_of
+from ..tasks.records import scope_of
 from .context import ServerContext
 
 __all__ = ["ClientFrameCheck", "Connection"]

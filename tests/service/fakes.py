@@ -14,7 +14,8 @@ from protocol.messages import BackgroundRemovalResult, ImageUploadResult, Remove
 from service.metrics import Metrics
 from service.tasks.dispatch import ClientLimits, Dispatcher, TaskPorts
 from service.tasks.ports import Requester, WorkTask
-from service.tasks.results import InMemoryResultsBook, scope_of
+from service.tasks.records import scope_of
+from service.tasks.results import InMemoryResultsBook
 from service.tasks.workload import Workload
 
 

@@ -9,7 +9,7 @@ import pytest
 from protocol.errors import TaskFailure
 from service.storage.directory import DirectoryImageStore
 from service.tasks.inputs import InputResolver
-from service.tasks.results import scope_of
+from service.tasks.records import scope_of
 from tests.support import fixture_bytes
 
 JPEG = fixture_bytes("car-1.jpg")

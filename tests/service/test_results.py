@@ -18,7 +18,8 @@ from service.cluster.jobs import JobQueue
 from service.cluster.results import Handover, RedisResultsBook
 from service.storage.directory import DirectoryImageStore
 from service.tasks.ports import TaskState
-from service.tasks.results import InMemoryResultsBook, scope_of
+from service.tasks.records import scope_of
+from service.tasks.results import InMemoryResultsBook
 from tests.support import FakeClock
 
 ALICE, BOB = scope_of("alice"), scope_of("bob")

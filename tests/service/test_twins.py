@@ -17,7 +17,8 @@ from service.cluster.results import RedisResultsBook
 from service.storage.directory import DirectoryImageStore
 from service.tasks.models import LocalModelCatalog
 from service.tasks.ports import SessionStore, TaskState
-from service.tasks.results import InMemoryResultsBook, scope_of
+from service.tasks.records import scope_of
+from service.tasks.results import InMemoryResultsBook
 from service.tasks.sessions import InMemorySessions
 from tests.service.fakes import Socket, until
 from tests.service.test_results import T1, result
