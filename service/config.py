@@ -96,13 +96,13 @@ class Config:
     download_connect_timeout: float = 5.0
     download_total_timeout: float = 20.0
     png_compress_level: int = 1  # ISA-L deflate level 0-3 (see pipeline.encode_png)
-    # S3-compatible storage instead of storage_dir (service.s3storage); None = the directory.
+    # S3-compatible storage instead of storage_dir (service.storage.s3); None = the directory.
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:8333; AWS when only a bucket is given
     s3_bucket: str | None = None
     s3_access_key: str | None = None  # None: boto3's usual sources (AWS_ACCESS_KEY_ID, ...)
     s3_secret_key: str | None = None
     s3_region: str = "us-east-1"
-    # The distributed mode (service.taskqueue, service.relay): None = one process does it all.
+    # The distributed mode (service.cluster): None = one process does it all.
     redis: str | None = None
     role: str = "all"  # gateway | worker | all
     claim_after: float = 30.0  # seconds before a silent worker's jobs are taken over

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import grimp
 import pytest
@@ -121,3 +123,40 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     (package / "b.py").write_text("from . import a\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _cycles(grimp.build_graph("cyclic")) == [["cyclic.a", "cyclic.b"]]
+
+
+_DOTTED = re.compile(r"(?<![\w.])service(?:\.\w+)+")
+
+
+def _dangling(text: str) -> list[str]:
+    """The ``service.x.y`` names in ``text`` that name no module of the tree (nor a name defined
+    in the module they lead to)."""
+    dangling = []
+    for name in sorted(set(_DOTTED.findall(text))):
+        parts = name.split(".")
+        depth = len(parts)
+        while depth > 1 and not (
+            (ROOT / Path(*parts[:depth])).with_suffix(".py").is_file()
+            or (ROOT / Path(*parts[:depth]) / "__init__.py").is_file()
+        ):
+            depth -= 1
+        if depth == 1:
+            dangling.append(name)
+            continue
+        rest = parts[depth:]
+        if rest:
+            module = (ROOT / Path(*parts[:depth])).with_suffix(".py")
+            source = module.read_text() if module.is_file() else ""
+            if not re.search(rf"\b{re.escape(rest[0])}\b", source):
+                dangling.append(name)
+    return dangling
+
+
+def test_no_comment_or_doc_names_a_module_that_does_not_exist():
+    files = [*ROOT.glob("service/**/*.py"), *ROOT.glob("load/**/*.py"), *ROOT.glob("docs/**/*.md")]
+    found = {str(f.relative_to(ROOT)): _dangling(f.read_text()) for f in files}
+    assert {f: names for f, names in found.items() if names} == {}
+
+
+def test_a_name_of_a_removed_module_is_found():
+    assert _dangling("see service.relay and service.cluster.relay.Relay") == ["service.relay"]

@@ -69,7 +69,7 @@ return 1
 
 
 class Handover(msgspec.Struct, frozen=True, array_like=True):
-    """Where an outcome goes besides the book: a session's outbox (see ``service.relay``).
+    """Where an outcome goes besides the book: a session's outbox (see ``service.cluster.relay``).
     A struct, so that a queued job carries it as it is."""
 
     outbox_key: str
