@@ -392,8 +392,6 @@ class Worker:
     async def _recover(self, what: str, error: Exception) -> None:
         """After a failed stream command: remake a lost group, or wait for Redis to return.
         Any other error reply is a bug: raised."""
-        if isinstance(error, ResponseError) and not is_missing_group(error):
-            raise error
         if is_missing_group(error):
             log.warning(
                 "worker %s: the job stream's group is gone (Redis restarted?): remaking it",
@@ -402,6 +400,8 @@ class Worker:
             with contextlib.suppress(*REDIS_DOWN):
                 await self._ensure_group()
             return
+        if isinstance(error, ResponseError):
+            raise error
         self._unreachable(what, error)
         await asyncio.sleep(1)
 
