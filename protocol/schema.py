@@ -185,15 +185,16 @@ def _binary(media_type: str) -> dict[str, Any]:
 
 
 def _rembg_fields() -> dict[str, Any]:
-    """The JSON Schema of each of ``/api/remove``'s parameters, from the struct."""
+    """The JSON Schema of each of ``/api/remove``'s parameters: the struct's, narrowed where
+    the route accepts less (``_REMBG_NARROWER``)."""
     schema = msgspec.json.schema(RembgRemoveParameters)
     properties: dict[str, Any] = schema["$defs"]["RembgRemoveParameters"]["properties"]
-    return properties
+    return {**properties, **_REMBG_NARROWER}
 
 
 def _rembg_parameters(location: str, names: tuple[str, ...]) -> list[dict[str, Any]]:
     """``/api/remove``'s parameters as OpenAPI parameter objects, from the struct's schema."""
-    fields = {**_rembg_fields(), **_REMBG_NARROWER}
+    fields = _rembg_fields()
     parameters = []
     for name in names:
         schema = dict(fields[name])
@@ -247,7 +248,7 @@ def _rembg_answers() -> dict[str, Any]:
 
 
 def _rembg_form() -> dict[str, Any]:
-    fields = {**_rembg_fields(), **_REMBG_NARROWER}
+    fields = _rembg_fields()
     properties = {"file": _binary("application/octet-stream")}
     properties.update({name: fields[name] for name in _FORM_FIELDS})
     return {"type": "object", "properties": properties, "required": ["file"]}

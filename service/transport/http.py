@@ -61,15 +61,16 @@ def _swagger_ui_files() -> Path:
     return Path(spec.submodule_search_locations[0]) / "static"
 
 
+_SWAGGER_UI = _swagger_ui_files()
 # /docs: interactive documentation of /openapi.json, every file from an installed package.
 _DOCS = {
     "/docs": ((_STATIC / "docs.html").read_bytes(), "text/html; charset=utf-8"),
     "/docs/init.js": ((_STATIC / "docs-init.js").read_bytes(), "text/javascript"),
     "/docs/swagger-ui-bundle.js": (
-        (_swagger_ui_files() / "swagger-ui-bundle.js").read_bytes(),
+        (_SWAGGER_UI / "swagger-ui-bundle.js").read_bytes(),
         "text/javascript",
     ),
-    "/docs/swagger-ui.css": ((_swagger_ui_files() / "swagger-ui.css").read_bytes(), "text/css"),
+    "/docs/swagger-ui.css": ((_SWAGGER_UI / "swagger-ui.css").read_bytes(), "text/css"),
 }
 
 
