@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -355,6 +356,30 @@ def start_seaweedfs(tmp: Path) -> S3Process:
         interval=0.3,
     )
     return server
+
+
+def tool_venv(folder: Path, requirement: str) -> Path:
+    """The bin folder of a throw-away venv in ``folder`` holding ``requirement`` from PyPI: a
+    third-party tool the tests drive, never a dependency of the project."""
+    venv = folder / "tool"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([venv / "bin" / "pip", "install", "--quiet", requirement], check=True)
+    return venv / "bin"
+
+
+def run_js(script: str, *args: str, timeout: float) -> dict:
+    """Run one of tests/js's node scripts (npm ci put what it imports there); the JSON object
+    it printed last. Fails with its output when it exits non-zero."""
+    assert shutil.which("node"), "node is needed for tests/js (make test installs its packages)"
+    finished = subprocess.run(
+        ["node", script, *args],
+        cwd=ROOT / "tests" / "js",
+        capture_output=True,
+        text=True,
+        timeout=timeout * UNIT,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr
+    return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

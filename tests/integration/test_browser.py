@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import zipfile
 
 import numpy as np
 
-from tests.support import FIXTURES, ROOT, UNIT, http_get, open_image
+from tests.support import FIXTURES, ROOT, http_get, open_image, run_js
 
-JS = ROOT / "tests" / "js"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
 def run_in_chromium(script: str, *args: str, timeout: float) -> dict:
     """Run one of tests/js's Chromium scripts; the JSON object it printed last."""
     assert shutil.which("chromium"), "Debian's chromium is needed (make test installs it)"
-    finished = subprocess.run(
-        ["node", script, *args], cwd=JS, capture_output=True, text=True, timeout=timeout * UNIT
-    )
-    assert finished.returncode == 0, finished.stderr
-    return json.loads(finished.stdout.strip().splitlines()[-1])
+    return run_js(script, *args, timeout=timeout)
 
 
 def test_the_page_is_plain_html_from_the_service(server):

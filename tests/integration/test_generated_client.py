@@ -13,7 +13,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from tests.support import b64, fixture_bytes, http_get
+from tests.support import b64, fixture_bytes, http_get, tool_venv
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +25,7 @@ CAR = fixture_bytes("car-1.jpg")
 def generated(tmp_path_factory, server):
     """The generated package, importable as ``rbg_client``."""
     folder = tmp_path_factory.mktemp("generated")
-    venv = folder / "tool"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([venv / "bin" / "pip", "install", "--quiet", GENERATOR], check=True)
+    tool = tool_venv(folder, GENERATOR)
     document = folder / "openapi.json"
     document.write_bytes(http_get(f"{server.http_url}/openapi.json")[2])
     config = folder / "config.yaml"
@@ -35,7 +33,7 @@ def generated(tmp_path_factory, server):
     config.write_text("content_type_overrides:\n  image/png: application/octet-stream\n")
     finished = subprocess.run(
         [
-            venv / "bin" / "openapi-python-client",
+            tool / "openapi-python-client",
             "generate",
             "--path",
             str(document),

@@ -6,12 +6,11 @@ tests/schemathesis.toml says where a schema-valid request may still be refused a
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, tool_venv
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +21,7 @@ KEY = "schemathesis-key"
 
 @pytest.fixture(scope="module")
 def schemathesis(tmp_path_factory) -> Path:
-    venv = tmp_path_factory.mktemp("schemathesis") / "tool"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([venv / "bin" / "pip", "install", "--quiet", TOOL], check=True)
-    return venv / "bin" / "schemathesis"
+    return tool_venv(tmp_path_factory.mktemp("schemathesis"), TOOL) / "schemathesis"
 
 
 @pytest.fixture(scope="module")
