@@ -24,7 +24,7 @@ install: $(VENV)/.installed $(MODEL)
 # Re-installs whenever pyproject.toml changes. Running the warm-up once here lets numba compile
 # and cache pymatting's kernels and ours at install time, not at the first start.
 $(VENV)/.installed: pyproject.toml
-	@echo "make: creating $(VENV) and installing the Python packages (a few minutes the first time)..."
+	@echo "make: creating $(VENV) and installing the Python packages (about a minute the first time)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar on -e .
