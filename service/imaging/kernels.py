@@ -17,12 +17,14 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 __all__ = [
     "lanczos_resize",
+    "BandLookup",
     "resize_to_planes",
     "packed_pixels",
     "brightest",
@@ -110,21 +112,51 @@ def _along_columns(rows, starts, counts, weights):
 
 
 @numba.njit(cache=True, nogil=True)
-def _along_columns_to_planes(rows, starts, counts, weights, table, out):
-    """``_along_columns`` over RGBX rows (4 bytes a pixel) whose R, G and B results are looked up
-    in their band's column of ``table`` and written to float32 planes ``out[band, row, pixel]``
-    instead of bytes: the vertical pass and ``planes`` in one, without the image between them."""
+def _along_columns_to_planes(rows, starts, counts, weights, table, affine, offsets, divisors, out):
+    """``_along_columns`` over RGBX rows (4 bytes a pixel) whose R, G and B results become
+    float32 planes ``out[band, row, pixel]`` instead of bytes: the vertical pass and ``planes``
+    in one, without the image between them. Each byte is looked up in its band's column of
+    ``table``, or with ``affine`` computed as ``(byte - offsets[band]) / divisors[band]`` in
+    float32, which the caller has checked gives the table's floats and which vectorises where
+    the lookup does not."""
     total = np.empty(rows.shape[1], np.int32)
-    row = np.empty(rows.shape[1], np.uint8)  # one output row, in L1, then looked up
+    row = np.empty(rows.shape[1], np.uint8)  # one output row, in L1, then converted
     for target in range(starts.shape[0]):
         _weighted_rows(rows, starts[target], counts[target], weights[target], total)
         for i in range(total.shape[0]):
             value = total[i] >> _PRECISION_BITS
             row[i] = 0 if value < 0 else (255 if value > 255 else value)
-        for pixel in range(row.shape[0] // 4):
-            out[0, target, pixel] = table[row[4 * pixel], 0]
-            out[1, target, pixel] = table[row[4 * pixel + 1], 1]
-            out[2, target, pixel] = table[row[4 * pixel + 2], 2]
+        red, green, blue = out[0, target], out[1, target], out[2, target]
+        if affine:
+            for pixel in range(row.shape[0] // 4):
+                red[pixel] = (np.float32(row[4 * pixel]) - offsets[0]) / divisors[0]
+                green[pixel] = (np.float32(row[4 * pixel + 1]) - offsets[1]) / divisors[1]
+                blue[pixel] = (np.float32(row[4 * pixel + 2]) - offsets[2]) / divisors[2]
+        else:
+            for pixel in range(row.shape[0] // 4):
+                red[pixel] = table[row[4 * pixel], 0]
+                green[pixel] = table[row[4 * pixel + 1], 1]
+                blue[pixel] = table[row[4 * pixel + 2], 2]
+
+
+@dataclass(frozen=True)
+class BandLookup:
+    """How each R, G and B byte becomes a float of the model input: ``table[byte, band]``
+    (float32[256, 3]); ``affine``, when set, is float32 (offsets, divisors) whose
+    ``(byte - offset) / divisor`` in float32 gives exactly the table's floats."""
+
+    table: np.ndarray
+    affine: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def checked(cls, table: np.ndarray, offsets, divisors) -> BandLookup:
+        """The table, with the affine form of ``offsets`` and ``divisors`` kept only when it
+        reproduces every entry bit for bit."""
+        offsets = np.broadcast_to(np.asarray(offsets, np.float32), 3).copy()
+        divisors = np.broadcast_to(np.asarray(divisors, np.float32), 3).copy()
+        computed = (np.arange(256, dtype=np.float32)[:, np.newaxis] - offsets) / divisors
+        exact = np.array_equal(computed.view(np.uint32), table.view(np.uint32))
+        return cls(table, (offsets, divisors) if exact else None)
 
 
 @functools.lru_cache(maxsize=256)
@@ -177,14 +209,14 @@ def lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _pass(pixels, vertical) if out_height != height else pixels.copy()
 
 
-def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], table: np.ndarray) -> np.ndarray:
-    """``planes(lanczos_resize(pixels, size), table)`` of uint32[H, W] RGBX pixels, the same
-    floats; when Pillow's last pass is the vertical one (``_vertical_first`` says it is), that
-    pass writes the planes itself."""
+def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], lookup: BandLookup) -> np.ndarray:
+    """``planes(lanczos_resize(pixels, size), lookup.table)`` of uint32[H, W] RGBX pixels, the
+    same floats; when Pillow's last pass is the vertical one (``_vertical_first`` says it is),
+    that pass writes the planes itself."""
     height, width = pixels.shape
     out_width, out_height = size
     if _vertical_first(pixels.shape, size) or out_height == height:
-        return planes(lanczos_resize(pixels, size), table)
+        return planes(lanczos_resize(pixels, size), lookup.table)
     vertical = _cached_coefficients(height, out_height)
     starts, counts, weights = vertical
     pixels = np.ascontiguousarray(pixels)
@@ -193,10 +225,22 @@ def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], table: np.ndarra
     else:
         rows, first = pixels, 0
     out = np.empty((3, out_height, out_width), np.float32)
+    offsets, divisors = lookup.affine or (_NO_BANDS, _NO_BANDS)
     _along_columns_to_planes(
-        rows.view(np.uint8).reshape(rows.shape[0], -1), starts - first, counts, weights, table, out
+        rows.view(np.uint8).reshape(rows.shape[0], -1),
+        starts - first,
+        counts,
+        weights,
+        lookup.table,
+        lookup.affine is not None,
+        offsets,
+        divisors,
+        out,
     )
     return out
+
+
+_NO_BANDS = np.ones(3, np.float32)
 
 
 def packed_pixels(data: bytes, size: tuple[int, int]) -> np.ndarray:
@@ -300,7 +344,9 @@ def warm_up() -> None:
     lanczos_resize(np.zeros((40, 6), np.uint8), (5, 4))
     cut_out(np.zeros((2, 2), np.uint32), np.zeros((2, 2), np.uint8))
     planes(np.zeros((2, 2), np.uint32), np.zeros((256, 3), np.float32))
-    resize_to_planes(np.zeros((8, 6), np.uint32), (12, 16), np.zeros((256, 3), np.float32))
+    resize_to_planes(
+        np.zeros((8, 6), np.uint32), (12, 16), BandLookup(np.zeros((256, 3), np.float32))
+    )
     unit_bytes(np.arange(4, dtype=np.float32).reshape(2, 2))
     colours(np.zeros((2, 2), np.uint32), np.zeros(256, np.float32))
     brightest(np.zeros((2, 2), np.uint32))

@@ -11,6 +11,7 @@ Everything here is CPU-heavy and runs on worker threads, never on the event loop
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import time
@@ -194,22 +195,26 @@ def decode_image(
     return decoded
 
 
-def _input_table(family: Family, scale: float) -> np.ndarray:
-    """float32[256, 3]: each band value normalised as rembg does the whole array (float64,
-    then rounded to float32), to be looked up instead of computed per pixel."""
+@functools.lru_cache(maxsize=64)
+def _input_lookup(family: Family, scale: float) -> kernels.BandLookup:
+    """Each band value normalised as rembg does the whole array (float64, then rounded to
+    float32), to be looked up instead of computed per pixel, or computed in float32 where
+    that gives the same floats (isnet's (v - 127.5) / 255 does for every byte)."""
     values = np.arange(256, dtype=np.float64)[:, np.newaxis]
-    return ((values / scale - np.asarray(family.mean)) / np.asarray(family.std)).astype(np.float32)
+    mean, std = np.asarray(family.mean), np.asarray(family.std)
+    table = ((values / scale - mean) / std).astype(np.float32)
+    return kernels.BandLookup.checked(table, mean * scale, std * scale)
 
 
 def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
     """The model input for one image: float32[3, S, S], as rembg's ``normalize`` makes it."""
     size = (family.size, family.size)
     if not family.divide_by_max:  # the table is known first: the resize writes the input
-        return kernels.resize_to_planes(decoded.pixels, size, _input_table(family, 255.0))
+        return kernels.resize_to_planes(decoded.pixels, size, _input_lookup(family, 255.0))
     # Bands resize independently: an RGBA image's RGB comes out as its RGB conversion's would.
     small = kernels.lanczos_resize(decoded.pixels, size)
     scale = max(float(kernels.brightest(small)), 1e-6)
-    return kernels.planes(small, _input_table(family, scale))
+    return kernels.planes(small, _input_lookup(family, scale).table)
 
 
 def mask_from_prediction(
