@@ -151,6 +151,11 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("--session-linger", float, "seconds results wait for a client that went away (resume)"),
     ("--drain-grace", float, "seconds in-flight tasks get to finish on SIGTERM"),
     ("--max-image-pixels", int, "largest image accepted, in pixels, checked before decoding"),
+    (
+        "--decode-timeout",
+        float,
+        "CPU seconds an image may take to decode before it is refused as invalidImage",
+    ),
     ("--max-matting-pixels", int, "largest image accepted with alphaMatting, in pixels"),
     ("--max-download-bytes", int, "largest URL input downloaded"),
     (

@@ -87,6 +87,9 @@ class Config:
     session_linger: float = 120.0  # results kept for a client that is away (resume)
     drain_grace: float = 30.0  # on SIGTERM, seconds for in-flight tasks to finish
     max_image_pixels: int = 40_000_000
+    # CPU seconds a decode may take before the image is refused; with the pixel limit and the
+    # JPEG scan cap a legitimate image needs well under 2 s (docs/operations.md).
+    decode_timeout: float = 10.0
     # With alphaMatting, memory grows faster than the pixel count (docs/performance.md,
     # "Matting"); bands whose factor would pass 2 GiB take the iterative solve.
     max_matting_pixels: int = 25_000_000

@@ -531,3 +531,14 @@ class Client:
         await self.send({"taskType": "ping", "ping": True})
         reply = await self.recv()
         return reply["data"][0]["pong"] is True
+
+
+def progressive_jpeg(side: int, repeated_scans: int = 0) -> bytes:
+    """A flat progressive JPEG whose last scan is repeated ``repeated_scans`` more times: a few
+    bytes more per scan, and a pass over the whole image more to decode (a decode bomb past the
+    scan cap, a costly but legitimate file within it)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 60, 30)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+    return data[:end] + data[last:end] * repeated_scans + data[end:]

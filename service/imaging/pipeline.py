@@ -159,18 +159,49 @@ def _rgb_or_rgba(image: Image.Image) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
+class _TimedSource(io.BytesIO):
+    """The encoded image, read by Pillow's decoder a block at a time (``decodermaxblock``);
+    each read first looks at this thread's CPU time and gives up past ``max_seconds``. The
+    decoder works as the bytes arrive, so a decode stops within one block of its data; what
+    one block can cost is bounded by the pixel limit and, for a JPEG, the scan cap (a repeated
+    scan takes a few bytes and a pass over the whole image)."""
+
+    BLOCK = 16 * 1024
+
+    def __init__(self, data: bytes, max_seconds: float | None, parameter: str) -> None:
+        super().__init__(data)
+        self._deadline = None if max_seconds is None else time.thread_time() + max_seconds
+        self._max_seconds = max_seconds
+        self._parameter = parameter
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._deadline is not None and time.thread_time() > self._deadline:
+            raise TaskFailure(
+                Code.INVALID_IMAGE,
+                f"The image took more than {self._max_seconds:g} s to decode and was given up "
+                "(--decode-timeout).",
+                parameter=self._parameter,
+                type="string",
+            )
+        return super().read(size)
+
+
 def decode_image(
-    data: bytes, max_pixels: int, parameter: str = IMAGE_PARAMETER, limit_name: str = "the limit"
+    data: bytes,
+    max_pixels: int,
+    parameter: str = IMAGE_PARAMETER,
+    limit_name: str = "the limit",
+    max_seconds: float | None = None,
 ) -> DecodedImage:
     """Decode, check the pixel count from the header *before* decoding, apply EXIF orientation.
 
     Raises TaskFailure (invalidImage / imageTooLarge) naming ``parameter``; ``limit_name`` says
-    which limit in the message.
+    which limit in the message; ``max_seconds`` of CPU time bound the decoding (None: no bound).
     """
     if sniff_format(data, parameter) == "jpg":
         _check_scans(data, parameter)
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(_TimedSource(data, max_seconds, parameter))
         width, height = image.size
         if width * height > max_pixels:
             raise TaskFailure(
@@ -180,6 +211,7 @@ def decode_image(
                 type="string",
                 max=max_pixels,
             )
+        image.decodermaxblock = _TimedSource.BLOCK  # WEBP's own loader reads it all at once
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         decoded = DecodedImage.from_image(_rgb_or_rgba(image))

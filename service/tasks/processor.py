@@ -131,7 +131,9 @@ class Processor:
         # Refuse what could never be processed now, rather than at the first removal.
         max_pixels = self._config.max_image_pixels
         async with self._budget.reserved(_working_bytes(resolved.data, max_pixels, False), "image"):
-            facts.size = await self._cpu.run(client, _decodes, resolved.data, max_pixels)
+            facts.size = await self._cpu.run(
+                client, _decodes, resolved.data, max_pixels, self._config.decode_timeout
+            )
         return ImageUploadResult(
             taskType="imageUpload",
             taskUUID=task.task_uuid,
@@ -200,6 +202,7 @@ class Processor:
                 task.image_parameter,
                 limit_name,
                 task.output.format,
+                self._config.decode_timeout,
             )
             facts.size = decoded.size
             prediction = await route.batcher.submit(tensor, client)
@@ -257,9 +260,9 @@ def _working_bytes(data: bytes, max_pixels: int, matting: bool) -> int:
     return size[0] * size[1] * per_pixel
 
 
-def _decodes(data: bytes, max_pixels: int) -> tuple[int, int]:
+def _decodes(data: bytes, max_pixels: int, max_seconds: float) -> tuple[int, int]:
     """Decode and let go: whether the image can be processed at all; its size."""
-    return pipeline.decode_image(data, max_pixels, "image").size
+    return pipeline.decode_image(data, max_pixels, "image", max_seconds=max_seconds).size
 
 
 def _render(
@@ -286,7 +289,8 @@ def _prepare(
     parameter: str,
     limit_name: str,
     output_format: str,
+    max_seconds: float,
 ) -> tuple[pipeline.DecodedImage, np.ndarray]:
-    decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name)
+    decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name, max_seconds)
     check_encodable(decoded.size, output_format)  # before the model and the render run
     return decoded, pipeline.preprocess(decoded, family)

@@ -28,6 +28,7 @@ from tests.support import (
     fixture_bytes,
     http_get,
     new_uuid,
+    progressive_jpeg,
     start_server,
 )
 
@@ -991,3 +992,35 @@ def test_every_size_from_1x1_to_the_limits_answers_with_a_result_or_a_clear_erro
         else:
             assert answer["code"] == "invalidOutputFormat", answer
             assert answer["parameter"] == "outputFormat" and "PNG" in answer["message"]
+
+
+# --------------------------------------------------------------------------- heavy and light
+
+
+async def test_a_light_client_is_answered_while_a_heavy_decode_holds_the_worker(fast_server_with):
+    """One CPU worker. A heavy client sends a costly decode (4000x4000, 63 scans) and a small
+    task behind it; a light client sends a small task while the decode runs. The light task
+    takes the pool's spare thread and is answered before either heavy answer; the heavy
+    client's small task waits for its own decode (the spare serves only clients with nothing
+    running). Without the spare the light task would queue behind the decode."""
+    server = fast_server_with("--cpu-workers", "1")
+    heavy, light = await connect(server, "heavy"), await connect(server, "light")
+    loop = asyncio.get_running_loop()
+    answered: dict[str, float] = {}
+
+    async def answers(client: Client, tasks: list[dict]) -> None:
+        found = await client.collect([task["taskUUID"] for task in tasks])
+        for task_uuid, item in found.items():
+            assert item["kind"] == "data", item
+            answered[task_uuid] = loop.time()
+
+    costly, heavy_small, light_small = fast(b64(progressive_jpeg(4000, 53))), fast(), fast()
+    await heavy.send(costly, heavy_small)
+    heavy_answers = asyncio.create_task(answers(heavy, [costly, heavy_small]))
+    await asyncio.sleep(0.2)  # the decode (~0.6 CPU s on EPYC-4) has started
+    await light.send(light_small)
+    await asyncio.gather(heavy_answers, answers(light, [light_small]))
+    first_heavy = min(answered[costly["taskUUID"]], answered[heavy_small["taskUUID"]])
+    assert answered[light_small["taskUUID"]] < first_heavy
+    await heavy.ws.close()
+    await light.ws.close()

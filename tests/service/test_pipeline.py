@@ -19,7 +19,15 @@ from protocol.messages import BackgroundSettings, OutputSpec
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
 from service.inference.runtime import load_runtime
-from tests.support import FIXTURES, GOLDEN, MODEL, fixture_bytes, open_image, photos
+from tests.support import (
+    FIXTURES,
+    GOLDEN,
+    MODEL,
+    fixture_bytes,
+    open_image,
+    photos,
+    progressive_jpeg,
+)
 
 U2NET = FAMILIES["u2net"]
 MAX_PIXELS = 40_000_000
@@ -350,25 +358,27 @@ def test_decontaminate_composes_with_a_background_colour_and_every_format(model,
     assert np.abs(cleaned_rgb - np.asarray(plain.convert("RGB"), np.int16)).mean() > 0.1
 
 
-def _progressive_jpeg(side: int, repeats: int) -> bytes:
-    """A progressive JPEG whose last scan is repeated ``repeats`` more times (a decode bomb:
-    each scan makes the decoder go over the whole image again)."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), (120, 60, 30)).save(buffer, "JPEG", progressive=True)
-    data = buffer.getvalue()
-    last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
-    return data[:end] + data[last:end] * repeats + data[end:]
-
-
 def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding():
     """A 4000x4000 one of 180 KiB took 36 s to decode on EPYC-4; refused from its markers."""
-    bomb = _progressive_jpeg(4000, 3000)
+    bomb = progressive_jpeg(4000, 3000)
     with pytest.raises(TaskFailure) as refused:
         pipeline.decode_image(bomb, 40_000_000, "inputImage")
     assert refused.value.code == "invalidImage" and refused.value.parameter == "inputImage"
     assert "3010 scans" in refused.value.message
-    ordinary = pipeline.decode_image(_progressive_jpeg(64, 0), 40_000_000)
+    ordinary = pipeline.decode_image(progressive_jpeg(64, 0), 40_000_000)
     assert ordinary.size == (64, 64)
+
+
+def test_a_decode_past_its_cpu_deadline_is_given_up():
+    """A 3000x3000 progressive JPEG of noise: megabytes of scans, decoded block by block."""
+    buffer = io.BytesIO()
+    Image.effect_noise((3000, 3000), 80).convert("RGB").save(buffer, "JPEG", progressive=True)
+    costly = buffer.getvalue()
+    with pytest.raises(TaskFailure) as refused:
+        pipeline.decode_image(costly, 40_000_000, "inputImage", max_seconds=0.01)
+    assert refused.value.code == "invalidImage" and refused.value.parameter == "inputImage"
+    assert "--decode-timeout" in refused.value.message
+    assert pipeline.decode_image(costly, 40_000_000, max_seconds=30).size == (3000, 3000)
 
 
 # --------------------------------------------------------------------------- PNG colour types
