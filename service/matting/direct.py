@@ -26,10 +26,6 @@ the GIL), each on one thread: the two chains already use both cores.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import glob
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -483,24 +479,6 @@ def plan_direct(level: np.ndarray) -> DirectPlan:
     return DirectPlan(order, offsets, first, second, middle, int((s * s).sum() * 8))
 
 
-@functools.cache
-def _one_blas_thread() -> None:
-    """Give scipy's OpenBLAS one thread, once: the two chains already keep both cores busy, and
-    matting jobs side by side would otherwise each start more threads than there are cores.
-
-    scipy's OpenBLAS serves only these kernels here (numpy has its own copy). Where its library
-    cannot be found, BLAS keeps its threads: slower on a busy host, the same result.
-    """
-    import scipy
-
-    libraries = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-    for path in glob.glob(os.path.join(libraries, "libscipy_openblas*.so*")):
-        library = ctypes.CDLL(path)
-        if hasattr(library, "scipy_openblas_set_num_threads"):
-            library.scipy_openblas_set_num_threads(1)
-            return
-
-
 def solve_direct(
     matrix, rhs: np.ndarray, plan: DirectPlan, side_by_side: Callable = side_by_side
 ) -> np.ndarray:
@@ -535,7 +513,6 @@ def solve_direct(
     # What each chain passes on to the separator; zeros where a chain passes nothing on.
     passed_blocks = np.zeros((2, max(separator_size, 1) ** 2))
     passed_rhs = np.zeros((2, max(separator_size, 1)))
-    _one_blas_thread()
 
     def forward(side: int):
         return lambda: _forward_chain(

@@ -9,6 +9,8 @@ a second part may wait for the first, never the other way round.
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import os
 import threading
 from collections.abc import Callable
@@ -38,9 +40,26 @@ _helpers = _Helpers(os.cpu_count() or 1)
 
 def use_cores(cores: int) -> None:
     """Size the helpers for ``cores`` (the service's --cpu-workers) instead of every core the
-    machine has; called once by the composition root, before any matting runs."""
+    machine has, and give BLAS one thread: matting's parallelism is the helpers', and BLAS's
+    own threads beside them would start more threads than there are cores. Called once by the
+    composition root, before any matting runs."""
     global _helpers
     _helpers = _Helpers(cores)
+    _one_blas_thread()
+
+
+def _one_blas_thread() -> None:
+    """scipy's OpenBLAS (it serves only the exact solve's kernels here; numpy has its own copy)
+    set to one thread. Where its library cannot be found BLAS keeps its threads: slower on a
+    busy host, the same result."""
+    import scipy
+
+    libraries = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    for path in glob.glob(os.path.join(libraries, "libscipy_openblas*.so*")):
+        library = ctypes.CDLL(path)
+        if hasattr(library, "scipy_openblas_set_num_threads"):
+            library.scipy_openblas_set_num_threads(1)
+            return
 
 
 def side_by_side(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]:
