@@ -74,6 +74,13 @@ _DOCS = {
 }
 
 
+# The page's sample photos (static/samples/README.md says where they come from).
+_SAMPLES = {
+    f"/samples/{photo.name}": (photo.read_bytes(), "image/jpeg")
+    for photo in sorted((_STATIC / "samples").glob("*.jpg"))
+}
+
+
 def _documents(config: Config) -> dict[str, bytes]:
     """The documents of the HTTP routes and of the socket, naming this server's own URL
     (``--public-url``, else the address it listens on) so that generated clients call it."""
@@ -132,8 +139,8 @@ async def _page_or_probe(
         return await _models(context)
     if path in documents:
         return _response(http.HTTPStatus.OK, documents[path], "application/json")
-    if path in _DOCS:
-        body, content_type = _DOCS[path]
+    if path in _DOCS or path in _SAMPLES:
+        body, content_type = _DOCS.get(path) or _SAMPLES[path]
         return _response(http.HTTPStatus.OK, body, content_type, {"Cache-Control": "no-cache"})
     if path == "/docs/":  # relative links in the page resolve from /docs
         return web.Response(

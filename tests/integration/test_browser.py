@@ -134,3 +134,27 @@ def test_the_page_fits_a_phone_and_shapes_each_result_like_its_photo(server):
         assert abs(at["boardRatio"] - at["photoRatio"]) < 0.01 * at["photoRatio"], (name, at)
     assert shown["phone"]["boardWidth"] >= 340, shown["phone"]
     assert shown["desktop"]["boardWidth"] >= 360, shown["desktop"]
+
+
+def test_samples_urls_and_pastes_come_in_and_the_large_view_compares(server):
+    """A sample photo by one click, an image URL, a pasted image; the large view opened from
+    the keyboard, with before/after, download, Esc and a close button."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shown = run_in_chromium("page_inputs.mjs", f"{server.http_url}/", str(ARTIFACTS), timeout=180)
+    assert shown["samples"] == ["car-1.jpg", "girl-1.jpg", "animal-2.jpg"]
+    status, headers, body = http_get(f"{server.http_url}/samples/car-1.jpg")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert body == (FIXTURES / "car-1.jpg").read_bytes()
+    # newest first: the paste, the URL (named by its path), the sample
+    names = [caption.split(" — ")[0] for caption in shown["captions"]]
+    assert names == ["pasted.jpg", "girl-1.jpg", "car-1.jpg"], shown["captions"]
+    sample, by_url, pasted = shown["sent"]
+    assert sample.startswith("data:image/jpeg;base64,") and pasted.startswith("data:image/jpeg")
+    assert (
+        by_url == f"{server.http_url}/samples/girl-1.jpg"
+    )  # the URL itself: the server fetches it
+    assert shown["openedByEnter"] and shown["closeFocused"]
+    assert shown["download"] == {"name": "pasted.png", "href": "data:image/png;base64,"}
+    assert shown["largeClip"] == "inset(0px 50% 0px 0px)" and shown["largeSize"] > 360
+    assert shown["closedByEscape"] and shown["openedByClick"] and shown["closedByButton"]
+    assert (ARTIFACTS / "page-large-compare.png").stat().st_size > 10_000
