@@ -98,7 +98,7 @@ class Config:
     working_memory_bytes: int | None = None
     download_connect_timeout: float = 5.0
     download_total_timeout: float = 20.0
-    png_compress_level: int = 1  # ISA-L deflate level 0-3 (see pipeline.encode_png)
+    png_compress_level: int = 1  # ISA-L deflate level 0-3 (see imaging.png.encode)
     # S3-compatible storage instead of storage_dir (service.storage.s3); None = the directory.
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:8333; AWS when only a bucket is given
     s3_bucket: str | None = None

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import functools
 import io
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from isal import isal_zlib
 from PIL import Image, ImageOps
 from scipy import ndimage
 
@@ -31,7 +28,7 @@ from ..inference.families import Family
 from ..matting.cutout import UnsolvableTrimap, matting_cutout
 from ..matting.cutout import warm_up as warm_up_matting
 from ..matting.foreground import estimate_foreground, rgba_bytes
-from . import kernels
+from . import kernels, png
 from .formats import IMAGE_PARAMETER, sniff_format
 
 __all__ = [
@@ -45,7 +42,6 @@ __all__ = [
     "cutout",
     "apply_background",
     "encode_image",
-    "encode_png",
     "Rendered",
     "render",
     "warm_up",
@@ -359,44 +355,9 @@ def apply_background(
     return np.asarray(Image.alpha_composite(Image.new("RGBA", image.size, tuple(rgba)), image))
 
 
-_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # bands per pixel -> PNG colour type (L, RGB, RGBA)
-
-
-def _bands(pixels: np.ndarray) -> int:
-    return 1 if pixels.ndim == 2 else pixels.shape[2]
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def encode_png(pixels: np.ndarray, level: int) -> bytes:
-    """A PNG of uint8[H, W] (L) or uint8[H, W, 3|4] (RGB/RGBA) pixels: every row "Up"-filtered
-    with numpy, deflated by ISA-L.
-
-    Several times faster than Pillow's encoder for a file of about the same size
-    (docs/decisions/0005). ``level`` is ISA-L's, 0-3.
-    """
-    height, width = pixels.shape[:2]
-    rows = pixels.reshape(height, -1)
-    filtered = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
-    filtered[:, 0] = 2  # filter type Up: each byte minus the byte above it
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[_bands(pixels)], 0, 0, 0)
-    return b"".join(
-        (
-            b"\x89PNG\r\n\x1a\n",
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", isal_zlib.compress(filtered, level)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
-
-
 def encode_image(pixels: np.ndarray, output: OutputSpec, png_compress_level: int) -> bytes:
     if output.format == "PNG":
-        return encode_png(pixels, png_compress_level)
+        return png.encode(pixels, png_compress_level)
     image = Image.fromarray(pixels)  # L, RGB or RGBA from the array's shape
     buffer = io.BytesIO()
     if output.format == "JPG":

@@ -16,7 +16,7 @@ from PIL import Image
 
 from protocol.errors import TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
-from service.imaging import pipeline
+from service.imaging import pipeline, png
 from service.inference.families import FAMILIES
 from service.inference.runtime import load_runtime
 from tests.support import (
@@ -277,7 +277,7 @@ def test_our_png_writer_round_trips_exactly(mode, channels, level):
     shape = (37, 53) if channels == 1 else (37, 53, channels)
     pixels = rng.integers(0, 256, shape, dtype=np.uint8)
     pixels[:10] = 0  # some flat rows too
-    decoded = open_image(pipeline.encode_png(pixels, level))
+    decoded = open_image(png.encode(pixels, level))
     assert decoded.format == "PNG" and decoded.mode == mode
     assert np.array_equal(np.asarray(decoded), pixels)
 
