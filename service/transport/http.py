@@ -39,9 +39,10 @@ from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
 from .bodies import LINGER_S, one_line
 from .context import OpenSockets, ServerContext
+from .frame_check import ClientFrameCheck
 from .rembg_api import answer_rembg_request
 from .rest import answer_rest_request
-from .websocket import ClientFrameCheck, Connection
+from .websocket import Connection
 
 __all__ = ["Listener", "start_server"]
 

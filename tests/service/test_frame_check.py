@@ -1,4 +1,4 @@
-"""transport.websocket.ClientFrameCheck: follows frame headers however the bytes are split."""
+"""transport.frame_check.ClientFrameCheck: follows frame headers however the bytes are split."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from service.transport.websocket import ClientFrameCheck
+from service.transport.frame_check import ClientFrameCheck
 from tests.support import client_frame
 
 
