@@ -42,8 +42,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from protocol.errors import ErrorItem
 from service.inference.families import FAMILIES  # plain data: no model runtime
 from service.net.loopback import free_port
+from service.protocol_client import ProtocolClient
 
 from .harness import LoadConfig, run_idle, run_load
 from .stats import percentile, process_memory
@@ -511,8 +513,6 @@ async def _fairness(port: int, image: bytes) -> dict:
     import base64
     import uuid
 
-    import websockets
-
     payload = base64.b64encode(image).decode()
 
     def task() -> dict:
@@ -524,26 +524,26 @@ async def _fairness(port: int, image: bytes) -> dict:
             "outputFormat": "PNG",
         }
 
-    async def connect():
-        ws = await websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None)
-        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": "bench"}]))
-        await ws.recv()
-        return ws
-
-    heavy, light = await connect(), await connect()
+    url = f"ws://127.0.0.1:{port}"
+    heavy, light = (
+        await ProtocolClient.connect(url, "bench"),
+        await ProtocolClient.connect(url, "bench"),
+    )
     try:
         lone_start = time.perf_counter()
-        await light.send(json.dumps([task()]))
-        await light.recv()
+        lone_task = task()
+        await light.send([lone_task])
+        await light.answers([lone_task["taskUUID"]])
         lone = time.perf_counter() - lone_start
-        await heavy.send(json.dumps([task() for _ in range(100)]))
+        queued = [task() for _ in range(100)]
+        await heavy.send(queued)
         await asyncio.sleep(1.0)  # let the heavy socket's work reach the pipeline
         start = time.perf_counter()
-        await light.send(json.dumps([task()]))
-        await light.recv()
+        behind = task()
+        await light.send([behind])
+        await light.answers([behind["taskUUID"]])
         waited = time.perf_counter() - start
-        for _ in range(100):
-            await heavy.recv()
+        await heavy.answers([queued_task["taskUUID"] for queued_task in queued])
     finally:
         await heavy.close()
         await light.close()
@@ -706,29 +706,24 @@ async def _service_removal(port: int, image: bytes, settings: dict) -> tuple[flo
     import base64
     import uuid
 
-    import websockets
-
-    async with websockets.connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None) as ws:
-        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": "bench"}]))
-        await ws.recv()
+    task_uuid = str(uuid.uuid4())
+    task = {
+        "taskType": "removeBackground",
+        "taskUUID": task_uuid,
+        "model": "u2netp",
+        "inputs": {"image": base64.b64encode(image).decode()},
+        "outputType": "base64Data",
+        "outputFormat": "PNG",
+        "settings": settings,
+    }
+    async with await ProtocolClient.connect(f"ws://127.0.0.1:{port}", "bench") as client:
         start = time.perf_counter()
-        await ws.send(
-            json.dumps(
-                [
-                    {
-                        "taskType": "removeBackground",
-                        "taskUUID": str(uuid.uuid4()),
-                        "model": "u2netp",
-                        "inputs": {"image": base64.b64encode(image).decode()},
-                        "outputType": "base64Data",
-                        "outputFormat": "PNG",
-                        "settings": settings,
-                    }
-                ]
-            )
-        )
-        item = json.loads(await ws.recv())["data"][0]
-        return time.perf_counter() - start, base64.b64decode(item["imageBase64Data"])
+        await client.send([task])
+        found, _ = await client.answers([task_uuid])
+        answer = found[task_uuid]
+        if isinstance(answer, ErrorItem):
+            raise RuntimeError(f"the removal failed: {answer.code}: {answer.message}")
+        return time.perf_counter() - start, base64.b64decode(answer.imageBase64Data or "")
 
 
 def _fastest_removals(

@@ -2,7 +2,8 @@
 
 ``decode_frame`` turns one client frame into the tasks it holds and one error item for each task
 that cannot run (with its ``taskUUID`` whenever the client sent one, so that SDKs can route it).
-A task's siblings are unaffected by its error.
+A task's siblings are unaffected by its error. ``decode_answer_frame`` is the client's side:
+a frame from the service, read as ``AnswerFrame``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .messages import (
     DEFAULT_MODEL,
     OUTPUT_FORMATS,
     OUTPUT_TYPES,
+    AnswerFrame,
     Authenticate,
     AuthenticationRequest,
     BackgroundSettings,
@@ -44,6 +46,7 @@ __all__ = [
     "DecodedFrame",
     "decode_frame",
     "decode_leading_task",
+    "decode_answer_frame",
     "encode_data",
     "encode_errors",
     "encode_answer",
@@ -404,3 +407,12 @@ def decode_frame(data: bytes | str, max_elements: int | None = None) -> DecodedF
             )
         )
     return frame
+
+
+_answer_decoder = msgspec.json.Decoder(AnswerFrame)
+
+
+def decode_answer_frame(data: bytes | str) -> AnswerFrame:
+    """A frame from the service as a client reads it. Unlike the decoders of client frames this
+    one raises (msgspec.DecodeError): an answer that is not one is the service's bug."""
+    return _answer_decoder.decode(data)

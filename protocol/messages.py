@@ -17,7 +17,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .errors import ErrorItem
+
 __all__ = [
+    "AnswerItem",
+    "AnswerFrame",
     "OutputType",
     "OutputFormat",
     "DeliveryMethod",
@@ -291,6 +295,34 @@ class DataFrame(msgspec.Struct):
 
 class ErrorsFrame(msgspec.Struct):
     errors: list[Any]
+
+
+class AnswerItem(msgspec.Struct, omit_defaults=True):
+    """A client's view of one element of ``data``: any result above, its fields optional, so
+    that one struct reads every kind of answer (the taskType says which)."""
+
+    taskType: str
+    taskUUID: str | None = None
+    connectionSessionUUID: str | None = None
+    pong: bool | None = None
+    status: str | None = None
+    imageUUID: str | None = None
+    inputImageUUID: str | None = None
+    imageURL: str | None = None
+    imageBase64Data: str | None = None
+    imageDataURI: str | None = None
+    cost: float | None = None
+
+
+class AnswerFrame(msgspec.Struct):
+    """A client's view of one frame from the service: results, errors, or both."""
+
+    data: list[AnswerItem] = []
+    errors: list[ErrorItem] = []
+
+    def items(self) -> list[AnswerItem | ErrorItem]:
+        """Every item of the frame, results first."""
+        return [*self.data, *self.errors]
 
 
 class RestResponse(msgspec.Struct):

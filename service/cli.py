@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -27,13 +26,13 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import websockets
-
+from protocol.errors import ErrorItem
 from protocol.messages import parse_rgba
 
 from .config import ModelOverride
 from .inference.registry import parse_model_spec
 from .progress import StatusLine, bar
+from .protocol_client import ProtocolClient, Refused, Unreachable
 
 __all__ = ["main", "collect_inputs", "parse_colour"]
 
@@ -291,14 +290,12 @@ async def _remove(
         run.done += 1
 
     try:
-        connection = await websockets.connect(url, max_size=None, compression=None)
-    except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as error:
-        raise UsageError(f"cannot reach the service at {url}: {error}") from None
-    async with connection as ws:
-        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": args.api_key}]))
-        reply = json.loads(await ws.recv())
-        if "data" not in reply:
-            raise UsageError(f"authentication failed: {reply['errors'][0]['message']}")
+        client = await ProtocolClient.connect(url, args.api_key)
+    except Unreachable as error:
+        raise UsageError(str(error)) from None
+    except Refused as refused:
+        raise UsageError(f"authentication failed: {refused.error.message}") from None
+    async with client:
 
         async def send_all() -> None:
             while (job := await jobs.get()) is not None:
@@ -311,28 +308,26 @@ async def _remove(
                     continue
                 task = _task(args, image, settings)
                 pending[task["taskUUID"]] = job
-                await ws.send(json.dumps([task]))
+                await client.send([task])
 
         sending = asyncio.create_task(send_all())
         try:
             while not (sending.done() and not pending):
                 try:
-                    frame = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                    frame = await client.frame(1.0)
                 except TimeoutError:
                     continue
-                for kind in ("data", "errors"):
-                    for item in frame.get(kind, []):
-                        job = pending.pop(item.get("taskUUID"), None)
-                        if job is None:
-                            continue
-                        window.release()
-                        if kind == "errors":
-                            failed(job, f"{item['code']}: {item['message']}")
-                        else:
-                            await asyncio.to_thread(
-                                job.write, base64.b64decode(item["imageBase64Data"])
-                            )
-                            run.done += 1
+                for item in frame.items():
+                    job = pending.pop(item.taskUUID or "", None)
+                    if job is None:
+                        continue
+                    window.release()
+                    if isinstance(item, ErrorItem):
+                        failed(job, f"{item.code}: {item.message}")
+                    else:
+                        data = base64.b64decode(item.imageBase64Data or "")
+                        await asyncio.to_thread(job.write, data)
+                        run.done += 1
                 progress.update()
             await sending
         finally:

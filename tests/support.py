@@ -542,3 +542,16 @@ def progressive_jpeg(side: int, repeated_scans: int = 0) -> bytes:
     data = buffer.getvalue()
     last, end = data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
     return data[:end] + data[last:end] * repeated_scans + data[end:]
+
+
+def removal_task(image: str, model: str = "fast", **fields) -> dict:
+    """A removeBackground task of ``image`` (base64) on ``model``, PNG back as base64."""
+    return {
+        "taskType": "removeBackground",
+        "taskUUID": new_uuid(),
+        "model": model,
+        "inputs": {"image": image},
+        "outputType": "base64Data",
+        "outputFormat": "PNG",
+        **fields,
+    }

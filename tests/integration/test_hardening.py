@@ -29,6 +29,7 @@ from tests.support import (
     http_get,
     new_uuid,
     progressive_jpeg,
+    removal_task,
     start_server,
 )
 
@@ -50,15 +51,7 @@ SMALL = b64(small_png())
 
 def fast(image: str = SMALL, **fields) -> dict:
     """A removal on the stand-in model: costs next to nothing."""
-    return {
-        "taskType": "removeBackground",
-        "taskUUID": new_uuid(),
-        "model": "fast",
-        "inputs": {"image": image},
-        "outputType": "base64Data",
-        "outputFormat": "PNG",
-        **fields,
-    }
+    return removal_task(image, **fields)
 
 
 def png_claiming(width: int, height: int) -> bytes:
