@@ -14,7 +14,6 @@ import asyncio
 import base64
 import io
 import itertools
-import json
 import sys
 import time
 import uuid
@@ -23,8 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import websockets
 from PIL import Image
+
+from protocol.errors import ErrorItem
+from protocol.messages import AnswerItem
+from service.protocol_client import ProtocolClient
 
 from .stats import percentile, process_memory
 
@@ -118,11 +120,11 @@ class Report:
         }
 
 
-def _image_from_result(item: dict) -> bytes | None:
-    if "imageBase64Data" in item:
-        return base64.b64decode(item["imageBase64Data"])
-    if "imageDataURI" in item:
-        return base64.b64decode(item["imageDataURI"].split(",", 1)[1])
+def _image_from_result(item: AnswerItem) -> bytes | None:
+    if item.imageBase64Data is not None:
+        return base64.b64decode(item.imageBase64Data)
+    if item.imageDataURI is not None:
+        return base64.b64decode(item.imageDataURI.split(",", 1)[1])
     return None
 
 
@@ -193,11 +195,7 @@ async def _one_connection(
     window = asyncio.Semaphore(config.window if pacer is None else 1_000_000)
     done_sending = asyncio.Event()
 
-    async with websockets.connect(url, max_size=None, compression=None, open_timeout=30) as ws:
-        await ws.send(json.dumps([{"taskType": "authentication", "apiKey": config.api_key}]))
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if "data" not in reply:
-            raise RuntimeError(f"authentication failed: {reply}")
+    async with await ProtocolClient.connect(url, config.api_key) as client:
 
         def want_more() -> bool:
             if stop_at is not None:
@@ -229,12 +227,12 @@ async def _one_connection(
                     stats.sent += 1
                     if not stats.first_send:
                         stats.first_send = time.monotonic()
-                await ws.send(json.dumps(frame))
+                await client.send(frame)
             done_sending.set()
 
-        async def check(item: dict) -> None:
+        async def check(item: AnswerItem) -> None:
             if config.output_type == "URL" and config.fetch_urls:
-                async with http.get(item["imageURL"]) as response:
+                async with http.get(item.imageURL or "") as response:
                     data = await response.read() if response.status == 200 else b""
             else:
                 data = _image_from_result(item) or b""
@@ -243,27 +241,26 @@ async def _one_connection(
 
         async def receiver() -> None:
             while not (done_sending.is_set() and not pending):
-                frame = json.loads(await ws.recv())
+                frame = await client.frame()
                 now = time.monotonic()
-                for kind in ("data", "errors"):
-                    for item in frame.get(kind, []):
-                        task_uuid = item.get("taskUUID")
-                        if task_uuid in answered:
-                            stats.duplicated += 1
-                            continue
-                        if task_uuid not in pending:
-                            stats.cross_delivered += 1
-                            continue
-                        stats.latencies.append(now - pending.pop(task_uuid))
-                        answered.add(task_uuid)
-                        stats.last_answer = now
-                        if pacer is None:
-                            window.release()
-                        if kind == "errors":
-                            stats.errors[item.get("code", "unknown")] += 1
-                        else:
-                            stats.ok += 1
-                            await check(item)
+                for item in frame.items():
+                    task_uuid = item.taskUUID or ""
+                    if task_uuid in answered:
+                        stats.duplicated += 1
+                        continue
+                    if task_uuid not in pending:
+                        stats.cross_delivered += 1
+                        continue
+                    stats.latencies.append(now - pending.pop(task_uuid))
+                    answered.add(task_uuid)
+                    stats.last_answer = now
+                    if pacer is None:
+                        window.release()
+                    if isinstance(item, ErrorItem):
+                        stats.errors[item.code] += 1
+                    else:
+                        stats.ok += 1
+                        await check(item)
 
         receiving = asyncio.create_task(receiver())
         try:
@@ -304,28 +301,20 @@ async def run_idle(
     """Open ``connections`` sockets that only authenticate and ping; report the server's memory.
     ``url`` may name several servers, comma-separated: sockets go to each in turn."""
     before = process_memory(server_pid) if server_pid else None
-    sockets = []
+    sockets: list[ProtocolClient] = []
     failures = 0
     try:
         targets = itertools.cycle(LoadConfig(url, ()).urls())
         for _ in range(connections):
             try:
-                ws = await websockets.connect(next(targets), compression=None, open_timeout=30)
-                await ws.send(json.dumps([{"taskType": "authentication", "apiKey": api_key}]))
-                await asyncio.wait_for(ws.recv(), 30)
-                sockets.append(ws)
+                sockets.append(await ProtocolClient.connect(next(targets), api_key))
             except Exception:
                 failures += 1
         await asyncio.sleep(hold)
-        pongs = 0
-        for ws in sockets:
-            await ws.send(json.dumps([{"taskType": "ping", "ping": True}]))
-        for ws in sockets:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
-            pongs += frame.get("data", [{}])[0].get("pong") is True
+        pongs = sum(await asyncio.gather(*(client.ping() for client in sockets)))
         after = process_memory(server_pid) if server_pid else None
     finally:
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        await asyncio.gather(*(client.close() for client in sockets), return_exceptions=True)
     result: dict[str, Any] = {
         "connections_open": len(sockets),
         "connection_failures": failures,
