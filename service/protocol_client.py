@@ -37,9 +37,12 @@ class Refused(Exception):
 
 
 class ProtocolClient:
-    """One authenticated socket. Use ``connect``; ``async with`` closes it."""
+    """One socket to the service: ``connect`` opens and authenticates it; ``async with``
+    closes it."""
 
-    def __init__(self, websocket: Any, session_uuid: str) -> None:
+    def __init__(self, websocket: Any, session_uuid: str = "") -> None:
+        """Around an open ``websocket`` (authenticated already when ``session_uuid`` is given;
+        else ``authenticate`` comes next, or the protocol before authentication is tested)."""
         self.websocket = websocket
         self.session_uuid = session_uuid
 
@@ -61,21 +64,28 @@ class ProtocolClient:
             )
         except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as error:
             raise Unreachable(f"cannot reach the service at {url}: {error}") from None
-        authentication: dict[str, str] = {"taskType": "authentication", "apiKey": api_key}
-        if session_uuid is not None:
-            authentication["connectionSessionUUID"] = session_uuid
-        client = cls(websocket, "")
+        client = cls(websocket)
         try:
-            await client.send([authentication])
-            frame = await client.frame(timeout)
+            await client.authenticate(api_key, session_uuid, timeout)
         except BaseException:
             await websocket.close()
             raise
+        return client
+
+    async def authenticate(
+        self, api_key: str, session_uuid: str | None = None, timeout: float = 30.0
+    ) -> str:
+        """Authenticate (resuming ``session_uuid`` when given); the connectionSessionUUID.
+        Raises Refused with the service's error."""
+        authentication: dict[str, str] = {"taskType": "authentication", "apiKey": api_key}
+        if session_uuid is not None:
+            authentication["connectionSessionUUID"] = session_uuid
+        await self.send([authentication])
+        frame = await self.frame(timeout)
         for item in frame.data:
             if item.taskType == "authentication" and item.connectionSessionUUID:
-                client.session_uuid = item.connectionSessionUUID
-                return client
-        await websocket.close()
+                self.session_uuid = item.connectionSessionUUID
+                return self.session_uuid
         raise Refused(frame.errors[0] if frame.errors else ErrorItem("noAnswer", str(frame)))
 
     async def __aenter__(self) -> ProtocolClient:
