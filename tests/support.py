@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from service.net.loopback import free_port
+from service.protocol_client import ProtocolClient
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -487,13 +488,15 @@ class FakeClock:
 
 
 class Client:
-    """A real websockets client with helpers that read like the protocol."""
+    """A test's socket: the protocol client's sending side, and the raw JSON of each frame read
+    so that a test sees exactly what the service wrote."""
 
     def __init__(self, websocket) -> None:
         self.ws = websocket
+        self.protocol = ProtocolClient(websocket)
 
     async def send(self, *tasks: dict) -> None:
-        await self.ws.send(json.dumps(list(tasks)))
+        await self.protocol.send(tasks)
 
     async def send_raw(self, frame: str | bytes) -> None:
         await self.ws.send(frame)
@@ -502,9 +505,7 @@ class Client:
         return json.loads(await asyncio.wait_for(self.ws.recv(), timeout * UNIT))
 
     async def authenticate(self, api_key: str = "test-key") -> str:
-        await self.send({"taskType": "authentication", "apiKey": api_key})
-        reply = await self.recv()
-        return reply["data"][0]["connectionSessionUUID"]
+        return await self.protocol.authenticate(api_key, timeout=60 * UNIT)
 
     async def collect(self, task_uuids: list[str], timeout: float = 120) -> dict[str, dict]:
         """Read frames until every UUID has one item (data or error); keyed by taskUUID.
@@ -528,9 +529,7 @@ class Client:
         return (await self.collect([task["taskUUID"]], timeout))[task["taskUUID"]]
 
     async def ping(self) -> bool:
-        await self.send({"taskType": "ping", "ping": True})
-        reply = await self.recv()
-        return reply["data"][0]["pong"] is True
+        return await self.protocol.ping(timeout=60 * UNIT)
 
 
 def progressive_jpeg(side: int, repeated_scans: int = 0) -> bytes:
