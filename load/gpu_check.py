@@ -30,17 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import (
-    BENCH_DIR,
-    MODEL,
-    PHOTOS,
-    _batch_sums,
-    _cpu_seconds,
-    _replay_flags,
-    _replay_load,
-    _replay_model,
-    _service,
-)
+from .bench.processes import BENCH_DIR, MODEL, PHOTOS, batch_sums, cpu_seconds, service_process
+from .bench.replay import replay_flags, replay_load, replay_model
 from .harness import LoadConfig, run_load
 
 RAW_BATCHES = (1, 8, 16, 32)
@@ -190,16 +181,16 @@ def service_lines(flags: tuple[str, ...], model: str | None, tasks: int) -> list
     output type: throughput, latency, mean batch, server core-ms per image, GPU use."""
     image = (PHOTOS / "anime-girl-1.jpg").read_bytes()
     lines = []
-    port, server = _service(*flags)
+    port, server = service_process(*flags)
     with server as process:
         for output_type in ("base64Data", "URL"):
-            config = _replay_load(port, image, output_type, LOAD_SOCKETS, tasks, 2, model)
+            config = replay_load(port, image, output_type, LOAD_SOCKETS, tasks, 2, model)
             asyncio.run(run_load(LoadConfig(**{**vars(config), "tasks_per_connection": 1})))
-            batches_before, cpu_before = _batch_sums(port), _cpu_seconds(process.pid)
+            batches_before, cpu_before = batch_sums(port), cpu_seconds(process.pid)
             with GpuSampler() as gpu:
                 summary = asyncio.run(run_load(config)).summary()
-            batches = {k: v - batches_before[k] for k, v in _batch_sums(port).items()}
-            used = _cpu_seconds(process.pid) - cpu_before
+            batches = {k: v - batches_before[k] for k, v in batch_sums(port).items()}
+            used = cpu_seconds(process.pid) - cpu_before
             ok = max(summary["tasks_ok"], 1)
             latency = summary["latency_s"]
             lines.append(
@@ -252,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks = args.tasks_per_socket or 3
 
         def standin() -> list[str]:
-            _, replay = _replay_model(PHOTOS / "anime-girl-1.jpg")
-            return service_lines(_replay_flags(replay), "replay", tasks)
+            _, replay = replay_model(PHOTOS / "anime-girl-1.jpg")
+            return service_lines(replay_flags(replay), "replay", tasks)
 
         results.append(
             run_step(
