@@ -19,7 +19,7 @@ from .config import Config, ModelOverride
 from .inference.errors import ModelLoadError
 from .inference.families import FAMILIES
 from .inference.registry import parse_model_spec
-from .inference.simulated import parse_latency
+from .inference.simulated import parse_simulated_device
 from .scheduling.allocator import reuse_freed_memory
 
 ENV_PREFIX = "RBG_"
@@ -87,15 +87,16 @@ _SCALAR_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     (
         "--batches-in-flight",
         int,
-        "batches handed to the inference thread at once; with 2 the next batch waits there "
-        "and starts the moment the running one ends",
+        "batches handed to the device at once; with 2 the next batch is stacked while the "
+        "device runs one and starts the moment it ends (default: 2 on a GPU, 1 on the CPU)",
     ),
     (
         "--simulated-device",
         str,
-        "FIXED_MS,PER_IMAGE_MS[,GB_PER_S]: for benchmarks only, every model call takes this "
-        "long per batch (a GPU's latency, and the batch's bytes at that bandwidth), e.g. with "
-        "the stand-in model of load/standin.py",
+        "FIXED_MS,PER_IMAGE_MS[,GB_PER_S][@LOCK_FILE]: for benchmarks only, every model call "
+        "takes this long per batch (a GPU's latency, and the batch's bytes at that bandwidth), "
+        "e.g. with the stand-in model of load/standin.py; processes naming the same lock file "
+        "share one device",
     ),
     (
         "--socket-concurrency",
@@ -300,7 +301,7 @@ def config_from_args(argv: list[str] | None = None) -> Config:
         build_parser().error(f"--role must be all, gateway or worker, not {values['role']!r}")
     if values["simulated_device"] is not None:
         try:
-            parse_latency(values["simulated_device"])
+            parse_simulated_device(values["simulated_device"])
         except ValueError as error:
             build_parser().error(f"--simulated-device: {error}")
     return Config(**values)

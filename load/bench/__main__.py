@@ -13,6 +13,7 @@ from . import (
     distributed,
     matting,
     rembg_api,
+    shared_device,
     simulated_gpu,
     standin_device,
     throughput,
@@ -58,6 +59,11 @@ EXPERIMENTS: dict[str, Experiment] = {
         "the service feeding a simulated accelerator: what saturates first",
         simulated_gpu.run,
         simulated_gpu.lines,
+    ),
+    "shared-device": Experiment(
+        "one simulated GPU shared by one service process or two: batches and images/s",
+        shared_device.run,
+        shared_device.lines,
     ),
 }
 

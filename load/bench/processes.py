@@ -146,7 +146,7 @@ def cpu_seconds(pid: int) -> float:
 def cpu_by_role(pid: int) -> dict[str, float]:
     """CPU seconds of a service process by thread role (the OS thread names of
     service.scheduling.threads): the event loop (the main thread), CPU workers, the device's
-    inference threads, and the rest (I/O threads, runtimes' own)."""
+    inference and staging threads, and the rest (I/O threads, runtimes' own)."""
     roles: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -158,8 +158,8 @@ def cpu_by_role(pid: int) -> dict[str, float]:
             role = "event loop"
         elif name.startswith("cpu_"):
             role = "CPU workers"
-        elif name.startswith("infer-"):
-            role = "device thread"
+        elif name.startswith(("infer-", "stage-")):
+            role = "device threads"  # the inference call, and stacking the batch for it
         else:
             role = "other threads"
         roles[role] = roles.get(role, 0.0) + seconds

@@ -20,7 +20,7 @@ from protocol.messages import DEFAULT_MODEL, ModelInfo
 from ..config import Config, ModelOverride
 from .errors import ModelLoadError
 from .families import FAMILIES, FAMILY_BY_SIZE, Family
-from .simulated import SimulatedDevice, parse_latency
+from .simulated import SimulatedDevice, parse_simulated_device
 
 if TYPE_CHECKING:  # onnx and onnxruntime load with the first model, not with this module
     from .runtime import Runtime
@@ -146,10 +146,11 @@ def load_registry(config: Config) -> ModelRegistry:
                 options=options,
                 precision=config.precision,
                 max_batch=config.max_batch,
+                staging_buffers=config.batches_in_flight_on(accelerator=True),
             )
             if config.simulated_device:  # a benchmarking tool (inference/simulated.py)
-                latency = parse_latency(config.simulated_device)
-                runtimes[resolved] = SimulatedDevice(runtimes[resolved], latency)
+                latency, lock_file = parse_simulated_device(config.simulated_device)
+                runtimes[resolved] = SimulatedDevice(runtimes[resolved], latency, lock_file)
         runtime = runtimes[resolved]
         family = _family(runtime, family_name, model_id)
         models[model_id] = LoadedModel(model_id, runtime, family, model_id in stand_ins)

@@ -151,6 +151,7 @@ class OnnxModel:
         options: cuda.CudaOptions | None = None,
         precision: str = "fp32",
         max_batch: int | None = None,
+        staging_buffers: int = 1,
     ) -> None:
         _quiet_onnxruntime()
         model = with_symbolic_batch(onnx.load(str(path)))
@@ -189,7 +190,9 @@ class OnnxModel:
                     f"{path}: a CUDA session needs a model with a fixed input size"
                 )
             output_shape = self.inference_session.get_outputs()[0].shape
-            self._buffers = _BoundBuffers(self.preferred_batch, self.input_size, output_shape)
+            self._buffers = _BoundBuffers(
+                self.preferred_batch, self.input_size, output_shape, staging_buffers
+            )
             self.warm_up()
 
     def warm_up(self) -> dict[int, float]:
@@ -222,35 +225,52 @@ class OnnxModel:
 
 
 class _BoundBuffers:
-    """Page-locked input and output buffers of the largest batch, bound to a CUDA session; a
-    batch runs padded to the next size of ``batch_sizes`` (rows beyond it hold whatever the
-    last batch left, and their outputs are dropped)."""
+    """Page-locked buffers of the largest batch, bound to a CUDA session: ``inputs`` of them
+    for the input, taken in turn, so that the next batch is stacked into one while the device
+    reads another (batches in flight), and one for the output. A batch runs padded to the next
+    size of ``batch_sizes`` (rows beyond it hold whatever an earlier batch left, and their
+    outputs are dropped)."""
 
-    def __init__(self, max_batch: int, size: tuple[int, int], output_shape: list) -> None:
+    def __init__(
+        self, max_batch: int, size: tuple[int, int], output_shape: list, inputs: int = 1
+    ) -> None:
         self.sizes = batch_sizes(max_batch)
-        self.input = np.zeros((max_batch, 3, *size), np.float32)
+        self.inputs = [np.zeros((max_batch, 3, *size), np.float32) for _ in range(inputs)]
+        self._next_input = 0
         tail = output_shape[1:]
         fixed = all(isinstance(d, int) for d in tail)
         self.output = np.zeros((max_batch, *tail), np.float32) if fixed else None
-        self.pinned = cuda.pin(self.input) and (self.output is None or cuda.pin(self.output))
+        self.pinned = all(cuda.pin(buffer) for buffer in self.inputs) and (
+            self.output is None or cuda.pin(self.output)
+        )
         if not self.pinned:
             log.warning("page-locked host buffers refused: copies to the GPU go through staging")
 
     def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        view = self.input[: len(images)]
+        """The images stacked into the next input buffer in turn (called from one thread)."""
+        buffer = self.inputs[self._next_input]
+        self._next_input = (self._next_input + 1) % len(self.inputs)
+        view = buffer[: len(images)]
         np.stack(images, out=view)
         return view
 
     def _padded(self, count: int) -> int:
         return next(size for size in self.sizes if size >= count)
 
+    def _holding(self, batch: np.ndarray) -> np.ndarray:
+        """The input buffer that holds ``batch`` (stacked there), or the first one, ``batch``
+        copied into it (a batch from elsewhere: the warm-up's, before any is in flight)."""
+        for buffer in self.inputs:
+            if np.shares_memory(batch, buffer):
+                return buffer
+        self.inputs[0][: len(batch)] = batch
+        return self.inputs[0]
+
     def run(self, model: OnnxModel, batch: np.ndarray) -> np.ndarray:
         count = len(batch)
-        if not np.shares_memory(batch, self.input):
-            self.input[:count] = batch
         rows = self._padded(count)
         binding = model.inference_session.io_binding()
-        source = self.input[:rows]
+        source = self._holding(batch)[:rows]
         binding.bind_input(
             model.input_name, "cpu", 0, np.float32, list(source.shape), source.ctypes.data
         )
@@ -348,8 +368,10 @@ def load_runtime(
     options: cuda.CudaOptions | None = None,
     precision: str = "fp32",
     max_batch: int | None = None,
+    staging_buffers: int = 1,
 ) -> Runtime:
-    """The runtime of ``select_runtime``'s ``kind`` for ``path``."""
+    """The runtime of ``select_runtime``'s ``kind`` for ``path``; on CUDA with
+    ``staging_buffers`` page-locked input buffers (one per batch in flight)."""
     if kind == "openvino":
         return OpenVinoModel(path, threads=threads)
     if kind == "cuda":
@@ -359,6 +381,7 @@ def load_runtime(
             options=options or cuda.CudaOptions(),
             precision=precision,
             max_batch=max_batch,
+            staging_buffers=staging_buffers,
         )
     if kind == "onnxruntime":
         return OnnxModel(path, threads=threads, precision=precision)

@@ -7,13 +7,20 @@ with the images. The wait is a sleep, which releases the GIL, as a real device's
 It exists so that the CPU work around the model, the micro-batcher and the event loop can be
 measured as a GPU host would run them (docs/performance.md, docs/models.md); it is only ever
 made by ``--simulated-device``.
+
+Processes given the same lock file share one simulated device, as processes sharing one GPU
+do: a call holds the file's lock for its whole latency, so one process's batch waits while
+another's runs (a GPU time-slices contexts; their kernels do not overlap).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["DeviceLatency", "SimulatedDevice", "parse_latency"]
+__all__ = ["DeviceLatency", "SimulatedDevice", "parse_latency", "parse_simulated_device"]
 
 
 @dataclass(frozen=True)
@@ -54,15 +61,27 @@ def parse_latency(text: str) -> DeviceLatency:
     return DeviceLatency(values[0] / 1000, values[1] / 1000, bandwidth)
 
 
+def parse_simulated_device(text: str) -> tuple[DeviceLatency, Path | None]:
+    """ "FIXED_MS,PER_IMAGE_MS[,GB_PER_S][@LOCK_FILE]": the latency, and the lock file that
+    processes sharing the device name (None: this process's device alone)."""
+    latency, at, lock_file = text.partition("@")
+    if at and not lock_file:
+        raise ValueError(f"expected a lock file after '@': {text!r}")
+    return parse_latency(latency), Path(lock_file) if lock_file else None
+
+
 class SimulatedDevice:
     """``inner`` with a GPU's batch latency; batches of up to 16, as on CUDA."""
 
     on_gpu = False  # nothing here runs on a GPU
     preferred_batch = 16
 
-    def __init__(self, inner: Runtime, latency: DeviceLatency) -> None:
+    def __init__(
+        self, inner: Runtime, latency: DeviceLatency, lock_file: Path | None = None
+    ) -> None:
         self._inner = inner
         self._latency = latency
+        self._lock = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600) if lock_file else None
         self.path = inner.path
         self.input_size = inner.input_size
         transfer = (
@@ -70,15 +89,25 @@ class SimulatedDevice:
             if latency.bytes_per_second
             else ""
         )
+        shared = f", shared through {lock_file}" if lock_file else ""
         self.provider = (
             f"simulated device ({latency.fixed * 1000:g} ms + {latency.per_image * 1000:g} ms"
-            f" per image{transfer}) over {inner.provider}"
+            f" per image{transfer}{shared}) over {inner.provider}"
         )
 
     def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return self._inner.stack(images)
 
     def infer_batch(self, batch: np.ndarray) -> np.ndarray:
+        if self._lock is None:
+            return self._run(batch)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # another process's batch may be running
+        try:
+            return self._run(batch)
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
         outputs = self._inner.infer_batch(batch)
         moved = batch.nbytes + outputs.nbytes

@@ -3,8 +3,10 @@
 A batch forms from whatever is queued, up to ``max_batch`` images; when fewer are waiting it
 waits at most ``max_wait`` seconds for more. Images are taken round-robin across their clients
 (sockets), one per client per turn, so a socket that queued 100 images delays another socket's
-single image by at most one batch. Inference runs on the batcher's own thread (the runtime
-parallelises inside one call); the event loop only moves arrays and futures.
+single image by at most one batch. A batch is stacked on the batcher's staging thread and
+inferred on its inference thread (the runtime parallelises inside one call), so that with two
+batches in flight the next one is stacked while the device runs the current one; the event loop
+only moves arrays and futures.
 
 Time is injectable (``clock`` and ``sleep``) so that tests drive max_wait without real waiting.
 """
@@ -43,16 +45,17 @@ class MicroBatcher:
     Args:
         infer: float32[N,...] -> float32[N,...], one output per input, in order.
         stack: N single inputs into the batch ``infer`` takes (the runtime's own, e.g. into
-            its page-locked buffer); it runs on the inference thread, not on the event loop.
+            one of its page-locked buffers); it runs on the staging thread, not on the event
+            loop, one batch after another.
         max_batch: the most images one call receives.
         max_wait: seconds to wait for a batch to fill once one image is queued.
-        executor: where ``infer`` runs; by default a thread of its own.
+        executor: where ``infer`` runs; by default a thread of its own. ``stack`` runs on a
+            second thread of its own, or on ``executor`` when one is given.
         clock / sleep: the event loop's time and asyncio.sleep unless a test injects others.
         on_batch: called with (images, seconds) after each inference call (metrics).
-        in_flight: batches handed to the inference thread at once. With 2, the next batch is
-            collected and queued behind the running one, so the device starts it the moment
-            the first ends, without waiting for the event loop; a socket's image then waits
-            behind up to two batches (docs/decisions/0012).
+        in_flight: batches handed over at once. With 2, the next batch is collected and
+            stacked while the device runs the current one, and starts the moment it ends; a
+            socket's image then waits behind up to two batches (docs/decisions/0012).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._executor = executor or named_pool(1, f"infer-{name}")
+        self._staging = executor or named_pool(1, f"stage-{name}")
         self._clock = clock
         self._sleep = sleep
         self._on_batch = on_batch  # (images, seconds) after each inference call
@@ -140,11 +144,10 @@ class MicroBatcher:
             batch.extend(self._take_round_robin(self.max_batch - len(batch)))
         return batch
 
-    def _stack_and_infer(self, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
-        """The batch's outputs and the seconds inference took (stacking not included)."""
-        stacked = self._stack(tensors)
+    def _timed_infer(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """The batch's outputs and the seconds inference took."""
         started = time.perf_counter()
-        return self._infer(stacked), time.perf_counter() - started
+        return self._infer(batch), time.perf_counter() - started
 
     async def _run(self) -> None:
         slots = asyncio.Semaphore(self.in_flight)
@@ -169,12 +172,15 @@ class MicroBatcher:
                 task.cancel()
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        """One batch through the inference thread (batches run there one at a time, in the
-        order they were handed over), its outputs to its futures."""
+        """One batch stacked on the staging thread, then inferred on the inference thread
+        (batches pass each one at a time, in the order they were handed over), its outputs to
+        its futures."""
+        loop = asyncio.get_running_loop()
         try:
             tensors = [pending.tensor for pending in batch]
-            outputs, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._stack_and_infer, tensors
+            stacked = await loop.run_in_executor(self._staging, self._stack, tensors)
+            outputs, seconds = await loop.run_in_executor(
+                self._executor, self._timed_infer, stacked
             )
             if self._on_batch is not None:
                 self._on_batch(len(batch), seconds)

@@ -192,3 +192,30 @@ async def test_clients_take_turns_within_a_batch():
     await asyncio.wait_for(asyncio.gather(*tasks), 30)
     assert seen[:4] == [1, 10, 20, 2] and seen[4] == 3
     await batcher.stop()
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_with_two_in_flight_the_next_batch_is_stacked_while_one_runs(in_flight):
+    """The device must not wait for the next batch's stacking: with two batches in flight the
+    second is stacked on the staging thread while the first is still inferring; with one it
+    is not even collected until the first has ended."""
+    model = GatedModel()
+    stacked: list[int] = []
+    stacked_second = threading.Event()
+
+    def stack(images):
+        stacked.append(len(images))
+        if len(stacked) == 2:
+            stacked_second.set()
+        return np.stack(images)
+
+    batcher = MicroBatcher(model, stack=stack, max_batch=1, max_wait=0.0, in_flight=in_flight)
+    tasks = [asyncio.create_task(batcher.submit(np.full(1, float(i)))) for i in range(3)]
+    await wait_entered(model)  # the first batch is on the device, held there
+    staged = await asyncio.to_thread(stacked_second.wait, 2 if in_flight == 2 else 0.3)
+    assert staged == (in_flight == 2)
+    assert model.calls == [1]  # the second batch waits for the device, stacked or not
+    model.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert [float(r[0]) for r in results] == [0.0, 2.0, 4.0]
+    await batcher.stop()

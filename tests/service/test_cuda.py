@@ -78,13 +78,34 @@ def test_bound_buffers_pad_a_batch_and_return_only_its_rows():
     rng = np.random.default_rng(0)
     images = [rng.standard_normal((3, 320, 320)).astype(np.float32) for _ in range(3)]
     batch = buffers.stack(images)
-    assert np.shares_memory(batch, buffers.input) and len(batch) == 3
+    assert np.shares_memory(batch, buffers.inputs[0]) and len(batch) == 3
     outputs = buffers.run(model, batch)
     assert outputs.shape == (3, 320, 320)
     expected = model.infer_batch(np.stack(images))
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
     buffers.run(model, buffers.stack(images[:1]))
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
+
+
+def test_two_input_buffers_let_the_next_batch_be_staged_while_one_runs():
+    """With two batches in flight the second is stacked while the first runs: stacks take the
+    buffers in turn, and each batch runs from its own, so neither overwrites the other."""
+    model = OnnxModel(MODEL, threads=1)
+    shape = model.inference_session.get_outputs()[0].shape
+    buffers = _BoundBuffers(4, (320, 320), shape, inputs=2)
+    rng = np.random.default_rng(1)
+    first_images = [rng.standard_normal((3, 320, 320)).astype(np.float32) for _ in range(2)]
+    second_images = [rng.standard_normal((3, 320, 320)).astype(np.float32) for _ in range(2)]
+    first, second = buffers.stack(first_images), buffers.stack(second_images)
+    assert np.shares_memory(first, buffers.inputs[0])
+    assert np.shares_memory(second, buffers.inputs[1])
+    np.testing.assert_allclose(
+        buffers.run(model, first), model.infer_batch(np.stack(first_images)), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        buffers.run(model, second), model.infer_batch(np.stack(second_images)), atol=1e-5
+    )
+    assert np.shares_memory(buffers.stack(first_images[:1]), buffers.inputs[0])
 
 
 def _masks(model: OnnxModel, photo: Path) -> np.ndarray:

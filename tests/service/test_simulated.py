@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.inference.simulated import DeviceLatency, SimulatedDevice, parse_latency
+from service.inference.simulated import (
+    DeviceLatency,
+    SimulatedDevice,
+    parse_latency,
+    parse_simulated_device,
+)
 from service.scheduling.threads import named_pool
 
 
@@ -63,6 +68,37 @@ def test_a_latency_is_read_in_milliseconds_and_a_bandwidth_in_gigabytes():
     assert parse_latency("3,0.5,12") == DeviceLatency(0.003, 0.0005, bytes_per_second=12e9)
 
 
+def test_a_lock_file_is_read_after_the_latency():
+    assert parse_simulated_device("3,0.5") == (DeviceLatency(0.003, 0.0005), None)
+    latency, lock_file = parse_simulated_device("3,0.5,12@/tmp/gpu0.lock")
+    assert latency == DeviceLatency(0.003, 0.0005, 12e9) and lock_file == Path("/tmp/gpu0.lock")
+    with pytest.raises(ValueError):
+        parse_simulated_device("3,0.5@")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_devices_naming_one_lock_file_run_one_call_at_a_time(tmp_path, shared):
+    """Two devices (each its own open file, as two processes have) calling at once: with one
+    lock file the second call waits for the first, so both take twice the latency; without,
+    they overlap."""
+    latency = DeviceLatency(fixed=0.2, per_image=0.0)
+    lock_files = [tmp_path / "gpu.lock"] * 2 if shared else [None, None]
+    devices = [SimulatedDevice(Echo(), latency, lock_file) for lock_file in lock_files]
+    batch = np.zeros((1, 3, 4, 4), np.float32)
+    started = time.perf_counter()
+    runners = [threading.Thread(target=d.infer_batch, args=(batch,)) for d in devices]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    elapsed = time.perf_counter() - started
+    if shared:
+        assert elapsed >= 0.4
+        assert "shared through" in devices[0].provider
+    else:
+        assert elapsed < 0.4
+
+
 def test_the_transfer_stage_adds_the_bytes_moved_at_the_bandwidth():
     latency = DeviceLatency(fixed=0.003, per_image=0.001, bytes_per_second=1e9)
     assert latency.of(4, moved_bytes=2_000_000) == pytest.approx(0.003 + 0.004 + 0.002)
@@ -78,3 +114,18 @@ def test_pool_threads_carry_their_names_into_the_os():
 def _os_name() -> str:
     time.sleep(0.01)
     return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("configured", "accelerator", "expected"),
+    [(None, True, 2), (None, False, 1), (1, True, 1), (3, False, 3)],
+)
+def test_two_batches_are_in_flight_by_default_only_on_an_accelerator(
+    configured, accelerator, expected
+):
+    """On a GPU (or the simulated one) the next batch is stacked while one runs
+    (docs/decisions/0012); on the CPU one at a time; --batches-in-flight decides when given."""
+    from service.__main__ import config_from_args
+
+    argv = [] if configured is None else ["--batches-in-flight", str(configured)]
+    assert config_from_args(argv).batches_in_flight_on(accelerator) == expected
