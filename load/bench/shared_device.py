@@ -3,11 +3,11 @@ its own inference session, as the distributed mode's workers on one GPU host hav
 batches and fewer images/s than one process owning it?
 
 The 1024 replay graph (family isnet) behind a simulated device whose calls all take one lock
-file, so that the processes' batches take turns on it as contexts do on a GPU. Two latencies,
-from decisions/0012: one where the CPU side is the limit, one where the device is. Each layout
-on the same two cores: one process with 2 CPU workers and one batch in flight, the same with
-two (the next batch stacked while the device runs one), and two processes with 1 CPU worker
-each, the sockets split between them."""
+file, so that the processes' batches take turns on it as contexts do on a GPU. Two latencies
+of decisions/0012, a faster and a slower device. Each layout on the same two cores: one process
+with 2 CPU workers, and two processes with 1 CPU worker each (the sockets split between them),
+each with one batch in flight and with two (the next batch stacked while the device runs
+one)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from .replay import replay_flags, replay_load, replay_model
 LATENCIES = ((5.0, 12.0, 12.0), (5.0, 25.0, 12.0))
 SOCKETS, TASKS, WINDOW = 16, 25, 4
 # (processes, CPU workers each, batches in flight in each)
-LAYOUTS = ((1, 2, 1), (1, 2, 2), (2, 1, 1))
+LAYOUTS = ((1, 2, 1), (1, 2, 2), (2, 1, 1), (2, 1, 2))
 
 
 def run(options: Options) -> dict:
