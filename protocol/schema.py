@@ -22,7 +22,7 @@ from .messages import (
     RestResponse,
 )
 
-__all__ = ["json_schema", "asyncapi", "openapi"]
+__all__ = ["json_schema", "asyncapi", "openapi", "operations"]
 
 _REF = "#/$defs/{name}"
 _TITLE = "Runware background-removal WebSocket protocol (rembg-stream subset)"
@@ -393,6 +393,16 @@ def _paths(open_rembg_api: bool) -> dict[str, Any]:
             }
         },
     }
+
+
+def operations(open_rembg_api: bool = False) -> list[tuple[str, str, str]]:
+    """Every HTTP route the OpenAPI document declares, as (METHOD, path, operationId): the one
+    declaration the server's router is built from (paths in ``{name}`` template form)."""
+    return [
+        (method.upper(), path, operation["operationId"])
+        for path, methods in _paths(open_rembg_api).items()
+        for method, operation in methods.items()
+    ]
 
 
 def _socket_server(base_url: str) -> dict[str, str]:

@@ -1,6 +1,9 @@
 """WebSocket and plain HTTP on one port: the routes and the listening socket.
 
-Routes (aiohttp serves both kinds of request on the one port):
+Each HTTP route is declared once, in the OpenAPI document of ``protocol.schema``
+(``operations``: method, path, operationId); the router is built from it, each operationId
+bound to its handler here, so the document and the server cannot drift apart, and aiohttp
+answers 404 and 405 (with Allow) itself. The routes (one port for both kinds of request):
 - ``POST /v1``: the REST twin (``rest``): a JSON array of tasks in, all answers out;
 - ``GET|POST /api/remove``: rembg's HTTP API (``rembg_api``): an image in, the PNG out;
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
@@ -26,6 +29,7 @@ import http
 import importlib.util
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -33,7 +37,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol.messages import UUID_CORE, ModelList
-from protocol.schema import asyncapi, openapi
+from protocol.schema import asyncapi, openapi, operations
 
 from ..config import Config
 from ..imaging.formats import CONTENT_TYPES
@@ -46,7 +50,7 @@ from .websocket import Connection
 
 __all__ = ["Listener", "start_server"]
 
-_IMAGE_PATH = re.compile(rf"^/images/(?P<uuid>{UUID_CORE})\.(?P<ext>[a-z]{{3,4}})$")
+_IMAGE_NAME = re.compile(rf"^(?P<uuid>{UUID_CORE})\.(?P<ext>[a-z]{{3,4}})$")
 _SERVER = "rembg-stream"
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
 _STATIC = Path(__file__).resolve().parent / "static"
@@ -104,10 +108,10 @@ def _text(status: http.HTTPStatus, text: str, extra: dict[str, str] | None = Non
     return _response(status, (text + "\n").encode(), "text/plain; charset=utf-8", extra)
 
 
-async def _image(context: ServerContext, path: str) -> web.Response | None:
-    match = _IMAGE_PATH.match(path)
+async def _image(context: ServerContext, name: str) -> web.Response:
+    match = _IMAGE_NAME.match(name)
     if match is None:
-        return None
+        return _text(http.HTTPStatus.NOT_FOUND, "not found")
     loaded = await context.store.load(match["uuid"])
     if loaded is None or loaded[0].extension != match["ext"]:
         return _text(http.HTTPStatus.NOT_FOUND, "no such image (unknown or expired)")
@@ -133,38 +137,101 @@ async def _models(context: ServerContext) -> web.Response:
     )
 
 
-async def _page_or_probe(
-    context: ServerContext, path: str, documents: dict[str, bytes]
-) -> web.Response:
-    if path == "/v1/models":
+def _readiness(context: ServerContext) -> web.Response:
+    reason = context.unready_because()
+    if reason is not None:
+        return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, reason)
+    return _text(http.HTTPStatus.OK, "ready")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _handlers(context: ServerContext) -> dict[str, Handler]:
+    """The handler of each operationId of the OpenAPI document (``protocol.schema``), which
+    declares every HTTP route's method and path once; the router is built from it."""
+    documents = _documents(context.config)
+
+    def fixed(response: Callable[[], web.Response]) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return response()
+
+        return handle
+
+    def document(path: str) -> Handler:
+        return fixed(lambda: _response(http.HTTPStatus.OK, documents[path], "application/json"))
+
+    async def rest(request: web.Request) -> web.StreamResponse:
+        return await answer_rest_request(context, request)
+
+    async def rembg(request: web.Request) -> web.StreamResponse:
+        return await answer_rembg_request(context, request)
+
+    async def models(request: web.Request) -> web.StreamResponse:
         return await _models(context)
-    if path in documents:
-        return _response(http.HTTPStatus.OK, documents[path], "application/json")
-    if path in _DOCS or path in _SAMPLES:
-        body, content_type = _DOCS.get(path) or _SAMPLES[path]
+
+    async def image(request: web.Request) -> web.StreamResponse:
+        return await _image(context, request.match_info["name"])
+
+    return {
+        "runTasks": rest,
+        "removeFromUrl": rembg,
+        "removeFromUpload": rembg,
+        "listModels": models,
+        "getImage": image,
+        "health": fixed(lambda: _text(http.HTTPStatus.OK, "ok")),
+        "ready": fixed(lambda: _readiness(context)),
+        "metrics": fixed(
+            lambda: _response(
+                http.HTTPStatus.OK,
+                context.metrics.exposition(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        ),
+        "openapi": document("/openapi.json"),
+        "asyncapi": document("/asyncapi.json"),
+        "docs": _asset(*_DOCS["/docs"]),
+        "page": _asset(_PAGE, "text/html; charset=utf-8"),
+    }
+
+
+def _asset(body: bytes, content_type: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
         return _response(http.HTTPStatus.OK, body, content_type, {"Cache-Control": "no-cache"})
-    if path == "/docs/":  # relative links in the page resolve from /docs
+
+    return handle
+
+
+# HEAD would run a removal: only the GETs that merely read answer it.
+_NO_HEAD = frozenset({"removeFromUrl"})
+
+
+def _add_routes(router: web.UrlDispatcher, context: ServerContext) -> None:
+    """Every route of the OpenAPI document with its handler, then the page's and the docs'
+    files (assets, not API operations). aiohttp answers 404 and 405 (with Allow) itself."""
+    handlers = _handlers(context)
+    for method, path, operation_id in operations(context.config.open_rembg_api):
+        handler = handlers.pop(operation_id, None)
+        if handler is None:
+            raise RuntimeError(f"no handler for {method} {path} ({operation_id})")
+        if method == "GET":
+            router.add_get(path, handler, allow_head=operation_id not in _NO_HEAD)
+        else:
+            router.add_route(method, path, handler)
+    if handlers:
+        raise RuntimeError(f"handlers without a route in the document: {sorted(handlers)}")
+    router.add_get("/index.html", _asset(_PAGE, "text/html; charset=utf-8"))
+    for path, (body, content_type) in {**_DOCS, **_SAMPLES}.items():
+        if path != "/docs":
+            router.add_get(path, _asset(body, content_type))
+
+    async def docs_folder(request: web.Request) -> web.StreamResponse:
+        # relative links in the page resolve from /docs
         return web.Response(
             status=http.HTTPStatus.PERMANENT_REDIRECT.value, headers={"Location": "../docs"}
         )
-    if path in ("/", "/index.html"):
-        return _response(
-            http.HTTPStatus.OK, _PAGE, "text/html; charset=utf-8", {"Cache-Control": "no-cache"}
-        )
-    if path == "/healthz":
-        return _text(http.HTTPStatus.OK, "ok")
-    if path == "/readyz":
-        reason = context.unready_because()
-        if reason is not None:
-            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, reason)
-        return _text(http.HTTPStatus.OK, "ready")
-    if path == "/metrics":
-        return _response(
-            http.HTTPStatus.OK,
-            context.metrics.exposition(),
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
-    return await _image(context, path) or _text(http.HTTPStatus.NOT_FOUND, "not found")
+
+    router.add_get("/docs/", docs_folder)
 
 
 async def _websocket(context: ServerContext, request: web.Request) -> web.StreamResponse:
@@ -235,12 +302,18 @@ class Listener:
         await self._runner.cleanup()
 
 
+# The routes that serve clients; a worker process has none (its gateways do).
+_CLIENT_PATHS = frozenset({"/v1", "/api/remove"})
+
+
 async def start_server(context: ServerContext) -> Listener:
     config = context.config
     origins = _allowed_origins(config)
-    documents = _documents(config)
 
-    async def route(request: web.Request) -> web.StreamResponse:
+    @web.middleware
+    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """What holds on every path before its route: the Origin check, CORS preflights, and
+        WebSocket handshakes (on any path)."""
         # Browsers send Origin; a page from anywhere else may neither open a socket nor POST
         # tasks. Clients that send no Origin (SDKs, curl) are not browsers and pass.
         # Plain GETs (the page, images, probes) stay open to any page, as images are meant to be.
@@ -251,35 +324,15 @@ async def start_server(context: ServerContext) -> Listener:
             return _text(http.HTTPStatus.FORBIDDEN, "this Origin may not use the service")
         if request.method == "OPTIONS" and origin is not None:  # a CORS preflight
             return web.Response(status=http.HTTPStatus.NO_CONTENT.value, headers=_PREFLIGHT)
-        if not config.serves_clients and (upgrade or request.path in ("/v1", "/api/remove")):
+        if not config.serves_clients and (upgrade or request.path in _CLIENT_PATHS):
             return _text(
                 http.HTTPStatus.NOT_FOUND, "this process is a worker: connect to a gateway"
             )
         if upgrade:
             return await _websocket(context, request)
-        if request.path == "/v1":
-            if request.method != "POST":
-                return _text(
-                    http.HTTPStatus.METHOD_NOT_ALLOWED,
-                    "POST a JSON array of tasks",
-                    {"Allow": "POST"},
-                )
-            return await answer_rest_request(context, request)
-        if request.path == "/api/remove":
-            if request.method not in ("GET", "POST"):
-                return _text(
-                    http.HTTPStatus.METHOD_NOT_ALLOWED,
-                    "GET with ?url= or POST a multipart file",
-                    {"Allow": "GET, POST"},
-                )
-            return await answer_rembg_request(context, request)
-        if request.method not in ("GET", "HEAD"):
-            return _text(
-                http.HTTPStatus.METHOD_NOT_ALLOWED, "only GET here", {"Allow": "GET, HEAD"}
-            )
-        return await _page_or_probe(context, request.path, documents)
+        return await handler(request)
 
-    application = web.Application(client_max_size=config.frame_error_bytes + 1)
+    application = web.Application(client_max_size=config.frame_error_bytes + 1, middlewares=[gate])
     server_log = logging.getLogger("aiohttp.server")
     if _PARSE_ERRORS not in server_log.filters:
         server_log.addFilter(_PARSE_ERRORS)
@@ -292,7 +345,7 @@ async def start_server(context: ServerContext) -> Listener:
             response.headers["Vary"] = "Origin"
 
     application.on_response_prepare.append(name_the_server)
-    application.router.add_route("*", "/{path:.*}", route)
+    _add_routes(application.router, context)
     # No access log: a line per request would cost more than a cached probe answer. A graceful
     # stop has drained the tasks before the runner shuts down; what is still open 5 s later is cut.
     # aiohttp's keep-alive timer also runs from the moment a connection opens: a peer that has

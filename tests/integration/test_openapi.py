@@ -101,3 +101,22 @@ def test_the_asyncapi_document_validates_with_asyncapis_own_parser(
     target = server if public_url is None else fast_server_with("--public-url", public_url)
     parsed = run_js("validate_asyncapi.mjs", f"{target.http_url}/asyncapi.json", timeout=120)
     assert parsed == {"ok": True, "channels": 1}
+
+
+def test_the_router_serves_each_declared_method_and_refuses_the_others_with_allow(server):
+    """The server's routes are built from the document: each path answers the methods the
+    document gives it (never 404 or 405), and any other method gets aiohttp's 405 naming them
+    in Allow."""
+    for path, methods in DOCUMENT["paths"].items():
+        if path == "/images/{name}":
+            path = f"/images/{uuid.uuid4()}.png"
+        declared = {method.upper() for method in methods}
+        if "GET" in declared and path != "/api/remove":
+            status = http_get(f"{server.http_url}{path}")[0]
+            assert status not in (404, 405) or path.startswith("/images/"), (path, status)
+        refused = http_request(
+            urllib.request.Request(f"{server.http_url}{path}", data=b"", method="DELETE")
+        )
+        assert refused[0] == 405, path
+        allowed = {method.strip() for method in refused[1]["Allow"].split(",")}
+        assert declared <= allowed <= declared | {"HEAD"}, (path, allowed)
