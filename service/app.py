@@ -24,7 +24,7 @@ from .cluster.results import RedisResultsBook
 from .config import Config
 from .imaging import pipeline
 from .inference.registry import ModelRegistry, load_registry
-from .matting import threads as matting_threads
+from .matting import cores as matting_cores
 from .metrics import Metrics
 from .net.delivery import WebhookSender
 from .net.outbound import OutboundHttp
@@ -60,13 +60,15 @@ class App:
         self, config: Config, registry: ModelRegistry, clock: Callable[[], float] = time.time
     ) -> None:
         pipeline.use_own_pixel_limit()
-        matting_threads.use_cores(config.worker_count())  # not every core the machine has
+        matting_cores.use_cores(config.cpu_worker_count())  # not every core the machine has
         self.config = config
         self.registry = registry
         self.metrics = Metrics()
         for model in registry:
             self.metrics.serve_model(model.id, model.runtime.provider)
-        self.cpu = FairExecutor(config.worker_count(), name="cpu")  # decode/resize/matting/encode
+        self.cpu = FairExecutor(
+            config.cpu_worker_count(), name="cpu"
+        )  # decode/resize/matting/encode
         self.store = _image_store(config, clock)
         self.http = OutboundHttp(
             allow_private=config.allow_private_urls,

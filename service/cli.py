@@ -98,7 +98,7 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 @dataclass(frozen=True)
-class Job:
+class Removal:
     """One image to cut out: where it comes from (a file, or stdin), where its cutout goes."""
 
     source: Path | None  # None: stdin
@@ -122,7 +122,7 @@ class Job:
         os.replace(partial, self.target)  # a watcher of the folder never sees half a file
 
 
-class Destinations:
+class OutputPaths:
     """Where the cutout of each input goes, by ``--out``: beside the input (NAME.out.png),
     into a folder (NAME.png, folders given keep their subfolders), one file, or stdout."""
 
@@ -144,17 +144,17 @@ class Destinations:
             raise UsageError("- (stdin) must be the only input")
         self._roots = [Path(i) for i in inputs if i != STDIO and Path(i).is_dir()]
 
-    def job(self, source: Path | None) -> Job:
+    def removal(self, source: Path | None) -> Removal:
         if self._stdout:
-            return Job(source, None)
+            return Removal(source, None)
         if source is None:  # stdin into a file or folder
             target = self._file or (self._folder or Path.cwd()) / f"stdin{self._suffix}"
-            return Job(None, target)
+            return Removal(None, target)
         if self._file is not None:
-            return Job(source, self._file)
+            return Removal(source, self._file)
         if self._folder is not None:
-            return Job(source, self._folder / self._relative(source).with_suffix(self._suffix))
-        return Job(source, source.with_name(source.stem + OUTPUT_MARK + self._suffix))
+            return Removal(source, self._folder / self._relative(source).with_suffix(self._suffix))
+        return Removal(source, source.with_name(source.stem + OUTPUT_MARK + self._suffix))
 
     def _relative(self, source: Path) -> Path:
         for root in self._roots:
@@ -163,14 +163,14 @@ class Destinations:
         return Path(source.name)
 
 
-def _refuse_collisions(jobs: Iterable[Job]) -> None:
+def _refuse_collisions(removals: Iterable[Removal]) -> None:
     """Two inputs whose cutouts would land on one file (colA/x.jpg and colB/x.jpg into one
     --out folder, a.jpg and a.png beside each other): refused before any work, --force or not,
     since one cutout would silently replace the other."""
     sources: dict[Path, list[str]] = {}
-    for job in jobs:
-        if job.target is not None:
-            sources.setdefault(job.target.resolve(), []).append(job.name)
+    for removal in removals:
+        if removal.target is not None:
+            sources.setdefault(removal.target.resolve(), []).append(removal.name)
     clashes = [(target, names) for target, names in sources.items() if len(names) > 1]
     if clashes:
         shown = "; ".join(f"{', '.join(names)} -> {target}" for target, names in clashes[:5])
@@ -181,8 +181,12 @@ def _refuse_collisions(jobs: Iterable[Job]) -> None:
         )
 
 
-def _refuse_overwrites(jobs: Iterable[Job]) -> None:
-    existing = [str(job.target) for job in jobs if job.target is not None and job.target.exists()]
+def _refuse_overwrites(removals: Iterable[Removal]) -> None:
+    existing = [
+        str(removal.target)
+        for removal in removals
+        if removal.target is not None and removal.target.exists()
+    ]
     if existing:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if existing[3:] else "")
         raise UsageError(f"would overwrite {shown}; pass --force to replace")
@@ -276,17 +280,17 @@ def _task(args: argparse.Namespace, image: bytes, settings: dict) -> dict:
 
 
 async def _remove(
-    args: argparse.Namespace, jobs: asyncio.Queue[Job | None], run: _Run, url: str
+    args: argparse.Namespace, removals: asyncio.Queue[Removal | None], run: _Run, url: str
 ) -> None:
-    """Cut out every job the queue gives until it gives None, over one socket, ``--window``
+    """Cut out every removal the queue gives until it gives None, over one socket, ``--window``
     images in flight; each cutout is written as it arrives."""
     settings = _settings(args)
-    pending: dict[str, Job] = {}
+    pending: dict[str, Removal] = {}
     window = asyncio.Semaphore(args.window)
     progress = _Progress(run, args.quiet or args.out == STDIO)
 
-    def failed(job: Job, reason: str) -> None:
-        run.failures.append((job.name, reason))
+    def failed(removal: Removal, reason: str) -> None:
+        run.failures.append((removal.name, reason))
         run.done += 1
 
     try:
@@ -298,16 +302,16 @@ async def _remove(
     async with client:
 
         async def send_all() -> None:
-            while (job := await jobs.get()) is not None:
+            while (removal := await removals.get()) is not None:
                 await window.acquire()
                 try:
-                    image = await asyncio.to_thread(job.read)
+                    image = await asyncio.to_thread(removal.read)
                 except OSError as error:
                     window.release()
-                    failed(job, str(error))
+                    failed(removal, str(error))
                     continue
                 task = _task(args, image, settings)
-                pending[task["taskUUID"]] = job
+                pending[task["taskUUID"]] = removal
                 await client.send([task])
 
         sending = asyncio.create_task(send_all())
@@ -318,15 +322,15 @@ async def _remove(
                 except TimeoutError:
                     continue
                 for item in frame.items():
-                    job = pending.pop(item.taskUUID or "", None)
-                    if job is None:
+                    removal = pending.pop(item.taskUUID or "", None)
+                    if removal is None:
                         continue
                     window.release()
                     if isinstance(item, ErrorItem):
-                        failed(job, f"{item.code}: {item.message}")
+                        failed(removal, f"{item.code}: {item.message}")
                     else:
                         data = base64.b64decode(item.imageBase64Data or "")
-                        await asyncio.to_thread(job.write, data)
+                        await asyncio.to_thread(removal.write, data)
                         run.done += 1
                 progress.update()
             await sending
@@ -338,8 +342,8 @@ async def _remove(
 async def _watch(
     folders: list[Path],
     recursive: bool,
-    job_for: Callable[[Path], Job],
-    jobs: asyncio.Queue,
+    removal_for: Callable[[Path], Removal],
+    removals: asyncio.Queue,
     seen: set[Path],
 ) -> None:
     """Queue each image that appears in ``folders`` and is not in ``seen`` (those already
@@ -356,7 +360,7 @@ async def _watch(
                 if sizes.get(path) == size and size > 0:
                     seen.add(path)
                     del sizes[path]
-                    await jobs.put(job_for(path))
+                    await removals.put(removal_for(path))
                 else:
                     sizes[path] = size
 
@@ -455,16 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class _Plan:
-    destinations: Destinations
-    jobs: list[Job]  # the images there when the command was given
+    outputs: OutputPaths
+    removals: list[Removal]  # the images there when the command was given
     folders: list[Path]  # the folders to watch with --watch
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
-    """The jobs for what is there now, and the folders to watch: every usage error is found
+    """The removals for what is there now, and the folders to watch: every usage error is found
     here, before a service starts and anything is sent."""
     names = [str(i) for i in args.inputs]
-    destinations = Destinations(args.out, OUTPUT_SUFFIXES[args.format], names)
+    outputs = OutputPaths(args.out, OUTPUT_SUFFIXES[args.format], names)
     missing = [n for n in names if n != STDIO and not Path(n).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -472,40 +476,40 @@ def _plan(args: argparse.Namespace) -> _Plan:
     if args.watch and (not folders or len(folders) != len(names)):
         raise UsageError("--watch takes folders only")
     if names == [STDIO]:
-        jobs = [destinations.job(None)]
+        removals = [outputs.removal(None)]
     else:
-        jobs = [
-            destinations.job(p) for p in collect_inputs([Path(n) for n in names], args.recursive)
+        removals = [
+            outputs.removal(p) for p in collect_inputs([Path(n) for n in names], args.recursive)
         ]
-    _refuse_collisions(jobs)
+    _refuse_collisions(removals)
     if not args.force:
-        _refuse_overwrites(jobs)
-    return _Plan(destinations, jobs, folders)
+        _refuse_overwrites(removals)
+    return _Plan(outputs, removals, folders)
 
 
 async def _run(args: argparse.Namespace, url: str, plan: _Plan) -> _Run:
-    run = _Run(total=None if args.watch else len(plan.jobs))
-    jobs: asyncio.Queue[Job | None] = asyncio.Queue()
-    for job in plan.jobs:
-        jobs.put_nowait(job)
+    run = _Run(total=None if args.watch else len(plan.removals))
+    removals: asyncio.Queue[Removal | None] = asyncio.Queue()
+    for removal in plan.removals:
+        removals.put_nowait(removal)
     if not args.watch:
-        jobs.put_nowait(None)
-        await _remove(args, jobs, run, url)
+        removals.put_nowait(None)
+        await _remove(args, removals, run, url)
         return run
-    planned_sources = {job.source for job in plan.jobs if job.source is not None}
+    planned_sources = {removal.source for removal in plan.removals if removal.source is not None}
     watching = asyncio.create_task(
-        _watch(plan.folders, args.recursive, plan.destinations.job, jobs, planned_sources)
+        _watch(plan.folders, args.recursive, plan.outputs.removal, removals, planned_sources)
     )
 
     def stop() -> None:  # Ctrl-C or SIGTERM: finish what was sent, then report
         watching.cancel()
-        jobs.put_nowait(None)
+        removals.put_nowait(None)
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop)
     try:
-        await _remove(args, jobs, run, url)
+        await _remove(args, removals, run, url)
     finally:
         watching.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):

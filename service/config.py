@@ -136,7 +136,7 @@ class Config:
             return self.working_memory_bytes
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
-    def worker_count(self) -> int:
+    def cpu_worker_count(self) -> int:
         return self.cpu_workers or os.cpu_count() or 1
 
     def batches_in_flight_on(self, accelerator: bool) -> int:

@@ -27,8 +27,8 @@ from scipy import ndimage
 
 from protocol.messages import BackgroundSettings
 
+from .cores import side_by_side
 from .errors import UnsolvableTrimap
-from .threads import side_by_side
 
 # numba, pymatting and our kernels (system, solver, foreground) load on first use:
 # they take about a second to import, which plain removals, the CLI and the tests that never

@@ -35,7 +35,7 @@ import numpy as np
 from numba import types
 from numba.extending import get_cython_function_address
 
-from .threads import side_by_side
+from .cores import side_by_side
 
 __all__ = ["DirectPlan", "NotPositiveDefinite", "plan_direct", "solve_direct"]
 
@@ -484,7 +484,7 @@ def solve_direct(
 ) -> np.ndarray:
     """Solve ``matrix`` (CSR, in its own numbering) x = rhs, exactly, as the plan says.
 
-    ``side_by_side(first, second)`` runs the two chains (``threads.side_by_side``; a
+    ``side_by_side(first, second)`` runs the two chains (``cores.side_by_side``; a
     test runs them one after the other instead). Raises NotPositiveDefinite where a block is not (to
     rounding): the caller solves iteratively then.
     """

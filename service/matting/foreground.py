@@ -22,7 +22,7 @@ import threading
 import numba
 import numpy as np
 
-from .threads import side_by_side
+from .cores import side_by_side
 
 __all__ = ["estimate_foreground", "rgba_bytes"]
 

@@ -37,9 +37,9 @@ import numba
 import numpy as np
 import scipy.sparse
 
+from .cores import side_by_side
 from .direct import NotPositiveDefinite, plan_direct, solve_direct
 from .errors import UnsolvableTrimap
-from .threads import side_by_side
 
 __all__ = [
     "BandSplit",

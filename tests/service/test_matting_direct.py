@@ -8,10 +8,10 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from service.matting import solver as matting_solver
+from service.matting.cores import side_by_side
 from service.matting.direct import NotPositiveDefinite, plan_direct, solve_direct
 from service.matting.solver import band_levels, solve_band
 from service.matting.system import band_system
-from service.matting.threads import side_by_side
 from tests.service.test_matting_solver import band
 
 

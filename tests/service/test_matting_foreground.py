@@ -51,15 +51,15 @@ def test_rgba_bytes_are_rembgs_stack_scale_clip_and_truncation():
 
 
 def recorded_side_by_side(monkeypatch) -> list:
-    """Records each level that ran its sweeps side by side (through matting_threads)."""
+    """Records each level that ran its sweeps side by side (through matting_cores)."""
+    from service.matting import cores as matting_cores
     from service.matting import foreground as matting_foreground
-    from service.matting import threads as matting_threads
 
     calls = []
 
     def recording(first, second):
         calls.append(1)
-        return matting_threads.side_by_side(first, second)
+        return matting_cores.side_by_side(first, second)
 
     monkeypatch.setattr(matting_foreground, "side_by_side", recording)
     return calls
@@ -74,11 +74,11 @@ def test_a_big_level_runs_its_two_sweeps_side_by_side_and_is_still_pymattings(mo
 
 
 def test_with_the_helper_busy_the_sweeps_run_one_after_the_other_to_the_same_bits(monkeypatch):
-    from service.matting import threads as matting_threads
+    from service.matting import cores as matting_cores
 
-    helpers = matting_threads._Helpers(2)
+    helpers = matting_cores._Helpers(2)
     helpers.idle.acquire()  # as when another matting job holds the only helper
-    monkeypatch.setattr(matting_threads, "_helpers", helpers)
+    monkeypatch.setattr(matting_cores, "_helpers", helpers)
     calls = recorded_side_by_side(monkeypatch)
     image, alpha = random_matte(6, (320, 400))
     assert np.array_equal(estimate_foreground(image, alpha), estimate_foreground_ml(image, alpha))

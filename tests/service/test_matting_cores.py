@@ -1,10 +1,10 @@
-"""service.matting.threads: the helpers follow --cpu-workers, not the machine's core count."""
+"""service.matting.cores: the helpers follow --cpu-workers, not the machine's core count."""
 
 from __future__ import annotations
 
 import threading
 
-from service.matting import threads
+from service.matting import cores
 
 
 def _where() -> str:
@@ -13,15 +13,15 @@ def _where() -> str:
 
 def test_one_core_runs_both_parts_on_the_callers_thread_two_use_a_helper():
     try:
-        threads.use_cores(1)
-        first, second = threads.side_by_side(_where, _where)
+        cores.use_cores(1)
+        first, second = cores.side_by_side(_where, _where)
         assert first == second == threading.current_thread().name
-        threads.use_cores(2)
-        first, second = threads.side_by_side(_where, _where)
+        cores.use_cores(2)
+        first, second = cores.side_by_side(_where, _where)
         assert first == threading.current_thread().name
         assert second.startswith("matting-half")
     finally:
-        threads.use_cores(2)
+        cores.use_cores(2)
 
 
 def _scipy_openblas():
@@ -41,5 +41,5 @@ def test_the_composition_roots_core_count_gives_blas_one_thread():
     blas = _scipy_openblas()
     blas.scipy_openblas_set_num_threads(2)
     assert blas.scipy_openblas_get_num_threads() == 2
-    threads.use_cores(2)
+    cores.use_cores(2)
     assert blas.scipy_openblas_get_num_threads() == 1

@@ -1,4 +1,5 @@
-"""Two parts of one matting computation at once: the caller's thread and an idle helper.
+"""The cores matting uses (``use_cores``, from --cpu-workers): two parts of one matting
+computation at once, on the caller's thread and an idle helper.
 
 The matting kernels split their work in two (the solves' halves and chains, the foreground's
 two sweeps) and run the second part on a helper thread while the caller runs the first. When
