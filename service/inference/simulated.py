@@ -18,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,10 +77,19 @@ class SimulatedDevice:
     preferred_batch = 16
 
     def __init__(
-        self, inner: Runtime, latency: DeviceLatency, lock_file: Path | None = None
+        self,
+        inner: Runtime,
+        latency: DeviceLatency,
+        lock_file: Path | None = None,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``clock`` and ``sleep`` are the real ones unless a test drives time itself."""
         self._inner = inner
         self._latency = latency
+        self._clock = clock
+        self._sleep = sleep
         self._lock = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600) if lock_file else None
         self.path = inner.path
         self.input_size = inner.input_size
@@ -108,10 +117,10 @@ class SimulatedDevice:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
+        started = self._clock()
         outputs = self._inner.infer_batch(batch)
         moved = batch.nbytes + outputs.nbytes
-        remaining = self._latency.of(len(batch), moved) - (time.perf_counter() - started)
+        remaining = self._latency.of(len(batch), moved) - (self._clock() - started)
         if remaining > 0:
-            time.sleep(remaining)
+            self._sleep(remaining)
         return outputs

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from load.stats import process_memory
 from tests.support import FIXTURES, ROOT, UNIT
 
 
@@ -101,4 +102,11 @@ def test_idle_connections_report_the_servers_memory(server):
     )
     result = json.loads(out)
     assert code == 0 and result["connections_open"] == 50 and result["pongs"] == 50
-    assert "bytes_per_connection" in result
+    before, after = result["server_memory_before"], result["server_memory_after"]
+    # The server's own /proc figures, read while the sockets were open: its RSS then lies
+    # between a fresh server's and its peak, and the growth is what the two readings differ by.
+    now = process_memory(server.process.pid)
+    assert 10 * 2**20 < before["rss"] <= after["peak_rss"] <= now["peak_rss"]
+    assert result["rss_growth_bytes"] == after["rss"] - before["rss"]
+    assert result["bytes_per_connection"] == result["rss_growth_bytes"] // 50
+    assert result["bytes_per_connection"] < 2**20  # an idle socket costs kilobytes, not MiB

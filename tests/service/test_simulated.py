@@ -29,15 +29,52 @@ class Echo:
         return batch[:, 0]
 
 
+class DeviceClock:
+    """The device's time: it moves when the device sleeps, or when the inner model "runs"."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def test_a_batch_takes_the_fixed_time_plus_the_per_image_time_and_passes_outputs_through():
-    device = SimulatedDevice(Echo(), DeviceLatency(fixed=0.02, per_image=0.01))
+    clock = DeviceClock()
+    latency = DeviceLatency(fixed=0.02, per_image=0.01)
+    device = SimulatedDevice(Echo(), latency, clock=clock, sleep=clock.sleep)
     batch = np.random.default_rng(0).random((5, 3, 4, 4), dtype=np.float32)
-    started = time.perf_counter()
     outputs = device.infer_batch(batch)
-    assert time.perf_counter() - started >= 0.02 + 5 * 0.01
+    assert clock.now == pytest.approx(0.02 + 5 * 0.01) and len(clock.slept) == 1
     assert np.array_equal(outputs, batch[:, 0])
     assert device.preferred_batch == 16 and not device.on_gpu
     assert "simulated device (20 ms + 10 ms per image) over echo" == device.provider
+
+
+def test_the_inner_models_own_time_counts_towards_the_latency():
+    """The wait is what is left of t(N) after the wrapped model's own run, none if it ran
+    longer."""
+    clock = DeviceClock()
+
+    class Slow(Echo):
+        cost = 0.0  # seconds each run takes on the device's clock
+
+        def infer_batch(self, batch: np.ndarray) -> np.ndarray:
+            clock.now += self.cost
+            return batch[:, 0]
+
+    inner = Slow()
+    device = SimulatedDevice(inner, DeviceLatency(0.05, 0.0), clock=clock, sleep=clock.sleep)
+    inner.cost = 0.03
+    device.infer_batch(np.zeros((1, 3, 4, 4), np.float32))
+    inner.cost = 0.08
+    device.infer_batch(np.zeros((1, 3, 4, 4), np.float32))
+    assert clock.slept == [pytest.approx(0.02)] and clock.now == pytest.approx(0.13)
 
 
 def test_the_wait_lets_other_threads_run():
