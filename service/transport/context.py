@@ -108,6 +108,11 @@ class KeyGuesses:
             if not self._recent(address):
                 del self._failures[address]
 
+    def __len__(self) -> int:
+        """The addresses remembered (each with at most ``per_minute`` failures): what this
+        costs in memory."""
+        return len(self._failures)
+
 
 @dataclass(frozen=True)
 class ServerContext:

@@ -176,15 +176,13 @@ async def test_round_robin_across_clients_bounds_the_wait_of_a_small_socket(in_f
 async def test_clients_take_turns_within_a_batch():
     model = GatedModel()
     model.gate.set()
-    batcher = MicroBatcher(model, max_batch=4, max_wait=0.001)
     seen: list[float] = []
-    original = model.__call__
 
     def record(batch):
         seen.extend(float(v[0]) for v in batch)
-        return original(batch)
+        return model(batch)
 
-    batcher._infer = record
+    batcher = MicroBatcher(record, max_batch=4, max_wait=0.001)
     tasks = [
         asyncio.create_task(batcher.submit(np.full(1, v), client=o))
         for o, v in [("a", 1), ("a", 2), ("a", 3), ("b", 10), ("c", 20)]

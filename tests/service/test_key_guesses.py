@@ -24,7 +24,7 @@ def test_memory_holds_only_the_last_minute():
     for n in range(1000):
         guesses.failed(f"10.0.{n // 256}.{n % 256}")
         guesses.failed("10.9.9.9")
-    assert len(guesses._failures["10.9.9.9"]) == 2
+    assert len(guesses) == 1000 + 1
     clock.now += 61
     guesses.sweep()
-    assert guesses._failures == {}
+    assert len(guesses) == 0
