@@ -50,7 +50,7 @@ class Code:
     FORBIDDEN_URL = "forbiddenURL"
     TASK_NOT_FOUND = "taskNotFound"
     UPLOAD_FAILED = "uploadFailed"
-    FRAME_TOO_LARGE = "frameTooLarge"
+    FRAME_TOO_LARGE = "frameTooLarge"  # a frame: a socket message, or a POST /v1 body
     TOO_MANY_TASKS = "tooManyTasks"
     TOO_MANY_TASKS_IN_FLIGHT = "tooManyTasksInFlight"
     TOO_MANY_CONNECTIONS = "tooManyConnections"
