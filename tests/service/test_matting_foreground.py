@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -74,12 +77,39 @@ def test_a_big_level_runs_its_two_sweeps_side_by_side_and_is_still_pymattings(mo
 
 
 def test_with_the_helper_busy_the_sweeps_run_one_after_the_other_to_the_same_bits(monkeypatch):
+    """Two cores: one helper, which another matting job holds (its second part waits on it)."""
     from service.matting import cores as matting_cores
 
-    helpers = matting_cores._Helpers(2)
-    helpers.idle.acquire()  # as when another matting job holds the only helper
-    monkeypatch.setattr(matting_cores, "_helpers", helpers)
-    calls = recorded_side_by_side(monkeypatch)
-    image, alpha = random_matte(6, (320, 400))
-    assert np.array_equal(estimate_foreground(image, alpha), estimate_foreground_ml(image, alpha))
-    assert calls == [1]
+    matting_cores.use_cores(2)
+    release, holding = threading.Event(), threading.Event()
+
+    def hold_the_helper() -> None:
+        holding.set()
+        release.wait(30)
+
+    other_job = threading.Thread(
+        target=matting_cores.side_by_side, args=(lambda: release.wait(30), hold_the_helper)
+    )
+    other_job.start()
+    try:
+        assert holding.wait(30)
+        from service.matting import foreground as matting_foreground
+
+        second_ran_on: list[threading.Thread] = []
+
+        def recording(first, second):
+            def recorded_second():
+                second_ran_on.append(threading.current_thread())
+                return second()
+
+            return matting_cores.side_by_side(first, recorded_second)
+
+        monkeypatch.setattr(matting_foreground, "side_by_side", recording)
+        image, alpha = random_matte(6, (320, 400))
+        ours = estimate_foreground(image, alpha)
+        assert second_ran_on == [threading.current_thread()]  # after the first, on this thread
+        assert np.array_equal(ours, estimate_foreground_ml(image, alpha))
+    finally:
+        release.set()
+        other_job.join()
+        matting_cores.use_cores(os.cpu_count() or 1)
