@@ -452,10 +452,10 @@ def _factorise(
     return IncompleteCholesky(values, rows, starts, ends, split)
 
 
-def _within_cap(rooms: list[int]) -> list[int]:
-    """The rooms, scaled down together if they add up to more than pymatting's cap."""
+def _within_cap(rooms: list[int], cap: int) -> list[int]:
+    """The rooms, scaled down together if they add up to more than ``cap``."""
     total = sum(rooms)
-    return rooms if total <= _MAX_NNZ else [room * _MAX_NNZ // total for room in rooms]
+    return rooms if total <= cap else [room * cap // total for room in rooms]
 
 
 def incomplete_cholesky(
@@ -463,14 +463,15 @@ def incomplete_cholesky(
     split: tuple[int, int] | None = None,
     discard_threshold: float = DISCARD_THRESHOLD,
     first_fill: int = _FIRST_FILL,
+    max_nonzeros: int = _MAX_NNZ,
 ) -> IncompleteCholesky:
     """pymatting's ``ichol`` (same shifts, same factor), without its printed warnings.
 
     ``split`` (first half, second half) says how the rows are numbered (see ``split_band``);
     without it the whole matrix is one half. Room for each part of the factor starts at
     ``first_fill`` times its columns' nonzeros (the separator's columns may fill in whole), and
-    grows to pymatting's cap if the factor needs more. Raises ValueError where pymatting's
-    does, so that matting falls back as rembg's would.
+    grows to ``max_nonzeros`` (pymatting's cap) if the factor needs more. Raises ValueError
+    where pymatting's does, so that matting falls back as rembg's would.
     """
     matrix = matrix.tocsc()
     matrix.sum_duplicates()  # canonical: sorted row indices, as the factorisation expects
@@ -484,16 +485,16 @@ def incomplete_cholesky(
         whole = columns * (columns + 1) // 2 if part == 2 else 0
         nonzeros = int(column_nonzeros[bounds[part] : bounds[part + 1]].sum())
         rooms.append(first_fill * nonzeros + columns + whole)
-    rooms = _within_cap(rooms)
+    rooms = _within_cap(rooms, max_nonzeros)
     shifts = list(_SHIFTS)
     while shifts:
         factor = _factorise(matrix, split, shifts[0], discard_threshold, rooms)
         if isinstance(factor, IncompleteCholesky):
             return factor
         if factor == -2:  # out of room: the same shift again, with more room, up to the cap
-            if sum(rooms) > _MAX_NNZ - len(rooms):  # at the cap, but for rounding
+            if sum(rooms) > max_nonzeros - len(rooms):  # at the cap, but for rounding
                 raise UnsolvableTrimap("the incomplete Cholesky factor outgrew its bound")
-            rooms = _within_cap([4 * room + size for room in rooms])
+            rooms = _within_cap([4 * room + size for room in rooms], max_nonzeros)
             continue
         shifts.pop(0)  # -1: a pivot was not positive; pymatting's next shift
     raise UnsolvableTrimap("the matting system stayed indefinite under every diagonal shift")
