@@ -25,14 +25,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .bench.processes import BENCH_DIR, MODEL, PHOTOS, batch_sums, cpu_seconds, service_process
 from .bench.replay import replay_flags, replay_load, replay_model
-from .harness import LoadConfig, run_load
+from .harness import run_load
 
 RAW_BATCHES = (1, 8, 16, 32)
 LOAD_SOCKETS = 32
@@ -185,7 +185,7 @@ def service_lines(flags: tuple[str, ...], model: str | None, tasks: int) -> list
     with server as process:
         for output_type in ("base64Data", "URL"):
             config = replay_load(port, image, output_type, LOAD_SOCKETS, tasks, 2, model)
-            asyncio.run(run_load(LoadConfig(**{**vars(config), "tasks_per_connection": 1})))
+            asyncio.run(run_load(replace(config, tasks_per_connection=1)))
             batches_before, cpu_before = batch_sums(port), cpu_seconds(process.pid)
             with GpuSampler() as gpu:
                 summary = asyncio.run(run_load(config)).summary()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 
 from service.inference.families import FAMILIES  # plain data: no model runtime
+from service.inference.simulated import parse_latency
 
 from ..harness import LoadConfig, run_load
 from .experiment import Options
@@ -43,7 +45,8 @@ def _layout(
     replay, image: bytes, latency: tuple, processes: int, workers: int, in_flight: int
 ) -> dict:
     lock_file = BENCH_DIR / "simulated-gpu.lock"
-    device = ",".join(f"{value:g}" for value in latency) + f"@{lock_file}"
+    latency_text = ",".join(f"{value:g}" for value in latency)
+    device = f"{latency_text}@{lock_file}"
     flags = (*replay_flags(replay, "isnet"), "--simulated-device", device)
     flags += ("--cpu-workers", str(workers), "--batches-in-flight", str(in_flight))
     with contextlib.ExitStack() as stack:
@@ -55,20 +58,19 @@ def _layout(
         loads = [
             replay_load(port, image, "URL", SOCKETS // processes, TASKS, WINDOW) for port in ports
         ]
-        asyncio.run(
-            _together([LoadConfig(**{**vars(c), "tasks_per_connection": 2}) for c in loads])
-        )
+        asyncio.run(_together([dataclasses.replace(c, tasks_per_connection=2) for c in loads]))
         before = [batch_sums(port) for port in ports]
         started = time.perf_counter()
         summaries = asyncio.run(_together(loads))
         wall = time.perf_counter() - started
         after = [batch_sums(port) for port in ports]
-    images = sum(a["images"] - b["images"] for a, b in zip(after, before, strict=True))
-    calls = sum(a["calls"] - b["calls"] for a, b in zip(after, before, strict=True))
-    fixed, per_image, gb_per_s = latency
-    # The device's own time from the calls it ran (the lock's waits are not device work).
+    images = int(sum(a["images"] - b["images"] for a, b in zip(after, before, strict=True)))
+    calls = int(sum(a["calls"] - b["calls"] for a, b in zip(after, before, strict=True)))
+    # The device's own time, t(N) of every call it ran, read as the service reads the flag
+    # (the lock's waits are not device work): one fixed part per call, the rest per image.
+    device_latency = parse_latency(latency_text)
     moved = images * 4 * (3 + 1) * FAMILIES["isnet"].size ** 2  # f32 input planes and mask
-    device_s = (calls * fixed + images * per_image) / 1000 + moved / (gb_per_s * 1e9)
+    device_s = device_latency.of(images, moved) + (calls - 1) * device_latency.fixed
     ok = sum(s["tasks_ok"] for s in summaries)
     return {
         "latency_ms": list(latency),

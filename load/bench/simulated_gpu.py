@@ -5,11 +5,12 @@ workers and the GIL were, to name the resource that saturates first."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from pathlib import Path
 
-from ..harness import LoadConfig, run_load
+from ..harness import run_load
 from .experiment import Options
 from .processes import PHOTOS, batch_sums, cpu_by_role, gil_fraction, gil_held, service_process
 from .replay import replay_flags, replay_load, replay_model
@@ -34,7 +35,7 @@ def _photo(image: Path, workers: int | None = None) -> dict:
     config = replay_load(port, image.read_bytes(), "URL", 16, 60, 4)
     spy_seconds = 5.0
     with server as process:
-        asyncio.run(run_load(LoadConfig(**{**vars(config), "tasks_per_connection": 4})))
+        asyncio.run(run_load(dataclasses.replace(config, tasks_per_connection=4)))
         cpu_before, batches_before = cpu_by_role(process.pid), batch_sums(port)
         started = time.perf_counter()
         spy = gil_held(process.pid, spy_seconds)

@@ -8,12 +8,13 @@ load generator's own core-ms per image, since it shares the machine's cores with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
 from service.inference.families import FAMILIES  # plain data: no model runtime
 
-from ..harness import LoadConfig, run_load
+from ..harness import run_load
 from .experiment import Options
 from .processes import PHOTOS, cpu_seconds, service_process
 from .replay import replay_flags, replay_load, replay_model
@@ -37,7 +38,7 @@ def _family(images: list[Path], family: str, tasks_per_socket: int = 30) -> dict
                 port, server = service_process(*flags, "--cpu-workers", str(workers))
                 with server as process:
                     config = replay_load(port, image, output_type, 8, tasks_per_socket, 2)
-                    asyncio.run(run_load(LoadConfig(**{**vars(config), "connections": 2})))
+                    asyncio.run(run_load(dataclasses.replace(config, connections=2)))
                     before, client_before = cpu_seconds(process.pid), time.process_time()
                     summary = asyncio.run(run_load(config)).summary()
                     used = cpu_seconds(process.pid) - before
