@@ -66,9 +66,8 @@ class App:
         self.metrics = Metrics()
         for model in registry:
             self.metrics.serve_model(model.id, model.runtime.provider)
-        self.cpu = FairExecutor(
-            config.cpu_worker_count(), name="cpu"
-        )  # decode/resize/matting/encode
+        # decode, resize, matting and encode
+        self.cpu = FairExecutor(config.cpu_worker_count(), name="cpu")
         self.store = _image_store(config, clock)
         self.http = OutboundHttp(
             allow_private=config.allow_private_urls,

@@ -55,6 +55,7 @@ _SERVER = "rembg-stream"
 # The browser page: plain HTML and JS, no build step, nothing from a CDN.
 _STATIC = Path(__file__).resolve().parent / "static"
 _PAGE = (_STATIC / "index.html").read_bytes()
+_HTML = "text/html; charset=utf-8"
 
 
 def _swagger_ui_files() -> Path:
@@ -67,9 +68,10 @@ def _swagger_ui_files() -> Path:
 
 
 _SWAGGER_UI = _swagger_ui_files()
-# /docs: interactive documentation of /openapi.json, every file from an installed package.
-_DOCS = {
-    "/docs": ((_STATIC / "docs.html").read_bytes(), "text/html; charset=utf-8"),
+# /docs: interactive documentation of /openapi.json; the files its page loads, every one from an
+# installed package.
+_DOCS_PAGE = (_STATIC / "docs.html").read_bytes()
+_DOCS_FILES = {
     "/docs/init.js": ((_STATIC / "docs-init.js").read_bytes(), "text/javascript"),
     "/docs/swagger-ui-bundle.js": (
         (_SWAGGER_UI / "swagger-ui-bundle.js").read_bytes(),
@@ -190,8 +192,8 @@ def _handlers(context: ServerContext) -> dict[str, Handler]:
         ),
         "openapi": document("/openapi.json"),
         "asyncapi": document("/asyncapi.json"),
-        "docs": _asset(*_DOCS["/docs"]),
-        "page": _asset(_PAGE, "text/html; charset=utf-8"),
+        "docs": _asset(_DOCS_PAGE, _HTML),
+        "page": _asset(_PAGE, _HTML),
     }
 
 
@@ -220,10 +222,9 @@ def _add_routes(router: web.UrlDispatcher, context: ServerContext) -> None:
             router.add_route(method, path, handler)
     if handlers:
         raise RuntimeError(f"handlers without a route in the document: {sorted(handlers)}")
-    router.add_get("/index.html", _asset(_PAGE, "text/html; charset=utf-8"))
-    for path, (body, content_type) in {**_DOCS, **_SAMPLES}.items():
-        if path != "/docs":
-            router.add_get(path, _asset(body, content_type))
+    router.add_get("/index.html", _asset(_PAGE, _HTML))
+    for path, (body, content_type) in {**_DOCS_FILES, **_SAMPLES}.items():
+        router.add_get(path, _asset(body, content_type))
 
     async def docs_folder(request: web.Request) -> web.StreamResponse:
         # relative links in the page resolve from /docs
