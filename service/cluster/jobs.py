@@ -337,10 +337,10 @@ class Worker:
             await self._done(entry_id)
             return
         task = job.task
-        # whom the CPU pool and the batcher take turns between: the client session, if any
-        client = job.handover.outbox_key if job.handover else job.scope
+        # on a worker, the lanes the CPU pool and the batcher take turns between are client sessions
+        lane = job.handover.outbox_key if job.handover else job.scope
         try:
-            result = await self._processor.remove_background(task, job.scope, client)
+            result = await self._processor.remove_background(task, job.scope, lane)
         except Exception as error:
             await self._end(job, error_item_for(task, error))
         else:

@@ -1,8 +1,8 @@
 """The micro-batcher: one per model runtime, one future per image, batches run one at a time, fair.
 
 A batch forms from whatever is queued, up to ``max_batch`` images; when fewer are waiting it
-waits at most ``max_wait`` seconds for more. Images are taken round-robin across their clients
-(sockets), one per client per turn, so a socket that queued 100 images delays another socket's
+waits at most ``max_wait`` seconds for more. Images are taken round-robin across their lanes
+(sockets), one per lane per turn, so a socket that queued 100 images delays another socket's
 single image by at most one batch. A batch is stacked on the batcher's staging thread and
 inferred on its inference thread (the runtime parallelises inside one call), so that with two
 batches in flight the next one is stacked while the device runs the current one; the event loop
@@ -84,7 +84,7 @@ class MicroBatcher:
         self._clock = clock
         self._sleep = sleep
         self._on_batch = on_batch  # (images, seconds) after each inference call
-        self._queue: RoundRobin[_Pending] = RoundRobin()  # images by client, taken in turn
+        self._queue: RoundRobin[_Pending] = RoundRobin()  # images by lane, taken in turn
         self._arrived = asyncio.Event()
         self._runner: asyncio.Task | None = None
 
@@ -101,16 +101,16 @@ class MicroBatcher:
             await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
 
-    async def submit(self, tensor: np.ndarray, client: Hashable = None) -> np.ndarray:
-        """Queue one input for ``client``; resolves to its own output row once its batch ran."""
+    async def submit(self, tensor: np.ndarray, lane: Hashable = None) -> np.ndarray:
+        """Queue one input for ``lane``; resolves to its own output row once its batch ran."""
         self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.put(client, _Pending(tensor, future))
+        self._queue.put(lane, _Pending(tensor, future))
         self._arrived.set()
         return await future
 
     def _take_round_robin(self, limit: int) -> list[_Pending]:
-        """Up to ``limit`` images, one per client per turn, in round-robin order."""
+        """Up to ``limit`` images, one per lane per turn, in round-robin order."""
         taken: list[_Pending] = []
         while len(taken) < limit and self._queue:
             pending = self._queue.take()

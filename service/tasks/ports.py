@@ -4,7 +4,7 @@ package) and in Redis (``service.cluster``) with the same signatures.
 Names used throughout:
 - a *scope* is the digest of an API key: results are kept and found per scope;
 - a *client session* outlives sockets: answers go to it, and it passes them to its socket;
-- a *client* (in fairness) is whoever the CPU pool and the batcher take turns between.
+- a *lane* is whoever the CPU pool and the batcher take turns between.
 """
 
 from __future__ import annotations
@@ -135,9 +135,9 @@ class Requester:
     """Who a work task runs for."""
 
     scope: bytes  # the results book's scope (the API key's digest)
-    client: Hashable  # whom the CPU pool and the batcher take turns between
+    lane: Hashable  # whom the CPU pool and the batcher take turns between
     answers: Answers  # where the outcome goes
-    # Images of this client in the pipeline at once; the rest wait here, not in shared queues.
+    # Images of this requester in the pipeline at once; the rest wait here, not in shared queues.
     pipeline_slots: asyncio.Semaphore
 
 

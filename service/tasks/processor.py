@@ -92,7 +92,7 @@ class Processor:
 
     Args:
         models: every model id this process serves (none on a gateway).
-        cpu: the pool for decode, resize, matting and encode, taking turns between clients.
+        cpu: the pool for decode, resize, matting and encode, taking turns between lanes.
     """
 
     def __init__(
@@ -119,20 +119,20 @@ class Processor:
         return self._store.url_for(stored, self._config.base_url())
 
     async def upload(
-        self, task: ImageUpload, scope: bytes, client: Hashable = None
+        self, task: ImageUpload, scope: bytes, lane: Hashable = None
     ) -> ImageUploadResult:
         with _logged(task.task_type, task.task_uuid, None) as facts:
-            return await self._upload(task, scope, client, facts)
+            return await self._upload(task, scope, lane, facts)
 
     async def _upload(
-        self, task: ImageUpload, scope: bytes, client: Hashable, facts: _TaskFacts
+        self, task: ImageUpload, scope: bytes, lane: Hashable, facts: _TaskFacts
     ) -> ImageUploadResult:
         resolved = await self._inputs.resolve(task.image, "image", scope)
         # Refuse what could never be processed now, rather than at the first removal.
         max_pixels = self._config.max_image_pixels
         async with self._budget.reserved(_working_bytes(resolved.data, max_pixels, False), "image"):
             facts.size = await self._cpu.run(
-                client, _decodes, resolved.data, max_pixels, self._config.decode_timeout
+                lane, _decodes, resolved.data, max_pixels, self._config.decode_timeout
             )
         return ImageUploadResult(
             taskType="imageUpload",
@@ -174,16 +174,16 @@ class Processor:
         return msgspec.structs.replace(task, image=resolved.stored.uuid)
 
     async def remove_background(
-        self, task: RemoveBackground, scope: bytes, client: Hashable = None
+        self, task: RemoveBackground, scope: bytes, lane: Hashable = None
     ) -> BackgroundRemovalResult:
         """Run the removal for ``scope`` (the key whose images it may name and under which its
-        images are stored); ``client`` is whom the CPU pool and the batcher take turns between.
-        The task's destinations were checked when it was accepted."""
+        images are stored); ``lane`` is whom the CPU pool and the batcher take turns between
+        (see scheduling.fairness). The task's destinations were checked when it was accepted."""
         with _logged(task.task_type, task.task_uuid, task.model) as facts:
-            return await self._remove_background(task, scope, client, facts)
+            return await self._remove_background(task, scope, lane, facts)
 
     async def _remove_background(
-        self, task: RemoveBackground, scope: bytes, client: Hashable, facts: _TaskFacts
+        self, task: RemoveBackground, scope: bytes, lane: Hashable, facts: _TaskFacts
     ) -> BackgroundRemovalResult:
         route = self._route(task)
         resolved = await self._inputs.resolve(task.image, task.image_parameter, scope)
@@ -194,7 +194,7 @@ class Processor:
         working = _working_bytes(resolved.data, max_pixels, matting)
         async with self._budget.reserved(working, task.image_parameter):
             decoded, tensor = await self._cpu.run(
-                client,
+                lane,
                 _prepare,
                 resolved.data,
                 route.family,
@@ -205,9 +205,9 @@ class Processor:
                 self._config.decode_timeout,
             )
             facts.size = decoded.size
-            prediction = await route.batcher.submit(tensor, client)
+            prediction = await route.batcher.submit(tensor, lane)
             rendered, inline = await self._cpu.run(
-                client,
+                lane,
                 _render,
                 decoded,
                 prediction,

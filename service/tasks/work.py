@@ -25,5 +25,5 @@ class LocalWork:
     async def execute(self, task: WorkTask, requester: Requester) -> WorkResult:
         async with requester.pipeline_slots:
             if isinstance(task, ImageUpload):
-                return await self._processor.upload(task, requester.scope, requester.client)
-            return await self._processor.remove_background(task, requester.scope, requester.client)
+                return await self._processor.upload(task, requester.scope, requester.lane)
+            return await self._processor.remove_background(task, requester.scope, requester.lane)

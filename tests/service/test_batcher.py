@@ -149,16 +149,16 @@ async def test_a_partial_batch_waits_max_wait_then_runs():
 
 
 @pytest.mark.parametrize("in_flight", [1, 2])
-async def test_round_robin_across_clients_bounds_the_wait_of_a_small_socket(in_flight):
+async def test_round_robin_across_lanes_bounds_the_wait_of_a_small_socket(in_flight):
     """A socket's single image waits behind at most the batches already handed to the device
     (``in_flight``), whatever another socket queued."""
     model = GatedModel()
     batcher = MicroBatcher(model, max_batch=2, max_wait=0.0, in_flight=in_flight)
     order: list[str] = []
 
-    async def submit(client: str, value: float):
-        await batcher.submit(np.full(1, value), client=client)
-        order.append(client)
+    async def submit(lane: str, value: float):
+        await batcher.submit(np.full(1, value), lane=lane)
+        order.append(lane)
 
     heavy = [asyncio.create_task(submit("heavy", i)) for i in range(100)]
     await wait_entered(model)  # batch 1: two of heavy's images
@@ -173,7 +173,7 @@ async def test_round_robin_across_clients_bounds_the_wait_of_a_small_socket(in_f
     await batcher.stop()
 
 
-async def test_clients_take_turns_within_a_batch():
+async def test_lanes_take_turns_within_a_batch():
     model = GatedModel()
     model.gate.set()
     seen: list[float] = []
@@ -184,7 +184,7 @@ async def test_clients_take_turns_within_a_batch():
 
     batcher = MicroBatcher(record, max_batch=4, max_wait=0.001)
     tasks = [
-        asyncio.create_task(batcher.submit(np.full(1, v), client=o))
+        asyncio.create_task(batcher.submit(np.full(1, v), lane=o))
         for o, v in [("a", 1), ("a", 2), ("a", 3), ("b", 10), ("c", 20)]
     ]
     await asyncio.wait_for(asyncio.gather(*tasks), 30)

@@ -1,4 +1,4 @@
-"""service.scheduling.fairness: clients take turns, in the queue and in the CPU pool."""
+"""service.scheduling.fairness: lanes take turns, in the queue and in the CPU pool."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from service.scheduling.fairness import FairExecutor, RoundRobin
 
 
-def test_round_robin_serves_one_item_per_client_per_turn():
+def test_round_robin_serves_one_item_per_lane_per_turn():
     queue: RoundRobin[str] = RoundRobin()
     for item in ("a1", "a2", "a3"):
         queue.put("a", item)
@@ -23,7 +23,7 @@ def test_round_robin_serves_one_item_per_client_per_turn():
         queue.take()
 
 
-async def test_a_busy_client_does_not_hold_back_another_in_the_cpu_pool():
+async def test_a_busy_lane_does_not_hold_back_another_in_the_cpu_pool():
     executor = FairExecutor(1, name="test")
     gate = threading.Event()
     order: list[str] = []
@@ -56,9 +56,9 @@ async def test_errors_reach_their_caller_and_the_pool_goes_on():
     executor.shutdown()
 
 
-async def test_a_client_with_nothing_running_starts_while_long_jobs_hold_every_worker():
-    """Both workers taken by one client's long jobs (a costly decode, a huge matting): another
-    client's job runs at once on the spare thread, and no third job of the first client does."""
+async def test_a_lane_with_nothing_running_starts_while_long_jobs_hold_every_worker():
+    """Both workers taken by one lane's long jobs (a costly decode, a huge matting): another
+    lane's job runs at once on the spare thread, and no third job of the first lane does."""
     executor = FairExecutor(2, name="test")
     release = threading.Event()
     started: list[str] = []
@@ -80,11 +80,11 @@ async def test_a_client_with_nothing_running_starts_while_long_jobs_hold_every_w
     executor.shutdown()
 
 
-def test_take_first_skips_clients_that_are_not_eligible():
+def test_take_first_skips_lanes_that_are_not_eligible():
     queue: RoundRobin[str] = RoundRobin()
     queue.put("a", "a1")
     queue.put("b", "b1")
     queue.put("b", "b2")
-    assert queue.take_first(lambda client: client == "b") == "b1"
-    assert queue.take_first(lambda client: client == "c") is None
+    assert queue.take_first(lambda lane: lane == "b") == "b1"
+    assert queue.take_first(lambda lane: lane == "c") is None
     assert [queue.take() for _ in range(2)] == ["a1", "b2"]
