@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from aiohttp import web
 from onnx import TensorProto, helper
 from PIL import Image
 
@@ -381,6 +382,16 @@ def run_js(script: str, *args: str, timeout: float) -> dict:
     )
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr
     return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
+async def serve_app(
+    app: web.Application, host: str = "127.0.0.1", shutdown_timeout: float = 0.5
+) -> tuple[web.AppRunner, int]:
+    """A real HTTP server for ``app`` on a free port of ``host``: its runner and port."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, host, 0).start()
+    return runner, runner.addresses[0][1]
 
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

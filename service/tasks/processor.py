@@ -39,7 +39,7 @@ from ..scheduling.fairness import FairExecutor
 from ..storage.store import ImageStore, StoredImage
 from .inputs import InputResolver
 
-__all__ = ["ModelRoute", "Processor"]
+__all__ = ["ModelRoute", "Processor", "with_server_defaults"]
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,6 @@ class Processor:
             )
         return route
 
-    def _settings(self, task: RemoveBackground) -> BackgroundSettings:
-        """The task's settings, with the server's default where the task did not say."""
-        if task.settings.decontaminate is not None:
-            return task.settings
-        return msgspec.structs.replace(task.settings, decontaminate=self._config.decontaminate)
-
     def check_destinations(self, task: RemoveBackground) -> None:
         """Refuse forbidden webhook/upload URLs before any work is done (or acknowledged)."""
         if task.webhook_url is not None:
@@ -212,7 +206,7 @@ class Processor:
                 decoded,
                 prediction,
                 route.family,
-                self._settings(task),
+                with_server_defaults(task.settings, self._config),
                 task.output,
                 self._config.png_compress_level,
             )
@@ -294,3 +288,10 @@ def _prepare(
     decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name, max_seconds)
     check_encodable(decoded.size, output_format)  # before the model and the render run
     return decoded, pipeline.preprocess(decoded, family)
+
+
+def with_server_defaults(settings: BackgroundSettings, config: Config) -> BackgroundSettings:
+    """A task's settings, with the server's default where the task did not say."""
+    if settings.decontaminate is not None:
+        return settings
+    return msgspec.structs.replace(settings, decontaminate=config.decontaminate)

@@ -10,7 +10,7 @@ import pytest
 import websockets
 from aiohttp import web
 
-from tests.support import Client, b64, fixture_bytes, http_get, new_uuid, open_image
+from tests.support import Client, b64, fixture_bytes, http_get, new_uuid, open_image, serve_app
 
 CAR = b64(fixture_bytes("car-1.jpg"))
 
@@ -62,11 +62,8 @@ async def receiver():
     recorder = Receiver()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", recorder.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    recorder.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    runner, port = await serve_app(app)
+    recorder.base_url = f"http://127.0.0.1:{port}"
     yield recorder
     recorder.gate.set()
     await runner.cleanup()

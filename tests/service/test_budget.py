@@ -60,10 +60,18 @@ async def test_a_wait_past_the_bound_is_overloaded_and_lets_the_next_in():
 
 async def test_a_cancelled_wait_gives_nothing_away():
     budget = MemoryBudget(total=100, max_wait=5)
+    granted = asyncio.Event()
+
+    async def wait_for_half() -> None:
+        async with budget.reserved(50, "inputImage"):
+            granted.set()
+
     async with budget.reserved(100, "inputImage"):
-        waiter = asyncio.create_task(budget._acquire(50, "inputImage"))
+        waiter = asyncio.create_task(wait_for_half())
         await asyncio.sleep(0.01)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-    assert budget.in_use == 0 and not budget._waiting
+    assert budget.in_use == 0 and not granted.is_set()
+    async with budget.reserved(100, "inputImage", max_wait=0):  # no cancelled waiter ahead
+        assert budget.in_use == 100

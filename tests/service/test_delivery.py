@@ -10,6 +10,7 @@ from aiohttp import web
 from protocol.errors import Code, TaskFailure
 from service.net.delivery import WebhookSender, put_to_upload_endpoint, retrying
 from service.net.outbound import OutboundHttp
+from tests.support import serve_app
 
 
 class Script:
@@ -116,12 +117,8 @@ class Receivers:
     async def start(self, host: str, handler) -> str:
         application = web.Application()
         application.router.add_post("/hook", handler)
-        runner = web.AppRunner(application, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, host, 0)
-        await site.start()
+        runner, port = await serve_app(application, host, shutdown_timeout=0.1)
         self._runners.append(runner)
-        port = runner.addresses[0][1]
         return f"http://{host}:{port}/hook"
 
     async def hanging(self, host: str) -> str:

@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractResolver
 
 from protocol.errors import TaskFailure
 from service.net.outbound import OutboundHttp, is_public_address, literal_address
+from tests.support import serve_app
 
 PUBLIC_FOR_TEST = "127.0.0.2"
 
@@ -130,14 +131,6 @@ def client(resolver: MappedResolver, **caps) -> OutboundHttp:
     )
 
 
-async def serve(app: web.Application, host: str) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
-
-
 @pytest.fixture
 async def origin():
     """A real server on 127.0.0.2 (allowed by the test policy), and one on 127.0.0.1 (refused)."""
@@ -181,8 +174,8 @@ async def origin():
     app.router.add_get("/huge", huge_declared)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/slow", slow)
-    public_runner, public_port = await serve(app, PUBLIC_FOR_TEST)
-    private_runner, private_port = await serve(app, "127.0.0.1")
+    public_runner, public_port = await serve_app(app, PUBLIC_FOR_TEST)
+    private_runner, private_port = await serve_app(app, "127.0.0.1")
     yield public_port, private_port
     await public_runner.cleanup()
     await private_runner.cleanup()

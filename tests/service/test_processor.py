@@ -15,7 +15,7 @@ from PIL import Image
 
 from protocol.codec import decode_frame
 from protocol.errors import TaskFailure
-from protocol.messages import BackgroundSettings
+from protocol.messages import BackgroundSettings, RemoveBackground
 from service.config import Config
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
@@ -26,7 +26,7 @@ from service.scheduling.fairness import FairExecutor
 from service.storage.directory import DirectoryImageStore
 from service.tasks.inputs import InputResolver
 from service.tasks.outcomes import error_item_for
-from service.tasks.processor import ModelRoute, Processor
+from service.tasks.processor import ModelRoute, Processor, with_server_defaults
 from tests.support import fixture_bytes
 
 CAR = fixture_bytes("car-1.jpg")  # 480x360
@@ -133,10 +133,13 @@ async def test_the_servers_decontaminate_applies_where_the_task_does_not_say(
     tmp_path, server_default
 ):
     config = Config(storage_dir=tmp_path, decontaminate=server_default)
-    processor = Processor(config, {}, None, None, FakeHttp(), None, None, Metrics())  # type: ignore[arg-type]
-    assert processor._settings(removal()).decontaminate is server_default
-    assert processor._settings(removal(decontaminate=False)).decontaminate is False
-    assert processor._settings(removal(settings={"decontaminate": True})).decontaminate is True
+
+    def decontaminates(task: RemoveBackground) -> bool | None:
+        return with_server_defaults(task.settings, config).decontaminate
+
+    assert decontaminates(removal()) is server_default
+    assert decontaminates(removal(decontaminate=False)) is False
+    assert decontaminates(removal(settings={"decontaminate": True})) is True
 
 
 async def test_an_unknown_model_lists_the_served_ones(rig):
