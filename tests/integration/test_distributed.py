@@ -273,7 +273,7 @@ def test_the_rest_twin_on_a_gateway_is_answered_by_the_workers(cluster):
         "taskType": "removeBackground",
         "taskUUID": tasks[1]["taskUUID"],
     }
-    assert "pong" in data
+    assert data["pong"] == {"taskType": "ping", "pong": True}
     assert [e["code"] for e in answer["errors"]] == ["invalidOutputQuality"]
 
 

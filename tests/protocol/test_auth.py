@@ -32,7 +32,8 @@ def removal(task_uuid: str = U1) -> RemoveBackground:
 
 def authenticated(keys=("good",)) -> AuthState:
     state = AuthState(lambda key: key in keys)
-    assert isinstance(state.authenticate(Authenticate(api_key="good"), S1), AuthenticationResult)
+    answer = state.authenticate(Authenticate(api_key="good"), S1)
+    assert answer == AuthenticationResult(taskType="authentication", connectionSessionUUID=S1)
     return state
 
 

@@ -38,14 +38,16 @@ def removal(task_uuid: str | None = None, **fields) -> dict:
 
 async def authenticated(rig: DispatchRig) -> DispatchRig:
     await rig.send(frame(AUTH))
-    assert isinstance(rig.replies.items[-1], AuthenticationResult)
+    answer = rig.replies.items[-1]
+    assert isinstance(answer, AuthenticationResult) and answer.taskType == "authentication"
+    assert answer.connectionSessionUUID  # the client session the dispatcher opened
     return rig
 
 
 async def test_a_ping_is_answered_before_authentication_and_work_is_refused():
     rig = DispatchRig()
     await rig.send(frame({"taskType": "ping", "ping": True}, removal()))
-    assert isinstance(rig.replies.items[0], PongResult)
+    assert rig.replies.items[0] == PongResult(taskType="ping", pong=True)
     assert rig.replies.codes() == ["missingApiKey"]
     assert rig.work.executed == []
 
@@ -165,7 +167,8 @@ async def test_failures_are_answered_recorded_and_vague_when_unexpected():
     assert by_uuid[known].code == "invalidImage" and by_uuid[known].parameter == "inputImage"
     assert by_uuid[bug].code == "internalServerError" and "bug" not in by_uuid[bug].message
     await rig.send(frame({"taskType": "getResponse", "taskUUID": known}))
-    assert isinstance(rig.replies.items[-1], ErrorItem)
+    kept = rig.replies.items[-1]
+    assert isinstance(kept, ErrorItem) and (kept.taskUUID, kept.code) == (known, "invalidImage")
 
 
 async def test_a_handed_over_task_is_answered_by_whoever_took_it():

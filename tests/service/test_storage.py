@@ -19,7 +19,7 @@ async def test_an_image_lives_for_its_ttl_then_is_gone_and_swept(tmp_path):
     assert stored.path.read_bytes() == b"png-bytes"
     assert (await store.load(stored.uuid))[1] == b"png-bytes"
     clock.now += 59
-    assert store.get(stored.uuid) is not None
+    assert store.get(stored.uuid) == stored
     clock.now += 1
     assert store.get(stored.uuid) is None and await store.load(stored.uuid) is None
     assert stored.path.exists()
@@ -32,7 +32,7 @@ async def test_default_ttl_applies_when_the_task_gives_none(tmp_path):
     store = DirectoryImageStore(tmp_path, default_ttl=100, clock=clock)
     stored = await store.put(b"x", "jpg")
     clock.now += 99
-    assert store.get(stored.uuid) is not None
+    assert store.get(stored.uuid) == stored
     clock.now += 1
     assert store.get(stored.uuid) is None
 
