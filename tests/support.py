@@ -518,10 +518,13 @@ class Client:
     async def authenticate(self, api_key: str = "test-key") -> str:
         return await self.protocol.authenticate(api_key, timeout=60 * UNIT)
 
-    async def collect(self, task_uuids: list[str], timeout: float = 120) -> dict[str, dict]:
-        """Read frames until every UUID has one item (data or error); keyed by taskUUID.
+    async def collect(
+        self, task_uuids: list[str], timeout: float = 120, found: dict[str, dict] | None = None
+    ) -> dict[str, dict]:
+        """Read frames until every UUID has one item (data or error); keyed by taskUUID, in
+        ``found`` when given (so that a caller sees what came before a timeout).
         Fails on a duplicate or an unexpected UUID."""
-        found: dict[str, dict] = {}
+        found = {} if found is None else found
         deadline = asyncio.get_running_loop().time() + timeout * UNIT
         while len(found) < len(task_uuids):
             frame = await self.recv(max(0.1, deadline - asyncio.get_running_loop().time()))

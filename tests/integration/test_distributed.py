@@ -14,11 +14,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 import websockets
 
 from load.harness import LoadConfig, run_load
+from service.cluster.jobs import GROUP, Job
+from service.tasks.records import scope_of, task_key
 from tests.support import (
     UNIT,
     Client,
@@ -610,14 +613,48 @@ def victim_holds(cluster: Cluster, worker: ServerProcess) -> int:
     return sum(c["pending"] for c in consumers if c["name"].decode().endswith(suffix))
 
 
+def whereabouts(cluster: Cluster, key: str, session: str, task_uuids: list[str]) -> list[str]:
+    """Where each task is in Redis: its record's state, its job and who holds it, its answer
+    in the client session's outbox."""
+    client = cluster.client()
+    jobs = {}
+    for entry_id, fields in client.xrange("rbg:jobs"):
+        jobs[msgspec.msgpack.decode(fields[b"job"], type=Job).task.task_uuid] = entry_id
+    pending = {}
+    if jobs:
+        for held in client.xpending_range("rbg:jobs", GROUP, "-", "+", 100_000):
+            pending[held["message_id"]] = held
+    outbox = {fields.get(b"task") for _, fields in client.xrange(f"rbg:outbox:{session}")}
+    lines = []
+    for task_uuid in task_uuids:
+        record = client.hget(f"rbg:task:{scope_of(key).hex()}:{task_key(task_uuid)}", "state")
+        entry = jobs.get(task_uuid)
+        held = pending.get(entry)
+        if entry is None:
+            job = "no job in the stream"
+        elif held is None:
+            job = f"job {entry.decode()} not read yet"
+        else:
+            job = f"job {entry.decode()} held by {held['consumer'].decode()}"
+            job += f" (delivered {held['times_delivered']} times)"
+        lines.append(
+            f"{task_uuid}: record {record and record.decode()}, {job}, answer in the outbox: "
+            f"{task_key(task_uuid).encode() in outbox}"
+        )
+    return lines
+
+
 async def test_a_worker_killed_under_load_leaves_every_task_answered_exactly_once(lone_cluster):
     """One gateway, three one-core workers, 200 tasks over 10 sockets of 10 keys; one worker is
     SIGKILLed while all are busy. Every task is answered once, and getResponse, asked for each
-    before its answer came, reports it (processing or ended), never as unknown."""
+    before its answer came, reports it (processing or ended), never as unknown. A task left
+    unanswered is reported with where it is (record, job, claim, outbox)."""
     gateway = lone_cluster.start("gateway")
     flags = ("--claim-after", "5", "--cpu-workers", "1")
     workers = [lone_cluster.start("worker", *flags) for _ in range(3)]
-    clients = [(await connect(gateway, f"killed-under-load-{n}"))[0] for n in range(10)]
+    keys = [f"killed-under-load-{n}" for n in range(10)]
+    connected = [await connect(gateway, key) for key in keys]
+    clients = [client for client, _ in connected]
     tasks = [[fast() for _ in range(20)] for _ in clients]
     for client, own in zip(clients, tasks, strict=True):
         for start in range(0, 20, 5):
@@ -636,11 +673,19 @@ async def test_a_worker_killed_under_load_leaves_every_task_answered_exactly_onc
         polls = [{"taskType": "getResponse", "taskUUID": t["taskUUID"]} for t in own]
         await poller.send(*polls)
         polled.append(poller.collect([t["taskUUID"] for t in own], timeout=60))
+    answered: list[dict[str, dict]] = [{} for _ in clients]
     collected = [
-        client.collect([t["taskUUID"] for t in own], timeout=180)
-        for client, own in zip(clients, tasks, strict=True)
+        client.collect([t["taskUUID"] for t in own], timeout=180, found=found)
+        for client, own, found in zip(clients, tasks, answered, strict=True)
     ]
-    everything = await asyncio.gather(*collected, *polled)
+    try:
+        everything = await asyncio.gather(*collected, *polled)
+    except TimeoutError:
+        missing = []
+        for key, (_, session), own, found in zip(keys, connected, tasks, answered, strict=True):
+            left = [t["taskUUID"] for t in own if t["taskUUID"] not in found]
+            missing += whereabouts(lone_cluster, key, session, left)
+        pytest.fail("tasks left unanswered:\n" + "\n".join(missing))
     for own in everything[: len(clients)]:
         assert all(answer["kind"] == "data" for answer in own.values()), own
     for replies in everything[len(clients) :]:
