@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -294,6 +294,18 @@ def openvino_available() -> bool:
     return True
 
 
+def _openvino_provider(latency: Any, throughput: Any, streams: int) -> str:
+    """What the operator reads in the start-up line, /v1/models and /metrics: the streams, and
+    the threads and pinning that OpenVINO itself reports for both compiled models."""
+    compiled = (latency, throughput)
+    threads = "/".join(sorted({str(c.get_property("INFERENCE_NUM_THREADS")) for c in compiled}))
+    pinning = "/".join(
+        sorted({"pinned" if c.get_property("ENABLE_CPU_PINNING") else "unpinned" for c in compiled})
+    )
+    streams_s, threads_s = ("" if count == "1" else "s" for count in (str(streams), threads))
+    return f"OpenVINO CPU ({streams} stream{streams_s}, {threads} thread{threads_s}, {pinning})"
+
+
 class OpenVinoModel:
     """OpenVINO on the CPU: a latency-compiled model for single images (all cores on one image)
     and a throughput-compiled one (one stream per core) that runs a batch's images side by side.
@@ -324,7 +336,7 @@ class OpenVinoModel:
         self._outputs: dict[int, np.ndarray] = {}
         self.preferred_batch = max(1, streams)
         self.path = path
-        self.provider = f"OpenVINO CPU ({streams} streams)"
+        self.provider = _openvino_provider(self._latency, self._throughput, streams)
         shape = model.inputs[0].get_partial_shape()
         self.input_size = _spatial_size([d.get_length() if d.is_static else None for d in shape])
 

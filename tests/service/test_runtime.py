@@ -58,6 +58,5 @@ def test_openvino_with_fewer_threads_than_cores_does_not_pin_them(tmp_path):
 
     path = build_isnet_test_model(tmp_path / "m.onnx", size=320)
     limited = OpenVinoModel(path, threads=1)
-    for compiled in (limited._latency, limited._throughput):
-        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
-        assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    # as OpenVINO reports them for both compiled models
+    assert limited.provider.endswith(", 1 thread, unpinned)"), limited.provider
