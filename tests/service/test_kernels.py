@@ -38,6 +38,11 @@ SIZES = [
     ((5, 9), (5, 40)),  # one axis unchanged
     ((50, 9), (20, 9)),
     ((64, 64), (64, 64)),
+    # rows a multiple of 1 KiB long (a 1024 model's mask, 256- and 1024-wide photos): the
+    # transposes lay them out a cache line apart first
+    ((1024, 1024), (601, 850)),
+    ((601, 256), (1024, 1024)),
+    ((200, 1024), (150, 700)),
 ]
 
 
