@@ -26,7 +26,6 @@ __all__ = [
     "lanczos_resize",
     "BandLookup",
     "resize_to_planes",
-    "packed_pixels",
     "brightest",
     "planes",
     "unit_bytes",
@@ -279,11 +278,6 @@ def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], lookup: BandLook
 
 
 _NO_BANDS = np.ones(3, np.float32)
-
-
-def packed_pixels(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    """uint32[H, W] pixels from 4-byte pixels (``Image.tobytes("raw", "RGBX")`` or "RGBA")."""
-    return np.frombuffer(data, np.uint32).reshape(size[1], size[0])
 
 
 @numba.njit(cache=True, nogil=True)

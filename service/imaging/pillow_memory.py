@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["packed_view"]
+__all__ = ["packed_view", "pixel_words"]
 
 
 class _ArrowArray(ctypes.Structure):
@@ -74,3 +74,13 @@ def packed_view(image: Image.Image) -> np.ndarray | None:
     if values.n_buffers != 2 or values.length != 4 * width * height or values.offset:
         return None
     return np.asarray(_Exported(capsule, values.buffers[1], (height, width)))
+
+
+def pixel_words(image: Image.Image) -> np.ndarray:
+    """uint32[H, W] of an "RGB" or "RGBA" image, 4 bytes a pixel (RGBX or RGBA): its own
+    memory where Pillow can lend it (``packed_view``), else a copy."""
+    lent = packed_view(image)
+    if lent is not None:
+        return lent
+    copied = image.tobytes("raw", "RGBA" if image.mode == "RGBA" else "RGBX")
+    return np.frombuffer(copied, np.uint32).reshape(image.height, image.width)

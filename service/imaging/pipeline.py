@@ -30,7 +30,7 @@ from ..matting.cutout import warm_up as warm_up_matting
 from ..matting.foreground import estimate_foreground, rgba_bytes
 from . import kernels, png
 from .formats import IMAGE_PARAMETER, sniff_format
-from .pillow_memory import packed_view
+from .pillow_memory import pixel_words
 
 __all__ = [
     "DecodedImage",
@@ -88,11 +88,7 @@ class DecodedImage:
     def from_image(cls, image: Image.Image) -> DecodedImage:
         """From an upright RGB or RGBA image: its own memory where Pillow can lend it, else a
         copy (pillow_memory)."""
-        pixels = packed_view(image)
-        if pixels is None:
-            raw = "RGBA" if image.mode == "RGBA" else "RGBX"
-            pixels = kernels.packed_pixels(image.tobytes("raw", raw), image.size)
-        return cls(pixels, image.mode == "RGBA")
+        return cls(pixel_words(image), image.mode == "RGBA")
 
     @property
     def size(self) -> tuple[int, int]:

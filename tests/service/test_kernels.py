@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from service.imaging import kernels
+from service.imaging.pillow_memory import pixel_words
 from tests.support import fixture_bytes, open_image
 
 LANCZOS = Image.Resampling.LANCZOS
@@ -17,8 +18,7 @@ def pillow_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def packed(rgb: np.ndarray) -> np.ndarray:
-    image = Image.fromarray(rgb)
-    return kernels.packed_pixels(image.tobytes("raw", "RGBX"), image.size)
+    return pixel_words(Image.fromarray(rgb))
 
 
 def rgb_of(words: np.ndarray) -> np.ndarray:

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.imaging.kernels import packed_pixels
-from service.imaging.pillow_memory import packed_view
+from service.imaging.pillow_memory import packed_view, pixel_words
 from tests.support import FIXTURES
 
 
 def _copied(image: Image.Image) -> np.ndarray:
-    return packed_pixels(
-        image.tobytes("raw", "RGBA" if image.mode == "RGBA" else "RGBX"), image.size
-    )
+    raw = image.tobytes("raw", "RGBA" if image.mode == "RGBA" else "RGBX")
+    return np.frombuffer(raw, np.uint32).reshape(image.height, image.width)
 
 
 @pytest.mark.parametrize("name", ["anime-girl-1.jpg", "plants-1.jpg", "car-1.jpg"])
@@ -47,11 +45,13 @@ def test_an_image_pillow_keeps_in_several_blocks_is_not_lent():
     assert packed_view(Image.new("L", (100, 100))) is None  # one byte a pixel: not this view
 
 
-def test_a_decoded_photo_is_the_same_through_either_path(monkeypatch):
-    from service.imaging import pipeline
-
-    data = (FIXTURES / "anime-girl-1.jpg").read_bytes()
-    lent = pipeline.decode_image(data, 40_000_000).pixels
-    monkeypatch.setattr(pipeline, "packed_view", lambda image: None)
-    copied = pipeline.decode_image(data, 40_000_000).pixels
-    assert np.array_equal(lent, copied)
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_pixel_words_are_lent_or_copied_and_the_same_either_way(mode):
+    """An image in one block is lent, one in several (above 16 MiB) copied: the words are
+    Pillow's copy's in both cases."""
+    rng = np.random.default_rng(7)
+    for side in (300, 2100):
+        image = Image.fromarray(rng.integers(0, 256, (side, side, 4), np.uint8)).convert(mode)
+        words = pixel_words(image)
+        assert (packed_view(image) is None) == (side == 2100)
+        assert words.shape == (side, side) and np.array_equal(words, _copied(image))
