@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .cluster.jobs import JobQueue, QueuedWork, Worker
 from .cluster.models import RedisModelCatalog
@@ -44,9 +44,6 @@ from .tasks.work import LocalWork
 from .tasks.workload import Workload
 from .transport.context import KeyGuesses, OpenSockets, ServerContext
 from .transport.http import Listener, start_server
-
-if TYPE_CHECKING:
-    from .inference.runtime import Runtime  # the type only: a gateway loads no model runtime
 
 __all__ = ["App", "PortUnavailable", "build_app", "check_port", "run", "serve"]
 
@@ -179,16 +176,19 @@ class App:
                     stack=model.runtime.stack,
                     max_batch=self.config.max_batch or model.runtime.preferred_batch,
                     max_wait=self.config.max_wait_ms / 1000,
-                    in_flight=self.config.batches_in_flight_on(self._accelerated(model.runtime)),
+                    in_flight=self.config.batches_in_flight_on(model.runtime.feeds_accelerator),
                     name=model.id,
                     on_batch=self._batch_observer(model.id),
                 )
+                batcher = shared[key]
+                log.info(
+                    "batcher of %s: batches of up to %d, %d in flight",
+                    model.id,
+                    batcher.max_batch,
+                    batcher.in_flight,
+                )
             by_id[model.id] = shared[key]
         return by_id
-
-    def _accelerated(self, runtime: Runtime) -> bool:
-        """Whether ``runtime`` feeds an accelerator: a GPU, or the benchmarks' simulated one."""
-        return runtime.on_gpu or self.config.simulated_device is not None
 
     def _batch_observer(self, model_id: str) -> Callable[[int, float], None]:
         def observe(images: int, seconds: float) -> None:

@@ -174,6 +174,7 @@ class OnnxModel:
         self.path = path
         self.provider = self.inference_session.get_providers()[0]
         self.on_gpu = self.provider == cuda.CUDA_PROVIDER
+        self.feeds_accelerator = self.on_gpu
         if options is not None and not self.on_gpu:
             raise CudaUnusable(
                 f"{path}: the session started on {self.provider}, not on CUDA; {cuda.FIX}"
@@ -312,6 +313,7 @@ class OpenVinoModel:
     """
 
     on_gpu = False
+    feeds_accelerator = False
 
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         import openvino as ov
@@ -363,7 +365,10 @@ class Runtime(Protocol):
 
     path: Path
     provider: str
-    on_gpu: bool
+    on_gpu: bool  # runs on a GPU (CUDA)
+    # Its batches go to a device that works while the CPU stages the next (a GPU, or the
+    # benchmarks' simulated one): worth two batches in flight (docs/decisions/0012).
+    feeds_accelerator: bool
     preferred_batch: int
     input_size: tuple[int, int] | None
 

@@ -74,6 +74,7 @@ class SimulatedDevice:
     """``inner`` with a GPU's batch latency; batches of up to 16, as on CUDA."""
 
     on_gpu = False  # nothing here runs on a GPU
+    feeds_accelerator = True  # but it stands for one
     preferred_batch = 16
 
     def __init__(

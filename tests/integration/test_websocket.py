@@ -23,6 +23,7 @@ from tests.support import (
     http_get,
     new_uuid,
     open_image,
+    start_server,
 )
 
 CAR = fixture_bytes("car-1.jpg")
@@ -413,7 +414,18 @@ def test_start_up_logs_models_providers_and_url(server, keyed_server):
     assert f"the page: http://{address}/  REST: POST http://{address}/v1" in log
     assert f"http://{address}/api/remove" in log and f"metrics: http://{address}/metrics" in log
     assert "any API key is accepted" in log
+    # on the CPU one batch at a time (docs/decisions/0012)
+    assert re.search(r"batcher of u2netp: batches of up to \d+, 1 in flight", log)
     assert "ERROR" not in log and "Traceback" not in log
+
+
+def test_a_runtime_feeding_an_accelerator_keeps_two_batches_in_flight(tmp_path):
+    """The simulated device stands for a GPU: the next batch is stacked while one runs."""
+    simulated = start_server(tmp_path, "--simulated-device", "5,1", "--cpu-workers", "1")
+    try:
+        assert "batcher of u2netp: batches of up to 16, 2 in flight" in simulated.log()
+    finally:
+        simulated.stop()
 
 
 # --------------------------------------------------------------------------- authentication

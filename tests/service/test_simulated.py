@@ -22,6 +22,7 @@ class Echo:
     path = Path("echo.onnx")
     provider = "echo"
     on_gpu = False
+    feeds_accelerator = False
     preferred_batch = 1
     input_size = (4, 4)
 
@@ -52,7 +53,7 @@ def test_a_batch_takes_the_fixed_time_plus_the_per_image_time_and_passes_outputs
     outputs = device.infer_batch(batch)
     assert clock.now == pytest.approx(0.02 + 5 * 0.01) and len(clock.slept) == 1
     assert np.array_equal(outputs, batch[:, 0])
-    assert device.preferred_batch == 16 and not device.on_gpu
+    assert device.preferred_batch == 16 and not device.on_gpu and device.feeds_accelerator
     assert "simulated device (20 ms + 10 ms per image) over echo" == device.provider
 
 
