@@ -2,8 +2,8 @@
 
 Each HTTP route is declared once, in the OpenAPI document of ``protocol.schema``
 (``operations``: method, path, operationId); the router is built from it, each operationId
-bound to its handler here, so the document and the server cannot drift apart, and aiohttp
-answers 404 and 405 (with Allow) itself. The routes (one port for both kinds of request):
+bound to its handler here, so the document and the server cannot drift apart; the router
+finds 404 and 405 (with Allow) itself, and ``gate`` words them in one line. The routes (one port for both kinds of request):
 - ``POST /v1``: the REST twin (``rest``): a JSON array of tasks in, all answers out;
 - ``GET|POST /api/remove``: rembg's HTTP API (``rembg_api``): an image in, the PNG out;
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
@@ -210,7 +210,8 @@ _NO_HEAD = frozenset({"removeFromUrl"})
 
 def _add_routes(router: web.UrlDispatcher, context: ServerContext) -> None:
     """Every route of the OpenAPI document with its handler, then the page's and the docs'
-    files (assets, not API operations). aiohttp answers 404 and 405 (with Allow) itself."""
+    files (assets, not API operations). The router finds 404 and 405 (with Allow) itself;
+    ``gate`` words them."""
     handlers = _handlers(context)
     for method, path, operation_id in operations(context.config.open_rembg_api):
         handler = handlers.pop(operation_id, None)
@@ -331,6 +332,13 @@ async def start_server(context: ServerContext) -> Listener:
             )
         if upgrade:
             return await _websocket(context, request)
+        unmatched = request.match_info.http_exception
+        if isinstance(unmatched, web.HTTPMethodNotAllowed):  # one line, as every refusal here
+            allowed = ", ".join(sorted(unmatched.allowed_methods))
+            text = f"{request.method} is not served on {request.path}; it answers {allowed}"
+            return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, text, {"Allow": allowed})
+        if unmatched is not None:
+            return _text(http.HTTPStatus.NOT_FOUND, f"nothing is served on {request.path}")
         return await handler(request)
 
     application = web.Application(client_max_size=config.frame_error_bytes + 1, middlewares=[gate])

@@ -105,8 +105,8 @@ def test_the_asyncapi_document_validates_with_asyncapis_own_parser(
 
 def test_the_router_serves_each_declared_method_and_refuses_the_others_with_allow(server):
     """The server's routes are built from the document: each path answers the methods the
-    document gives it (never 404 or 405), and any other method gets aiohttp's 405 naming them
-    in Allow."""
+    document gives it (never 404 or 405), and any other method gets a one-line 405 naming
+    them in Allow; a path the document does not name gets a one-line 404."""
     for path, methods in DOCUMENT["paths"].items():
         if path == "/images/{name}":
             path = f"/images/{uuid.uuid4()}.png"
@@ -120,3 +120,9 @@ def test_the_router_serves_each_declared_method_and_refuses_the_others_with_allo
         assert refused[0] == 405, path
         allowed = {method.strip() for method in refused[1]["Allow"].split(",")}
         assert declared <= allowed <= declared | {"HEAD"}, (path, allowed)
+        assert (
+            refused[2]
+            == f"DELETE is not served on {path}; it answers {refused[1]['Allow']}\n".encode()
+        )
+    status, _, body = http_get(f"{server.http_url}/no/such/path")
+    assert (status, body) == (404, b"nothing is served on /no/such/path\n")
