@@ -303,8 +303,12 @@ def _openvino_provider(latency: Any, throughput: Any, streams: int) -> str:
     pinning = "/".join(
         sorted({"pinned" if c.get_property("ENABLE_CPU_PINNING") else "unpinned" for c in compiled})
     )
-    streams_s, threads_s = ("" if count == "1" else "s" for count in (str(streams), threads))
-    return f"OpenVINO CPU ({streams} stream{streams_s}, {threads} thread{threads_s}, {pinning})"
+    described = (_counted(str(streams), "stream"), _counted(threads, "thread"), pinning)
+    return f"OpenVINO CPU ({', '.join(described)})"
+
+
+def _counted(count: str, noun: str) -> str:
+    return f"{count} {noun}" if count == "1" else f"{count} {noun}s"
 
 
 class OpenVinoModel:
