@@ -370,15 +370,29 @@ def cut_out(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernels for both pixel types now."""
-    lanczos_resize(np.zeros((8, 6), np.uint8), (3, 16))
-    lanczos_resize(np.zeros((8, 6), np.uint32), (3, 16))
-    lanczos_resize(np.zeros((40, 6), np.uint8), (5, 4))
-    cut_out(np.zeros((2, 2), np.uint32), np.zeros((2, 2), np.uint8))
-    planes(np.zeros((2, 2), np.uint32), np.zeros((256, 3), np.float32))
-    resize_to_planes(
-        np.zeros((8, 6), np.uint32), (12, 16), BandLookup(np.zeros((256, 3), np.float32))
-    )
+    """Compile (or load from numba's cache) every kernel now, for each kind of array a request
+    passes it: both pixel types; a decoded image's pixels, which are Pillow's memory lent
+    read-only (numba compiles read-only arrays apart); rows written a cache line apart before a
+    transpose. A kernel met with a new kind of array on a request compiles then (0.3-0.5 s)."""
+    for lent in (False, True):
+        words, bands = _warm_up_array(np.uint32, lent), _warm_up_array(np.uint8, lent)
+        for pixels in (words, bands):
+            lanczos_resize(pixels, (3, 16))  # horizontal first
+            lanczos_resize(pixels, (6, 16))  # the vertical pass alone, on the pixels
+            lanczos_resize(pixels, (5, 2))  # vertical first
+        lookup = BandLookup(np.zeros((256, 3), np.float32))
+        resize_to_planes(words, (12, 16), lookup)
+        resize_to_planes(words, (6, 16), lookup)  # the planes pass reads the pixels
+        cut_out(words, np.zeros(words.shape, np.uint8))
+        colours(words, np.zeros(256, np.float32))
+        planes(words, lookup.table)
+        brightest(words)
+    lanczos_resize(np.zeros((100, _ALIASING_STRIDE), np.uint8), (1020, 4))
+    lanczos_resize(np.zeros((100, _ALIASING_STRIDE // 4), np.uint32), (250, 4))
     unit_bytes(np.arange(4, dtype=np.float32).reshape(2, 2))
-    colours(np.zeros((2, 2), np.uint32), np.zeros(256, np.float32))
-    brightest(np.zeros((2, 2), np.uint32))
+
+
+def _warm_up_array(dtype: type, read_only: bool) -> np.ndarray:
+    array: np.ndarray = np.zeros((8, 6), dtype)
+    array.flags.writeable = not read_only
+    return array

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import numba
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.imaging import kernels
 from service.imaging.pillow_memory import pixel_words
-from tests.support import fixture_bytes, open_image
+from tests.support import ROOT, fixture_bytes, open_image
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -134,3 +138,48 @@ def test_unit_bytes_equal_numpys_min_max_scaling(seed):
     expected = ((values - np.float32(low)) / np.float32(high - low) * 255).astype(np.uint8)
     assert np.array_equal(kernels.unit_bytes(values), expected)
     assert not kernels.unit_bytes(np.full((3, 4), 0.5, np.float32)).any()
+
+
+def signatures_added_by_a_request() -> dict[str, int]:
+    """In a process of its own: after warm_up, the kernels' signatures that a decoded photo's
+    pixels (lent read-only by Pillow) through both model sizes, rows of an aliasing length, the
+    cutout and the colours for decontamination add."""
+
+    def compiled() -> dict[str, int]:
+        kernels_by_name = {name: getattr(kernels, name) for name in dir(kernels)}
+        return {
+            name: len(kernel.signatures)
+            for name, kernel in kernels_by_name.items()
+            if isinstance(kernel, numba.core.registry.CPUDispatcher)
+        }
+
+    kernels.warm_up()
+    before = compiled()
+    for height, width in ((601, 850), (601, 1024), (1024, 320)):
+        photo = packed(np.zeros((height, width, 3), np.uint8))
+        assert not photo.flags.writeable
+        lookup = kernels.BandLookup(np.zeros((256, 3), np.float32))
+        kernels.resize_to_planes(photo, (1024, 1024), lookup)
+        small = kernels.lanczos_resize(photo, (320, 320))
+        kernels.planes(small, lookup.table)
+        kernels.brightest(small)
+        for side in (320, 1024):
+            mask = kernels.lanczos_resize(np.zeros((side, side), np.uint8), (width, height))
+            kernels.cut_out(photo, mask)
+        kernels.colours(photo, np.zeros(256, np.float32))
+    return {
+        name: count - before.get(name, 0)
+        for name, count in compiled().items()
+        if count != before.get(name, 0)
+    }
+
+
+def test_the_warm_up_compiles_every_kernel_a_request_calls():
+    """A first request must not compile (0.3-0.5 s a kernel). A fresh process, since this one's
+    kernels already met what other tests passed them."""
+    check = "from tests.service.test_kernels import signatures_added_by_a_request as f; print(f())"
+    ran = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "{}"
