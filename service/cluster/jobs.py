@@ -337,7 +337,8 @@ class Worker:
             await self._done(entry_id)
             return
         task = job.task
-        # on a worker, the lanes the CPU pool and the batcher take turns between are client sessions
+        # the lane the CPU pool and the batcher take turns by: the client session the job
+        # names, else its key
         lane = job.handover.outbox_key if job.handover else job.scope
         try:
             result = await self._processor.remove_background(task, job.scope, lane)

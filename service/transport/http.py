@@ -3,7 +3,8 @@
 Each HTTP route is declared once, in the OpenAPI document of ``protocol.schema``
 (``operations``: method, path, operationId); the router is built from it, each operationId
 bound to its handler here, so the document and the server cannot drift apart; the router
-finds 404 and 405 (with Allow) itself, and ``gate`` words them in one line. The routes (one port for both kinds of request):
+finds 404 and 405 (with Allow) itself, and ``gate`` words them in one line. The routes (one
+port for both kinds of request):
 - ``POST /v1``: the REST twin (``rest``): a JSON array of tasks in, all answers out;
 - ``GET|POST /api/remove``: rembg's HTTP API (``rembg_api``): an image in, the PNG out;
 - ``GET /``: the browser page (drop images, watch cutouts stream back);
@@ -154,14 +155,8 @@ def _handlers(context: ServerContext) -> dict[str, Handler]:
     declares every HTTP route's method and path once; the router is built from it."""
     documents = _documents(context.config)
 
-    def fixed(response: Callable[[], web.Response]) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return response()
-
-        return handle
-
     def document(path: str) -> Handler:
-        return fixed(lambda: _response(http.HTTPStatus.OK, documents[path], "application/json"))
+        return _fixed(lambda: _response(http.HTTPStatus.OK, documents[path], "application/json"))
 
     async def rest(request: web.Request) -> web.StreamResponse:
         return await answer_rest_request(context, request)
@@ -181,9 +176,9 @@ def _handlers(context: ServerContext) -> dict[str, Handler]:
         "removeFromUpload": rembg,
         "listModels": models,
         "getImage": image,
-        "health": fixed(lambda: _text(http.HTTPStatus.OK, "ok")),
-        "ready": fixed(lambda: _readiness(context)),
-        "metrics": fixed(
+        "health": _fixed(lambda: _text(http.HTTPStatus.OK, "ok")),
+        "ready": _fixed(lambda: _readiness(context)),
+        "metrics": _fixed(
             lambda: _response(
                 http.HTTPStatus.OK,
                 context.metrics.exposition(),
@@ -197,11 +192,18 @@ def _handlers(context: ServerContext) -> dict[str, Handler]:
     }
 
 
-def _asset(body: bytes, content_type: str) -> Handler:
+def _fixed(response: Callable[[], web.Response]) -> Handler:
+    """A handler whose answer does not depend on the request."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        return _response(http.HTTPStatus.OK, body, content_type, {"Cache-Control": "no-cache"})
+        return response()
 
     return handle
+
+
+def _asset(body: bytes, content_type: str) -> Handler:
+    no_cache = {"Cache-Control": "no-cache"}
+    return _fixed(lambda: _response(http.HTTPStatus.OK, body, content_type, no_cache))
 
 
 # HEAD would run a removal: only the GETs that merely read answer it.
