@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -75,21 +76,19 @@ def started(
 def service_process(runtime: str = "auto", *flags: str):
     """A free port and the service to start on it (``with`` it), with ``flags``."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "service",
-        "--port",
-        str(port),
-        "--runtime",
-        runtime,
-        "--storage-dir",
-        str(BENCH_DIR / "storage"),
-        "--log-level",
-        "WARNING",
-        *flags,
-    ]
-    return port, started(command, f"http://127.0.0.1:{port}/healthz")
+    return port, _service(port, runtime, flags)
+
+
+@contextmanager
+def _service(port: int, runtime: str, flags: tuple[str, ...]) -> Iterator[subprocess.Popen]:
+    BENCH_DIR.mkdir(exist_ok=True)
+    # An image store of its own, gone afterwards: files left by earlier runs would be
+    # stat-ed by each sweep (every 30 s) and billed to this run.
+    with tempfile.TemporaryDirectory(prefix="storage-", dir=BENCH_DIR) as storage:
+        command = [sys.executable, "-m", "service", "--port", str(port), "--runtime", runtime]
+        command += ["--storage-dir", storage, "--log-level", "WARNING", *flags]
+        with started(command, f"http://127.0.0.1:{port}/healthz") as process:
+            yield process
 
 
 @contextmanager
