@@ -12,9 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -568,3 +569,27 @@ def removal_task(image: str, model: str = "fast", **fields) -> dict:
         "outputFormat": "PNG",
         **fields,
     }
+
+
+def _held_by(files: str) -> int:
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(True, files, all_frames=True)]
+    )
+    return sum(trace.size for trace in snapshot.traces)
+
+
+async def memory_growth(
+    step: Callable[[], Awaitable[object]], settle: int, more: int, files: str
+) -> int:
+    """Bytes that ``more`` further awaits of ``step`` leave allocated by code in ``files`` (a
+    tracemalloc filename pattern, anywhere in the traceback), after ``settle`` awaits."""
+    tracemalloc.start(8)
+    try:
+        for _ in range(settle):
+            await step()
+        settled = _held_by(files)
+        for _ in range(more):
+            await step()
+        return _held_by(files) - settled
+    finally:
+        tracemalloc.stop()

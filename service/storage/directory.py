@@ -22,7 +22,7 @@ from pathlib import Path
 from protocol.errors import Code, TaskFailure
 
 from ..imaging.formats import STORED_EXTENSIONS
-from .store import StoredImage, is_image_uuid, new_image_uuid
+from .store import RECENT_IMAGES, RecentImages, StoredImage, is_image_uuid, new_image_uuid
 
 __all__ = ["DirectoryImageStore"]
 
@@ -34,15 +34,20 @@ class DirectoryImageStore:
         root: the directory holding the files (created if missing).
         default_ttl: seconds an image lives when its task names no ttl.
         clock: seconds since the epoch; injectable for tests.
+        recent: how many images' records are kept in memory (``RecentImages``).
     """
 
     def __init__(
-        self, root: Path, default_ttl: int, clock: Callable[[], float] = time.time
+        self,
+        root: Path,
+        default_ttl: int,
+        clock: Callable[[], float] = time.time,
+        recent: int = RECENT_IMAGES,
     ) -> None:
         self.root = root
         self.default_ttl = default_ttl
         self._clock = clock
-        self._images: dict[str, StoredImage] = {}
+        self._images = RecentImages(recent)
         self._full: str | None = None  # why the last write failed for want of room
         root.mkdir(parents=True, exist_ok=True)
 
@@ -66,7 +71,7 @@ class DirectoryImageStore:
             ) from None
         self._full = None
         stored = StoredImage(image_uuid, extension, path, expires_at)
-        self._images[image_uuid] = stored
+        self._images.remember(stored)
         return stored
 
     def unready_because(self) -> str | None:
@@ -89,7 +94,7 @@ class DirectoryImageStore:
             except FileNotFoundError:
                 continue
             stored = StoredImage(image_uuid, extension, path, expires_at)
-            self._images[image_uuid] = stored
+            self._images.remember(stored)
             return stored
         return None
 
@@ -111,7 +116,7 @@ class DirectoryImageStore:
         """Delete every expired file (whoever wrote it) and forget it; returns how many."""
         removed = await asyncio.to_thread(_remove_expired, self.root, self._clock())
         for image_uuid in removed:
-            self._images.pop(image_uuid, None)
+            self._images.forget(image_uuid)
         return len(removed)
 
 

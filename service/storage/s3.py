@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from ..imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
-from .store import StoredImage, is_image_uuid, new_image_uuid
+from .store import RECENT_IMAGES, RecentImages, StoredImage, is_image_uuid, new_image_uuid
 
 __all__ = ["S3ImageStore"]
 
@@ -34,6 +34,7 @@ class S3ImageStore:
         access_key, secret_key, region: credentials (None: boto3's usual sources, e.g. the
             AWS_* environment variables).
         default_ttl: seconds an image lives when its task names no ttl.
+        recent: how many images' records are kept in memory (``RecentImages``).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class S3ImageStore:
         region: str,
         default_ttl: int,
         clock: Callable[[], float] = time.time,
+        recent: int = RECENT_IMAGES,
     ) -> None:
         import boto3
         from botocore.config import Config as BotoConfig
@@ -64,7 +66,7 @@ class S3ImageStore:
         self._bucket = bucket
         self.default_ttl = default_ttl
         self._clock = clock
-        self._known: dict[str, StoredImage] = {}  # what this process stored: no HEAD needed
+        self._known = RecentImages(recent)  # one GET for these, not one per extension
 
     async def put(
         self, data: bytes, extension: str, ttl: int | None = None, scope: bytes = b""
@@ -81,7 +83,7 @@ class S3ImageStore:
             Metadata={"expires-at": f"{expires_at:.3f}"},
         )
         stored = StoredImage(image_uuid, extension, None, expires_at)
-        self._known[image_uuid] = stored
+        self._known.remember(stored)
         return stored
 
     def unready_because(self) -> str | None:

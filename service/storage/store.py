@@ -17,7 +17,14 @@ from typing import Protocol
 
 from protocol.messages import UUID_PATTERN
 
-__all__ = ["StoredImage", "ImageStore", "is_image_uuid", "new_image_uuid", "belongs_to"]
+__all__ = [
+    "StoredImage",
+    "RecentImages",
+    "ImageStore",
+    "is_image_uuid",
+    "new_image_uuid",
+    "belongs_to",
+]
 
 _IMAGE_UUID = re.compile(UUID_PATTERN)
 
@@ -65,6 +72,34 @@ class StoredImage:
     @property
     def filename(self) -> str:
         return f"{self.uuid}.{self.extension}"
+
+
+class RecentImages:
+    """The records of the images a process stored or looked up last, at most ``capacity``: the
+    oldest is forgotten first. Only a cache, since the directory or the bucket has every image
+    and a forgotten one costs a ``stat`` (a GET by each extension) when it is next read; kept
+    whole, it would grow with the traffic times the images' TTL (a day by default)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._records: dict[str, StoredImage] = {}  # in the order they were remembered
+
+    def remember(self, stored: StoredImage) -> None:
+        self._records.pop(stored.uuid, None)
+        self._records[stored.uuid] = stored
+        if len(self._records) > self._capacity:
+            del self._records[next(iter(self._records))]
+
+    def get(self, image_uuid: str) -> StoredImage | None:
+        return self._records.get(image_uuid)
+
+    def forget(self, image_uuid: str) -> None:
+        self._records.pop(image_uuid, None)
+
+
+# At most about 40 MB of records (a directory's take 660 bytes each): the images of the last few
+# minutes at a few hundred per second.
+RECENT_IMAGES = 65_536
 
 
 class ImageStore(Protocol):

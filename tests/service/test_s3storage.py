@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from service.storage.s3 import S3ImageStore
-from tests.support import FakeClock, start_seaweedfs
+from tests.support import FakeClock, memory_growth, start_seaweedfs
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,14 @@ async def test_the_presigned_url_serves_the_bytes_and_refuses_tampering_and_expi
     assert "X-Amz-Expires=1&" in short_url
     await asyncio.sleep(2.5)
     assert (await asyncio.to_thread(fetch, short_url))[0] == 403
+
+
+async def test_memory_stays_bounded_and_an_older_image_is_still_read(s3):
+    images = S3ImageStore(
+        s3.endpoint, s3.bucket, s3.access_key, s3.secret_key, "us-east-1", 86_400, recent=10
+    )
+    first = await images.put(b"\x89PNG-first", "png")
+    grown = await memory_growth(lambda: images.put(b"x", "jpg"), 20, 100, "*/service/storage/*")
+    assert grown < 10_000  # records kept for all 100 would hold about 30 KB
+    loaded = await images.load(first.uuid)  # forgotten here: found by trying each extension
+    assert loaded is not None and loaded[1] == b"\x89PNG-first" and loaded[0].extension == "png"

@@ -10,6 +10,7 @@ from service.imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
 from service.storage.directory import DirectoryImageStore
 from service.storage.store import belongs_to, new_image_uuid
 from tests.support import FakeClock as Clock
+from tests.support import memory_growth
 
 
 async def test_an_image_lives_for_its_ttl_then_is_gone_and_swept(tmp_path):
@@ -79,3 +80,14 @@ def test_an_image_uuid_tells_which_scope_stored_it():
         assert belongs_to(name, alice) and belongs_to(name.upper(), alice)
         assert not belongs_to(name, bob)
     assert not belongs_to(str(uuid.uuid4()), alice) and not belongs_to("not-a-uuid", alice)
+
+
+async def test_memory_stays_bounded_however_many_images_are_stored(tmp_path):
+    """Images live a day by default: a busy server stores millions in that time. The store
+    keeps the records of the latest only; an older image is read from disk all the same."""
+    store = DirectoryImageStore(tmp_path, default_ttl=86_400, recent=100)
+    first = await store.put(b"first", "png")
+    grown = await memory_growth(lambda: store.put(b"x", "png"), 200, 1000, "*/service/storage/*")
+    assert grown < 20_000  # records kept for all 1000 would hold about 660 KB
+    loaded = await store.load(first.uuid)
+    assert loaded is not None and loaded[1] == b"first"
