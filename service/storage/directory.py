@@ -49,6 +49,7 @@ class DirectoryImageStore:
         self._clock = clock
         self._images = RecentImages(recent)
         self._full: str | None = None  # why the last write failed for want of room
+        self._next_sweep = 0.0
         root.mkdir(parents=True, exist_ok=True)
 
     async def put(
@@ -113,11 +114,25 @@ class DirectoryImageStore:
         return f"{base_url}/images/{stored.filename}"
 
     async def sweep(self) -> int:
-        """Delete every expired file (whoever wrote it) and forget it; returns how many."""
-        removed = await asyncio.to_thread(_remove_expired, self.root, self._clock())
+        """Delete every expired file (whoever wrote it) and forget it; returns how many.
+
+        A sweep stats every file in the directory: a day of images at a few per second is
+        millions of files and seconds of CPU. So after a sweep the next one waits SWEEP_DUTY
+        times as long as it took (about 1% of a core), unless the disk is full; an expired
+        image is unreadable at once all the same, only its disk space waits."""
+        started = self._clock()
+        if started < self._next_sweep and self._full is None:
+            return 0
+        removed = await asyncio.to_thread(_remove_expired, self.root, started)
+        ended = self._clock()
+        self._next_sweep = ended + (ended - started) * SWEEP_DUTY
         for image_uuid in removed:
             self._images.forget(image_uuid)
         return len(removed)
+
+
+# A sweep's pause over its own duration (DirectoryImageStore.sweep).
+SWEEP_DUTY = 100
 
 
 # Write errors that mean "no room": the disk, or the user's quota.

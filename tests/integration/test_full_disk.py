@@ -16,6 +16,8 @@ import pytest
 import websockets
 from PIL import Image
 
+from protocol.errors import TaskFailure
+from service.storage.directory import DirectoryImageStore
 from tests.support import Client, b64, new_uuid, start_server
 
 pytestmark = pytest.mark.integration
@@ -89,3 +91,24 @@ async def test_a_full_disk_says_so_and_leaves_nothing_behind(small_disk, tmp_pat
             assert readyz(server)[0] == 200
     finally:
         server.stop()
+
+
+async def test_a_full_disk_is_swept_without_waiting_for_the_sweeps_pause(small_disk):
+    """Sweeps of a big directory are spaced out by their cost; a full disk is not left to
+    wait for the next one."""
+    now = [2_000_000_000.0]
+
+    def clock() -> float:  # each sweep seems to take 10 s: the next waits 1,000 s
+        now[0] += 5
+        return now[0]
+
+    store = DirectoryImageStore(small_disk, default_ttl=3600, clock=clock)
+    await store.sweep()
+    expiring = await store.put(noise_png(600), "png", ttl=1)  # 1 MiB of the 3
+    with pytest.raises(TaskFailure) as refused:
+        for side in range(601, 640):
+            await store.put(noise_png(side), "png")
+    assert refused.value.code == "storageFull" and store.unready_because() is not None
+    assert await store.sweep() == 1 and not expiring.path.exists()
+    await store.put(b"fits again", "png")
+    assert store.unready_because() is None

@@ -7,7 +7,7 @@ import time
 import uuid
 
 from service.imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
-from service.storage.directory import DirectoryImageStore
+from service.storage.directory import SWEEP_DUTY, DirectoryImageStore
 from service.storage.store import belongs_to, new_image_uuid
 from tests.support import FakeClock as Clock
 from tests.support import memory_growth
@@ -91,3 +91,33 @@ async def test_memory_stays_bounded_however_many_images_are_stored(tmp_path):
     assert grown < 20_000  # records kept for all 1000 would hold about 660 KB
     loaded = await store.load(first.uuid)
     assert loaded is not None and loaded[1] == b"first"
+
+
+class SlowSweepClock(Clock):
+    """A clock that moves ``step`` seconds each time it is read: a sweep of a big directory."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+async def test_a_costly_sweep_waits_a_hundred_times_its_duration_before_the_next(tmp_path):
+    """Each sweep stats every file: with millions stored it takes seconds, and the app asks for
+    one every 30 s. An expired image is unreadable at once; only its file waits."""
+    clock = SlowSweepClock(step=0.0)
+    store = DirectoryImageStore(tmp_path, default_ttl=3600, clock=clock)
+    early = await store.put(b"early", "png", ttl=10)
+    clock.now += 10
+    clock.step = 1.0  # 1 s between the sweep's start and end
+    assert await store.sweep() == 1
+    clock.step = 0.0
+    late = await store.put(b"late", "png", ttl=10)
+    clock.now += 30
+    assert store.get(late.uuid) is None and late.path.exists()  # not swept 30 s later
+    assert await store.sweep() == 0 and late.path.exists()
+    clock.now += SWEEP_DUTY * 1.0 - 30
+    assert await store.sweep() == 1 and not late.path.exists() and not early.path.exists()
