@@ -200,6 +200,9 @@ class Processor:
             )
             facts.size = decoded.size
             prediction = await route.batcher.submit(tensor, lane)
+            # Freed now, not after the render: the next image's model input then reuses memory
+            # still in the cache (docs/performance.md, XEON-167).
+            del tensor
             rendered, inline = await self._cpu.run(
                 lane,
                 _render,
@@ -210,7 +213,7 @@ class Processor:
                 task.output,
                 self._config.png_compress_level,
             )
-            del decoded, tensor, prediction
+            del decoded, prediction
         if rendered.matting_fallback is not None:
             log.warning(
                 "task %s: alpha matting fell back to the decontaminated cutout: %s",
