@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 
 from .experiment import Options
-from .processes import redis_server, service_load, service_process
+from .processes import fresh_store, redis_server, service_load, service_process
 
 
 def run(options: Options) -> dict:
@@ -20,16 +20,20 @@ def run(options: Options) -> dict:
         results["embedded"] = service_load(port, image, 8, tasks_per_socket, process.pid)
     with redis_server() as url:
         for workers, split in ((1, ()), (2, ("--inference-threads", "1", "--cpu-workers", "1"))):
-            gateway_port, gateway = service_process("auto", "--redis", url, "--role", "gateway")
-            with gateway as gateway_process, contextlib.ExitStack() as stack:
-                for _ in range(workers):
-                    stack.enter_context(
-                        service_process("auto", "--redis", url, "--role", "worker", *split)[1]
-                    )
-                service_load(gateway_port, image, 1, 2, gateway_process.pid)
-                results[f"workers_{workers}"] = service_load(
-                    gateway_port, image, 8, tasks_per_socket, gateway_process.pid
+            with fresh_store() as store:  # one for the cluster, as on one machine
+                gateway_port, gateway = service_process(
+                    "auto", "--redis", url, "--role", "gateway", store=store
                 )
+                with gateway as gateway_process, contextlib.ExitStack() as stack:
+                    for _ in range(workers):
+                        worker = service_process(
+                            "auto", "--redis", url, "--role", "worker", *split, store=store
+                        )
+                        stack.enter_context(worker[1])
+                    service_load(gateway_port, image, 1, 2, gateway_process.pid)
+                    results[f"workers_{workers}"] = service_load(
+                        gateway_port, image, 8, tasks_per_socket, gateway_process.pid
+                    )
     return results
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -73,20 +74,30 @@ def started(
         log.close()
 
 
-def service_process(runtime: str = "auto", *flags: str):
-    """A free port and the service to start on it (``with`` it), with ``flags``."""
+def service_process(runtime: str = "auto", *flags: str, store: Path | None = None):
+    """A free port and the service to start on it (``with`` it), with ``flags``; its image
+    store is ``store`` (processes of one cluster share one) or a fresh one of its own."""
     port = free_port()
-    return port, _service(port, runtime, flags)
+    return port, _service(port, runtime, flags, store)
 
 
 @contextmanager
-def _service(port: int, runtime: str, flags: tuple[str, ...]) -> Iterator[subprocess.Popen]:
+def fresh_store() -> Iterator[Path]:
+    """An empty image-store directory under .bench/, gone afterwards: files left by earlier
+    runs would be stat-ed by each sweep and billed to this one."""
     BENCH_DIR.mkdir(exist_ok=True)
-    # An image store of its own, gone afterwards: files left by earlier runs would be
-    # stat-ed by each sweep (every 30 s) and billed to this run.
-    with tempfile.TemporaryDirectory(prefix="storage-", dir=BENCH_DIR) as storage:
+    with tempfile.TemporaryDirectory(prefix="storage-", dir=BENCH_DIR) as directory:
+        yield Path(directory)
+
+
+@contextmanager
+def _service(
+    port: int, runtime: str, flags: tuple[str, ...], store: Path | None
+) -> Iterator[subprocess.Popen]:
+    with contextlib.ExitStack() as stack:
+        directory = store or stack.enter_context(fresh_store())
         command = [sys.executable, "-m", "service", "--port", str(port), "--runtime", runtime]
-        command += ["--storage-dir", storage, "--log-level", "WARNING", *flags]
+        command += ["--storage-dir", str(directory), "--log-level", "WARNING", *flags]
         with started(command, f"http://127.0.0.1:{port}/healthz") as process:
             yield process
 
