@@ -499,6 +499,19 @@ class FakeClock:
         return self.now
 
 
+class MovingClock(FakeClock):
+    """A ``FakeClock`` that also moves ``step`` seconds each time it is read: work between two
+    reads (a sweep of a big directory) seems to take that long."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
 class Client:
     """A test's socket: the protocol client's sending side, and the raw JSON of each frame read
     so that a test sees exactly what the service wrote."""

@@ -117,9 +117,10 @@ class DirectoryImageStore:
         """Delete every expired file (whoever wrote it) and forget it; returns how many.
 
         A sweep stats every file in the directory: a day of images at ten a second (input
-        and result each) is 1.7 million files and seconds of CPU. So after a sweep the next one waits SWEEP_DUTY
-        times as long as it took (about 1% of a core), unless the disk is full; an expired
-        image is unreadable at once all the same, only its disk space waits."""
+        and result each) is 1.7 million files and seconds of CPU. So after a sweep the next
+        one waits SWEEP_DUTY times as long as it took (about 1% of a core), unless the disk
+        is full; an expired image is unreadable at once all the same, only its disk space
+        waits."""
         started = self._clock()
         if started < self._next_sweep and self._full is None:
             return 0

@@ -18,7 +18,7 @@ from PIL import Image
 
 from protocol.errors import TaskFailure
 from service.storage.directory import DirectoryImageStore
-from tests.support import Client, b64, new_uuid, start_server
+from tests.support import Client, MovingClock, b64, new_uuid, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -96,12 +96,7 @@ async def test_a_full_disk_says_so_and_leaves_nothing_behind(small_disk, tmp_pat
 async def test_a_full_disk_is_swept_without_waiting_for_the_sweeps_pause(small_disk):
     """Sweeps of a big directory are spaced out by their cost; a full disk is not left to
     wait for the next one."""
-    now = [2_000_000_000.0]
-
-    def clock() -> float:  # each sweep seems to take 10 s: the next waits 1,000 s
-        now[0] += 5
-        return now[0]
-
+    clock = MovingClock(step=5.0)  # a sweep seems to take 5 s: the next waits 500 s
     store = DirectoryImageStore(small_disk, default_ttl=3600, clock=clock)
     await store.sweep()
     expiring = await store.put(noise_png(600), "png", ttl=1)  # 1 MiB of the 3

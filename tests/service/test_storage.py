@@ -10,7 +10,7 @@ from service.imaging.formats import CONTENT_TYPES, STORED_EXTENSIONS
 from service.storage.directory import SWEEP_DUTY, DirectoryImageStore
 from service.storage.store import belongs_to, new_image_uuid
 from tests.support import FakeClock as Clock
-from tests.support import memory_growth
+from tests.support import MovingClock, memory_growth
 
 
 async def test_an_image_lives_for_its_ttl_then_is_gone_and_swept(tmp_path):
@@ -93,22 +93,10 @@ async def test_memory_stays_bounded_however_many_images_are_stored(tmp_path):
     assert loaded is not None and loaded[1] == b"first"
 
 
-class SlowSweepClock(Clock):
-    """A clock that moves ``step`` seconds each time it is read: a sweep of a big directory."""
-
-    def __init__(self, step: float) -> None:
-        super().__init__()
-        self.step = step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
 async def test_a_costly_sweep_waits_a_hundred_times_its_duration_before_the_next(tmp_path):
     """Each sweep stats every file: with millions stored it takes seconds, and the app asks for
     one every 30 s. An expired image is unreadable at once; only its file waits."""
-    clock = SlowSweepClock(step=0.0)
+    clock = MovingClock(step=0.0)
     store = DirectoryImageStore(tmp_path, default_ttl=3600, clock=clock)
     early = await store.put(b"early", "png", ttl=10)
     clock.now += 10
