@@ -85,7 +85,7 @@ $(REDIS_SERVER):
 test: install $(VENV)/.installed-test $(JS_SDK) $(CHROMIUM) $(REDIS_SERVER)
 	$(PY) -m pytest
 
-# The tests that start no process (no server, redis, browser): under a minute.
+# The tests that start no process (no server, redis, browser): under two minutes.
 test-unit: install $(VENV)/.installed-test
 	$(PY) -m pytest -m "not integration" -q
 
