@@ -116,6 +116,7 @@ def provider_lines() -> list[str]:
 def raw_cuda_lines(seconds_per_size: float = 3.0) -> list[str]:
     """Raw onnxruntime CUDA images/s of the embedded model at each batch size."""
     from service.inference import cuda
+    from service.inference.model_input import ModelBatch
     from service.inference.runtime import OnnxModel
 
     lines = []
@@ -125,13 +126,15 @@ def raw_cuda_lines(seconds_per_size: float = 3.0) -> list[str]:
         )
         size = model.input_size or (320, 320)
         for batch in RAW_BATCHES:
-            tensor = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
+            inputs = ModelBatch.zeros(batch, size)
+            inputs.bands[:] = np.random.default_rng(0).integers(0, 256, inputs.bands.shape)
+            inputs.lookups[:] = np.linspace(-2, 2, 256, dtype=np.float32)
             started = time.perf_counter()
-            model.infer_batch(tensor)
+            model.infer_batch(inputs)
             first = time.perf_counter() - started
             calls, started = 0, time.perf_counter()
             while time.perf_counter() - started < seconds_per_size:
-                model.infer_batch(tensor)
+                model.infer_batch(inputs)
                 calls += 1
             rate = calls * batch / (time.perf_counter() - started)
             lines.append(

@@ -3,7 +3,9 @@ at next to no cost, so that the service's CPU work around the model can be measu
 host would see it (the model nearly free) on a machine without a GPU.
 
 A benchmarking tool behind the ``infer_batch`` boundary: the service serves it like any model
-file (``--model replay=PATH:u2net``); nothing in the service knows it is not a real model.
+file (``--model replay=PATH:u2net``); nothing in the service knows it is not a real model. It
+takes the bands and lookups a runtime is given (service.inference.model_input) itself, so the
+normaliser that a GPU runs before the model costs nothing here either.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ __all__ = ["write_replay_model"]
 
 
 def write_replay_model(path: Path, prediction: np.ndarray) -> Path:
-    """Write a graph float32[N,3,S,S] -> float32[N,1,S,S] whose every output row is
-    ``prediction`` (float32[S,S], a model's raw output for one image), whatever the input."""
+    """Write a graph (uint8[N,3,S,S] bands, float32[N,3,256] lookups) -> float32[N,1,S,S]
+    whose every output row is ``prediction`` (float32[S,S], a model's raw output for one
+    image), whatever the input."""
     size = prediction.shape[-1]
     constant = numpy_helper.from_array(
         prediction.astype(np.float32).reshape(1, 1, size, size), name="prediction"
@@ -28,7 +31,7 @@ def write_replay_model(path: Path, prediction: np.ndarray) -> Path:
     start = numpy_helper.from_array(np.array([0], dtype=np.int64), name="start")
     stop = numpy_helper.from_array(np.array([1], dtype=np.int64), name="stop")
     nodes = [
-        helper.make_node("Shape", ["input"], ["input_shape"]),
+        helper.make_node("Shape", ["bands"], ["input_shape"]),
         helper.make_node("Slice", ["input_shape", "start", "stop"], ["batch"]),
         helper.make_node("Concat", ["batch", "tail"], ["output_shape"], axis=0),
         helper.make_node("Expand", ["prediction", "output_shape"], ["output"]),
@@ -36,7 +39,10 @@ def write_replay_model(path: Path, prediction: np.ndarray) -> Path:
     graph = helper.make_graph(
         nodes,
         "replay",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [
+            helper.make_tensor_value_info("bands", TensorProto.UINT8, ["batch", 3, size, size]),
+            helper.make_tensor_value_info("lookups", TensorProto.FLOAT, ["batch", 3, 256]),
+        ],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, size, size])],
         initializer=[constant, tail, start, stop],
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from load.standin import write_replay_model
+from service.inference.model_input import ModelBatch
 from service.inference.runtime import load_runtime
 
 
@@ -18,7 +19,8 @@ def test_the_replay_graph_returns_its_prediction_for_any_batch(tmp_path, runtime
     model = load_runtime(path, runtime, threads=1)
     assert model.input_size == (320, 320)
     for batch in (1, 3):
-        inputs = rng.standard_normal((batch, 3, 320, 320), dtype=np.float32)
+        inputs = ModelBatch.zeros(batch, (320, 320))
+        inputs.bands[:] = rng.integers(0, 256, inputs.bands.shape)
         outputs = model.infer_batch(inputs)
         assert outputs.shape == (batch, 320, 320)
         assert np.array_equal(outputs, np.broadcast_to(prediction, outputs.shape))

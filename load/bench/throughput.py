@@ -20,10 +20,10 @@ from .raw import model_input, onnxruntime_rate, openvino_rate
 
 def run(options: Options) -> dict:
     image = options.image.read_bytes()
-    tensor = model_input(image)
+    one_image = model_input(image)
     result: dict = {"image": options.image.name}
-    result["raw_onnxruntime_img_s"] = round(onnxruntime_rate(tensor, options.seconds), 3)
-    openvino, batch = openvino_rate(tensor, options.seconds)
+    result["raw_onnxruntime_img_s"] = round(onnxruntime_rate(one_image, options.seconds), 3)
+    openvino, batch = openvino_rate(one_image, options.seconds)
     result["raw_openvino_img_s"] = round(openvino, 3)
     result["batch_time_s"] = round(batch / openvino, 3)  # one full batch on this CPU
     per_socket_c8 = max(2, options.tasks // 2)

@@ -17,14 +17,12 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from dataclasses import dataclass
 
 import numba
 import numpy as np
 
 __all__ = [
     "lanczos_resize",
-    "BandLookup",
     "resize_to_planes",
     "brightest",
     "planes",
@@ -110,14 +108,11 @@ def _along_columns(rows, starts, counts, weights, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _along_columns_to_planes(words, starts, counts, weights, table, affine, offsets, divisors, out):
-    """``_along_columns`` over uint32[H, W] RGBX words whose R, G and B results become float32
-    planes ``out[band, row, pixel]`` instead of bytes: the vertical pass and ``planes`` in one,
-    without the image between them. Each band is summed apart, its byte shifted out of the
-    words as they are read, so X is never computed (2.8 -> 2.25 ms for anime-girl-1 at 1024,
-    XEON-167). Each byte is looked up in its band's column of ``table``, or with ``affine``
-    computed as ``(byte - offsets[band]) / divisors[band]`` in float32, which the caller has
-    checked gives the table's floats."""
+def _along_columns_to_planes(words, starts, counts, weights, out):
+    """``_along_columns`` over uint32[H, W] RGBX words whose R, G and B results go to byte planes
+    ``out[band, row, pixel]``: the vertical pass and ``planes`` in one, without the image
+    between them. Each band is summed apart, its byte shifted out of the words as they are
+    read, so X is never computed."""
     total = np.empty(words.shape[1], np.int32)
     half = np.int32(1 << (_PRECISION_BITS - 1))
     for target in range(starts.shape[0]):
@@ -131,36 +126,9 @@ def _along_columns_to_planes(words, starts, counts, weights, table, affine, offs
                 for i in range(source.shape[0]):
                     total[i] += np.int32((source[i] >> shift) & np.uint32(255)) * weight
             plane = out[band, target]
-            # In locals: read through the arrays inside the loop, they might alias ``out``
-            # for all the compiler knows, and the loop would not vectorise.
-            offset, divisor = offsets[band], divisors[band]
             for i in range(total.shape[0]):
                 value = total[i] >> _PRECISION_BITS
-                value = 0 if value < 0 else (255 if value > 255 else value)
-                if affine:
-                    plane[i] = (np.float32(value) - offset) / divisor
-                else:
-                    plane[i] = table[value, band]
-
-
-@dataclass(frozen=True)
-class BandLookup:
-    """How each R, G and B byte becomes a float of the model input: ``table[byte, band]``
-    (float32[256, 3]); ``affine``, when set, is float32 (offsets, divisors) whose
-    ``(byte - offset) / divisor`` in float32 gives exactly the table's floats."""
-
-    table: np.ndarray
-    affine: tuple[np.ndarray, np.ndarray] | None = None
-
-    @classmethod
-    def checked(cls, table: np.ndarray, offsets, divisors) -> BandLookup:
-        """The table, with the affine form of ``offsets`` and ``divisors`` kept only when it
-        reproduces every entry bit for bit."""
-        offsets = np.broadcast_to(np.asarray(offsets, np.float32), 3).copy()
-        divisors = np.broadcast_to(np.asarray(divisors, np.float32), 3).copy()
-        computed = (np.arange(256, dtype=np.float32)[:, np.newaxis] - offsets) / divisors
-        exact = np.array_equal(computed.view(np.uint32), table.view(np.uint32))
-        return cls(table, (offsets, divisors) if exact else None)
+                plane[i] = 0 if value < 0 else (255 if value > 255 else value)
 
 
 @functools.lru_cache(maxsize=256)
@@ -244,14 +212,14 @@ def lanczos_resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _pass(pixels, vertical) if out_height != height else pixels.copy()
 
 
-def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], lookup: BandLookup) -> np.ndarray:
-    """``planes(lanczos_resize(pixels, size), lookup.table)`` of uint32[H, W] RGBX pixels, the
-    same floats; when Pillow's last pass is the vertical one (``_vertical_first`` says it is),
-    that pass writes the planes itself."""
+def resize_to_planes(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``planes(lanczos_resize(pixels, size))`` of uint32[H, W] RGBX pixels, the same bytes;
+    when Pillow's last pass is the vertical one (``_vertical_first`` says it is), that pass
+    writes the planes itself."""
     height, width = pixels.shape
     out_width, out_height = size
     if _vertical_first(pixels.shape, size) or out_height == height:
-        return planes(lanczos_resize(pixels, size), lookup.table)
+        return planes(lanczos_resize(pixels, size))
     vertical = _cached_coefficients(height, out_height)
     starts, counts, weights = vertical
     pixels = np.ascontiguousarray(pixels)
@@ -259,23 +227,9 @@ def resize_to_planes(pixels: np.ndarray, size: tuple[int, int], lookup: BandLook
         rows, first = _rows_read(pixels, vertical, out_width)
     else:
         rows, first = pixels, 0
-    out = np.empty((3, out_height, out_width), np.float32)
-    offsets, divisors = lookup.affine or (_NO_BANDS, _NO_BANDS)
-    _along_columns_to_planes(
-        rows,
-        starts - first,
-        counts,
-        weights,
-        lookup.table,
-        lookup.affine is not None,
-        offsets,
-        divisors,
-        out,
-    )
+    out = np.empty((3, out_height, out_width), np.uint8)
+    _along_columns_to_planes(rows, starts - first, counts, weights, out)
     return out
-
-
-_NO_BANDS = np.ones(3, np.float32)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -294,20 +248,19 @@ def brightest(pixels: np.ndarray) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _planes(pixels, table, out):
+def _planes(pixels, out):
     for y in range(pixels.shape[0]):
         for x in range(pixels.shape[1]):
             word = pixels[y, x]
-            out[0, y, x] = table[word & 255, 0]
-            out[1, y, x] = table[(word >> 8) & 255, 1]
-            out[2, y, x] = table[(word >> 16) & 255, 2]
+            out[0, y, x] = word & 255
+            out[1, y, x] = (word >> 8) & 255
+            out[2, y, x] = (word >> 16) & 255
 
 
-def planes(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """float32[3, H, W]: each R, G, B byte of uint32[H, W] RGBX pixels looked up in its band's
-    column of float32[256, 3] ``table``."""
-    out = np.empty((3, *pixels.shape), np.float32)
-    _planes(pixels, table, out)
+def planes(pixels: np.ndarray) -> np.ndarray:
+    """uint8[3, H, W]: the R, G and B bytes of uint32[H, W] RGBX pixels, one plane each."""
+    out = np.empty((3, *pixels.shape), np.uint8)
+    _planes(pixels, out)
     return out
 
 
@@ -378,12 +331,11 @@ def warm_up() -> None:
             lanczos_resize(pixels, (3, 16))  # horizontal first
             lanczos_resize(pixels, (6, 16))  # the vertical pass alone, on the pixels
             lanczos_resize(pixels, (5, 2))  # vertical first
-        lookup = BandLookup(np.zeros((256, 3), np.float32))
-        resize_to_planes(words, (12, 16), lookup)
-        resize_to_planes(words, (6, 16), lookup)  # the planes pass reads the pixels
+        resize_to_planes(words, (12, 16))
+        resize_to_planes(words, (6, 16))  # the planes pass reads the pixels
         cut_out(words, np.zeros(words.shape, np.uint8))
         colours(words, np.zeros(256, np.float32))
-        planes(words, lookup.table)
+        planes(words)
         brightest(words)
     lanczos_resize(np.zeros((100, _ALIASING_STRIDE), np.uint8), (1020, 4))
     lanczos_resize(np.zeros((100, _ALIASING_STRIDE // 4), np.uint32), (250, 4))

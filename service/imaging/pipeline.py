@@ -25,6 +25,7 @@ from protocol.errors import Code, TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
 
 from ..inference.families import Family
+from ..inference.model_input import ModelInput
 from ..matting.cutout import UnsolvableTrimap, matting_cutout
 from ..matting.cutout import warm_up as warm_up_matting
 from ..matting.foreground import estimate_foreground, rgba_bytes
@@ -225,25 +226,28 @@ def decode_image(
 
 
 @functools.lru_cache(maxsize=64)
-def _input_lookup(family: Family, scale: float) -> kernels.BandLookup:
-    """Each band value normalised as rembg does the whole array (float64, then rounded to
-    float32), to be looked up instead of computed per pixel, or computed in float32 where
-    that gives the same floats (isnet's (v - 127.5) / 255 does for every byte)."""
-    values = np.arange(256, dtype=np.float64)[:, np.newaxis]
-    mean, std = np.asarray(family.mean), np.asarray(family.std)
-    table = ((values / scale - mean) / std).astype(np.float32)
-    return kernels.BandLookup.checked(table, mean * scale, std * scale)
+def _input_lookup(family: Family, scale: float) -> np.ndarray:
+    """float32[3, 256]: each band's bytes normalised as rembg does the whole array (float64,
+    then rounded to float32), looked up where the model runs instead of computed per pixel."""
+    values = np.arange(256, dtype=np.float64)
+    mean, std = np.asarray(family.mean)[:, np.newaxis], np.asarray(family.std)[:, np.newaxis]
+    lookup = ((values / scale - mean) / std).astype(np.float32)
+    lookup.flags.writeable = False  # shared by every image of the family (and scale)
+    return lookup
 
 
-def preprocess(decoded: DecodedImage, family: Family) -> np.ndarray:
-    """The model input for one image: float32[3, S, S], as rembg's ``normalize`` makes it."""
+def preprocess(decoded: DecodedImage, family: Family) -> ModelInput:
+    """The model input for one image, as rembg's ``normalize`` makes it: the resized image's
+    bands, and the lookup that makes them the model's floats."""
     size = (family.size, family.size)
-    if not family.divide_by_max:  # the table is known first: the resize writes the input
-        return kernels.resize_to_planes(decoded.pixels, size, _input_lookup(family, 255.0))
+    if not family.divide_by_max:  # the lookup is known first: the resize writes the planes
+        return ModelInput(
+            kernels.resize_to_planes(decoded.pixels, size), _input_lookup(family, 255.0)
+        )
     # Bands resize independently: an RGBA image's RGB comes out as its RGB conversion's would.
     small = kernels.lanczos_resize(decoded.pixels, size)
     scale = max(float(kernels.brightest(small)), 1e-6)
-    return kernels.planes(small, _input_lookup(family, scale).table)
+    return ModelInput(kernels.planes(small), _input_lookup(family, scale))
 
 
 def mask_from_prediction(

@@ -1,8 +1,10 @@
 """Model runtimes: one per model file, run a whole batch at a time.
 
-The boundary is ``infer_batch(float32[N,3,H,W]) -> float32[N,H,W]`` (the first output's first
-channel, untouched). Anything else that can run such a function (another runtime, a remote
-inference server such as Triton) can stand in without the batcher or pipeline noticing.
+The boundary is ``infer_batch(ModelBatch) -> float32[N,H,W]`` (the first output's first
+channel, untouched): the images' bands as bytes and their lookups, which every runtime's graph
+turns into the model's floats first (``with_normaliser``). Anything else that can run such a
+function (another runtime, a remote inference server such as Triton) can stand in without the
+batcher or pipeline noticing.
 
 - ``OnnxModel``: onnxruntime, on the CPU or on CUDA (``service.inference.cuda``).
 - ``OpenVinoModel``: OpenVINO's CPU runtime reading the same ONNX file, in f32 (outputs equal
@@ -26,10 +28,12 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from . import cuda
 from .driver import driver_answers
 from .errors import CudaUnusable, ModelLoadError
+from .model_input import LOOKUP_SHAPE, ModelBatch, ModelInput
 
 __all__ = [
     "OnnxModel",
@@ -38,9 +42,9 @@ __all__ = [
     "RUNTIMES",
     "PRECISIONS",
     "batch_sizes",
-    "stack_images",
     "select_runtime",
     "with_symbolic_batch",
+    "with_normaliser",
     "to_fp16",
     "load_runtime",
     "openvino_available",
@@ -117,10 +121,51 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         return float16.convert_float_to_float16(model, keep_io_types=True)
 
 
-def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
-    """float32[N, ...] of N inputs; a batch of one is a view of its image, not a copy (at 1024
-    a copy is 12 MB per image)."""
-    return images[0][np.newaxis] if len(images) == 1 else np.stack(images)
+# The graph inputs that ``with_normaliser`` gives a model.
+BANDS_INPUT, LOOKUPS_INPUT = "bands", "lookups"
+# GatherElements, which the normaliser needs, came with opset 11.
+_NORMALISER_OPSET = 11
+
+
+def with_normaliser(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model behind a normaliser: its float input replaced by ``bands`` uint8[N,3,H,W] and
+    ``lookups`` float32[N,3,256], each band's bytes looked up in its row (GatherElements: the
+    table's floats exactly). A graph whose first input is already uint8 takes bands and lookups
+    itself (the stand-in device of load/standin.py) and is returned as it is."""
+    graph = model.graph
+    model_input = graph.input[0]
+    if model_input.type.tensor_type.elem_type == TensorProto.UINT8:
+        return model
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < _NORMALISER_OPSET:
+        raise ModelLoadError(
+            f"the model's opset is {opset}; at least {_NORMALISER_OPSET} is needed "
+            "(re-export it with a newer opset)"
+        )
+    dims = [d.dim_param or d.dim_value for d in model_input.type.tensor_type.shape.dim]
+    bands = helper.make_tensor_value_info(BANDS_INPUT, TensorProto.UINT8, dims or None)
+    lookups = helper.make_tensor_value_info(
+        LOOKUPS_INPUT, TensorProto.FLOAT, [dims[0] if dims else "batch", *LOOKUP_SHAPE]
+    )
+    prefix = "normaliser/"
+    graph.initializer.append(
+        numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"{prefix}flat_shape")
+    )
+    nodes = [
+        helper.make_node("Shape", [BANDS_INPUT], [f"{prefix}shape"]),
+        helper.make_node("Reshape", [BANDS_INPUT, f"{prefix}flat_shape"], [f"{prefix}flat"]),
+        helper.make_node("Cast", [f"{prefix}flat"], [f"{prefix}indices"], to=TensorProto.INT64),
+        helper.make_node(
+            "GatherElements", [LOOKUPS_INPUT, f"{prefix}indices"], [f"{prefix}values"], axis=2
+        ),
+        helper.make_node("Reshape", [f"{prefix}values", f"{prefix}shape"], [model_input.name]),
+    ]
+    graph.input.remove(model_input)
+    graph.input.insert(0, lookups)
+    graph.input.insert(0, bands)
+    for position, node in enumerate(nodes):
+        graph.node.insert(position, node)
+    return model
 
 
 def batch_sizes(max_batch: int) -> tuple[int, ...]:
@@ -157,6 +202,7 @@ class OnnxModel:
         model = with_symbolic_batch(onnx.load(str(path)))
         if precision == "fp16":
             model = to_fp16(model)
+        model = with_normaliser(model)
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session_options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -180,7 +226,6 @@ class OnnxModel:
                 f"{path}: the session started on {self.provider}, not on CUDA; {cuda.FIX}"
             )
         model_input = self.inference_session.get_inputs()[0]
-        self.input_name = model_input.name
         self.output_name = self.inference_session.get_outputs()[0].name
         self.input_size = _spatial_size(model_input.shape)
         self._buffers: _BoundBuffers | None = None
@@ -201,7 +246,7 @@ class OnnxModel:
         seconds: dict[int, float] = {}
         for size in batch_sizes(self.preferred_batch):
             started = time.perf_counter()
-            self.infer_batch(np.zeros((size, 3, *(self.input_size or (1, 1))), np.float32))
+            self.infer_batch(ModelBatch.zeros(size, self.input_size or (1, 1)))
             seconds[size] = time.perf_counter() - started
         log.info(
             "%s: batch sizes warmed on %s in %s",
@@ -211,70 +256,74 @@ class OnnxModel:
         )
         return seconds
 
-    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """One batch from single images: on CUDA straight into the bound input buffer."""
+    def stack(self, images: Sequence[ModelInput]) -> ModelBatch:
+        """One batch from single images: on CUDA straight into the bound input buffers."""
         if self._buffers is None:
-            return stack_images(images)
+            return ModelBatch.of(images)
         return self._buffers.stack(images)
 
-    def infer_batch(self, batch: np.ndarray) -> np.ndarray:
-        """float32[N,3,H,W] -> float32[N,H,W]: the first output's first channel per image."""
+    def infer_batch(self, batch: ModelBatch) -> np.ndarray:
+        """N images -> float32[N,H,W]: the first output's first channel per image."""
         if self._buffers is None:
-            (output,) = self.inference_session.run([self.output_name], {self.input_name: batch})
+            feeds = {BANDS_INPUT: batch.bands, LOOKUPS_INPUT: batch.lookups}
+            (output,) = self.inference_session.run([self.output_name], feeds)
             return output[:, 0, :, :]
         return self._buffers.run(self, batch)
 
 
 class _BoundBuffers:
-    """Page-locked buffers of the largest batch, bound to a CUDA session: ``inputs`` of them
-    for the input, taken in turn, so that the next batch is stacked into one while the device
-    reads another (batches in flight), and one for the output. A batch runs padded to the next
-    size of ``batch_sizes`` (rows beyond it hold whatever an earlier batch left, and their
-    outputs are dropped)."""
+    """Page-locked buffers of the largest batch, bound to a CUDA session: ``inputs`` pairs of
+    them (bands and lookups), taken in turn, so that the next batch is stacked into one while
+    the device reads another (batches in flight), and one for the output. A batch runs padded
+    to the next size of ``batch_sizes`` (rows beyond it hold whatever an earlier batch left,
+    and their outputs are dropped)."""
 
     def __init__(
         self, max_batch: int, size: tuple[int, int], output_shape: list, inputs: int = 1
     ) -> None:
         self.sizes = batch_sizes(max_batch)
-        self.inputs = [np.zeros((max_batch, 3, *size), np.float32) for _ in range(inputs)]
+        self.inputs = [ModelBatch.zeros(max_batch, size) for _ in range(inputs)]
         self._next_input = 0
         tail = output_shape[1:]
         fixed = all(isinstance(d, int) for d in tail)
         self.output = np.zeros((max_batch, *tail), np.float32) if fixed else None
-        self.pinned = all(cuda.pin(buffer) for buffer in self.inputs) and (
+        buffers = [array for batch in self.inputs for array in (batch.bands, batch.lookups)]
+        self.pinned = all(cuda.pin(buffer) for buffer in buffers) and (
             self.output is None or cuda.pin(self.output)
         )
         if not self.pinned:
             log.warning("page-locked host buffers refused: copies to the GPU go through staging")
 
-    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """The images stacked into the next input buffer in turn (called from one thread)."""
+    def stack(self, images: Sequence[ModelInput]) -> ModelBatch:
+        """The images stacked into the next input buffers in turn (called from one thread)."""
         buffer = self.inputs[self._next_input]
         self._next_input = (self._next_input + 1) % len(self.inputs)
-        view = buffer[: len(images)]
-        np.stack(images, out=view)
+        view = ModelBatch(buffer.bands[: len(images)], buffer.lookups[: len(images)])
+        np.stack([image.bands for image in images], out=view.bands)
+        np.stack([image.lookup for image in images], out=view.lookups)
         return view
 
     def _padded(self, count: int) -> int:
         return next(size for size in self.sizes if size >= count)
 
-    def _holding(self, batch: np.ndarray) -> np.ndarray:
-        """The input buffer that holds ``batch`` (stacked there), or the first one, ``batch``
-        copied into it (a batch from elsewhere: the warm-up's, before any is in flight)."""
+    def _holding(self, batch: ModelBatch) -> ModelBatch:
+        """The input buffers that hold ``batch`` (stacked there), or the first ones, ``batch``
+        copied into them (a batch from elsewhere: the warm-up's, before any is in flight)."""
         for buffer in self.inputs:
-            if np.shares_memory(batch, buffer):
+            if np.shares_memory(batch.bands, buffer.bands):
                 return buffer
-        self.inputs[0][: len(batch)] = batch
+        self.inputs[0].bands[: len(batch)] = batch.bands
+        self.inputs[0].lookups[: len(batch)] = batch.lookups
         return self.inputs[0]
 
-    def run(self, model: OnnxModel, batch: np.ndarray) -> np.ndarray:
+    def run(self, model: OnnxModel, batch: ModelBatch) -> np.ndarray:
         count = len(batch)
         rows = self._padded(count)
         binding = model.inference_session.io_binding()
-        source = self._holding(batch)[:rows]
-        binding.bind_input(
-            model.input_name, "cpu", 0, np.float32, list(source.shape), source.ctypes.data
-        )
+        source = self._holding(batch)
+        for name, array in ((BANDS_INPUT, source.bands), (LOOKUPS_INPUT, source.lookups)):
+            bound = array[:rows]
+            binding.bind_input(name, "cpu", 0, bound.dtype, list(bound.shape), bound.ctypes.data)
         if self.output is not None:
             target = self.output[:rows]
             binding.bind_output(
@@ -323,7 +372,7 @@ class OpenVinoModel:
         import openvino as ov
 
         core = ov.Core()
-        model = core.read_model(str(path))
+        model = core.read_model(with_normaliser(onnx.load(str(path))).SerializeToString())
         precise = {"INFERENCE_PRECISION_HINT": "f32"}  # no bf16/f16 shortcuts: equal outputs
         latency_config = {**precise, "PERFORMANCE_HINT": "LATENCY"}
         throughput_config = {**precise, "PERFORMANCE_HINT": "THROUGHPUT"}
@@ -334,6 +383,7 @@ class OpenVinoModel:
                 config["INFERENCE_NUM_THREADS"] = str(threads)
                 config["ENABLE_CPU_PINNING"] = "NO"
         self._latency = core.compile_model(model, "CPU", latency_config)
+        self._input_names = [port.get_any_name() for port in self._latency.inputs]
         self._request = self._latency.create_infer_request()
         self._throughput = core.compile_model(model, "CPU", throughput_config)
         streams = int(self._throughput.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -346,20 +396,27 @@ class OpenVinoModel:
         shape = model.inputs[0].get_partial_shape()
         self.input_size = _spatial_size([d.get_length() if d.is_static else None for d in shape])
 
-    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return stack_images(images)
+    def stack(self, images: Sequence[ModelInput]) -> ModelBatch:
+        return ModelBatch.of(images)
+
+    def _feeds(self, bands: np.ndarray, lookups: np.ndarray) -> dict[str, np.ndarray]:
+        """By name, and only those the compiled model kept: OpenVINO drops an input that no
+        output depends on (the stand-in's lookups)."""
+        feeds = {BANDS_INPUT: bands, LOOKUPS_INPUT: lookups}
+        return {name: feeds[name] for name in self._input_names}
 
     def _collect(self, request, index: int) -> None:
         self._outputs[index] = request.get_output_tensor(0).data[0, 0].copy()
 
-    def infer_batch(self, batch: np.ndarray) -> np.ndarray:
-        """float32[N,3,H,W] -> float32[N,H,W]; one image at a time per request (batch 1 graph)."""
+    def infer_batch(self, batch: ModelBatch) -> np.ndarray:
+        """N images -> float32[N,H,W]; one image at a time per request (batch 1 graph)."""
         if len(batch) == 1:
-            output = self._request.infer({0: batch})[self._latency.outputs[0]]
-            return output[:, 0, :, :]
+            output = self._request.infer(self._feeds(batch.bands, batch.lookups))
+            return output[self._latency.outputs[0]][:, 0, :, :]
         self._outputs.clear()
-        for index, image in enumerate(batch):
-            self._queue.start_async({0: image[np.newaxis]}, userdata=index)
+        for index in range(len(batch)):
+            feeds = self._feeds(batch.bands[index : index + 1], batch.lookups[index : index + 1])
+            self._queue.start_async(feeds, userdata=index)
         self._queue.wait_all()
         return np.stack([self._outputs[index] for index in range(len(batch))])
 
@@ -376,9 +433,9 @@ class Runtime(Protocol):
     preferred_batch: int
     input_size: tuple[int, int] | None
 
-    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+    def stack(self, images: Sequence[ModelInput]) -> ModelBatch: ...
 
-    def infer_batch(self, batch: np.ndarray) -> np.ndarray: ...
+    def infer_batch(self, batch: ModelBatch) -> np.ndarray: ...
 
 
 def load_runtime(

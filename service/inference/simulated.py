@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .model_input import ModelBatch, ModelInput
+
 if TYPE_CHECKING:
     from .runtime import Runtime
 
@@ -105,10 +107,10 @@ class SimulatedDevice:
             f" per image{transfer}{shared}) over {inner.provider}"
         )
 
-    def stack(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def stack(self, images: Sequence[ModelInput]) -> ModelBatch:
         return self._inner.stack(images)
 
-    def infer_batch(self, batch: np.ndarray) -> np.ndarray:
+    def infer_batch(self, batch: ModelBatch) -> np.ndarray:
         if self._lock is None:
             return self._run(batch)
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # another process's batch may be running
@@ -117,7 +119,7 @@ class SimulatedDevice:
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: ModelBatch) -> np.ndarray:
         started = self._clock()
         outputs = self._inner.infer_batch(batch)
         moved = batch.nbytes + outputs.nbytes

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -29,13 +30,14 @@ __all__ = ["MicroBatcher", "InferBatch"]
 
 log = logging.getLogger(__name__)
 
-InferBatch = Callable[[np.ndarray], np.ndarray]
-StackBatch = Callable[[Sequence[np.ndarray]], np.ndarray]
+# The runtime's: ModelInput and ModelBatch (service.inference.model_input); anything for tests.
+InferBatch = Callable[[Any], np.ndarray]
+StackBatch = Callable[[Sequence[Any]], Any]
 
 
 @dataclass
 class _Pending:
-    tensor: np.ndarray
+    model_input: Any
     future: asyncio.Future = field(repr=False)
 
 
@@ -43,7 +45,7 @@ class MicroBatcher:
     """Collects single images into batches for one inference function.
 
     Args:
-        infer: float32[N,...] -> float32[N,...], one output per input, in order.
+        infer: a batch of N inputs -> float32[N,...], one output per input, in order.
         stack: N single inputs into the batch ``infer`` takes (the runtime's own, e.g. into
             one of its page-locked buffers); it runs on the staging thread, not on the event
             loop, one batch after another.
@@ -101,11 +103,11 @@ class MicroBatcher:
             await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
 
-    async def submit(self, tensor: np.ndarray, lane: Hashable = None) -> np.ndarray:
+    async def submit(self, model_input: Any, lane: Hashable = None) -> np.ndarray:
         """Queue one input for ``lane``; resolves to its own output row once its batch ran."""
         self.start()
         future = asyncio.get_running_loop().create_future()
-        self._queue.put(lane, _Pending(tensor, future))
+        self._queue.put(lane, _Pending(model_input, future))
         self._arrived.set()
         return await future
 
@@ -144,7 +146,7 @@ class MicroBatcher:
             batch.extend(self._take_round_robin(self.max_batch - len(batch)))
         return batch
 
-    def _timed_infer(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    def _timed_infer(self, batch: Any) -> tuple[np.ndarray, float]:
         """The batch's outputs and the seconds inference took."""
         started = time.perf_counter()
         return self._infer(batch), time.perf_counter() - started
@@ -177,8 +179,8 @@ class MicroBatcher:
         its futures."""
         loop = asyncio.get_running_loop()
         try:
-            tensors = [pending.tensor for pending in batch]
-            stacked = await loop.run_in_executor(self._staging, self._stack, tensors)
+            inputs = [pending.model_input for pending in batch]
+            stacked = await loop.run_in_executor(self._staging, self._stack, inputs)
             outputs, seconds = await loop.run_in_executor(
                 self._executor, self._timed_infer, stacked
             )

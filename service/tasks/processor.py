@@ -30,6 +30,7 @@ from ..config import Config
 from ..imaging import pipeline
 from ..imaging.formats import CONTENT_TYPES, EXTENSIONS, check_encodable, payload_fields
 from ..inference.families import Family
+from ..inference.model_input import ModelInput
 from ..metrics import Metrics
 from ..net.delivery import put_to_upload_endpoint
 from ..net.outbound import OutboundHttp
@@ -187,7 +188,7 @@ class Processor:
             max_pixels, limit_name = self._config.max_matting_pixels, "the limit with alphaMatting"
         working = _working_bytes(resolved.data, max_pixels, matting)
         async with self._budget.reserved(working, task.image_parameter):
-            decoded, tensor = await self._cpu.run(
+            decoded, model_input = await self._cpu.run(
                 lane,
                 _prepare,
                 resolved.data,
@@ -199,10 +200,10 @@ class Processor:
                 self._config.decode_timeout,
             )
             facts.size = decoded.size
-            prediction = await route.batcher.submit(tensor, lane)
+            prediction = await route.batcher.submit(model_input, lane)
             # Freed now, not after the render: the next image's model input then reuses memory
             # still in the cache (docs/performance.md, XEON-167).
-            del tensor
+            del model_input
             rendered, inline = await self._cpu.run(
                 lane,
                 _render,
@@ -287,7 +288,7 @@ def _prepare(
     limit_name: str,
     output_format: str,
     max_seconds: float,
-) -> tuple[pipeline.DecodedImage, np.ndarray]:
+) -> tuple[pipeline.DecodedImage, ModelInput]:
     decoded = pipeline.decode_image(data, max_pixels, parameter, limit_name, max_seconds)
     check_encodable(decoded.size, output_format)  # before the model and the render run
     return decoded, pipeline.preprocess(decoded, family)

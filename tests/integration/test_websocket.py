@@ -367,7 +367,7 @@ async def test_an_isnet_family_model_is_served_with_its_own_preprocessing(client
     mask = np.asarray(result_image(item)).astype(np.int16)
     # What the stand-in model computes, from the isnet recipe (1024 px, /255, mean 0.5, std 1).
     decoded = pipeline.decode_image(CAR, 40_000_000)
-    tensor = pipeline.preprocess(decoded, FAMILIES["isnet"])
+    tensor = pipeline.preprocess(decoded, FAMILIES["isnet"]).floats()
     prediction = 1 / (1 + np.exp(-tensor.mean(axis=0)))
     expected = pipeline.mask_from_prediction(prediction.astype(np.float32), decoded.size)
     assert np.abs(mask - expected).max() <= 1

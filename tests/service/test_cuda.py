@@ -14,6 +14,7 @@ from service.inference import cuda
 from service.inference.driver import driver_answers
 from service.inference.errors import CudaUnusable, ModelLoadError
 from service.inference.families import FAMILIES
+from service.inference.model_input import ModelBatch, ModelInput
 from service.inference.runtime import (
     OnnxModel,
     _BoundBuffers,
@@ -68,6 +69,11 @@ def test_batch_sizes_are_few_and_cover_every_batch():
     assert batch_sizes(1) == (1,)
 
 
+def random_input(rng: np.random.Generator) -> ModelInput:
+    bands = rng.integers(0, 256, (3, 320, 320), dtype=np.uint8)
+    return ModelInput(bands, rng.standard_normal((3, 256)).astype(np.float32))
+
+
 def test_bound_buffers_pad_a_batch_and_return_only_its_rows():
     """The CUDA path's IO binding, run on the CPU provider: a batch of 3 runs as 4 in the bound
     buffer; its rows equal an unbound run, and the next batch does not change them."""
@@ -76,12 +82,13 @@ def test_bound_buffers_pad_a_batch_and_return_only_its_rows():
     buffers = _BoundBuffers(8, (320, 320), shape)
     assert not buffers.pinned  # no CUDA runtime here: plain host memory, still bound
     rng = np.random.default_rng(0)
-    images = [rng.standard_normal((3, 320, 320)).astype(np.float32) for _ in range(3)]
+    images = [random_input(rng) for _ in range(3)]
     batch = buffers.stack(images)
-    assert np.shares_memory(batch, buffers.inputs[0]) and len(batch) == 3
+    assert np.shares_memory(batch.bands, buffers.inputs[0].bands) and len(batch) == 3
+    assert np.shares_memory(batch.lookups, buffers.inputs[0].lookups)
     outputs = buffers.run(model, batch)
     assert outputs.shape == (3, 320, 320)
-    expected = model.infer_batch(np.stack(images))
+    expected = model.infer_batch(ModelBatch.of(images))
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
     buffers.run(model, buffers.stack(images[:1]))
     np.testing.assert_allclose(outputs, expected, atol=1e-5)
@@ -94,24 +101,24 @@ def test_two_input_buffers_let_the_next_batch_be_staged_while_one_runs():
     shape = model.inference_session.get_outputs()[0].shape
     buffers = _BoundBuffers(4, (320, 320), shape, inputs=2)
     rng = np.random.default_rng(1)
-    first_images = [rng.standard_normal((3, 320, 320)).astype(np.float32) for _ in range(2)]
-    second_images = [rng.standard_normal((3, 320, 320)).astype(np.float32) for _ in range(2)]
+    first_images = [random_input(rng) for _ in range(2)]
+    second_images = [random_input(rng) for _ in range(2)]
     first, second = buffers.stack(first_images), buffers.stack(second_images)
-    assert np.shares_memory(first, buffers.inputs[0])
-    assert np.shares_memory(second, buffers.inputs[1])
+    assert np.shares_memory(first.bands, buffers.inputs[0].bands)
+    assert np.shares_memory(second.bands, buffers.inputs[1].bands)
     np.testing.assert_allclose(
-        buffers.run(model, first), model.infer_batch(np.stack(first_images)), atol=1e-5
+        buffers.run(model, first), model.infer_batch(ModelBatch.of(first_images)), atol=1e-5
     )
     np.testing.assert_allclose(
-        buffers.run(model, second), model.infer_batch(np.stack(second_images)), atol=1e-5
+        buffers.run(model, second), model.infer_batch(ModelBatch.of(second_images)), atol=1e-5
     )
-    assert np.shares_memory(buffers.stack(first_images[:1]), buffers.inputs[0])
+    assert np.shares_memory(buffers.stack(first_images[:1]).bands, buffers.inputs[0].bands)
 
 
 def _masks(model: OnnxModel, photo: Path) -> np.ndarray:
     decoded = pipeline.decode_image(photo.read_bytes(), 100_000_000)
-    tensor = pipeline.preprocess(decoded, FAMILIES["u2net"])[np.newaxis]
-    return pipeline.mask_from_prediction(model.infer_batch(tensor)[0], decoded.size)
+    batch = ModelBatch.of([pipeline.preprocess(decoded, FAMILIES["u2net"])])
+    return pipeline.mask_from_prediction(model.infer_batch(batch)[0], decoded.size)
 
 
 def test_fp16_masks_stay_within_a_level_of_fp32s_on_the_photos():

@@ -12,6 +12,7 @@ from PIL import Image
 from service.config import Config, ModelOverride
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
+from service.inference.model_input import ModelBatch
 from service.inference.registry import load_registry
 from service.inference.runtime import OnnxModel
 from tests.support import GOLDEN, build_family_test_model, darkened, fixture_bytes
@@ -36,7 +37,7 @@ def graphs(tmp_path_factory):
 @pytest.mark.parametrize("name", CHECKED_AGAINST_REMBG)
 def test_the_model_input_is_what_rembgs_session_feeds(name):
     family = FAMILIES[name]
-    ours = pipeline.preprocess(darkened_car(), family)
+    ours = pipeline.preprocess(darkened_car(), family).floats()
     golden = np.load(GOLDEN / f"family-{name}.input.npz")
     assert ours.shape == (3, family.size, family.size)
     assert np.abs(ours[:, ::16, ::16] - golden["strided"]).max() <= 1e-6
@@ -49,7 +50,7 @@ def test_the_mask_is_rembgs(name, graphs):
     family = FAMILIES[name]
     decoded = darkened_car()
     runtime = OnnxModel(graphs[family.size], threads=1)
-    prediction = runtime.infer_batch(pipeline.preprocess(decoded, family)[np.newaxis])[0]
+    prediction = runtime.infer_batch(ModelBatch.of([pipeline.preprocess(decoded, family)]))[0]
     ours = pipeline.mask_from_prediction(prediction, decoded.size, family.sigmoid)
     golden = np.asarray(Image.open(GOLDEN / f"family-{name}.mask.png"))
     difference = np.abs(ours.astype(np.int16) - golden)
@@ -59,8 +60,8 @@ def test_the_mask_is_rembgs(name, graphs):
 def test_birefnets_sigmoid_changes_the_mask(graphs):
     """Without the sigmoid, birefnet's file would give bria-rmbg2's mask: the flag matters."""
     decoded = darkened_car()
-    tensor = pipeline.preprocess(decoded, FAMILIES["birefnet"])[np.newaxis]
-    prediction = OnnxModel(graphs[1024], threads=1).infer_batch(tensor)[0]
+    batch = ModelBatch.of([pipeline.preprocess(decoded, FAMILIES["birefnet"])])
+    prediction = OnnxModel(graphs[1024], threads=1).infer_batch(batch)[0]
     squashed = pipeline.mask_from_prediction(prediction, decoded.size, sigmoid=True)
     raw = pipeline.mask_from_prediction(prediction, decoded.size, sigmoid=False)
     assert np.abs(squashed.astype(np.int16) - raw).mean() > 1
@@ -70,8 +71,8 @@ def test_scaling_by_the_maximum_is_not_scaling_by_255():
     """isnet (/255) and isnet-general (/max) differ only there; the darkened photo tells them
     apart."""
     decoded = darkened_car()
-    by_255 = pipeline.preprocess(decoded, FAMILIES["isnet"])
-    by_max = pipeline.preprocess(decoded, FAMILIES["isnet-general"])
+    by_255 = pipeline.preprocess(decoded, FAMILIES["isnet"]).floats()
+    by_max = pipeline.preprocess(decoded, FAMILIES["isnet-general"]).floats()
     assert np.abs(by_max - by_255).max() > 0.1
 
 

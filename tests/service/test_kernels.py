@@ -94,40 +94,16 @@ def test_the_cutout_keeps_colour_where_visible_and_none_where_transparent():
 
 @pytest.mark.parametrize("shape,target", SIZES)
 def test_resizing_into_planes_gives_the_planes_of_the_resized_image(shape, target):
-    """Whichever pass comes last, the fused path's floats equal resize-then-look-up's."""
+    """Whichever pass comes last, the fused path's bytes equal resize-then-split's."""
     noise = np.random.default_rng(len(shape) + target[0]).integers(0, 256, (*shape, 3), np.uint8)
-    table = np.random.default_rng(1).standard_normal((256, 3)).astype(np.float32)
     size = (target[1], target[0])
-    expected = kernels.planes(kernels.lanczos_resize(packed(noise), size), table)
-    lookup = kernels.BandLookup(table)
-    assert np.array_equal(kernels.resize_to_planes(packed(noise), size, lookup), expected)
+    expected = kernels.planes(kernels.lanczos_resize(packed(noise), size))
+    assert np.array_equal(kernels.resize_to_planes(packed(noise), size), expected)
 
 
-def test_an_affine_form_is_kept_only_where_it_gives_the_tables_floats():
-    """isnet's (v - 127.5) / 255 in float32 is its float64 table for every byte, so the fused
-    pass may compute it; u2net's (v - 123.675) / 58.395 is not (the table is rounded from
-    float64), so its lookup stays."""
-    values = np.arange(256, dtype=np.float64)[:, np.newaxis]
-    isnet = ((values / 255 - 0.5) / 1.0).astype(np.float32).repeat(3, axis=1)
-    u2net = (values / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
-    assert kernels.BandLookup.checked(isnet, 127.5, 255.0).affine is not None
-    u2net_lookup = kernels.BandLookup.checked(
-        u2net.astype(np.float32),
-        np.array([0.485, 0.456, 0.406]) * 255,
-        np.array([0.229, 0.224, 0.225]) * 255,
-    )
-    assert u2net_lookup.affine is None
-
-
-@pytest.mark.parametrize("shape,target", SIZES)
-def test_the_affine_form_writes_the_same_planes_as_the_lookup(shape, target):
-    noise = np.random.default_rng(len(shape) + target[1]).integers(0, 256, (*shape, 3), np.uint8)
-    values = np.arange(256, dtype=np.float64)[:, np.newaxis]
-    table = ((values / 255 - 0.5) / 1.0).astype(np.float32).repeat(3, axis=1)
-    computed = kernels.BandLookup.checked(table, 127.5, 255.0)
-    size = (target[1], target[0])
-    expected = kernels.resize_to_planes(packed(noise), size, kernels.BandLookup(table))
-    assert np.array_equal(kernels.resize_to_planes(packed(noise), size, computed), expected)
+def test_planes_are_the_r_g_and_b_bytes():
+    rgb = np.random.default_rng(3).integers(0, 256, (7, 9, 3), np.uint8)
+    assert np.array_equal(kernels.planes(packed(rgb)), rgb.transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -158,10 +134,9 @@ def signatures_added_by_a_request() -> dict[str, int]:
     for height, width in ((601, 850), (601, 1024), (1024, 320)):
         photo = packed(np.zeros((height, width, 3), np.uint8))
         assert not photo.flags.writeable
-        lookup = kernels.BandLookup(np.zeros((256, 3), np.float32))
-        kernels.resize_to_planes(photo, (1024, 1024), lookup)
+        kernels.resize_to_planes(photo, (1024, 1024))
         small = kernels.lanczos_resize(photo, (320, 320))
-        kernels.planes(small, lookup.table)
+        kernels.planes(small)
         kernels.brightest(small)
         for side in (320, 1024):
             mask = kernels.lanczos_resize(np.zeros((side, side), np.uint8), (width, height))

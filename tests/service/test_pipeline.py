@@ -18,6 +18,7 @@ from protocol.errors import TaskFailure
 from protocol.messages import BackgroundSettings, OutputSpec
 from service.imaging import pipeline, png
 from service.inference.families import FAMILIES
+from service.inference.model_input import ModelBatch
 from service.inference.runtime import load_runtime
 from tests.support import (
     FIXTURES,
@@ -40,7 +41,7 @@ def model(request):
 
 
 def predict(model, decoded: pipeline.DecodedImage) -> np.ndarray:
-    return model.infer_batch(pipeline.preprocess(decoded, U2NET)[None])[0]
+    return model.infer_batch(ModelBatch.of([pipeline.preprocess(decoded, U2NET)]))[0]
 
 
 PLAIN = BackgroundSettings()
@@ -158,10 +159,10 @@ def test_batched_inference_equals_one_image_at_a_time(model):
         pipeline.decode_image(fixture_bytes(n), MAX_PIXELS)
         for n in ("car-1.jpg", "anime-girl-1.jpg", "car-1.jpg")
     ]
-    tensors = np.stack([pipeline.preprocess(d, U2NET) for d in images])
-    together = model.infer_batch(tensors)
-    for decoded, tensor, row in zip(images, tensors, together, strict=True):
-        alone = model.infer_batch(tensor[None])[0]
+    inputs = [pipeline.preprocess(d, U2NET) for d in images]
+    together = model.infer_batch(ModelBatch.of(inputs))
+    for decoded, one, row in zip(images, inputs, together, strict=True):
+        alone = model.infer_batch(ModelBatch.of([one]))[0]
         assert np.abs(alone - row).max() < 1e-4
         masks = [
             pipeline.mask_from_prediction(p, decoded.size).astype(np.int16) for p in (alone, row)
@@ -258,7 +259,9 @@ def test_png_background_colour_is_alpha_composited_and_transparent_default_chang
 
 def test_isnet_preprocessing_divides_by_255_and_centres_on_half():
     image = Image.new("RGB", (50, 50), (255, 0, 51))
-    tensor = pipeline.preprocess(pipeline.DecodedImage.from_image(image), FAMILIES["isnet"])
+    model_input = pipeline.preprocess(pipeline.DecodedImage.from_image(image), FAMILIES["isnet"])
+    assert model_input.bands.shape == (3, 1024, 1024) and model_input.bands.dtype == np.uint8
+    tensor = model_input.floats()
     assert tensor.shape == (3, 1024, 1024) and tensor.dtype == np.float32
     assert np.allclose(tensor[:, 0, 0], [0.5, -0.5, 0.2 - 0.5], atol=1e-6)
 
@@ -293,7 +296,7 @@ def test_the_model_input_is_rembgs_normalize_to_the_bit(name, family):
     scale = max(float(pixels.max()), 1e-6) if spec.divide_by_max else 255.0
     expected = ((pixels / scale - np.asarray(spec.mean)) / np.asarray(spec.std)).astype(np.float32)
     ours = pipeline.preprocess(pipeline.decode_image(fixture_bytes(name), MAX_PIXELS), spec)
-    assert np.array_equal(ours, expected.transpose(2, 0, 1))
+    assert np.array_equal(ours.floats(), expected.transpose(2, 0, 1))
 
 
 @pytest.mark.parametrize("name", ["car-1", "anime-girl-1"])

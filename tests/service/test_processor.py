@@ -19,6 +19,7 @@ from protocol.messages import BackgroundSettings, RemoveBackground
 from service.config import Config
 from service.imaging import pipeline
 from service.inference.families import FAMILIES
+from service.inference.model_input import ModelBatch
 from service.metrics import Metrics
 from service.scheduling.batcher import MicroBatcher
 from service.scheduling.budget import MemoryBudget
@@ -34,9 +35,9 @@ TASK_UUID = "9ad4918a-e9d0-440a-ac59-057a966cd421"
 SCOPE = b"s" * 32
 
 
-def square_prediction(batch: np.ndarray) -> np.ndarray:
+def square_prediction(batch: ModelBatch) -> np.ndarray:
     """The stand-in model: the middle of every image is foreground."""
-    out = np.zeros((batch.shape[0], batch.shape[2], batch.shape[3]), np.float32)
+    out = np.zeros((len(batch), *batch.bands.shape[2:]), np.float32)
     out[:, 80:240, 80:240] = 1.0
     return out
 
@@ -58,10 +59,10 @@ class FakeHttp:
         return 200
 
 
-def nearly_all_foreground(batch: np.ndarray) -> np.ndarray:
+def nearly_all_foreground(batch: ModelBatch) -> np.ndarray:
     """A stand-in model that sees foreground everywhere but a corner too small to survive
     the trimap's erosion: alpha matting finds no sure background."""
-    out = np.ones((batch.shape[0], batch.shape[2], batch.shape[3]), np.float32)
+    out = np.ones((len(batch), *batch.bands.shape[2:]), np.float32)
     out[:, :2, :2] = 0.0
     return out
 
@@ -72,7 +73,7 @@ async def processor_rig(tmp_path, predict, **config_fields):
     store = DirectoryImageStore(tmp_path, default_ttl=60)
     http = FakeHttp()
     cpu = FairExecutor(1)
-    batcher = MicroBatcher(predict, max_batch=2, max_wait=0.001)
+    batcher = MicroBatcher(predict, stack=ModelBatch.of, max_batch=2, max_wait=0.001)
     routes = {"stand-in": ModelRoute(FAMILIES["u2net"], batcher)}
     budget = MemoryBudget(1 << 30)
     metrics = Metrics()
@@ -195,8 +196,8 @@ async def test_matting_without_a_solvable_trimap_falls_back_to_the_decontaminate
     ours = np.asarray(Image.open(io.BytesIO(data)))
     # What the decontaminated cutout of the same mask is, straight from the pipeline.
     decoded = pipeline.decode_image(CAR, 10**8)
-    tensor = pipeline.preprocess(decoded, FAMILIES["u2net"])
-    mask = pipeline.mask_from_prediction(nearly_all_foreground(tensor[np.newaxis])[0], decoded.size)
+    batch = ModelBatch.of([pipeline.preprocess(decoded, FAMILIES["u2net"])])
+    mask = pipeline.mask_from_prediction(nearly_all_foreground(batch)[0], decoded.size)
     settings = BackgroundSettings(decontaminate=True)
     expected = pipeline.cutout(decoded, mask, settings).pixels
     assert np.array_equal(ours, expected)
