@@ -96,10 +96,8 @@ def fresh_store() -> Iterator[Path]:
 
 def _store_parent() -> Path:
     memory = Path("/dev/shm")
-    if memory.is_dir() and os.access(memory, os.W_OK):
-        if shutil.disk_usage(memory).free >= STORE_ROOM_BYTES:
-            return memory
-    return BENCH_DIR
+    roomy = memory.is_dir() and os.access(memory, os.W_OK)
+    return memory if roomy and shutil.disk_usage(memory).free >= STORE_ROOM_BYTES else BENCH_DIR
 
 
 @contextmanager

@@ -63,11 +63,15 @@ class ModelBatch:
     def __len__(self) -> int:
         return len(self.bands)
 
+    def rows(self, start: int, stop: int) -> ModelBatch:
+        """Images ``start`` to ``stop`` of the batch: views, not copies."""
+        return ModelBatch(self.bands[start:stop], self.lookups[start:stop])
+
     @property
     def nbytes(self) -> int:
         """What crosses to the device."""
         return self.bands.nbytes + self.lookups.nbytes
 
     def floats(self) -> np.ndarray:
-        """float32[N, 3, S, S]: the model's input, for a runtime that takes floats."""
+        """float32[N, 3, S, S]: what the runtime's normaliser gives the model."""
         return _looked_up(self.bands, self.lookups)

@@ -127,6 +127,11 @@ BANDS_INPUT, LOOKUPS_INPUT = "bands", "lookups"
 _NORMALISER_OPSET = 11
 
 
+def _named(batch: ModelBatch) -> dict[str, np.ndarray]:
+    """The batch's arrays by the graph inputs ``with_normaliser`` gives them."""
+    return {BANDS_INPUT: batch.bands, LOOKUPS_INPUT: batch.lookups}
+
+
 def with_normaliser(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model behind a normaliser: its float input replaced by ``bands`` uint8[N,3,H,W] and
     ``lookups`` float32[N,3,256], each band's bytes looked up in its row (GatherElements: the
@@ -265,8 +270,7 @@ class OnnxModel:
     def infer_batch(self, batch: ModelBatch) -> np.ndarray:
         """N images -> float32[N,H,W]: the first output's first channel per image."""
         if self._buffers is None:
-            feeds = {BANDS_INPUT: batch.bands, LOOKUPS_INPUT: batch.lookups}
-            (output,) = self.inference_session.run([self.output_name], feeds)
+            (output,) = self.inference_session.run([self.output_name], _named(batch))
             return output[:, 0, :, :]
         return self._buffers.run(self, batch)
 
@@ -298,7 +302,7 @@ class _BoundBuffers:
         """The images stacked into the next input buffers in turn (called from one thread)."""
         buffer = self.inputs[self._next_input]
         self._next_input = (self._next_input + 1) % len(self.inputs)
-        view = ModelBatch(buffer.bands[: len(images)], buffer.lookups[: len(images)])
+        view = buffer.rows(0, len(images))
         np.stack([image.bands for image in images], out=view.bands)
         np.stack([image.lookup for image in images], out=view.lookups)
         return view
@@ -320,9 +324,7 @@ class _BoundBuffers:
         count = len(batch)
         rows = self._padded(count)
         binding = model.inference_session.io_binding()
-        source = self._holding(batch)
-        for name, array in ((BANDS_INPUT, source.bands), (LOOKUPS_INPUT, source.lookups)):
-            bound = array[:rows]
+        for name, bound in _named(self._holding(batch).rows(0, rows)).items():
             binding.bind_input(name, "cpu", 0, bound.dtype, list(bound.shape), bound.ctypes.data)
         if self.output is not None:
             target = self.output[:rows]
@@ -399,10 +401,10 @@ class OpenVinoModel:
     def stack(self, images: Sequence[ModelInput]) -> ModelBatch:
         return ModelBatch.of(images)
 
-    def _feeds(self, bands: np.ndarray, lookups: np.ndarray) -> dict[str, np.ndarray]:
+    def _feeds(self, batch: ModelBatch) -> dict[str, np.ndarray]:
         """By name, and only those the compiled model kept: OpenVINO drops an input that no
         output depends on (the stand-in's lookups)."""
-        feeds = {BANDS_INPUT: bands, LOOKUPS_INPUT: lookups}
+        feeds = _named(batch)
         return {name: feeds[name] for name in self._input_names}
 
     def _collect(self, request, index: int) -> None:
@@ -411,12 +413,11 @@ class OpenVinoModel:
     def infer_batch(self, batch: ModelBatch) -> np.ndarray:
         """N images -> float32[N,H,W]; one image at a time per request (batch 1 graph)."""
         if len(batch) == 1:
-            output = self._request.infer(self._feeds(batch.bands, batch.lookups))
+            output = self._request.infer(self._feeds(batch))
             return output[self._latency.outputs[0]][:, 0, :, :]
         self._outputs.clear()
         for index in range(len(batch)):
-            feeds = self._feeds(batch.bands[index : index + 1], batch.lookups[index : index + 1])
-            self._queue.start_async(feeds, userdata=index)
+            self._queue.start_async(self._feeds(batch.rows(index, index + 1)), userdata=index)
         self._queue.wait_all()
         return np.stack([self._outputs[index] for index in range(len(batch))])
 
