@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from service.scheduling.fairness import FairExecutor, RoundRobin
+from tests.service.fakes import until
 
 
 def test_round_robin_serves_one_item_per_lane_per_turn():
@@ -24,23 +25,24 @@ def test_round_robin_serves_one_item_per_lane_per_turn():
 
 
 async def test_a_busy_lane_does_not_hold_back_another_in_the_cpu_pool():
-    executor = FairExecutor(1, name="test")
+    # No spare thread: the light job must wait in the queue, where lanes take turns.
+    executor = FairExecutor(1, name="test", spare=0)
     gate = threading.Event()
-    order: list[str] = []
+    started: list[str] = []
 
     def job(name: str) -> str:
+        started.append(name)  # one worker: the start order is the order jobs left the queue
         gate.wait(30)
-        order.append(name)
         return name
 
     heavy = [asyncio.create_task(executor.run("heavy", job, f"h{i}")) for i in range(20)]
-    await asyncio.sleep(0.05)  # h0 is running, h1..h19 wait
+    await until(lambda: started == ["h0"])  # h1..h19 wait
     light = asyncio.create_task(executor.run("light", job, "light"))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)
     gate.set()
     assert await light == "light"
     await asyncio.gather(*heavy)
-    assert order.index("light") <= 2  # right after the running job (and at most one more)
+    assert started[:3] == ["h0", "h1", "light"]  # heavy's turn was already due, then light's
     executor.shutdown()
 
 
@@ -69,12 +71,11 @@ async def test_a_lane_with_nothing_running_starts_while_long_jobs_hold_every_wor
         return name
 
     heavy = [asyncio.create_task(executor.run("heavy", long_job, f"h{i}")) for i in range(3)]
-    await asyncio.sleep(0.05)
+    await until(lambda: sorted(started) == ["h0", "h1"])  # h2 waits for a worker
     light = await asyncio.wait_for(executor.run("light", lambda: "light"), 5)
-    assert light == "light" and sorted(started) == ["h0", "h1"]  # h2 waits for a worker
+    assert light == "light" and sorted(started) == ["h0", "h1"]
     other = asyncio.create_task(executor.run("light", long_job, "l1"))
-    await asyncio.sleep(0.05)
-    assert "l1" in started  # light has nothing running: it may take the spare again
+    await until(lambda: "l1" in started)  # light has nothing running: it may take the spare again
     release.set()
     assert await asyncio.gather(*heavy, other) == ["h0", "h1", "h2", "l1"]
     executor.shutdown()
