@@ -221,6 +221,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def test_a_huge_image_is_refused_from_its_header():
+    pipeline.use_own_pixel_limit()  # as the composition root does: our limit, not Pillow's
     with pytest.raises(TaskFailure) as refused:
         pipeline.decode_image(_png_header_only(10_000, 10_000), MAX_PIXELS, "inputs.image")
     assert refused.value.code == "imageTooLarge" and refused.value.parameter == "inputs.image"
