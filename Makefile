@@ -82,12 +82,17 @@ REDIS_SERVER := /usr/bin/redis-server
 $(REDIS_SERVER):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), idle ones taking queued tests from busy
+# ones: much of the suite waits on servers, sockets and timers, so two overlap well on two cores.
+TEST_WORKERS ?= 2
+TEST_PROCESSES := -n $(TEST_WORKERS) --dist worksteal
+
 test: install $(VENV)/.installed-test $(JS_SDK) $(CHROMIUM) $(REDIS_SERVER)
-	$(PY) -m pytest
+	$(PY) -m pytest $(TEST_PROCESSES)
 
 # The tests that start no process (no server, redis, browser): under two minutes.
 test-unit: install $(VENV)/.installed-test
-	$(PY) -m pytest -m "not integration" -q
+	$(PY) -m pytest $(TEST_PROCESSES) -m "not integration" -q
 
 # The gpu extra in an environment of its own (~2 GB): the runtime's loader finds CUDA and cuDNN
 # there without LD_LIBRARY_PATH. Not part of `make test`: a CPU host needs none of it.
