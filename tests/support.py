@@ -596,10 +596,11 @@ async def memory_growth(
     """Bytes that ``more`` further awaits of ``step`` leave allocated by code in ``files`` (a
     tracemalloc filename pattern, anywhere in the traceback), after ``settle`` awaits.
 
-    Only source lines holding several more blocks than before count: what grows with the number
-    of steps is many blocks from one line. A single block that grew is an interpreter-wide
-    table resized once, such as the interned-strings dict, which pathlib enlarges through
-    whichever call happens to cross its threshold: 3.7 MB in a process that had run many tests.
+    Only source lines that gained more than one block count (``count_diff > 1``): what grows
+    with the number of steps is many blocks from one line. A single block that grew is an
+    interpreter-wide table resized once, such as the interned-strings dict, which pathlib
+    enlarges through whichever call crosses its threshold: 3.7 MB in a process that had run
+    many tests.
     """
     tracemalloc.start(8)
     try:
